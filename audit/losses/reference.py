@@ -1,0 +1,79 @@
+"""Plain-torch reference losses (float32 math, any device).
+
+Conventions (../shared/CLAIMS.md):
+- label smoothing puts a/K on every class: target q' = (1-a) e_y + a/K;
+- KD = (1-w) CE_LS(s, y) + w T^2 KL(softmax(t/T) || softmax(s/T)), Hinton's T^2 factor applied;
+- rows whose label is ``ignore_index`` contribute nothing; "mean" divides by the number of kept rows
+  (0 kept rows gives 0, not NaN).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _reduce(per_row: torch.Tensor, keep: torch.Tensor, reduction: str) -> torch.Tensor:
+    per_row = torch.where(keep, per_row, torch.zeros_like(per_row))
+    if reduction == "none":
+        return per_row
+    if reduction == "sum":
+        return per_row.sum()
+    return per_row.sum() / keep.sum().clamp(min=1)
+
+
+def label_smoothed_cross_entropy_rows(
+    logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float, ignore_index: int,
+    weight: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row H(q', softmax(logits)) in float32 and the mask of kept rows. Shapes (N, K), (N,)."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    keep = labels != ignore_index
+    safe = torch.where(keep, labels, torch.zeros_like(labels)).long()
+    nll = -logp.gather(1, safe[:, None]).squeeze(1)
+    # -inf logits (masked classes) give logp = -inf; their smoothing mass is defined as 0 * -inf = 0
+    finite_logp = torch.where(torch.isfinite(logp), logp, torch.zeros_like(logp))
+    if weight is not None:
+        w = weight.float()
+        nll = nll * w[safe]
+        smooth = -(finite_logp * w).sum(-1)
+    else:
+        smooth = -finite_logp.sum(-1)
+    k = logits.shape[-1]
+    rows = (1.0 - label_smoothing) * nll + (label_smoothing / k) * smooth
+    return rows, keep
+
+
+def label_smoothed_cross_entropy(
+    logits: torch.Tensor, labels: torch.Tensor, *, label_smoothing: float = 0.0, ignore_index: int = -100,
+    reduction: str = "mean", weight: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Reference LS cross entropy; with ``weight`` "mean" divides by the summed weights of kept rows,
+    as :func:`torch.nn.functional.cross_entropy` does."""
+    rows, keep = label_smoothed_cross_entropy_rows(logits, labels, label_smoothing, ignore_index, weight)
+    if weight is not None and reduction == "mean":
+        safe = torch.where(keep, labels, torch.zeros_like(labels)).long()
+        denom = torch.where(keep, weight.float()[safe], torch.zeros(1, device=logits.device)).sum()
+        return torch.where(keep, rows, torch.zeros_like(rows)).sum() / denom.clamp(min=torch.finfo(torch.float32).tiny)
+    return _reduce(rows, keep, reduction)
+
+
+def soft_kl_rows(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Per-row T^2 KL(softmax(t/T) || softmax(s/T)) in float32, with 0 log 0 = 0."""
+    log_q = torch.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    log_p = torch.log_softmax(student_logits.float() / temperature, dim=-1)
+    q = log_q.exp()
+    terms = torch.where(q > 0, q * (log_q - log_p), torch.zeros_like(q))
+    return temperature**2 * terms.sum(-1)
+
+
+def kd_loss(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor | None = None, *,
+    temperature: float = 1.0, kd_weight: float = 1.0, label_smoothing: float = 0.0, ignore_index: int = -100,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """Reference KD loss; with ``labels=None`` the pure soft term (w treated as 1)."""
+    kl = soft_kl_rows(student_logits, teacher_logits.detach(), temperature)
+    if labels is None:
+        return _reduce(kl, torch.ones_like(kl, dtype=torch.bool), reduction)
+    ce, keep = label_smoothed_cross_entropy_rows(student_logits, labels, label_smoothing, ignore_index)
+    return _reduce((1.0 - kd_weight) * ce + kd_weight * kl, keep, reduction)
