@@ -1,4 +1,4 @@
-"""Plain-torch reference losses (float32 math, any device).
+"""Plain-torch reference losses (float32 math, float64 for float64 inputs; any device).
 
 Conventions (../shared/CLAIMS.md):
 - label smoothing puts a/K on every class: target q' = (1-a) e_y + a/K;
@@ -10,6 +10,12 @@ Conventions (../shared/CLAIMS.md):
 from __future__ import annotations
 
 import torch
+
+
+def _math_dtype(*tensors: torch.Tensor) -> torch.dtype:
+    # float64 inputs keep float64 so the exact identities of CLAIMS.md can be checked to 1e-10;
+    # half/bfloat16/float32 inputs all compute in float32.
+    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
 
 
 def _reduce(per_row: torch.Tensor, keep: torch.Tensor, reduction: str) -> torch.Tensor:
@@ -25,15 +31,16 @@ def label_smoothed_cross_entropy_rows(
     logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float, ignore_index: int,
     weight: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-row H(q', softmax(logits)) in float32 and the mask of kept rows. Shapes (N, K), (N,)."""
-    logp = torch.log_softmax(logits.float(), dim=-1)
+    """Per-row H(q', softmax(logits)) in float32 (float64 for float64 logits) and the mask of kept rows.
+    Shapes (N, K), (N,)."""
+    logp = torch.log_softmax(logits.to(_math_dtype(logits)), dim=-1)
     keep = labels != ignore_index
     safe = torch.where(keep, labels, torch.zeros_like(labels)).long()
     nll = -logp.gather(1, safe[:, None]).squeeze(1)
     # -inf logits (masked classes) give logp = -inf; their smoothing mass is defined as 0 * -inf = 0
     finite_logp = torch.where(torch.isfinite(logp), logp, torch.zeros_like(logp))
     if weight is not None:
-        w = weight.float()
+        w = weight.to(logp.dtype)
         nll = nll * w[safe]
         smooth = -(finite_logp * w).sum(-1)
     else:
@@ -52,15 +59,16 @@ def label_smoothed_cross_entropy(
     rows, keep = label_smoothed_cross_entropy_rows(logits, labels, label_smoothing, ignore_index, weight)
     if weight is not None and reduction == "mean":
         safe = torch.where(keep, labels, torch.zeros_like(labels)).long()
-        denom = torch.where(keep, weight.float()[safe], torch.zeros(1, device=logits.device)).sum()
-        return torch.where(keep, rows, torch.zeros_like(rows)).sum() / denom.clamp(min=torch.finfo(torch.float32).tiny)
+        denom = torch.where(keep, weight.to(rows.dtype)[safe], torch.zeros(1, dtype=rows.dtype, device=logits.device)).sum()
+        return torch.where(keep, rows, torch.zeros_like(rows)).sum() / denom.clamp(min=torch.finfo(rows.dtype).tiny)
     return _reduce(rows, keep, reduction)
 
 
 def soft_kl_rows(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Per-row T^2 KL(softmax(t/T) || softmax(s/T)) in float32, with 0 log 0 = 0."""
-    log_q = torch.log_softmax(teacher_logits.float() / temperature, dim=-1)
-    log_p = torch.log_softmax(student_logits.float() / temperature, dim=-1)
+    """Per-row T^2 KL(softmax(t/T) || softmax(s/T)) in float32 (float64 if either input is), 0 log 0 = 0."""
+    dtype = _math_dtype(student_logits, teacher_logits)
+    log_q = torch.log_softmax(teacher_logits.to(dtype) / temperature, dim=-1)
+    log_p = torch.log_softmax(student_logits.to(dtype) / temperature, dim=-1)
     q = log_q.exp()
     terms = torch.where(q > 0, q * (log_q - log_p), torch.zeros_like(q))
     return temperature**2 * terms.sum(-1)

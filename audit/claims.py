@@ -1,0 +1,286 @@
+"""The claims of ../shared/CLAIMS.md as data, the verdict rule for empirical claims, and the claims table.
+
+Two kinds of claim, kept apart:
+
+- ``"math"`` (P1-P13): exact facts about the losses, checked by property tests; a claim holds when its
+  tests pass.
+- ``"empirical"`` (C1a-C2b): statements about trained models on held-out data; a check measures a
+  statistic with a confidence interval and :func:`verdict` turns it into holds / fails / inconclusive.
+
+The test suite and the replication recipe both report through :class:`ClaimResult`, and both print
+:func:`format_table` of :func:`table_rows`.
+
+>>> verdict(0.4, (0.1, 0.7))
+'holds'
+>>> CLAIMS["P8"].kind
+'math'
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from audit.errors import AuditError
+
+Verdict = Literal["holds", "fails", "inconclusive"]
+VERDICTS: tuple[str, ...] = ("holds", "fails", "inconclusive")
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One claim of CLAIMS.md: ``id`` as there, a one-line ``statement``, its ``kind`` and the
+    ``tolerance`` a math claim is checked to (``""`` for empirical claims)."""
+
+    id: str
+    statement: str
+    kind: Literal["math", "empirical"]
+    tolerance: str = ""
+
+
+_CATALOGUE = (
+    Claim("P1", "LS target q' sums to 1, q'_y = 1-a+a/K, q'_k = a/K", "math", "1e-12"),
+    Claim("P2", "H(q',p) = (1-a) H(e_y,p) + a (KL(u||p) + log K)", "math", "1e-10"),
+    Claim("P3", "LS = KD with uniform teacher at T=1 (+ a log K), same gradient; not for T != 1", "math", "1e-10"),
+    Claim("P4", "at T=1, (1-w) H(e_y,p) + w H(q,p) = H((1-w) e_y + w q, p)", "math", "1e-10"),
+    Claim("P5", "dH(t, softmax z)/dz = softmax(z) - t", "math", "1e-6 (finite diff.)"),
+    Claim("P6", "dL_KD/dz = (1-w)(p - e_y) + w T (p^T - q_T)", "math", "1e-6 (finite diff.)"),
+    Claim("P7", "minimisers: ERM none; LS q'; KD(T=1) (1-w)e_y+wq; pure KD softmax(v)", "math", "1e-6 optim./exact"),
+    Claim("P8", "LS optimal logit gap z*_y - z*_k = log(1 + K(1-a)/a)", "math", "1e-8"),
+    Claim("P9", "H(q'(a)) strictly increases on [0, 1], from 0 to log K", "math", "exact"),
+    Claim("P10", "H(softmax(z/T)) non-decreasing in T to log K; T^2 * soft gradient stays O(1)", "math", "exact/asympt."),
+    Claim("P11", "Mueller smoothness index of the LS target equals a", "math", "1e-12"),
+    Claim("P12", "teacher q_y >= 1/K: H((1-w) e_y + w q) <= H((1-w) e_y + w u)", "math", "exact"),
+    Claim("P13", "T=1 optimal student gold prob. (1-w) + w q_y, increasing in q_y", "math", "exact"),
+    Claim("C1a", "LS student has higher mean dev entropy than ERM", "empirical"),
+    Claim("C1b", "KD student (stronger teacher) has lower mean dev entropy than LS and ERM", "empirical"),
+    Claim("C1c", "reversed KD raises entropy over ERM, by less than LS", "empirical"),
+    Claim("C2a", "KD student's mean entropy increases with the teacher's (rank corr. > 0)", "empirical"),
+    Claim("C2b", "per-example student/teacher confidence correlation, higher under KD", "empirical"),
+)
+
+CLAIMS: Mapping[str, Claim] = {claim.id: claim for claim in _CATALOGUE}
+"""Every claim of CLAIMS.md by id, in the document's order."""
+
+
+def _check_claim_id(claim_id: str) -> None:
+    if claim_id not in CLAIMS:
+        raise AuditError(f"expected a claim id of CLAIMS.md ({', '.join(CLAIMS)}), got {claim_id!r}; fix the id")
+
+
+def verdict(estimate: float, ci: tuple[float, float], direction: int = +1) -> Verdict:
+    """The verdict on an empirical claim from a statistic and its confidence interval.
+
+    The claim says the statistic is positive (``direction=+1``) or negative (``direction=-1``). It
+    ``"holds"`` when the whole interval lies strictly on the claimed side of zero, ``"fails"`` when it
+    lies strictly on the other side, and is ``"inconclusive"`` when the interval contains zero.
+
+    Args:
+        estimate: the point estimate; must lie inside ``ci``.
+        ci: (low, high) with low <= high, both finite.
+        direction: +1 or -1, the sign the claim predicts.
+
+    Raises:
+        AuditError: a non-finite value, low > high, an estimate outside the interval, or a direction
+            other than +1/-1.
+
+    >>> verdict(-0.2, (-0.5, 0.1))
+    'inconclusive'
+    >>> verdict(-0.2, (-0.5, -0.1), direction=-1)
+    'holds'
+    """
+    low, high = ci
+    if direction not in (1, -1):
+        raise AuditError(f"expected direction +1 or -1, got {direction!r}; pass the sign the claim predicts")
+    if not all(math.isfinite(x) for x in (estimate, low, high)):
+        raise AuditError(f"expected a finite estimate and interval, got {estimate} in {ci}; check the statistic")
+    if not low <= estimate <= high:
+        raise AuditError(f"expected low <= estimate <= high, got {estimate} in {ci}; pass (low, high) of this estimate")
+    low, high = sorted((direction * low, direction * high))
+    if low > 0:
+        return "holds"
+    if high < 0:
+        return "fails"
+    return "inconclusive"
+
+
+@dataclass(frozen=True)
+class ClaimResult:
+    """The outcome of one check of one claim.
+
+    Attributes:
+        claim_id: an id of :data:`CLAIMS`.
+        verdict: "holds", "fails" or "inconclusive".
+        statistic: name of the measured statistic, e.g. "mean entropy difference (LS - ERM)".
+        value: its point estimate.
+        ci: (low, high) confidence interval, or None for a math check.
+        detail: free text (settings, seeds, n).
+
+    Raises:
+        AuditError: an unknown claim id or verdict.
+
+    >>> ClaimResult.from_interval("C1a", "entropy LS - ERM", 0.3, (0.1, 0.5)).verdict
+    'holds'
+    """
+
+    claim_id: str
+    verdict: Verdict
+    statistic: str
+    value: float
+    ci: tuple[float, float] | None = None
+    detail: str = ""
+
+    def __post_init__(self) -> None:
+        _check_claim_id(self.claim_id)
+        if self.verdict not in VERDICTS:
+            raise AuditError(f"expected a verdict in {VERDICTS}, got {self.verdict!r}; use audit.claims.verdict")
+
+    @classmethod
+    def from_interval(
+        cls, claim_id: str, statistic: str, value: float, ci: tuple[float, float], *, direction: int = +1,
+        detail: str = "",
+    ) -> ClaimResult:
+        """A result whose verdict is :func:`verdict` of ``value``, ``ci`` and ``direction``."""
+        return cls(claim_id, verdict(value, ci, direction), statistic, value, (ci[0], ci[1]), detail)
+
+    @property
+    def figure(self) -> str:
+        """The measured figure as the claims table shows it, e.g. ``"rho=0.41 [0.12, 0.66]"``."""
+        interval = "" if self.ci is None else f" [{self.ci[0]:.3g}, {self.ci[1]:.3g}]"
+        return f"{self.statistic}={self.value:.3g}{interval}"
+
+
+def smoothed_targets(labels: torch.Tensor, num_classes: int, label_smoothing: float) -> torch.Tensor:
+    """The label-smoothing target ``q' = (1-a) e_y + a/K`` of CLAIMS.md, one row per label.
+
+    The losses never build it (they use ``H(q', p)`` in closed form); it is here for checks of the
+    claims that are statements about the target itself (P9, P11, P12).
+
+    Args:
+        labels: (N,) integer class ids in [0, K).
+        num_classes: K >= 1.
+        label_smoothing: a in [0, 1].
+
+    Returns:
+        (N, K) float64 rows summing to 1.
+
+    Raises:
+        AuditError: a in the wrong range or labels out of range.
+
+    >>> smoothed_targets(torch.tensor([1]), 2, 0.2)
+    tensor([[0.1000, 0.9000]], dtype=torch.float64)
+    """
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise AuditError(f"expected label_smoothing in [0, 1], got {label_smoothing}")
+    uniform = torch.full((labels.shape[0], num_classes), 1.0 / num_classes, dtype=torch.float64, device=labels.device)
+    return distilled_targets(labels, uniform, label_smoothing)
+
+
+def distilled_targets(labels: torch.Tensor, teacher_probs: torch.Tensor, kd_weight: float) -> torch.Tensor:
+    """The T=1 KD target ``(1-w) e_y + w q`` of CLAIMS.md (P4, P7, P12, P13).
+
+    Args:
+        labels: (N,) integer class ids in [0, K).
+        teacher_probs: (N, K) teacher distributions q.
+        kd_weight: w in [0, 1].
+
+    Returns:
+        (N, K) rows in the promoted dtype of ``teacher_probs`` and float64.
+
+    Raises:
+        AuditError: w out of range, mismatched shapes, labels out of range.
+
+    >>> distilled_targets(torch.tensor([0]), torch.tensor([[0.5, 0.5]]), 0.5)
+    tensor([[0.7500, 0.2500]], dtype=torch.float64)
+    """
+    if not 0.0 <= kd_weight <= 1.0:
+        raise AuditError(f"expected kd_weight in [0, 1], got {kd_weight}")
+    if teacher_probs.ndim != 2 or labels.shape != teacher_probs.shape[:1]:
+        raise AuditError(
+            f"expected labels (N,) and teacher_probs (N, K), got {tuple(labels.shape)} and "
+            f"{tuple(teacher_probs.shape)}; pass one label per teacher row"
+        )
+    k = teacher_probs.shape[1]
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= k):
+        raise AuditError(f"expected labels in [0, {k}), got values in [{int(labels.min())}, {int(labels.max())}]")
+    q = teacher_probs.to(torch.promote_types(teacher_probs.dtype, torch.float64))
+    one_hot = torch.nn.functional.one_hot(labels.long(), k).to(q.dtype)
+    return (1.0 - kd_weight) * one_hot + kd_weight * q
+
+
+@dataclass(frozen=True)
+class TableRow:
+    """One line of the claims table."""
+
+    claim_id: str
+    statement: str
+    test: str
+    verdict: str
+    figure: str
+
+
+def table_rows(
+    outcomes: Mapping[str, Sequence[tuple[str, str]]], results: Iterable[tuple[str, ClaimResult]] = (),
+) -> list[TableRow]:
+    """The claims table: one row per claim of :data:`CLAIMS` (one per result for empirical claims).
+
+    Args:
+        outcomes: claim id -> [(test name, outcome)], outcome "passed", "failed", "error" or "skipped".
+        results: (test name, result) pairs recorded by empirical checks.
+
+    Math claims read "holds" when their tests ran and all passed, "fails" when one failed, "error" when
+    one could not run; a claim without a test that ran reads "not run". An empirical claim shows each
+    recorded verdict and figure; a test that failed without recording one reads "error".
+
+    >>> rows = table_rows({"P8": [("test_p8", "passed")]})
+    >>> (rows[7].verdict, rows[0].verdict)
+    ('holds', 'not run')
+    """
+    recorded: dict[str, list[tuple[str, ClaimResult]]] = {}
+    for test, result in results:
+        recorded.setdefault(result.claim_id, []).append((test, result))
+    rows = []
+    for claim in CLAIMS.values():
+        ran = [(test, outcome) for test, outcome in outcomes.get(claim.id, ()) if outcome != "skipped"]
+        status = {outcome for _, outcome in ran}
+        tests = sorted({test for test, _ in outcomes.get(claim.id, ())})
+        test_cell = "" if not tests else tests[0] + (f" (+{len(tests) - 1})" if len(tests) > 1 else "")
+        if claim.id in recorded:
+            rows += [TableRow(claim.id, claim.statement, test, r.verdict, r.figure) for test, r in recorded[claim.id]]
+            continue
+        if "failed" in status:
+            verdict_cell = "error" if claim.kind == "empirical" else "fails"
+        elif "error" in status:
+            verdict_cell = "error"
+        elif status and claim.kind == "math":
+            verdict_cell = "holds"
+        else:
+            verdict_cell = "not run"
+        figure = f"tol {claim.tolerance}" if claim.kind == "math" and ran else ""
+        rows.append(TableRow(claim.id, claim.statement, test_cell, verdict_cell, figure))
+    return rows
+
+
+def format_table(rows: Sequence[TableRow], width: int = 120) -> list[str]:
+    """Plain-text lines of the claims table, at most ``width`` characters; long cells end in "~".
+
+    >>> format_table([TableRow("P8", "gap", "test_p8", "holds", "tol 1e-8")], width=60)[1]
+    'P8   gap                      test_p8         holds    tol 1e-8'
+    """
+    header = TableRow("id", "statement", "test", "verdict", "figure")
+    fixed = [4, 0, 0, 8, 0]  # id and verdict are short; statement, test and figure share the rest
+    room = max(width - 4 - 8 - 4 * 2, 30)
+    fixed[1], fixed[2], fixed[4] = room * 3 // 8, room * 2 // 8, room - room * 3 // 8 - room * 2 // 8
+
+    def cell(text: str, size: int) -> str:
+        return (text if len(text) <= size else text[: size - 1] + "~").ljust(size)
+
+    lines = []
+    for row in (header, *rows):
+        cells = (row.claim_id, row.statement, row.test, row.verdict, row.figure)
+        lines.append(" ".join(cell(text, size) for text, size in zip(cells, fixed)).rstrip())
+    return lines

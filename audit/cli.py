@@ -1,0 +1,161 @@
+"""``python -m audit``: a thin typer layer over the Python API.
+
+Commands only declare options and call :mod:`audit`; an :class:`~audit.errors.AuditError` becomes one line on
+stderr and exit code 2, any other exception is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from audit.errors import AuditError
+
+app = typer.Typer(add_completion=False, no_args_is_help=False, pretty_exceptions_enable=False,
+                  help="Audit what distillation did to a model's confidence. With no command: compare the "
+                       "built-in teacher and students.")
+data_app = typer.Typer(help="Built-in data sets.", add_completion=False)
+app.add_typer(data_app, name="data")
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+DEFAULT_TEACHER = FIXTURES / "teacher"
+DEFAULT_STUDENTS = [FIXTURES / f"student-{loss}" for loss in ("ce", "ls", "kd")]
+DEFAULT_DATA = FIXTURES / "vader-movies-test.jsonl"
+
+
+def handles_errors(command):
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except AuditError as err:
+            sys.stderr.write(f"kd-audit: error: {err}\n")
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+@app.callback(invoke_without_command=True)
+def default(ctx: typer.Context) -> None:
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(compare)
+
+
+@app.command()
+@handles_errors
+def compare(
+    teacher: Annotated[Optional[str], typer.Option(help="Teacher: HF folder, hub id or predictions file.")] = None,
+    student: Annotated[Optional[list[str]], typer.Option(help="Student (repeat for several).")] = None,
+    data: Annotated[Optional[str], typer.Option(help="csv/jsonl/parquet file, datasets name[:config][:split], "
+                                                    "or a built-in name (python -m audit data list).")] = None,
+    name: Annotated[Optional[list[str]], typer.Option(help="Report names: teacher first, then students.")] = None,
+    split: Annotated[Optional[str], typer.Option(help="Data split (built-ins: train, dev, test).")] = None,
+    text_column: Annotated[Optional[str], typer.Option()] = None,
+    text_pair_column: Annotated[Optional[str], typer.Option()] = None,
+    label_column: Annotated[Optional[str], typer.Option()] = None,
+    id_column: Annotated[Optional[str], typer.Option()] = None,
+    limit: Annotated[Optional[int], typer.Option(help="Use the first N examples.")] = None,
+    device: Annotated[Optional[str], typer.Option(help="cpu, cuda, cuda:N (default: CUDA when present).")] = None,
+    dtype: Annotated[str, typer.Option(help="auto|fp32|bf16|fp16 (auto: bf16 on GPUs that have it).")] = "auto",
+    batch_size: Annotated[str, typer.Option(help="An integer, or auto (halves on out-of-memory).")] = "auto",
+    max_length: Annotated[int, typer.Option(help="Tokens per example.")] = 256,
+    bins: Annotated[int, typer.Option(help="Calibration bins.")] = 15,
+    bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for CIs.")] = 1000,
+    seed: Annotated[int, typer.Option(help="Bootstrap seed.")] = 0,
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the report as JSON here.")] = None,
+    save_logits: Annotated[Optional[Path], typer.Option(help="Keep every model's logits in this folder.")] = None,
+    allow_pickle: Annotated[bool, typer.Option(help="Allow pickle weights (they can run code).")] = False,
+    trust_remote_code: Annotated[bool, typer.Option(help="Allow a model's own Python code.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """Compare a teacher with its students: confidence, calibration and inheritance."""
+    from audit.compare import CompareSettings, compare as run_compare, write_json
+    from audit.report.terminal import render_compare
+
+    if teacher is None and student is None and data is None:
+        if not DEFAULT_TEACHER.exists():
+            raise AuditError(f"expected the built-in fixtures in {FIXTURES}, found none; run from a source checkout "
+                             "or pass --teacher, --student and --data")
+        teacher, student, data = str(DEFAULT_TEACHER), [str(s) for s in DEFAULT_STUDENTS], str(DEFAULT_DATA)
+    if teacher is None or not student:
+        raise AuditError("expected --teacher and at least one --student; run without options for the built-in demo")
+    settings = CompareSettings(
+        split=split, text_column=text_column, text_pair_column=text_pair_column, label_column=label_column,
+        id_column=id_column, limit=limit, device=device, dtype=dtype,
+        batch_size=batch_size if batch_size == "auto" else _positive_int(batch_size, "--batch-size"),
+        max_length=max_length, n_bins=bins, n_bootstrap=bootstrap, seed=seed, allow_pickle=allow_pickle,
+        trust_remote_code=trust_remote_code, progress=progress,
+    )
+    report = run_compare(teacher, student, data, names=name, settings=settings, save_logits=save_logits)
+    render_compare(report)
+    if json_path is not None:
+        write_json(report, json_path)
+
+
+def _positive_int(value: str, option: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise AuditError(f"expected {option} auto or a positive integer, got {value!r}")
+    return int(value)
+
+
+@data_app.command("list")
+@handles_errors
+def data_list() -> None:
+    """List the built-in data sets with licence and citation."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from audit.data import builtin_rows
+
+    table = Table(title="Built-in data sets (fetched from their registry package on first use)")
+    for column in ("name", "classes", "examples (train/dev/test)", "licence", "citation", "source"):
+        table.add_column(column, overflow="fold")
+    for row in builtin_rows():
+        examples = "/".join(str(n) for n in row["examples"].values()) if row["cached"] else "not fetched yet"
+        table.add_row(f"{row['name']}\n{row['description']}", ", ".join(row["classes"]), examples, row["licence"],
+                      row["citation"], row["source"])
+    Console().print(table)
+
+
+@app.command()
+@handles_errors
+def train(
+    data: Annotated[str, typer.Option(help="Training data (built-in name or file with train/dev splits).")],
+    model: Annotated[str, typer.Option(help="HF folder/hub id, minilm-l6, SPEC@layers=k, or tiny[:hidden=H,layers=L].")],
+    out: Annotated[Path, typer.Option(help="Output folder (a Hugging Face checkpoint + training record).")],
+    loss: Annotated[str, typer.Option(help="ce | ls | kd.")] = "ce",
+    label_smoothing: Annotated[float, typer.Option(help="LS smoothing a (loss ls).")] = 0.1,
+    teacher: Annotated[Optional[str], typer.Option(help="Teacher checkpoint or logits (loss kd).")] = None,
+    temperature: Annotated[float, typer.Option(help="KD temperature T.")] = 2.0,
+    kd_weight: Annotated[float, typer.Option(help="KD weight w of the soft term.")] = 0.5,
+    epochs: Annotated[float, typer.Option()] = 3.0,
+    batch_size: Annotated[int, typer.Option()] = 32,
+    lr: Annotated[float, typer.Option()] = 5e-5,
+    max_length: Annotated[int, typer.Option()] = 128,
+    train_limit: Annotated[Optional[int], typer.Option(help="Use the first N training examples.")] = None,
+    seed: Annotated[int, typer.Option()] = 0,
+    device: Annotated[Optional[str], typer.Option()] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace a different run in --out.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """Train a student with cross entropy, label smoothing or knowledge distillation."""
+    from rich.console import Console
+
+    from audit.train import TrainSettings, train as run_train
+
+    settings = TrainSettings(data=data, model=model, out=str(out), loss=loss, label_smoothing=label_smoothing,
+                             teacher=teacher, temperature=temperature, kd_weight=kd_weight, epochs=epochs,
+                             batch_size=batch_size, lr=lr, max_length=max_length, train_limit=train_limit, seed=seed,
+                             device=device)
+    record = run_train(settings, overwrite=overwrite, progress=progress)
+    dev = record["dev"]
+    Console().print(f"saved {out}: {record['steps']} steps in {record['wall_seconds']:.1f} s; dev accuracy "
+                    f"{dev['accuracy']:.3f}, entropy {dev['entropy_mean']:.3f} nats, ECE {dev['ece']:.4f}")
+
+
+def main() -> None:
+    app()

