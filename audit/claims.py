@@ -266,21 +266,22 @@ def table_rows(
 
 
 def format_table(rows: Sequence[TableRow], width: int = 120) -> list[str]:
-    """Plain-text lines of the claims table, at most ``width`` characters; long cells end in "~".
+    """Plain-text lines of the claims table for a terminal ``width`` columns wide.
 
-    >>> format_table([TableRow("P8", "gap", "test_p8", "holds", "tol 1e-8")], width=60)[1]
-    'P8   gap                      test_p8         holds    tol 1e-8'
+    The statement gets the room the other columns leave (at least 30 characters); statement and test
+    names that do not fit end in "~"; the figure comes last and is never cut.
+
+    >>> format_table([TableRow("P8", "optimal gap", "test_p8", "holds", "tol 1e-8")], width=90)[1]
+    'P8   optimal gap                    test_p8                      holds    tol 1e-8'
     """
-    header = TableRow("id", "statement", "test", "verdict", "figure")
-    fixed = [4, 0, 0, 8, 0]  # id and verdict are short; statement, test and figure share the rest
-    room = max(width - 4 - 8 - 4 * 2, 30)
-    fixed[1], fixed[2], fixed[4] = room * 3 // 8, room * 2 // 8, room - room * 3 // 8 - room * 2 // 8
+    sizes = [4, 0, 28, 8]  # id, statement, test, verdict
+    sizes[1] = max(width - sum(sizes) - 4 - 20, 30)  # 4 separators, ~20 for the figure
 
     def cell(text: str, size: int) -> str:
         return (text if len(text) <= size else text[: size - 1] + "~").ljust(size)
 
     lines = []
-    for row in (header, *rows):
-        cells = (row.claim_id, row.statement, row.test, row.verdict, row.figure)
-        lines.append(" ".join(cell(text, size) for text, size in zip(cells, fixed)).rstrip())
+    for row in (TableRow("id", "statement", "test", "verdict", "figure"), *rows):
+        cells = (row.claim_id, row.statement, row.test, row.verdict)
+        lines.append((" ".join(cell(text, size) for text, size in zip(cells, sizes)) + " " + row.figure).rstrip())
     return lines

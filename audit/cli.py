@@ -157,5 +157,24 @@ def train(
                     f"{dev['accuracy']:.3f}, entropy {dev['entropy_mean']:.3f} nats, ECE {dev['ece']:.4f}")
 
 
+@app.command()
+@handles_errors
+def replicate(
+    task: Annotated[str, typer.Option(help="A built-in data set (python -m audit data list).")],
+    out: Annotated[Path, typer.Option(help="Folder for every run, compare JSON and summary.json (resumable).")],
+    profile: Annotated[str, typer.Option(help="quick (2-core CPU, ~10 min) | full (a GPU) | tiny (tests).")] = "quick",
+    seeds: Annotated[Optional[int], typer.Option(help="Seeds (default: the profile's).")] = None,
+    device: Annotated[Optional[str], typer.Option()] = None,
+    bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for CIs.")] = 1000,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """Rerun the paper's experiment grid on one task and decide claims C1a-C2b."""
+    from audit.replicate import ReplicateSettings, render_summary, replicate as run_replicate
+
+    summary = run_replicate(ReplicateSettings(task=task, out=str(out), profile=profile, seeds=seeds, device=device,
+                                              n_bootstrap=bootstrap), progress=progress)
+    render_summary(summary)
+
+
 def main() -> None:
     app()

@@ -9,6 +9,7 @@ The report's JSON schema (``"kd-audit/compare/1"``) is documented in the README.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import os
@@ -267,16 +268,8 @@ def compare(teacher: ModelLike, students: list[ModelLike], data: str | TextData 
     if names is not None and len(names) > len(specs):
         raise AuditError(f"expected at most {len(specs)} --name values (teacher, then students), got {len(names)}")
     names = list(names or []) + [None] * (len(specs) - len(names or []))
-    loaded = [spec if not isinstance(spec, str) else
-              load_model(spec, name=name, allow_pickle=settings.allow_pickle,
-                         trust_remote_code=settings.trust_remote_code)
-              for spec, name in zip(specs, names)]
-    for model, name in zip(loaded, names):
-        if name is not None:
-            model.name = name
-    text_data = _load_data(data, settings) if isinstance(data, str) else data
-    if text_data is None and any(isinstance(m, TextClassifier) for m in loaded):
-        raise AuditError("expected --data for Hugging Face models, got none; pass a data file or a built-in name")
+    loaded = _distinct_names([_load(spec, name, settings) for spec, name in zip(specs, names)])
+    text_data = load_eval_data(data, settings) if isinstance(data, str) else data
     predictions = [_predictions(m, text_data, device, dtype, settings) for m in loaded]
     label_names = align_labels(predictions)
     labels = None
@@ -291,7 +284,8 @@ def compare(teacher: ModelLike, students: list[ModelLike], data: str | TextData 
     return report
 
 
-def _load_data(spec: str, settings: CompareSettings) -> TextData:
+def load_eval_data(spec: str, settings: CompareSettings) -> TextData:
+    """The data a comparison runs on: ``spec`` with the settings' split, columns and limit."""
     data = load_data(spec, split=settings.split, text_column=settings.text_column,
                      text_pair_column=settings.text_pair_column, label_column=settings.label_column,
                      id_column=settings.id_column, limit=settings.limit)
@@ -300,8 +294,38 @@ def _load_data(spec: str, settings: CompareSettings) -> TextData:
     return data
 
 
+def predict(model: ModelLike, data: str | TextData | None, *, name: str | None = None,
+            settings: CompareSettings | None = None) -> Predictions:
+    """One model's logits on ``data``, loaded and run as :func:`compare` does (for reuse across comparisons)."""
+    settings = settings or CompareSettings()
+    settings.validate()
+    device = resolve_device(settings.device)
+    text_data = load_eval_data(data, settings) if isinstance(data, str) else data
+    return _predictions(_load(model, name, settings), text_data, device, resolve_dtype(settings.dtype, device), settings)
+
+
+def _load(spec: ModelLike, name: str | None, settings: CompareSettings) -> Predictions | TextClassifier:
+    if isinstance(spec, str):
+        return load_model(spec, name=name, allow_pickle=settings.allow_pickle,
+                          trust_remote_code=settings.trust_remote_code)
+    if name is not None:
+        spec.name = name
+    return spec
+
+
+def _distinct_names(models: list) -> list:
+    """Copies with ``#2``, ``#3`` appended to repeated names (the same checkpoint compared with itself)."""
+    out, seen = [], {}
+    for model in models:
+        seen[model.name] = seen.get(model.name, 0) + 1
+        out.append(model if seen[model.name] == 1 else dataclasses.replace(model, name=f"{model.name}#{seen[model.name]}"))
+    return out
+
+
 def _predictions(model: Predictions | TextClassifier, data: TextData | None, device, dtype,
                  settings: CompareSettings) -> Predictions:
+    if data is None and isinstance(model, TextClassifier):
+        raise AuditError("expected --data for Hugging Face models, got none; pass a data file or a built-in name")
     if isinstance(model, Predictions):
         return model if data is None else match_to_data(model, data)
     return predict_text(model, data, device=device, dtype=dtype, batch_size=settings.batch_size,

@@ -24,6 +24,15 @@ QUICK = settings(max_examples=40, deadline=None)
 SLOWER = settings(max_examples=20, deadline=None)  # tests that loop or optimise per example
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # the tensors here are tiny: on a busy 2-core machine intra-op threads cost ~10x in synchronisation
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 # ---- the project's losses, per row, float64 -------------------------------------------------------
 
 
@@ -280,24 +289,31 @@ def test_p7_minimisers_analytic(problem, a, w, T):
     close(grad(lambda s: kd(s, v, y, w=1.0, T=T), v), torch.zeros_like(v), 1e-12 * max(1.0, T))
 
 
-def minimise(loss_rows, k: int, n: int) -> torch.Tensor:
-    """LBFGS in float64 from z = 0 to a gradient of 1e-13; returns the minimising logits (N, K)."""
-    z = torch.zeros(n, k, dtype=F64, requires_grad=True)
-    opt = torch.optim.LBFGS(
-        [z], lr=1.0, max_iter=2000, tolerance_grad=1e-13, tolerance_change=0.0, history_size=20,
-        line_search_fn="strong_wolfe",
-    )
+def minimise(loss_rows, n: int, k: int, steps: int = 60) -> torch.Tensor:
+    """Newton's method from z = 0 on the summed per-row loss; returns the minimising logits (N, K).
 
-    def closure():
-        opt.zero_grad()
-        loss = loss_rows(z).sum()
-        loss.backward()
-        return loss
+    Gradient-only LBFGS stalls near 1e-9 here (its line search cannot see loss changes below float64
+    resolution, and a student at T = 0.25 has tail curvatures ~1e-11). Every loss here is invariant to
+    shifting a row by a constant, so the Hessian is singular along those N directions; adding the
+    projector onto them makes it invertible without touching the step, which is orthogonal to them.
+    Steps are capped at 1 logit while far from the minimum.
+    """
 
-    opt.step(closure)
-    return z.detach()
+    def total(flat: torch.Tensor) -> torch.Tensor:
+        return loss_rows(flat.reshape(n, k)).sum()
+
+    shifts = torch.block_diag(*[torch.full((k, k), 1.0 / k, dtype=F64)] * n)  # (NK, NK)
+    z = torch.zeros(n * k, dtype=F64)
+    for _ in range(steps):
+        hessian = torch.autograd.functional.hessian(total, z, vectorize=True)
+        step = torch.linalg.solve(hessian + shifts, -grad(total, z))
+        z = z + step / max(1.0, float(step.abs().max()))
+        if float(step.abs().max()) < 1e-10:
+            break
+    return z.reshape(n, k)
 
 
+# labels (4,) and teacher logits (4, 5) of the optimisation checks
 FIXED_BATCH = (torch.tensor([0, 1, 2, 4]), 2.0 * torch.randn(4, 5, generator=torch.Generator().manual_seed(0), dtype=F64))
 
 
@@ -306,7 +322,7 @@ FIXED_BATCH = (torch.tensor([0, 1, 2, 4]), 2.0 * torch.randn(4, 5, generator=tor
 def test_p7_ls_minimiser_by_optimisation(a):
     """P7 (LS, by optimisation): minimising the LS loss reaches softmax(z*) = q' to 1e-6."""
     y, _ = FIXED_BATCH
-    z = minimise(lambda s: ls(s, y, a), 5, 4)
+    z = minimise(lambda s: ls(s, y, a), 4, 5)
     close(torch.softmax(z, -1), smoothed_targets(y, 5, a), 1e-6)
 
 
@@ -315,17 +331,17 @@ def test_p7_ls_minimiser_by_optimisation(a):
 def test_p7_kd_t1_minimiser_by_optimisation(w):
     """P7 (KD at T=1, by optimisation): minimising the KD loss reaches softmax(z*) = (1-w) e_y + w q to 1e-6."""
     y, v = FIXED_BATCH
-    z = minimise(lambda s: kd(s, v, y, w=w, T=1.0), 5, 4)
+    z = minimise(lambda s: kd(s, v, y, w=w, T=1.0), 4, 5)
     close(torch.softmax(z, -1), distilled_targets(y, torch.softmax(v, -1), w), 1e-6)
 
 
 @pytest.mark.claims
-@pytest.mark.parametrize("T", [0.5, 1.0, 4.0, 20.0])
+@pytest.mark.parametrize("T", [0.25, 0.5, 1.0, 4.0, 20.0, 100.0])
 def test_p7_pure_kd_minimiser_by_optimisation(T):
     """P7 (pure KD, by optimisation): minimising w=1 KD at temperature T reaches softmax(z*) = softmax(v)
     to 1e-6, so the student's entropy equals the teacher's."""
     y, v = FIXED_BATCH
-    z = minimise(lambda s: kd(s, v, y, w=1.0, T=T), 5, 4)
+    z = minimise(lambda s: kd(s, v, y, w=1.0, T=T), 4, 5)
     close(torch.softmax(z, -1), torch.softmax(v, -1), 1e-6)
     close(entropy(torch.softmax(z, -1)), entropy(torch.softmax(v, -1)), 1e-6)
 
@@ -467,7 +483,6 @@ def test_p13_optimal_gold_probability(problem, w, lift):
         close(p_gold, (1 - w) + w * q[torch.arange(n), y], 1e-12)
         gold.append(p_gold)
     assert bool((gold[1] >= gold[0] - 1e-15).all())
-    if w > 0:
-        q1, q2 = (torch.softmax(v, -1)[torch.arange(n), y] for v in (v1, v2))
-        strict = q2 - q1 > 1e-12
-        assert bool((gold[1][strict] > gold[0][strict]).all())
+    q1, q2 = (torch.softmax(v, -1)[torch.arange(n), y] for v in (v1, v2))
+    resolved = w * (q2 - q1) > 1e-12  # strictly higher wherever float64 can tell the two apart
+    assert bool((gold[1][resolved] > gold[0][resolved]).all())

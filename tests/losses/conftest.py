@@ -62,12 +62,13 @@ GRAD_RTOL = {torch.float32: 2e-5, torch.float16: 1e-3, torch.bfloat16: 8e-3 if D
 
 def assert_close_to_reference(
     loss: str, student: torch.Tensor, *args: torch.Tensor | None, grad_output: torch.Tensor | None = None,
-    loss_rtol: float = 2e-5, loss_atol: float | None = None, **options,
+    loss_rtol: float = 2e-5, loss_atol: float | None = None, grad_atol: float = 1e-6, **options,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run the Triton backend and check loss and gradient against the float64 reference; returns both.
 
     The loss tolerance is ``loss_rtol`` relative, plus ``loss_atol`` (default: ``loss_rtol`` times the
-    largest reference loss, at least 1); the gradient's is per dtype (:data:`GRAD_RTOL`).
+    largest reference loss, at least 1); the gradient's is per dtype (:data:`GRAD_RTOL`) relative, plus
+    ``grad_atol`` times the largest reference gradient.
     """
     value, grad = evaluate(loss, student, *args, backend="triton", grad_output=grad_output, **options)
     ref_value, ref_grad = reference(loss, student, *args, grad_output=grad_output, **options)
@@ -77,7 +78,7 @@ def assert_close_to_reference(
     torch.testing.assert_close(value.double(), ref_value, rtol=loss_rtol, atol=atol)
     # A grad_output other than 1 rescales the stored (already rounded) gradient: a second rounding.
     rtol = GRAD_RTOL[student.dtype] * (1 if grad_output is None or student.dtype == torch.float32 else 2)
-    atol = 1e-6 * ref_grad.abs().max().item() + (1e-7 if student.dtype == torch.float16 else 0.0)
+    atol = grad_atol * ref_grad.abs().max().item() + (1e-7 if student.dtype == torch.float16 else 0.0)
     torch.testing.assert_close(grad.double(), ref_grad, rtol=rtol, atol=max(atol, 1e-30))
     return value, grad
 

@@ -72,7 +72,7 @@ def config(num_classes: int, num_inputs: int) -> Config:
 
 
 @triton.jit
-def _update(s, t, cols, y, m_s, rest, n_fin, sum_fin, d_s, m_t, d_t, kl_acc, inv_t,
+def _update(s, t, cols, y, m_s, rest, n_fin, sum_fin, d_s, m_t, d_t, inv_t,
             HAS_TEACHER: tl.constexpr, HAS_LABELS: tl.constexpr):
     """Fold one [BLOCK_ROWS, BLOCK_K] block of fp32 logits (-inf where masked) into the running row stats."""
     m_new = tl.maximum(m_s, tl.max(s, axis=1))
@@ -80,9 +80,8 @@ def _update(s, t, cols, y, m_s, rest, n_fin, sum_fin, d_s, m_t, d_t, kl_acc, inv
     m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
     shift = s - m_safe[:, None]
     if HAS_LABELS:
-        e1 = tl.exp(shift)
         not_y = cols[None, :] != y[:, None]
-        rest = rest * tl.exp(m_s - m_safe) + tl.sum(tl.where(not_y, e1, 0.0), axis=1)
+        rest = rest * tl.exp(m_s - m_safe) + tl.sum(tl.where(not_y, tl.exp(shift), 0.0), axis=1)
         fin = s > float("-inf")
         # sum_fin holds sum (s_j - M_s) over finite s_j; re-centre it when the max grows.
         m_old = tl.where(n_fin > 0, m_s, m_safe)
@@ -92,21 +91,19 @@ def _update(s, t, cols, y, m_s, rest, n_fin, sum_fin, d_s, m_t, d_t, kl_acc, inv
         d_s = d_s * tl.exp((m_s - m_safe) * inv_t) + tl.sum(tl.exp(shift * inv_t), axis=1)
         mt_new = tl.maximum(m_t, tl.max(t, axis=1))
         mt_safe = tl.where(mt_new == float("-inf"), 0.0, mt_new)
-        e_t = tl.exp((t - mt_safe[:, None]) * inv_t)
-        beta = tl.exp((m_t - mt_safe) * inv_t)
-        d_t = d_t * beta + tl.sum(e_t, axis=1)
-        # q_j = 0 where t_j = -inf: the term is 0 (0 log 0), not 0 * (t - s) = NaN.
-        kl_acc = kl_acc * beta + tl.sum(e_t * tl.where(t > float("-inf"), t - s, 0.0), axis=1)
+        d_t = d_t * tl.exp((m_t - mt_safe) * inv_t) + tl.sum(tl.exp((t - mt_safe[:, None]) * inv_t), axis=1)
         m_t = mt_new
-    return m_new, rest, n_fin, sum_fin, d_s, m_t, d_t, kl_acc
+    return m_new, rest, n_fin, sum_fin, d_s, m_t, d_t
 
 
 @triton.jit
-def _grad(s, t, cols, y, m_s, d1, rest, n_fin, d_s, m_t, d_t, keep, scale,
-          smooth, smooth_per_class, ce_coef, kl_grad_coef, inv_t,
-          HAS_TEACHER: tl.constexpr, HAS_LABELS: tl.constexpr):
-    """Gradient of the row loss w.r.t. one [BLOCK_ROWS, BLOCK_K] block of student logits, times ``scale``."""
+def _pass2(s, t, cols, y, m_s, d1, rest, n_fin, d_s, m_t, d_t, log_ratio, keep, scale,
+           smooth, smooth_per_class, ce_coef, kl_grad_coef, inv_t,
+           HAS_TEACHER: tl.constexpr, HAS_LABELS: tl.constexpr):
+    """For one [BLOCK_ROWS, BLOCK_K] block: the gradient w.r.t. the student logits (times ``scale``) and the
+    block's share of KL(softmax(t/T) || softmax(s/T)) per row."""
     g = tl.zeros(s.shape, dtype=tl.float32)
+    kl = tl.zeros([s.shape[0]], dtype=tl.float32)
     if HAS_LABELS:
         p = tl.exp(s - m_s[:, None]) / d1[:, None]
         fin = (s > float("-inf")).to(tl.float32)
@@ -119,7 +116,15 @@ def _grad(s, t, cols, y, m_s, d1, rest, n_fin, d_s, m_t, d_t, keep, scale,
         p_t = tl.exp((s - m_s[:, None]) * inv_t) / d_s[:, None]
         q_t = tl.exp((t - m_t[:, None]) * inv_t) / d_t[:, None]
         g += kl_grad_coef * (p_t - q_t)
-    return tl.where(keep[:, None], g * scale, 0.0)
+        # KL = sum_j p_j phi(delta_j), delta = log q - log p, phi(x) = x e^x - e^x + 1 >= 0: every term is
+        # second order in delta, so a student close to its teacher does not lose the loss to cancellation
+        # (sum q log q - sum q log p would), and an error in the normalisers enters only at second order.
+        delta = ((t - m_t[:, None]) - (s - m_s[:, None])) * inv_t + log_ratio[:, None]
+        small = delta * delta * (0.5 + delta * (1.0 / 3.0 + delta * (0.125 + delta * (1.0 / 30.0 + delta / 144.0))))
+        # Far from 0, p phi(delta) = q delta - q + p; q = 0 (teacher -inf) contributes p.
+        far = tl.where(q_t > 0.0, q_t * delta, 0.0) - q_t + p_t
+        kl = tl.sum(tl.where(tl.abs(delta) < 0.1, p_t * small, far), axis=1)
+    return tl.where(keep[:, None], g * scale, 0.0), kl
 
 
 @triton.jit
@@ -153,6 +158,7 @@ def fused_loss_kernel(
         keep = row_ok
     s_row = s_ptr + rows[:, None] * s_stride
     t_row = t_ptr + rows[:, None] * t_stride
+    g_row = g_ptr + rows[:, None] * g_stride
     scale = tl.load(scale_ptr)
 
     m_s = tl.full([BLOCK_ROWS], float("-inf"), tl.float32)
@@ -162,7 +168,6 @@ def fused_loss_kernel(
     sum_fin = tl.zeros([BLOCK_ROWS], tl.float32)
     d_s = tl.zeros([BLOCK_ROWS], tl.float32)
     d_t = tl.zeros([BLOCK_ROWS], tl.float32)
-    kl_acc = tl.zeros([BLOCK_ROWS], tl.float32)
 
     # Pass 1: row statistics. Ignored rows are masked out of every load, so they cost no bandwidth.
     if SINGLE_PASS:
@@ -172,8 +177,8 @@ def fused_loss_kernel(
         t = s
         if HAS_TEACHER:
             t = tl.load(t_row + cols[None, :], mask=mask, other=float("-inf")).to(tl.float32)
-        m_s, rest, n_fin, sum_fin, d_s, m_t, d_t, kl_acc = _update(
-            s, t, cols, y, m_s, rest, n_fin, sum_fin, d_s, m_t, d_t, kl_acc, inv_t, HAS_TEACHER, HAS_LABELS)
+        m_s, rest, n_fin, sum_fin, d_s, m_t, d_t = _update(
+            s, t, cols, y, m_s, rest, n_fin, sum_fin, d_s, m_t, d_t, inv_t, HAS_TEACHER, HAS_LABELS)
     else:
         for start in range(0, K, BLOCK_K):
             cols = start + tl.arange(0, BLOCK_K)
@@ -182,14 +187,15 @@ def fused_loss_kernel(
             t = s
             if HAS_TEACHER:
                 t = tl.load(t_row + cols[None, :], mask=mask, other=float("-inf")).to(tl.float32)
-            m_s, rest, n_fin, sum_fin, d_s, m_t, d_t, kl_acc = _update(
-                s, t, cols, y, m_s, rest, n_fin, sum_fin, d_s, m_t, d_t, kl_acc, inv_t, HAS_TEACHER, HAS_LABELS)
+            m_s, rest, n_fin, sum_fin, d_s, m_t, d_t = _update(
+                s, t, cols, y, m_s, rest, n_fin, sum_fin, d_s, m_t, d_t, inv_t, HAS_TEACHER, HAS_LABELS)
 
     # Ignored rows saw only -inf: give them finite stats (max 0, sums 1) so that no NaN is ever formed.
     m_s = tl.where(keep, m_s, 0.0)
     m_t = tl.where(keep, m_t, 0.0)
     d_s = tl.where(keep, d_s, 1.0)
     d_t = tl.where(keep, d_t, 1.0)
+    log_ratio = tl.log(d_s / d_t)
     loss = tl.zeros([BLOCK_ROWS], tl.float32)
     d1 = rest
     if HAS_LABELS:
@@ -197,19 +203,16 @@ def fused_loss_kernel(
         log_d1 = tl.log(d1)
         nll = (m_s - s_y) + log_d1
         loss = ce_coef * ((1.0 - smooth) * nll + smooth_per_class * (n_fin * log_d1 - sum_fin))
-    if HAS_TEACHER:
-        kl = (kl_acc / d_t - (m_t - m_s)) * inv_t + tl.log(d_s / d_t)
-        loss += kl_coef * kl
-    tl.store(loss_ptr + rows, tl.where(keep, loss, 0.0), mask=row_ok)
 
-    # Pass 2: gradient, from the registers (SINGLE_PASS) or re-reading the row.
-    if COMPUTE_GRAD:
-        g_row = g_ptr + rows[:, None] * g_stride
+    # Pass 2: gradient and KL, from the registers (SINGLE_PASS) or re-reading the row (from L2).
+    kl = tl.zeros([BLOCK_ROWS], tl.float32)
+    if COMPUTE_GRAD or HAS_TEACHER:
         if SINGLE_PASS:
-            g = _grad(s, t, cols, y, m_s, d1, rest, n_fin, d_s, m_t, d_t, keep, scale,
-                      smooth, smooth_per_class, ce_coef, kl_grad_coef, inv_t, HAS_TEACHER, HAS_LABELS)
-            tl.store(g_row + cols[None, :], g.to(g_ptr.dtype.element_ty),
-                     mask=row_ok[:, None] & (cols < K)[None, :])
+            g, kl = _pass2(s, t, cols, y, m_s, d1, rest, n_fin, d_s, m_t, d_t, log_ratio, keep, scale,
+                           smooth, smooth_per_class, ce_coef, kl_grad_coef, inv_t, HAS_TEACHER, HAS_LABELS)
+            if COMPUTE_GRAD:
+                tl.store(g_row + cols[None, :], g.to(g_ptr.dtype.element_ty),
+                         mask=row_ok[:, None] & (cols < K)[None, :])
         else:
             for start in range(0, K, BLOCK_K):
                 cols = start + tl.arange(0, BLOCK_K)
@@ -218,10 +221,16 @@ def fused_loss_kernel(
                 t = s
                 if HAS_TEACHER:
                     t = tl.load(t_row + cols[None, :], mask=mask, other=float("-inf")).to(tl.float32)
-                g = _grad(s, t, cols, y, m_s, d1, rest, n_fin, d_s, m_t, d_t, keep, scale,
-                          smooth, smooth_per_class, ce_coef, kl_grad_coef, inv_t, HAS_TEACHER, HAS_LABELS)
-                tl.store(g_row + cols[None, :], g.to(g_ptr.dtype.element_ty),
-                         mask=row_ok[:, None] & (cols < K)[None, :])
+                g, kl_block = _pass2(s, t, cols, y, m_s, d1, rest, n_fin, d_s, m_t, d_t, log_ratio, keep, scale,
+                                     smooth, smooth_per_class, ce_coef, kl_grad_coef, inv_t,
+                                     HAS_TEACHER, HAS_LABELS)
+                kl += kl_block
+                if COMPUTE_GRAD:
+                    tl.store(g_row + cols[None, :], g.to(g_ptr.dtype.element_ty),
+                             mask=row_ok[:, None] & (cols < K)[None, :])
+    if HAS_TEACHER:
+        loss += kl_coef * kl
+    tl.store(loss_ptr + rows, tl.where(keep, loss, 0.0), mask=row_ok)
 
 
 @triton.jit

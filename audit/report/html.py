@@ -1,0 +1,215 @@
+"""A compare or replicate report as ONE self-contained HTML file, readable offline.
+
+Everything is inline: CSS in a ``<style>`` element, figures (:func:`audit.report.plots.build_figures`) as
+base64 ``data:`` PNGs. There is no script, font or link, and a Content-Security-Policy meta tag forbids
+the page any request but ``data:`` images and its own inline style. Every text from the report is escaped
+with :func:`html.escape`. The tables hold the rows of the terminal report (:mod:`audit.report.terminal`).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import tempfile
+from html import escape
+from pathlib import Path
+
+from audit.errors import AuditError
+from audit.report.plots import COMPARE_SCHEMA, REPLICATE_SCHEMA, build_figures, png_bytes
+from audit.report.terminal import MODEL_ROWS, PAIR_ROWS
+
+CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
+VERDICT_CLASS = {"inherits": "good", "moves_away": "bad", "inconclusive": "unsure",
+                 "holds": "good", "fails": "bad"}
+CSS = """
+body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto; max-width: 1200px;
+       padding: 0 1rem; color: #1d1d1f; background: #fff; }
+h1 { font-size: 1.5rem; margin-bottom: .2rem; } h2 { font-size: 1.15rem; margin-top: 2rem; }
+.meta { color: #555; }
+table { border-collapse: collapse; margin: .6rem 0; }
+caption { text-align: left; font-weight: 600; padding: .3rem 0; }
+th, td { border: 1px solid #ddd; padding: .25rem .6rem; vertical-align: top; }
+th { background: #f4f4f6; text-align: left; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+.good { color: #17803d; font-weight: 600; } .bad { color: #c0262d; font-weight: 600; }
+.unsure { color: #9a6700; font-weight: 600; }
+ul.verdicts { list-style: none; padding-left: 0; } ul.verdicts li { margin: .4rem 0; }
+figure { margin: 1rem 0; } figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
+figcaption { color: #555; font-size: .9rem; }
+"""
+
+
+def _fmt(value, fmt: str) -> str:
+    return "-" if value is None else fmt.format(value)
+
+
+def _with_ci(stat: dict | None, fmt: str) -> str:
+    if not stat or stat.get("value") is None:
+        return "-"
+    if not stat.get("ci"):
+        return fmt.format(stat["value"])
+    lo, hi = stat["ci"]
+    return f"{fmt.format(stat['value'])} [{fmt.format(lo)}, {fmt.format(hi)}]"
+
+
+def _direction(stat: dict) -> str:
+    lo, hi = stat["ci"]
+    if hi < 0:
+        return "more confident"
+    if lo > 0:
+        return "less confident"
+    return "no clear change"
+
+
+def _cell(value, *, num: bool = False, css: str | None = None) -> str:
+    classes = " ".join(c for c in ("num" if num else None, css) if c)
+    attr = f' class="{classes}"' if classes else ""
+    return f"<td{attr}>{escape(str(value))}</td>"
+
+
+def _table(caption: str, header: list[str], rows: list[str]) -> str:
+    head = "".join(f"<th>{escape(str(h))}</th>" for h in header)
+    body = "".join(f"<tr>{row}</tr>" for row in rows)
+    return f"<table><caption>{escape(caption)}</caption><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _key_values(caption: str, mapping: dict) -> str:
+    rows = [_cell(k) + _cell(v if isinstance(v, str) else json.dumps(v)) for k, v in mapping.items()]
+    return _table(caption, ["key", "value"], rows)
+
+
+def _verdict(label: str) -> str:
+    return f'<span class="{VERDICT_CLASS.get(label, "unsure")}">{escape(label.replace("_", " "))}</span>'
+
+
+def _figures(report: dict, captions: dict[str, str]) -> str:
+    out = []
+    for name, fig in build_figures(report).items():
+        data = base64.b64encode(png_bytes(fig)).decode("ascii")
+        caption = captions.get(name.split("-")[0].removesuffix(".png"), "")
+        out.append(f'<figure><img src="data:image/png;base64,{data}" alt="{escape(name)}">'
+                   f"<figcaption>{escape(name)}: {escape(caption)}</figcaption></figure>")
+    return "".join(out)
+
+
+COMPARE_CAPTIONS = {
+    "reliability": "accuracy (bars) and mean confidence (dots) per confidence bin; the lower panels count the "
+                   "examples per bin; an empty bin has no bar",
+    "histograms": "per-example entropy and max probability of every model",
+    "scatter": "teacher vs student max probability per example, with the correlations over all examples",
+}
+REPLICATE_CAPTIONS = {
+    "entropy": "mean dev entropy per arm (bars) with its 95% CI over seeds; dots are single seeds",
+    "inheritance": "KD student vs teacher mean entropy, one point per teacher",
+}
+
+
+def _compare_body(report: dict) -> str:
+    models, pairs, data, settings = report["models"], report["pairs"], report["data"], report["settings"]
+    meta = (f"data {data.get('name', '(predictions only)')}, n={data['n']}; device {settings.get('device', '-')}, "
+            f"dtype {settings.get('dtype', '-')}; {settings['n_bins']} bins; {settings['n_bootstrap']} bootstrap "
+            f"resamples (seed {settings['seed']}); created {report.get('created', '-')}")
+    parts = [f"<h1>kd-audit compare</h1><p class=\"meta\">{escape(meta)}</p>",
+             "<h2>Verdict: did the student inherit the teacher's confidence?</h2><ul class=\"verdicts\">"]
+    parts += [f"<li><strong>{escape(p['student'])}</strong>: {_verdict(p['verdict'])} "
+              f"({escape(p['verdict_reason'])})</li>" for p in pairs]
+    parts.append("</ul>")
+    rows = [_cell(label) + "".join(_cell(_fmt(m.get(key), fmt), num=True) for m in models.values())
+            for key, label, fmt in MODEL_ROWS if any(key in m for m in models.values())]
+    parts.append(_table("Confidence and calibration per model", ["metric"] + [f"{n} ({m['role']})" for n, m in
+                                                                               models.items()], rows))
+    rows = [_cell(label) + "".join(_cell(_with_ci(p[key], fmt), num=True) for p in pairs)
+            for key, label, fmt in PAIR_ROWS]
+    parts.append(_table("Teacher -> student (value [95% bootstrap CI])", ["statistic"] +
+                        [f"{p['teacher']} -> {p['student']}" for p in pairs], rows))
+    if len(pairs) > 1:
+        rows = [_cell(f"{p['student']} vs teacher {p['teacher']}") + _cell(_with_ci(p["entropy_shift"], "{:+.4f}"),
+                num=True) + _cell(_direction(p["entropy_shift"])) for p in pairs]
+        rows += [_cell(f"{d['b']} vs {d['a']}") + _cell(_with_ci(d["entropy_difference"], "{:+.4f}"), num=True)
+                 + _cell(_direction(d["entropy_difference"])) for d in report["students"]]
+        parts.append(_table("Which way each student moved (mean entropy, nats; lower = more confident)",
+                            ["comparison", "difference [95% CI]", "direction"], rows))
+    parts.append("<h2>Figures</h2>" + _figures(report, COMPARE_CAPTIONS))
+    rows = [_cell(n) + _cell(m["role"]) + _cell(m.get("source", "-")) for n, m in models.items()]
+    parts.append("<h2>Run</h2>" + _table("Models", ["name", "role", "source"], rows))
+    parts.append(_key_values("Data", data) + _key_values("Settings", settings)
+                 + _key_values("Versions", report["versions"]))
+    return "".join(parts)
+
+
+def _replicate_body(report: dict) -> str:
+    arms = report["arms"]
+    meta = f"task {report['task']}; profile {report['profile']}; seeds {report['seeds']}"
+    parts = [f"<h1>kd-audit replicate</h1><p class=\"meta\">{escape(meta)}</p>"]
+    rows = [_cell(c["claim"]) + _cell(c["statement"]) + f"<td>{_verdict(c['verdict'])}</td>" + _cell(c["statistic"])
+            + _cell(_with_ci({"value": c.get("value"), "ci": c.get("ci")}, "{:+.4f}"), num=True) + _cell(c["detail"])
+            for c in report["claims"]]
+    parts.append("<h2>Claims</h2>" + _table("Claims of CLAIMS.md on this run",
+                                            ["claim", "statement", "verdict", "statistic", "value [95% CI]",
+                                             "detail"], rows))
+    rows = [_cell(a["arm"]) + _cell(a["method"]) + _cell(a["setup"]) + _cell(_with_ci(a["entropy"], "{:.4f}"), num=True)
+            + _cell(_with_ci(a["accuracy"], "{:.3f}"), num=True) + _cell(len(a["per_seed"]), num=True) for a in arms]
+    parts.append("<h2>Arms</h2>" + _table("Mean over seeds [95% CI]", ["arm", "method", "setup",
+                                                                      "entropy (nats)", "accuracy", "seeds"], rows))
+    rows = [_cell(a["arm"]) + _cell(s["seed"], num=True) + _cell(_fmt(s.get("entropy"), "{:.4f}"), num=True)
+            + _cell(_fmt(s.get("accuracy"), "{:.3f}"), num=True) + _cell(_fmt(s.get("ece"), "{:.4f}"), num=True)
+            for a in arms for s in a["per_seed"]]
+    parts.append(_table("Per seed", ["arm", "seed", "entropy (nats)", "accuracy", "ECE"], rows))
+    inheritance = report.get("inheritance")
+    if inheritance and inheritance.get("teacher_entropy"):
+        rows = [_cell(f"teacher {t:.4f} -> student {s:.4f}")
+                for t, s in zip(inheritance["teacher_entropy"], inheritance["student_entropy"])]
+        rows.append(_cell(f"Spearman {_with_ci(inheritance['spearman'], '{:.3f}')}"))
+        parts.append(_table("Inheritance: KD student vs teacher mean entropy", ["mean entropy (nats)"], rows))
+    parts.append("<h2>Figures</h2>" + _figures(report, REPLICATE_CAPTIONS))
+    parts.append("<h2>Run</h2>" + _key_values("Settings", report["settings"])
+                 + _key_values("Versions", report["versions"]))
+    return "".join(parts)
+
+
+BODIES = {COMPARE_SCHEMA: _compare_body, REPLICATE_SCHEMA: _replicate_body}
+
+
+def render_html(report: dict) -> str:
+    """The whole report as one self-contained HTML document.
+
+    Args:
+        report: a compare (``"kd-audit/compare/1"``) or replicate (``"kd-audit/replicate/1"``) report dict.
+
+    Returns:
+        An HTML5 document as a str: no scripts, no external resources, every report text escaped.
+
+    Raises:
+        AuditError: a dict without a known ``"schema"``.
+
+    Example:
+        >>> page = render_html(report)  # doctest: +SKIP
+        >>> page.startswith("<!DOCTYPE html>")  # doctest: +SKIP
+        True
+    """
+    schema = report.get("schema") if isinstance(report, dict) else None
+    if schema not in BODIES:
+        raise AuditError(f"expected a report with schema {' or '.join(BODIES)}, got {schema!r}; "
+                         "pass the JSON that `python -m audit --json` or `replicate` wrote")
+    title = f"kd-audit {schema.split('/')[1]}"
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<meta http-equiv=\"Content-Security-Policy\" content=\"{CSP}\">"
+            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+            f"<title>{escape(title)}</title><style>{CSS}</style></head>"
+            f"<body>{BODIES[schema](report)}</body></html>\n")
+
+
+def write_html(report: dict, path: str | Path) -> Path:
+    """Write :func:`render_html` of the report to ``path`` atomically (a temp file renamed into place).
+
+    Raises:
+        AuditError: a dict without a known ``"schema"`` (nothing is written then).
+    """
+    page = render_html(report)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, suffix=".tmp", delete=False) as tmp:
+        tmp.write(page)
+    os.replace(tmp.name, path)
+    return path

@@ -1,0 +1,275 @@
+"""Figures of a compare or replicate report, drawn from the report dict alone.
+
+:func:`build_figures` returns matplotlib Figures keyed by file name (tests inspect their artists);
+:func:`write_plots` saves them as PNGs. Figures are built with the object-oriented API on an Agg canvas,
+never through pyplot, so no global backend is switched and nothing opens a window; matplotlib is imported
+on the first call, not with this module.
+
+Compare report (``"kd-audit/compare/1"``):
+
+- ``reliability.png``: one reliability diagram per model with labels, side by side on shared axes; bars are
+  the per-bin accuracy, dots the per-bin mean confidence, the dashed diagonal perfect calibration, and a
+  lower panel the per-bin counts. An empty bin has no bar: it is never drawn as perfectly calibrated.
+- ``histograms.png``: entropy and max-probability histograms, one step line per model.
+- ``scatter-<student>.png``: teacher vs student max probability per example (the report's subsample),
+  titled with the max-probability Pearson and Spearman correlations and their CIs (over all examples).
+
+Replicate report (``"kd-audit/replicate/1"``):
+
+- ``entropy-by-arm.png``: mean dev entropy per arm with its CI as error bars, per-seed values as dots.
+- ``inheritance.png`` (when the report has teachers of several confidences): student vs teacher entropy.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from audit.errors import AuditError
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+COMPARE_SCHEMA = "kd-audit/compare/1"
+REPLICATE_SCHEMA = "kd-audit/replicate/1"
+METHOD_COLORS = {"erm": "#4c72b0", "ls": "#dd8452", "kd": "#55a868"}
+TEACHER_COLOR = "#4c72b0"
+STUDENT_COLORS = ("#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c")
+DPI = 110
+
+
+def _figure(width: float, height: float) -> Figure:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _model_colors(models: dict) -> dict[str, str]:
+    students = [name for name, m in models.items() if m["role"] != "teacher"]
+    colors = {name: TEACHER_COLOR for name, m in models.items() if m["role"] == "teacher"}
+    colors.update({name: STUDENT_COLORS[i % len(STUDENT_COLORS)] for i, name in enumerate(students)})
+    return colors
+
+
+def _plain(text: str) -> str:
+    """Text shown as typed: matplotlib would read a pair of ``$`` as mathtext (and fail on a bad one)."""
+    return str(text).replace("$", r"\$")
+
+
+def _ci_text(stat: dict, fmt: str = "{:.2f}") -> str:
+    lo, hi = stat["ci"]
+    return f"{fmt.format(stat['value'])} [{fmt.format(lo)}, {fmt.format(hi)}]"
+
+
+def reliability_figure(report: dict) -> Figure | None:
+    """Reliability diagrams of every model with labels (None when no model has them)."""
+    models = {name: m for name, m in report["models"].items() if "reliability" in m}
+    if not models:
+        return None
+    colors = _model_colors(report["models"])
+    fig = _figure(3.6 * len(models) + 0.6, 4.8)
+    axes = fig.subplots(2, len(models), sharex=True, sharey="row", height_ratios=[3, 1], squeeze=False)
+    for col, (name, m) in enumerate(models.items()):
+        rel = m["reliability"]
+        edges = rel["edges"]
+        full = [b for b, acc in enumerate(rel["accuracy"]) if acc is not None]
+        left = [edges[b] for b in full]
+        width = [edges[b + 1] - edges[b] for b in full]
+        top, bottom = axes[0, col], axes[1, col]
+        top.plot([0, 1], [0, 1], ls="--", color="0.5", lw=1, label="perfect calibration")
+        top.bar(left, [rel["accuracy"][b] for b in full], width=width, align="edge", color=colors[name],
+                edgecolor="white", alpha=0.85, label="accuracy")
+        top.plot([edges[b] + w / 2 for b, w in zip(full, width)], [rel["confidence"][b] for b in full],
+                 ls="none", marker="o", ms=3.5, color="black", label="mean confidence")
+        top.set_title(f"{_plain(name)} ({m['role']})\naccuracy {m['accuracy']:.3f}   ECE {m['ece']:.4f}", fontsize=9)
+        bottom.bar(edges[:-1], rel["count"], width=[hi - lo for lo, hi in zip(edges, edges[1:])], align="edge",
+                   color="0.55", edgecolor="white", label="count")
+        bottom.set_xlabel("max probability (confidence)")
+        top.set_xlim(edges[0], edges[-1])
+        top.set_ylim(0, 1)
+    axes[0, 0].set_ylabel("accuracy in bin")
+    axes[1, 0].set_ylabel("examples")
+    axes[0, 0].legend(loc="upper left", fontsize=7, frameon=False)
+    fig.suptitle(f"Reliability ({len(edges) - 1} equal-width bins; empty bins have no bar)", fontsize=10)
+    return fig
+
+
+def histograms_figure(report: dict) -> Figure:
+    """Entropy and max-probability histograms of every model, one step line each."""
+    models = report["models"]
+    colors = _model_colors(models)
+    fig = _figure(10, 3.8)
+    ax_h, ax_m = fig.subplots(1, 2)
+    for ax, key, xlabel in ((ax_h, "entropy_histogram", "entropy (nats)"),
+                            (ax_m, "maxprob_histogram", "max probability")):
+        for name, m in models.items():
+            hist = m[key]
+            ax.stairs(hist["count"], hist["edges"], label=f"{_plain(name)} ({m['role']})", color=colors[name], lw=1.6,
+                      fill=m["role"] == "teacher", alpha=0.35 if m["role"] == "teacher" else 1.0)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("examples")
+    ax_h.set_title("Entropy per example (lower = more confident)", fontsize=10)
+    ax_m.set_title("Max probability per example", fontsize=10)
+    ax_m.legend(loc="upper left", fontsize=8, frameon=False)
+    return fig
+
+
+def scatter_figure(report: dict, pair: dict) -> Figure:
+    """Teacher vs student max probability per example for one pair of the report."""
+    points = pair["scatter"]
+    x, y = points["teacher_maxprob"], points["student_maxprob"]
+    lo = 1.0 / report["models"][pair["teacher"]]["num_classes"]
+    fig = _figure(5.2, 5.2)
+    ax = fig.subplots()
+    ax.plot([lo, 1], [lo, 1], ls="--", color="0.5", lw=1)
+    ax.scatter(x, y, s=8, alpha=0.5, color=_model_colors(report["models"])[pair["student"]], linewidths=0)
+    ax.set_xlim(lo - 0.02, 1.02)
+    ax.set_ylim(lo - 0.02, 1.02)
+    ax.set_aspect("equal")
+    ax.set_xlabel(f"max probability, teacher: {_plain(pair['teacher'])}")
+    ax.set_ylabel(f"max probability, student: {_plain(pair['student'])}")
+    ax.set_title(f"{_plain(pair['teacher'])} -> {_plain(pair['student'])}\n"
+                 f"Pearson r {_ci_text(pair['corr_maxprob_pearson'])}\n"
+                 f"Spearman ρ {_ci_text(pair['corr_maxprob_spearman'])}", fontsize=9)
+    ax.text(0.98, 0.02, f"{len(x)} of {report['data']['n']} examples shown; 95% CIs over all",
+            transform=ax.transAxes, ha="right", va="bottom", fontsize=7, color="0.35")
+    return fig
+
+
+def entropy_by_arm_figure(report: dict) -> Figure:
+    """Mean entropy per arm of a replicate report, with CI error bars and per-seed dots."""
+    arms = report["arms"]
+    fig = _figure(max(5.0, 1.1 * len(arms) + 1.5), 4.6)
+    ax = fig.subplots()
+    xs = list(range(len(arms)))
+    values = [a["entropy"]["value"] for a in arms]
+    yerr = [[v - a["entropy"]["ci"][0] for v, a in zip(values, arms)],
+            [a["entropy"]["ci"][1] - v for v, a in zip(values, arms)]]
+    ax.bar(xs, values, yerr=yerr, capsize=5, color=[METHOD_COLORS.get(a["method"], "0.6") for a in arms],
+           alpha=0.85, error_kw={"lw": 1.4}, label="mean entropy")
+    seeds_x = [x for x, a in zip(xs, arms) for _ in a["per_seed"]]
+    seeds_y = [s["entropy"] for a in arms for s in a["per_seed"]]
+    (seed_dots,) = ax.plot(seeds_x, seeds_y, ls="none", marker="o", ms=3.5, mfc="white", mec="black",
+                           label="one seed")
+    ax.set_xticks(xs, [_plain(a["arm"] if a["setup"] in ("-", "") else f"{a['arm']}\n({a['setup']})") for a in arms],
+                  rotation=20, ha="right", fontsize=8)
+    ax.set_ylabel("mean dev entropy (nats; lower = more confident)")
+    ax.set_title(f"{_plain(report['task'])}: mean entropy by arm, 95% CI over seeds {report['seeds']}", fontsize=10)
+    from matplotlib.patches import Patch
+
+    methods = [m for m in METHOD_COLORS if any(a["method"] == m for a in arms)]
+    handles = [Patch(color=METHOD_COLORS[m], alpha=0.85, label=m.upper()) for m in methods]
+    ax.legend(handles=[*handles, seed_dots], fontsize=8, frameon=False)
+    return fig
+
+
+def inheritance_figure(report: dict) -> Figure | None:
+    """KD student vs teacher mean entropy (claim C2a); None without an ``inheritance`` section."""
+    inh = report.get("inheritance")
+    if not inh or not inh.get("teacher_entropy"):
+        return None
+    fig = _figure(4.8, 4.6)
+    ax = fig.subplots()
+    ax.plot(inh["teacher_entropy"], inh["student_entropy"], ls="none", marker="o", color=METHOD_COLORS["kd"])
+    ax.set_xlabel("teacher mean entropy (nats)")
+    ax.set_ylabel("KD student mean entropy (nats)")
+    ax.set_title(f"Does the student inherit the teacher's confidence?\nSpearman ρ {_ci_text(inh['spearman'])}",
+                 fontsize=9)
+    return fig
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.") or "model"
+
+
+def _compare_figures(report: dict) -> dict[str, Figure]:
+    figures = {}
+    reliability = reliability_figure(report)
+    if reliability is not None:
+        figures["reliability.png"] = reliability
+    figures["histograms.png"] = histograms_figure(report)
+    for pair in report["pairs"]:
+        name = f"scatter-{_slug(pair['student'])}.png"
+        suffix = 2
+        while name in figures:  # two names with the same slug ("a b", "a/b") keep separate files
+            name = f"scatter-{_slug(pair['student'])}-{suffix}.png"
+            suffix += 1
+        figures[name] = scatter_figure(report, pair)
+    return figures
+
+
+def _replicate_figures(report: dict) -> dict[str, Figure]:
+    figures = {"entropy-by-arm.png": entropy_by_arm_figure(report)}
+    inheritance = inheritance_figure(report)
+    if inheritance is not None:
+        figures["inheritance.png"] = inheritance
+    return figures
+
+
+BUILDERS = {COMPARE_SCHEMA: _compare_figures, REPLICATE_SCHEMA: _replicate_figures}
+
+
+def build_figures(report: dict) -> dict[str, Figure]:
+    """Every figure of a report, keyed by its file name, without saving anything.
+
+    Args:
+        report: a compare (``"kd-audit/compare/1"``) or replicate (``"kd-audit/replicate/1"``) report dict,
+            as built by :func:`audit.compare.compare_predictions` or read back from its JSON.
+
+    Returns:
+        ``{"reliability.png": Figure, ...}`` in a fixed order; see the module docstring for the names.
+
+    Raises:
+        AuditError: a dict without a known ``"schema"``.
+
+    Example:
+        >>> figures = build_figures(report)  # doctest: +SKIP
+        >>> sorted(figures)  # doctest: +SKIP
+        ['histograms.png', 'reliability.png', 'scatter-student.png']
+    """
+    schema = report.get("schema") if isinstance(report, dict) else None
+    if schema not in BUILDERS:
+        raise AuditError(f"expected a report with schema {' or '.join(BUILDERS)}, got {schema!r}; "
+                         "pass the JSON that `python -m audit --json` or `replicate` wrote")
+    return BUILDERS[schema](report)
+
+
+def png_bytes(fig: Figure) -> bytes:
+    """One figure as PNG bytes."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI, metadata={"Software": None})
+    return buffer.getvalue()
+
+
+def write_plots(report: dict, folder: str | Path) -> list[Path]:
+    """Save every figure of a report as a PNG into ``folder`` (created if needed), each written atomically.
+
+    Returns:
+        The written paths, in the order of :func:`build_figures`.
+
+    Raises:
+        AuditError: a dict without a known ``"schema"``, or a ``folder`` that is an existing file.
+
+    Example:
+        >>> write_plots(report, "plots")  # doctest: +SKIP
+        [PosixPath('plots/reliability.png'), PosixPath('plots/histograms.png'), ...]
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise AuditError(f"expected a folder for the plots, got the file {folder}; pass a folder path")
+    figures = build_figures(report)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, fig in figures.items():
+        with tempfile.NamedTemporaryFile(dir=folder, suffix=".tmp", delete=False) as tmp:
+            tmp.write(png_bytes(fig))
+        os.replace(tmp.name, folder / name)
+        paths.append(folder / name)
+    return paths

@@ -1,0 +1,167 @@
+"""audit.claims: the catalogue against CLAIMS.md, the verdict rule, the targets, and the claims table
+as pytest prints it (tests/conftest.py, run in a nested session)."""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from audit.claims import (
+    CLAIMS,
+    ClaimResult,
+    TableRow,
+    distilled_targets,
+    format_table,
+    smoothed_targets,
+    table_rows,
+    verdict,
+)
+from audit.errors import AuditError
+
+CLAIMS_MD = Path(__file__).resolve().parents[3] / "shared" / "CLAIMS.md"
+CONFTEST = Path(__file__).resolve().parents[1] / "conftest.py"
+
+
+@pytest.mark.skipif(not CLAIMS_MD.exists(), reason="../shared/CLAIMS.md is not beside this checkout")
+def test_catalogue_matches_claims_md():
+    ids = re.findall(r"^\| (P\d+|C\d[a-z]) \|", CLAIMS_MD.read_text(), flags=re.MULTILINE)
+    assert list(CLAIMS) == ids
+    assert {c.id for c in CLAIMS.values() if c.kind == "math"} == {i for i in ids if i.startswith("P")}
+
+
+@pytest.mark.parametrize(
+    ("ci", "direction", "expected"),
+    [
+        ((0.1, 0.5), 1, "holds"),
+        ((-0.5, -0.1), 1, "fails"),
+        ((-0.1, 0.5), 1, "inconclusive"),
+        ((0.0, 0.5), 1, "inconclusive"),  # touching zero is not "the whole interval on one side"
+        ((-0.5, -0.1), -1, "holds"),
+        ((0.1, 0.5), -1, "fails"),
+        ((-0.5, 0.0), -1, "inconclusive"),
+    ],
+)
+def test_verdict(ci, direction, expected):
+    assert verdict(sum(ci) / 2, ci, direction) == expected
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.floats(-1e6, 1e6), min_size=3, max_size=3))
+def test_verdict_mirrors_with_direction(values):
+    low, estimate, high = sorted(values)
+    assert verdict(estimate, (low, high), -1) == verdict(-estimate, (-high, -low), +1)
+
+
+@pytest.mark.parametrize(
+    ("estimate", "ci", "direction"),
+    [(0.0, (1.0, -1.0), 1), (2.0, (0.0, 1.0), 1), (math.nan, (0.0, 1.0), 1), (0.5, (0.0, math.inf), 1),
+     (0.5, (0.0, 1.0), 0)],
+)
+def test_verdict_rejects_bad_input(estimate, ci, direction):
+    with pytest.raises(AuditError, match="expected"):
+        verdict(estimate, ci, direction)
+
+
+def test_claim_result():
+    result = ClaimResult.from_interval("C2a", "spearman", -0.3, (-0.6, -0.05), detail="5 teachers")
+    assert (result.verdict, result.figure) == ("fails", "spearman=-0.3 [-0.6, -0.05]")
+    with pytest.raises(AuditError, match="claim id"):
+        ClaimResult("C9", "holds", "x", 0.0)
+    with pytest.raises(AuditError, match="verdict"):
+        ClaimResult("C1a", "true", "x", 0.0)
+
+
+def test_targets():
+    labels = torch.tensor([0, 2])
+    expected = torch.tensor([[0.8, 0.1, 0.1], [0.1, 0.1, 0.8]], dtype=torch.float64)  # a = 0.3, K = 3
+    torch.testing.assert_close(smoothed_targets(labels, 3, 0.3), expected)
+    uniform = torch.full((2, 3), 1 / 3, dtype=torch.float32)
+    torch.testing.assert_close(distilled_targets(labels, uniform, 0.3), expected)
+    for call in (
+        lambda: smoothed_targets(labels, 3, 1.5),
+        lambda: distilled_targets(labels, uniform, -0.1),
+        lambda: distilled_targets(torch.tensor([0, 3]), uniform, 0.3),
+        lambda: distilled_targets(labels[:1], uniform, 0.3),
+    ):
+        with pytest.raises(AuditError, match="expected"):
+            call()
+
+
+def test_table_rows():
+    outcomes = {
+        "P1": [("test_p1", "passed")],
+        "P2": [("test_p2a", "passed"), ("test_p2b", "failed")],
+        "P3": [("test_p3", "error")],
+        "P4": [("test_p4", "skipped")],
+        "C1b": [("test_c1b", "failed")],
+    }
+    results = [("test_c1a", ClaimResult("C1a", "holds", "d", 0.2, (0.1, 0.3))),
+               ("test_c2a", ClaimResult("C2a", "inconclusive", "rho", 0.1, (-0.2, 0.4))),
+               ("test_c2a", ClaimResult("C2a", "fails", "rho", -0.5, (-0.8, -0.1)))]
+    rows = {(r.claim_id, r.verdict) for r in table_rows(outcomes, results)}
+    assert {("P1", "holds"), ("P2", "fails"), ("P3", "error"), ("P4", "not run"), ("P5", "not run"),
+            ("C1a", "holds"), ("C1b", "error"), ("C1c", "not run"), ("C2a", "inconclusive"),
+            ("C2a", "fails")} <= rows
+    assert len(table_rows(outcomes, results)) == len(CLAIMS) + 1
+    assert table_rows(outcomes)[1].test == "test_p2a (+1)"
+
+
+def test_format_table_cuts_long_cells_but_not_figures():
+    row = TableRow("C2b", "s" * 80, "t" * 40, "holds", "f" * 50)
+    line = format_table([row], width=80)[1]
+    assert ("s" * 29 + "~") in line and ("t" * 27 + "~") in line and line.endswith("f" * 50)
+
+
+CLAIM_TESTS = '''
+import pytest
+from audit.claims import ClaimResult
+
+@pytest.mark.claims
+def test_holds():
+    """P2: passes."""
+
+@pytest.mark.claims
+def test_broken():
+    """P3: fails."""
+    assert False
+
+@pytest.mark.claims
+def test_empirical(record_claim):
+    """C1a: records a figure."""
+    record_claim(ClaimResult.from_interval("C1a", "entropy LS-ERM", 0.25, (0.125, 0.5)))
+'''
+
+
+@pytest.fixture
+def nested(pytester: pytest.Pytester) -> pytest.Pytester:
+    pytester.makeconftest(CONFTEST.read_text())
+    pytester.makeini("[pytest]\nmarkers =\n    claims: the claim suite\n")
+    return pytester
+
+
+def test_claims_table_is_printed(nested: pytest.Pytester):
+    nested.makepyfile(test_claims=CLAIM_TESTS)
+    result = nested.runpytest("-p", "no:kd_audit", "-m", "claims")
+    result.assert_outcomes(passed=2, failed=1)
+    result.stdout.re_match_lines(
+        [r"=+ claims \(\.\./shared/CLAIMS\.md\) =+", r"P1 .* not run", r"P2 .* test_holds +holds +tol 1e-10",
+         r"P3 .* test_broken +fails", r"C1a .* test_empirical +holds +entropy LS-ERM=0\.25 \[0\.125, 0\.5\]"]
+    )
+
+
+def test_no_table_without_claims_tests(nested: pytest.Pytester):
+    nested.makepyfile(test_other="def test_plain():\n    pass\n")
+    assert "claims (../shared" not in nested.runpytest("-p", "no:kd_audit").stdout.str()
+
+
+def test_claims_test_must_name_its_claim(nested: pytest.Pytester):
+    nested.makepyfile(test_bad='import pytest\n\n@pytest.mark.claims\ndef test_x():\n    """Some claim."""\n')
+    result = nested.runpytest("-p", "no:kd_audit")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*expected the docstring of claims test*to start with a claim id*"])
