@@ -272,9 +272,9 @@ def format_table(rows: Sequence[TableRow], width: int = 120) -> list[str]:
     names that do not fit end in "~"; the figure comes last and is never cut.
 
     >>> format_table([TableRow("P8", "optimal gap", "test_p8", "holds", "tol 1e-8")], width=90)[1]
-    'P8   optimal gap                    test_p8                      holds    tol 1e-8'
+    'P8   optimal gap                    test_p8                            holds    tol 1e-8'
     """
-    sizes = [4, 0, 28, 8]  # id, statement, test, verdict
+    sizes = [4, 0, 34, 8]  # id, statement, test, verdict
     sizes[1] = max(width - sum(sizes) - 4 - 20, 30)  # 4 separators, ~20 for the figure
 
     def cell(text: str, size: int) -> str:
@@ -283,5 +283,5 @@ def format_table(rows: Sequence[TableRow], width: int = 120) -> list[str]:
     lines = []
     for row in (TableRow("id", "statement", "test", "verdict", "figure"), *rows):
         cells = (row.claim_id, row.statement, row.test, row.verdict)
-        lines.append((" ".join(cell(text, size) for text, size in zip(cells, sizes)) + " " + row.figure).rstrip())
+        lines.append((" ".join(cell(text, size) for text, size in zip(cells, sizes, strict=True)) + " " + row.figure).rstrip())
     return lines

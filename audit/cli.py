@@ -68,12 +68,14 @@ def compare(
     seed: Annotated[int, typer.Option(help="Bootstrap seed.")] = 0,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the report as JSON here.")] = None,
     save_logits: Annotated[Optional[Path], typer.Option(help="Keep every model's logits in this folder.")] = None,
+    plots: Annotated[Optional[Path], typer.Option(help="Write PNG figures into this folder.")] = None,
+    html: Annotated[Optional[Path], typer.Option(help="Write a self-contained HTML report here.")] = None,
     allow_pickle: Annotated[bool, typer.Option(help="Allow pickle weights (they can run code).")] = False,
     trust_remote_code: Annotated[bool, typer.Option(help="Allow a model's own Python code.")] = False,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """Compare a teacher with its students: confidence, calibration and inheritance."""
-    from audit.compare import CompareSettings, compare as run_compare, write_json
+    from audit.compare import CompareSettings, compare as run_compare
     from audit.report.terminal import render_compare
 
     if teacher is None and student is None and data is None:
@@ -92,8 +94,23 @@ def compare(
     )
     report = run_compare(teacher, student, data, names=name, settings=settings, save_logits=save_logits)
     render_compare(report)
+    write_outputs(report, json_path, plots, html)
+
+
+def write_outputs(report: dict, json_path: Path | None, plots: Path | None, html: Path | None) -> None:
+    """The files a user asked for, each written atomically after the report is complete."""
+    from audit.compare import write_json
+
     if json_path is not None:
         write_json(report, json_path)
+    if plots is not None:
+        from audit.report.plots import write_plots
+
+        write_plots(report, plots)
+    if html is not None:
+        from audit.report.html import write_html
+
+        write_html(report, html)
 
 
 def _positive_int(value: str, option: str) -> int:
@@ -166,6 +183,8 @@ def replicate(
     seeds: Annotated[Optional[int], typer.Option(help="Seeds (default: the profile's).")] = None,
     device: Annotated[Optional[str], typer.Option()] = None,
     bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for CIs.")] = 1000,
+    plots: Annotated[Optional[Path], typer.Option(help="Write PNG figures into this folder.")] = None,
+    html: Annotated[Optional[Path], typer.Option(help="Write a self-contained HTML report here.")] = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """Rerun the paper's experiment grid on one task and decide claims C1a-C2b."""
@@ -174,6 +193,34 @@ def replicate(
     summary = run_replicate(ReplicateSettings(task=task, out=str(out), profile=profile, seeds=seeds, device=device,
                                               n_bootstrap=bootstrap), progress=progress)
     render_summary(summary)
+    write_outputs(summary, None, plots, html)
+
+
+@app.command()
+@handles_errors
+def report(
+    run: Annotated[Path, typer.Argument(help="A compare JSON (--json) or a replicate summary.json.")],
+    plots: Annotated[Optional[Path], typer.Option(help="Write PNG figures into this folder.")] = None,
+    html: Annotated[Optional[Path], typer.Option(help="Write a self-contained HTML report here.")] = None,
+) -> None:
+    """Re-render a saved compare or replicate report, without models."""
+    import json
+
+    from audit.replicate import SCHEMA as REPLICATE_SCHEMA, render_summary
+    from audit.compare import SCHEMA as COMPARE_SCHEMA
+    from audit.report.terminal import render_compare
+
+    try:
+        saved = json.loads(run.read_text())
+    except (OSError, ValueError) as err:
+        raise AuditError(f"expected a readable JSON report, got {run} ({type(err).__name__}: {err}); "
+                         "pass the file that --json or replicate wrote") from None
+    schema = saved.get("schema") if isinstance(saved, dict) else None
+    if schema not in (COMPARE_SCHEMA, REPLICATE_SCHEMA):
+        raise AuditError(f"expected a report with schema {COMPARE_SCHEMA} or {REPLICATE_SCHEMA}, got {schema!r} "
+                         f"in {run}")
+    (render_compare if schema == COMPARE_SCHEMA else render_summary)(saved)
+    write_outputs(saved, None, plots, html)
 
 
 def main() -> None:

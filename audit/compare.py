@@ -21,11 +21,13 @@ from pathlib import Path
 import torch
 
 from audit import metrics
+from audit.cache import PredictionStore, prediction_key
 from audit.data import TextData, load_data
+from audit.distributed import ProcessGroup, local_device, process_group
 from audit.errors import AuditError
 from audit.inheritance import VerdictRule, pair_statistics, student_differences, verdict
 from audit.models import Predictions, TextClassifier, load_model, save_predictions
-from audit.predict import predict_text, resolve_device, resolve_dtype
+from audit.predict import predict_text, resolve_batch_size, resolve_device, resolve_dtype
 
 SCHEMA = "kd-audit/compare/1"
 BRIER_CONVENTION = "multiclass: mean over examples of sum_k (p_k - 1[k=y])^2, range [0, 2]"
@@ -55,6 +57,7 @@ class CompareSettings:
     allow_pickle: bool = False
     trust_remote_code: bool = False
     progress: bool = True
+    cache: bool = True
     rule: VerdictRule = field(default_factory=VerdictRule)
 
     def validate(self) -> None:
@@ -255,6 +258,11 @@ def compare(teacher: ModelLike, students: list[ModelLike], data: str | TextData 
         names: report names for teacher then students (default: from the paths).
         save_logits: a folder to write one ``<name>.safetensors`` per model into, for a model-free re-run.
 
+    Under ``torchrun``/``accelerate launch`` every process evaluates its share of the batches
+    (:mod:`audit.distributed`), gets all the logits back in the data's order and returns the same report as a
+    single process would; only rank 0 writes ``save_logits``. With ``settings.cache`` the logits are kept in
+    the prediction cache as they are computed (:mod:`audit.cache`), so an interrupted run resumes.
+
     Raises:
         AuditError: any bad input, before anything is written.
     """
@@ -263,6 +271,8 @@ def compare(teacher: ModelLike, students: list[ModelLike], data: str | TextData 
     if not students:
         raise AuditError("expected at least one --student, got none")
     device = resolve_device(settings.device)
+    group = process_group(device)
+    device = local_device(device, group)
     dtype = resolve_dtype(settings.dtype, device)
     specs = [teacher, *students]
     if names is not None and len(names) > len(specs):
@@ -270,7 +280,7 @@ def compare(teacher: ModelLike, students: list[ModelLike], data: str | TextData 
     names = list(names or []) + [None] * (len(specs) - len(names or []))
     loaded = _distinct_names([_load(spec, name, settings) for spec, name in zip(specs, names)])
     text_data = load_eval_data(data, settings) if isinstance(data, str) else data
-    predictions = [_predictions(m, text_data, device, dtype, settings) for m in loaded]
+    predictions = [_predictions(m, text_data, device, dtype, settings, group) for m in loaded]
     label_names = align_labels(predictions)
     labels = None
     data_info = {}
@@ -279,7 +289,7 @@ def compare(teacher: ModelLike, students: list[ModelLike], data: str | TextData 
         data_info = {"name": text_data.name, **text_data.info}
     report = compare_predictions(predictions[0], predictions[1:], labels, settings=settings, data_info=data_info)
     report["settings"].update(device=str(device), dtype=str(dtype).removeprefix("torch."))
-    if save_logits is not None:
+    if save_logits is not None and group.is_main:
         _save_all(predictions, Path(save_logits))
     return report
 
@@ -300,8 +310,11 @@ def predict(model: ModelLike, data: str | TextData | None, *, name: str | None =
     settings = settings or CompareSettings()
     settings.validate()
     device = resolve_device(settings.device)
+    group = process_group(device)
+    device = local_device(device, group)
     text_data = load_eval_data(data, settings) if isinstance(data, str) else data
-    return _predictions(_load(model, name, settings), text_data, device, resolve_dtype(settings.dtype, device), settings)
+    return _predictions(_load(model, name, settings), text_data, device, resolve_dtype(settings.dtype, device),
+                        settings, group)
 
 
 def _load(spec: ModelLike, name: str | None, settings: CompareSettings) -> Predictions | TextClassifier:
@@ -323,13 +336,22 @@ def _distinct_names(models: list) -> list:
 
 
 def _predictions(model: Predictions | TextClassifier, data: TextData | None, device, dtype,
-                 settings: CompareSettings) -> Predictions:
+                 settings: CompareSettings, group: ProcessGroup | None = None) -> Predictions:
     if data is None and isinstance(model, TextClassifier):
         raise AuditError("expected --data for Hugging Face models, got none; pass a data file or a built-in name")
     if isinstance(model, Predictions):
         return model if data is None else match_to_data(model, data)
+    store = _store(model, data, device, dtype, settings) if settings.cache else None
     return predict_text(model, data, device=device, dtype=dtype, batch_size=settings.batch_size,
-                        max_length=settings.max_length, progress=settings.progress)
+                        max_length=settings.max_length, progress=settings.progress,
+                        store=store, group=group)
+
+
+def _store(model: TextClassifier, data: TextData, device, dtype, settings: CompareSettings) -> PredictionStore:
+    """The cache entry of this model's logits on this data (see :mod:`audit.cache`)."""
+    key = prediction_key(model, data, dtype=dtype, max_length=settings.max_length,
+                         batch_size=resolve_batch_size(settings.batch_size, device), device=device)
+    return PredictionStore.open(key, name=model.name, num_classes=model.num_classes)
 
 
 def _save_all(predictions: list[Predictions], folder: Path) -> None:

@@ -1,22 +1,28 @@
 """Run models over data and collect their logits.
 
-Batches are sorted by token length (less padding), run under ``torch.inference_mode``; with
-``batch_size="auto"`` a CUDA out-of-memory error halves the batch and retries instead of failing.
+Batches are sorted by token length within windows of rows (less padding, bounded memory), run under
+``torch.inference_mode``; with ``batch_size="auto"`` a CUDA out-of-memory error halves the batch and retries
+instead of failing. Hooks: a :class:`audit.cache.PredictionStore` makes a run resumable, and an
+:class:`audit.distributed.ProcessGroup` splits the batches over the processes of a launched run.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import itertools
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from audit.cache import PredictionStore
 from audit.data import TextData
+from audit.distributed import ProcessGroup, gather_rows
 from audit.errors import AuditError
 from audit.models import Predictions, TextClassifier
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 AUTO_BATCH = {"cuda": 256, "cpu": 64}
+WINDOW = 8192  # rows tokenized and length-sorted together
 
 
 def resolve_device(device: str | None) -> torch.device:
@@ -50,42 +56,106 @@ def progress_bar(enabled: bool) -> Progress:
                     transient=True, disable=not enabled)
 
 
+def batch_plan(n: int, size: int, window: int = WINDOW) -> list[tuple[int, int]]:
+    """The batches of :func:`predict_text` as ``(window_start, batch_size)``, in run order.
+
+    Rows are taken a window of ``window`` consecutive rows at a time (only one window is tokenized at
+    once, which bounds host memory on large data); a window is sorted by token length, longest first, and
+    cut into batches of ``size``. The plan depends only on ``n``, ``size`` and ``window``, so a resumed run
+    and every process of a launched run agree on it: batch ``b`` runs on rank ``b % world_size``.
+
+    >>> batch_plan(5, 2, window=4)
+    [(0, 2), (0, 2), (4, 1)]
+    """
+    return [(lo, min(size, min(window, n - lo) - start))
+            for lo in range(0, n, window) for start in range(0, min(window, n - lo), size)]
+
+
+def _planned_batches(classifier: TextClassifier, data: TextData, plan: list[tuple[int, int]], wanted: set[int],
+                     max_length: int, window: int) -> Iterator[tuple[int, list[int], list[list[int]]]]:
+    """``(batch index, data rows, input ids)`` of the ``wanted`` batches of ``plan``, tokenizing window by window."""
+    for lo, span in itertools.groupby(range(len(plan)), key=lambda b: plan[b][0]):
+        span = list(span)
+        if not wanted.intersection(span):
+            continue
+        hi = min(lo + window, len(data))
+        encodings = classifier.tokenizer(data.texts[lo:hi], data.text_pairs[lo:hi] if data.text_pairs else None,
+                                         truncation=True, max_length=max_length, padding=False)["input_ids"]
+        order = sorted(range(hi - lo), key=lambda i: len(encodings[i]), reverse=True)
+        start = 0
+        for b in span:
+            rows = order[start:start + plan[b][1]]
+            start += plan[b][1]
+            if b in wanted:
+                yield b, [lo + i for i in rows], [encodings[i] for i in rows]
+
+
+def _forward(classifier: TextClassifier, model: torch.nn.Module, input_ids: list[list[int]], device: torch.device,
+             micro: int, halving: bool) -> tuple[torch.Tensor, int]:
+    """(B, K) float32 CPU logits of one batch, run ``micro`` rows at a time; on CUDA out-of-memory with
+    ``halving``, halve ``micro`` and retry. Returns the logits and the ``micro`` that fitted."""
+    while True:
+        try:
+            parts = []
+            for start in range(0, len(input_ids), micro):
+                batch = classifier.tokenizer.pad({"input_ids": input_ids[start:start + micro]}, return_tensors="pt")
+                parts.append(model(**{k: v.to(device) for k, v in batch.items()}).logits.float().cpu())
+            return torch.cat(parts), micro
+        except torch.cuda.OutOfMemoryError:
+            if not halving or micro == 1:
+                raise AuditError(f"expected the batch to fit in GPU memory, got out of memory at batch size "
+                                 f"{micro}; pass a smaller --batch-size or --batch-size auto") from None
+            micro //= 2
+            torch.cuda.empty_cache()
+
+
 def predict_text(
     classifier: TextClassifier, data: TextData, *, device: torch.device, dtype: torch.dtype,
     batch_size: int | str = "auto", max_length: int = 256, progress: bool = True,
+    store: PredictionStore | None = None, group: ProcessGroup | None = None,
 ) -> Predictions:
     """Logits of a Hugging Face classifier on every example of ``data``, in the data's order.
 
+    Batches follow :func:`batch_plan`. With ``store`` (a :class:`audit.cache.PredictionStore`), batches
+    already on disk are read instead of run and new ones are written as they finish, so a killed run
+    resumes. With ``group`` (:func:`audit.distributed.process_group` in a launched run), this process runs
+    its share of the batches and every process returns all the logits.
+
     Returns:
         Predictions with (N, K) float32 CPU logits and the data's ids.
+
+    Raises:
+        AuditError: a batch that does not fit in GPU memory even at batch size 1 (or at a fixed batch size).
     """
-    encodings = classifier.tokenizer(
-        data.texts, data.text_pairs, truncation=True, max_length=max_length, padding=False
-    )["input_ids"]
-    order = sorted(range(len(data)), key=lambda i: len(encodings[i]), reverse=True)
-    size = AUTO_BATCH[device.type if device.type in AUTO_BATCH else "cpu"] if batch_size == "auto" else int(batch_size)
+    group = group or ProcessGroup()
+    size = resolve_batch_size(batch_size, device)
+    plan = batch_plan(len(data), size)
+    mine = set(range(group.rank, len(plan), group.world_size))
+    cached = mine & store.cached_batches() if store is not None else set()
+    rows, logits = store.load(cached) if store is not None else (torch.empty(0, dtype=torch.int64), None)
+    rows, logits = [rows], [logits if logits is not None else torch.empty(0, classifier.num_classes)]
     model = classifier.model.to(device=device, dtype=dtype)
-    logits = torch.empty(len(data), classifier.num_classes, dtype=torch.float32)
-    start = 0
-    with progress_bar(progress) as bar, torch.inference_mode():
-        task = bar.add_task(f"evaluating {classifier.name}", total=len(data))
-        while start < len(order):
-            rows = order[start:start + size]
-            batch = classifier.tokenizer.pad({"input_ids": [encodings[i] for i in rows]}, return_tensors="pt")
-            try:
-                out = model(**{k: v.to(device) for k, v in batch.items()}).logits
-            except torch.cuda.OutOfMemoryError:
-                if batch_size != "auto" or size == 1:
-                    raise AuditError(f"expected the batch to fit in GPU memory, got out of memory at batch size "
-                                     f"{size}; pass a smaller --batch-size or --batch-size auto") from None
-                size //= 2
-                torch.cuda.empty_cache()
-                continue
-            logits[rows] = out.float().cpu()
-            start += len(rows)
-            bar.advance(task, len(rows))
-    return Predictions(name=classifier.name, logits=logits, ids=list(data.ids), label_names=classifier.label_names,
-                       source=classifier.source)
+    micro = size
+    with progress_bar(progress and group.is_main) as bar, torch.inference_mode():
+        task = bar.add_task(f"evaluating {classifier.name}", total=sum(plan[b][1] for b in mine))
+        bar.advance(task, rows[0].numel())
+        for index, batch_rows, input_ids in _planned_batches(classifier, data, plan, mine - cached, max_length, WINDOW):
+            out, micro = _forward(classifier, model, input_ids, device, micro, halving=batch_size == "auto")
+            rows.append(torch.tensor(batch_rows, dtype=torch.int64))
+            logits.append(out)
+            if store is not None:
+                store.add(index, rows[-1], out)
+            bar.advance(task, len(batch_rows))
+    if store is not None:
+        store.flush()
+    all_logits = gather_rows(torch.cat(rows), torch.cat(logits), len(data), group)
+    return Predictions(name=classifier.name, logits=all_logits, ids=list(data.ids),
+                       label_names=classifier.label_names, source=classifier.source)
+
+
+def resolve_batch_size(batch_size: int | str, device: torch.device) -> int:
+    """"auto" -> :data:`AUTO_BATCH` for the device type; an int as given."""
+    return AUTO_BATCH[device.type if device.type in AUTO_BATCH else "cpu"] if batch_size == "auto" else int(batch_size)
 
 
 def predict_module(

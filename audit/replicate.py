@@ -30,6 +30,12 @@ KD = {"temperature": 2.0, "kd_weight": 0.5}
 TEACHER_TEMPERATURES = (0.5, 2.0, 4.0)  # besides 1.0, which is the standard KD student
 
 
+# (teacher, its KD student) pairs of graded teacher confidence, for C2a
+INHERITANCE = ([("big-erm", "small-kd")]
+               + [(f"big-erm-tau{t:g}", f"small-kd-tau{t:g}") for t in TEACHER_TEMPERATURES]
+               + [(f"big-ls-{SMOOTHING[0]}", "small-kd-from-big-ls")])
+
+
 @dataclass(frozen=True)
 class Profile:
     """Model sizes and training budget of one replication profile."""
@@ -180,6 +186,17 @@ def _difference(claim: str, statistic: str, x: torch.Tensor, direction: int, n_b
                                      detail=detail)
 
 
+def inheritance_statistics(entropy: dict[str, torch.Tensor], n_bootstrap: int) -> dict:
+    """Mean dev entropy of each graded teacher and its KD student, and their rank correlation with a CI."""
+    t_matrix = torch.stack([entropy[t] for t, _ in INHERITANCE], -1)  # (N, teachers)
+    s_matrix = torch.stack([entropy[s] for _, s in INHERITANCE], -1)
+    rank_corr = lambda t, s: metrics.spearman(t.mean(-2), s.mean(-2))  # noqa: E731  (B, N, M) -> (B,)
+    ci = metrics.bootstrap_ci(rank_corr, t_matrix, s_matrix, n_resamples=n_bootstrap)
+    return {"teachers": [t for t, _ in INHERITANCE], "students": [s for _, s in INHERITANCE],
+            "teacher_entropy": t_matrix.mean(0).tolist(), "student_entropy": s_matrix.mean(0).tolist(),
+            "spearman": {"value": float(rank_corr(t_matrix[None], s_matrix[None])[0]), "ci": list(ci)}}
+
+
 def decide_claims(entropy: dict[str, torch.Tensor], n_bootstrap: int) -> list[ClaimResult]:
     """C1a-C2b from per-example dev entropies (N,) per arm and teacher (averaged over seeds)."""
     h = entropy
@@ -196,16 +213,12 @@ def decide_claims(entropy: dict[str, torch.Tensor], n_bootstrap: int) -> list[Cl
         _difference("C1c", "rise of LS a=0.1 minus rise of reversed KD",
                     (h[ls_lo] - h["small-erm"]) - (h["big-reversed-kd"] - h["big-erm"]), +1, n_bootstrap),
     ]
-    teachers = ["big-erm"] + [f"big-erm-tau{t:g}" for t in TEACHER_TEMPERATURES] + [f"big-ls-{SMOOTHING[0]}"]
-    students = ["small-kd"] + [f"small-kd-tau{t:g}" for t in TEACHER_TEMPERATURES] + ["small-kd-from-big-ls"]
-    t_matrix = torch.stack([h[t] for t in teachers], -1)
-    s_matrix = torch.stack([h[s] for s in students], -1)
-    rank_corr = lambda t, s: metrics.spearman(t.mean(-2), s.mean(-2))  # noqa: E731  (B, N, M) -> (B,)
-    value = float(rank_corr(t_matrix[None], s_matrix[None])[0])
-    ci = metrics.bootstrap_ci(rank_corr, t_matrix, s_matrix, n_resamples=n_bootstrap)
+    inheritance = inheritance_statistics(h, n_bootstrap)
     results.append(ClaimResult.from_interval(
-        "C2a", f"Spearman(teacher H, student H) over {len(teachers)} teachers", value, ci,
-        detail=", ".join(f"{t}: {float(h[t].mean()):.3f} -> {float(h[s].mean()):.3f}" for t, s in zip(teachers, students))))
+        "C2a", f"Spearman(teacher H, student H) over {len(INHERITANCE)} teachers", inheritance["spearman"]["value"],
+        tuple(inheritance["spearman"]["ci"]),
+        detail=", ".join(f"{t}: {ht:.3f} -> {hs:.3f}" for (t, _), ht, hs in
+                         zip(INHERITANCE, inheritance["teacher_entropy"], inheritance["student_entropy"]))))
     for other in ("small-erm", ls_lo):
         corr_gap = lambda t, kd, o: metrics.spearman(t, kd) - metrics.spearman(t, o)  # noqa: E731
         value = float(corr_gap(h["big-erm"][None], h["small-kd"][None], h[other][None])[0])
@@ -255,6 +268,7 @@ def replicate(settings: ReplicateSettings, *, progress: bool = True) -> dict:
                     "statistic": r.statistic, "value": r.value, "ci": list(r.ci), "detail": r.detail}
                    for r in claims],
         "claim_verdicts": overall_verdicts(claims),
+        "inheritance": inheritance_statistics(entropy, settings.n_bootstrap),
     }
     write_json(summary, out / "summary.json")
     return summary
@@ -272,6 +286,8 @@ def render_summary(summary: dict, console=None) -> None:
     """The paper's table (mean dev entropy and accuracy per arm, with CIs) and the claim verdicts."""
     from rich.console import Console
     from rich.table import Table
+
+    from audit.report.charts import terminal_charts
 
     console = console or Console()
     seeds = len(summary["seeds"])
@@ -295,3 +311,4 @@ def render_summary(summary: dict, console=None) -> None:
                        f"[{style[c['verdict']]}]{c['verdict']}[/]")
     console.print(claims)
     console.print("overall: " + ", ".join(f"{c} {v}" for c, v in summary["claim_verdicts"].items()))
+    console.print(terminal_charts(summary))

@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
+from audit.atomic import write_atomic
 from audit.compare import align_labels, data_labels, match_to_data, summarize_model
 from audit.data import TextData, load_data
 from audit.errors import AuditError
@@ -149,7 +148,7 @@ def teacher_logits(settings: TrainSettings, data: TextData, label_names: list[st
     student_order = Predictions("student", torch.zeros(1, len(label_names)), label_names=list(label_names))
     align_labels([student_order, teacher])
     if not cached.exists():
-        _atomic(cached, lambda p: save_predictions(teacher, p))
+        write_atomic(cached, lambda p: save_predictions(teacher, p))
     return teacher.logits
 
 
@@ -223,7 +222,7 @@ def train(settings: TrainSettings, *, overwrite: bool = False, progress: bool = 
               "device": str(device), "label_names": label_names, "dev": dev_metrics}
     model.save_pretrained(out)
     student.tokenizer.save_pretrained(out)
-    _atomic(out / RECORD, lambda p: p.write_text(json.dumps(record, indent=2)))
+    write_atomic(out / RECORD, lambda p: p.write_text(json.dumps(record, indent=2)))
     (out / CHECKPOINT).unlink(missing_ok=True)
     return record
 
@@ -257,7 +256,7 @@ def _claim_folder(out: Path, settings: TrainSettings, overwrite: bool) -> None:
 def _checkpoint(out: Path, model, optimizer, schedule, step: int, wall: float) -> None:
     state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
              "step": step, "wall": wall, "rng": torch.get_rng_state()}
-    _atomic(out / CHECKPOINT, lambda p: torch.save(state, p))
+    write_atomic(out / CHECKPOINT, lambda p: torch.save(state, p))
 
 
 def _resume(out: Path, model, optimizer, schedule) -> tuple[int, float]:
@@ -270,10 +269,3 @@ def _resume(out: Path, model, optimizer, schedule) -> tuple[int, float]:
     schedule.load_state_dict(state["schedule"])
     torch.set_rng_state(state["rng"])  # dropout masks continue as in an uninterrupted run
     return state["step"], state["wall"]
-
-
-def _atomic(path: Path, write) -> None:
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as tmp:
-        pass
-    write(Path(tmp.name))
-    os.replace(tmp.name, path)

@@ -3,7 +3,7 @@
 Pure functions over (N,) / (N, K) tensors on any device; see each module for conventions.
 """
 
-from audit.metrics.agreement import agreement, kl_divergence
+from audit.metrics.pairwise import agreement, kl_divergence
 from audit.metrics.calibration import (
     BinnedCalibration,
     ReliabilityBins,

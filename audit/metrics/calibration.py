@@ -22,7 +22,9 @@ examples:
     ECE = sum_b (n_b / N) |A_b / n_b - C_b / n_b| = sum_b |A_b - C_b| / N
     MCE = max over non-empty b of |A_b / n_b - C_b / n_b|
 
-Only the inputs are checked with a host sync; the metrics themselves run without one.
+Each public function reads one value back to the host to check the inputs (confidences in [0, 1]);
+the binning itself runs without a sync except the one ``nonzero`` of :func:`adaptive_ece`. On CPU the
+examples are processed in chunks of 65536 so that temporaries stay in cache.
 """
 
 from __future__ import annotations
@@ -49,6 +51,11 @@ class ReliabilityBins(NamedTuple):
     count: torch.Tensor
     confidence: torch.Tensor
     accuracy: torch.Tensor
+
+
+# examples per pass on CPU: the temporaries of a chunk stay in cache and are reused by the allocator,
+# where a fresh 1M-entry tensor per step costs more in page faults than the pass that fills it
+_CPU_CHUNK = 1 << 16
 
 
 def _check_n_bins(n_bins: int) -> None:
@@ -80,39 +87,55 @@ def _edges(n_bins: int, device: torch.device) -> torch.Tensor:
     return torch.arange(n_bins + 1, dtype=torch.float64, device=device) / n_bins
 
 
-def _bin_index(conf64: torch.Tensor, exact: bool, edges: torch.Tensor) -> torch.Tensor:
-    """Equal-width bin in [0, n_bins) of float64 confidences in [0, 1], any shape; ``exact``: the values
-    were widened from a dtype of at most 24 significant bits (float32, half, bfloat16).
-
-    Same result as ``bucketize(conf64, edges, right=True) - 1`` with 1.0 clamped into the last bin, at a
-    fraction of its cost on CPU.
+def _scaled_bin_index(confidences: torch.Tensor, edges: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(scaled, index)``: the float64 ``c * n_bins`` and the equal-width bin in [0, n_bins) of each
+    confidence in [0, 1], any shape; the index equals ``bucketize(c, edges, right=True) - 1`` with 1.0
+    clamped into the last bin.
     """
     n_bins = edges.numel() - 1
-    index = (conf64 * n_bins).long().clamp_(max=n_bins - 1)
-    if exact:
-        # a 24-bit significand times n_bins < 2**29 is exact in float64, so floor(c * n) is the bin of c
-        # against the real edges i / n; no float32 value lies between i / n and its float64 rounding
-        return index
-    # in float64, c * n is rounded and floor can be one bin off next to an edge: compare with the edges
-    index -= (conf64 < edges[index]).long()
-    index += ((conf64 >= edges[index + 1]) & (index < n_bins - 1)).long()
-    return index
+    scaled = confidences.to(torch.float64, copy=True).mul_(n_bins)
+    index = scaled.long().clamp_(max=n_bins - 1)
+    if confidences.dtype != torch.float64:
+        # a significand of at most 24 bits times n_bins < 2**29 is exact in float64, so the floor is the
+        # bin of c against the real edges i / n; no float32 value lies between i / n and its rounding
+        return scaled, index
+    # in float64, c * n is rounded and the floor can be one bin off next to an edge: compare with the edges
+    index -= (confidences < edges[index]).long()
+    index += ((confidences >= edges[index + 1]) & (index < n_bins - 1)).long()
+    return scaled, index
 
 
-def _bin_sums(
-    slot: torch.Tensor, conf64: torch.Tensor, correct: torch.Tensor, n_slots: int
+def _scaled_bin_sums(
+    slot: torch.Tensor, scaled: torch.Tensor, scale: int, correct: torch.Tensor, n_slots: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-slot (count int64, confidence sum float64, number correct float64), each (n_slots,), for
-    slot indices in [0, n_slots) of any shape matching ``conf64`` and ``correct``.
+    """Per-slot (count int64, confidence sum float64, number correct float64), each (n_slots,), from
+    slot indices in [0, n_slots), the float64 confidences times ``scale`` and the correctness flags, all
+    of one shape. ``scaled`` is overwritten.
 
-    scatter_add_ rather than torch.bincount: it is faster on CPU and, unlike bincount, does not read
-    max(slot) back to the host on CUDA.
+    No temporary is made here: the flags are widened into ``scaled``'s buffer once it has been summed.
+    scatter_add_ rather than torch.bincount: as fast on CPU, while bincount reads max(slot) back to the
+    host on CUDA.
     """
-    # slot + n_slots * correct: one counting pass gives both the count and the number correct
-    split = torch.add(slot.reshape(-1), correct.reshape(-1), alpha=n_slots)  # (M,) in [0, 2 n_slots)
-    counts = torch.zeros(2 * n_slots, dtype=torch.long, device=slot.device).scatter_add_(0, split, torch.ones_like(split))
-    sums = torch.zeros(2 * n_slots, dtype=torch.float64, device=slot.device).scatter_add_(0, split, conf64.reshape(-1))
-    return counts[:n_slots] + counts[n_slots:], sums[:n_slots] + sums[n_slots:], counts[n_slots:].double()
+    slot, scaled = slot.reshape(-1), scaled.reshape(-1)
+    ones = torch.ones(1, dtype=torch.long, device=slot.device).expand_as(slot)
+    count = torch.zeros(n_slots, dtype=torch.long, device=slot.device).scatter_add_(0, slot, ones)
+    conf_sum = torch.zeros(n_slots, dtype=torch.float64, device=slot.device).scatter_add_(0, slot, scaled)
+    flags = scaled.copy_(correct.reshape(-1))
+    correct_sum = torch.zeros_like(conf_sum).scatter_add_(0, slot, flags)
+    # the sum of c * scale over scale: one more rounding, none when scale is a power of two
+    return count, conf_sum / scale, correct_sum
+
+
+def _row_chunks(x: torch.Tensor) -> list[slice]:
+    """Row slices of about _CPU_CHUNK elements on CPU, one slice for all rows on CUDA."""
+    if x.is_cuda:
+        return [slice(0, x.shape[0])]
+    step = max(1, _CPU_CHUNK // (x[0].numel() if x.ndim > 1 else 1))
+    return [slice(start, start + step) for start in range(0, x.shape[0], step)]
+
+
+def _add_sums(total: tuple[torch.Tensor, ...] | None, sums: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    return sums if total is None else tuple(a + b for a, b in zip(total, sums, strict=True))
 
 
 def _equal_width_sums(
@@ -121,17 +144,18 @@ def _equal_width_sums(
     """Bin sums of (N,) confidences, each (n_bins,); or of the K columns of (N, K) confidences, each
     (K * n_bins,) with column c's bin b in slot c * n_bins + b."""
     n_bins = edges.numel() - 1
-    conf64 = confidences.double()
-    index = _bin_index(conf64, confidences.dtype != torch.float64, edges)
-    n_slots = n_bins
-    if confidences.ndim == 2:
-        n_slots = n_bins * confidences.shape[1]
-        index = index + torch.arange(confidences.shape[1], device=index.device) * n_bins  # (N, K)
-    return _bin_sums(index, conf64, correct, n_slots)
+    n_slots = n_bins * (confidences.shape[1] if confidences.ndim == 2 else 1)
+    total = None
+    for rows in _row_chunks(confidences):
+        scaled, index = _scaled_bin_index(confidences[rows], edges)
+        if confidences.ndim == 2:
+            index += torch.arange(confidences.shape[1], device=index.device) * n_bins  # (rows, K)
+        total = _add_sums(total, _scaled_bin_sums(index, scaled, n_bins, correct[rows], n_slots))
+    return total
 
 
 def _equal_mass_sums(
-    conf64: torch.Tensor, correct: torch.Tensor, n_bins: int, n_buckets: int = 1 << 14
+    confidences: torch.Tensor, correct: torch.Tensor, n_bins: int, n_buckets: int = 1 << 14
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Sums per group, each (n_bins,), when the stable sort order of N confidences is cut into n_bins
     consecutive groups as ``torch.tensor_split`` does, without sorting all N.
@@ -141,16 +165,24 @@ def _equal_mass_sums(
     examples of the (at most n_bins - 1) buckets that hold a cut are sorted, stably, to find their
     exact rank. Equal values share a bucket, so ties keep their input order as in a full stable sort.
     """
-    n = conf64.numel()
-    device = conf64.device
+    n = confidences.numel()
+    device = confidences.device
     q, r = divmod(n, n_bins)
     b = torch.arange(1, n_bins, device=device)
     cuts = b * q + b.clamp(max=r)  # (n_bins - 1,) examples in the groups before group b
 
-    bucket = (conf64 * n_buckets).long()  # (N,) in [0, n_buckets]
-    count, conf_sum, correct_sum = _bin_sums(bucket, conf64, correct, n_buckets + 1)
+    def bucket_of(conf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        scaled = conf.to(torch.float64, copy=True).mul_(n_buckets)  # exact: a power of two
+        return scaled, scaled.long()  # bucket in [0, n_buckets]; c = 1 has one of its own
+
+    n_slots = n_buckets + 1
+    total = None
+    for rows in _row_chunks(confidences):
+        scaled, bucket = bucket_of(confidences[rows])
+        total = _add_sums(total, _scaled_bin_sums(bucket, scaled, n_buckets, correct[rows], n_slots))
+    count, conf_sum, correct_sum = total
     cum = count.cumsum(0)
-    below = cum - count  # (n_buckets + 1,) examples in lower buckets
+    below = cum - count  # (n_slots,) examples in lower buckets
     # bucket holding the example of rank cut; a cut == N (empty trailing groups) clamps to the top one
     cut_bucket = torch.searchsorted(cum, cuts, right=True).clamp_(max=n_buckets)
     cuts_in = torch.zeros_like(count).scatter_add_(0, cut_bucket, torch.ones_like(cut_bucket))
@@ -161,15 +193,19 @@ def _equal_mass_sums(
     group_conf = torch.zeros(n_bins, dtype=torch.float64, device=device).scatter_add_(0, cuts_below, conf_sum * keep)
     group_correct = torch.zeros_like(group_conf).scatter_add_(0, cuts_below, correct_sum * keep)
 
-    # one host sync (nonzero): the examples of the buckets that hold a cut, in ascending input order
-    split = (~whole).index_select(0, bucket).nonzero().squeeze(1)
-    values, order = torch.sort(conf64[split], stable=True)
-    split = split[order]
-    split_bucket = bucket[split]
-    first_in_bucket = torch.searchsorted(split_bucket, split_bucket, right=True) - 1
-    rank = below[split_bucket] + torch.arange(split.numel(), device=device) - first_in_bucket
+    # one host sync per chunk (nonzero): the examples of the buckets that hold a cut, in input order
+    split = ~whole
+    tied = torch.cat([
+        split.index_select(0, bucket_of(confidences[rows])[1]).nonzero().squeeze(1) + rows.start
+        for rows in _row_chunks(confidences)
+    ])
+    values, order = torch.sort(confidences[tied].double(), stable=True)
+    tied = tied[order]
+    tied_bucket = bucket_of(values)[1]
+    first_in_bucket = torch.searchsorted(tied_bucket, tied_bucket)
+    rank = below[tied_bucket] + torch.arange(tied.numel(), device=device) - first_in_bucket
     group = torch.searchsorted(cuts, rank, right=True)
-    exact = _bin_sums(group, values, correct[split], n_bins)
+    exact = _scaled_bin_sums(group, values, 1, correct[tied], n_bins)
     return group_count + exact[0], group_conf + exact[1], group_correct + exact[2]
 
 
@@ -300,7 +336,7 @@ def adaptive_ece(confidences: torch.Tensor, correct: torch.Tensor, n_bins: int =
     """
     _check_n_bins(n_bins)
     _check_confidences(confidences, correct)
-    sums = _equal_mass_sums(confidences.double(), correct, n_bins)
+    sums = _equal_mass_sums(confidences, correct, n_bins)
     # the groups' edges depend on the data and are not part of the result; the slot is left at equal width
     return _ece(_reliability_from_sums(_edges(n_bins, confidences.device), *sums))
 

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import tempfile
 from html import escape
 from pathlib import Path
 
+from audit.atomic import write_atomic
 from audit.errors import AuditError
 from audit.report.plots import COMPARE_SCHEMA, REPLICATE_SCHEMA, build_figures, png_bytes
-from audit.report.terminal import MODEL_ROWS, PAIR_ROWS
+from audit.report.terminal import MODEL_ROWS, PAIR_ROWS, direction, fmt
 
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 VERDICT_CLASS = {"inherits": "good", "moves_away": "bad", "inconclusive": "unsure",
@@ -40,10 +39,6 @@ figcaption { color: #555; font-size: .9rem; }
 """
 
 
-def _fmt(value, fmt: str) -> str:
-    return "-" if value is None else fmt.format(value)
-
-
 def _with_ci(stat: dict | None, fmt: str) -> str:
     if not stat or stat.get("value") is None:
         return "-"
@@ -51,15 +46,6 @@ def _with_ci(stat: dict | None, fmt: str) -> str:
         return fmt.format(stat["value"])
     lo, hi = stat["ci"]
     return f"{fmt.format(stat['value'])} [{fmt.format(lo)}, {fmt.format(hi)}]"
-
-
-def _direction(stat: dict) -> str:
-    lo, hi = stat["ci"]
-    if hi < 0:
-        return "more confident"
-    if lo > 0:
-        return "less confident"
-    return "no clear change"
 
 
 def _cell(value, *, num: bool = False, css: str | None = None) -> str:
@@ -71,7 +57,8 @@ def _cell(value, *, num: bool = False, css: str | None = None) -> str:
 def _table(caption: str, header: list[str], rows: list[str]) -> str:
     head = "".join(f"<th>{escape(str(h))}</th>" for h in header)
     body = "".join(f"<tr>{row}</tr>" for row in rows)
-    return f"<table><caption>{escape(caption)}</caption><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return (f"<table><caption>{escape(caption)}</caption><thead><tr>{head}</tr></thead>"
+            f"<tbody>{body}</tbody></table>")
 
 
 def _key_values(caption: str, mapping: dict) -> str:
@@ -87,7 +74,7 @@ def _figures(report: dict, captions: dict[str, str]) -> str:
     out = []
     for name, fig in build_figures(report).items():
         data = base64.b64encode(png_bytes(fig)).decode("ascii")
-        caption = captions.get(name.split("-")[0].removesuffix(".png"), "")
+        caption = captions.get(name.removesuffix(".png").split("-")[0], "")
         out.append(f'<figure><img src="data:image/png;base64,{data}" alt="{escape(name)}">'
                    f"<figcaption>{escape(name)}: {escape(caption)}</figcaption></figure>")
     return "".join(out)
@@ -107,15 +94,15 @@ REPLICATE_CAPTIONS = {
 
 def _compare_body(report: dict) -> str:
     models, pairs, data, settings = report["models"], report["pairs"], report["data"], report["settings"]
-    meta = (f"data {data.get('name', '(predictions only)')}, n={data['n']}; device {settings.get('device', '-')}, "
-            f"dtype {settings.get('dtype', '-')}; {settings['n_bins']} bins; {settings['n_bootstrap']} bootstrap "
-            f"resamples (seed {settings['seed']}); created {report.get('created', '-')}")
+    meta = (f"data {data.get('name', '(predictions only)')}, n={data['n']}; "
+            f"device {settings.get('device') or '-'}, dtype {settings.get('dtype') or '-'}; "
+            f"{settings['n_bins']} bins; {settings['n_bootstrap']} bootstrap resamples (seed {settings['seed']}); created {report.get('created', '-')}")
     parts = [f"<h1>kd-audit compare</h1><p class=\"meta\">{escape(meta)}</p>",
              "<h2>Verdict: did the student inherit the teacher's confidence?</h2><ul class=\"verdicts\">"]
     parts += [f"<li><strong>{escape(p['student'])}</strong>: {_verdict(p['verdict'])} "
               f"({escape(p['verdict_reason'])})</li>" for p in pairs]
     parts.append("</ul>")
-    rows = [_cell(label) + "".join(_cell(_fmt(m.get(key), fmt), num=True) for m in models.values())
+    rows = [_cell(label) + "".join(_cell(fmt(m.get(key), fmt), num=True) for m in models.values())
             for key, label, fmt in MODEL_ROWS if any(key in m for m in models.values())]
     parts.append(_table("Confidence and calibration per model", ["metric"] + [f"{n} ({m['role']})" for n, m in
                                                                                models.items()], rows))
@@ -124,10 +111,10 @@ def _compare_body(report: dict) -> str:
     parts.append(_table("Teacher -> student (value [95% bootstrap CI])", ["statistic"] +
                         [f"{p['teacher']} -> {p['student']}" for p in pairs], rows))
     if len(pairs) > 1:
-        rows = [_cell(f"{p['student']} vs teacher {p['teacher']}") + _cell(_with_ci(p["entropy_shift"], "{:+.4f}"),
-                num=True) + _cell(_direction(p["entropy_shift"])) for p in pairs]
-        rows += [_cell(f"{d['b']} vs {d['a']}") + _cell(_with_ci(d["entropy_difference"], "{:+.4f}"), num=True)
-                 + _cell(_direction(d["entropy_difference"])) for d in report["students"]]
+        moves = [(f"{p['student']} vs teacher {p['teacher']}", p["entropy_shift"]) for p in pairs]
+        moves += [(f"{d['b']} vs {d['a']}", d["entropy_difference"]) for d in report["students"]]
+        rows = [_cell(label) + _cell(_with_ci(stat, "{:+.4f}"), num=True) + _cell(direction(stat))
+                for label, stat in moves]
         parts.append(_table("Which way each student moved (mean entropy, nats; lower = more confident)",
                             ["comparison", "difference [95% CI]", "direction"], rows))
     parts.append("<h2>Figures</h2>" + _figures(report, COMPARE_CAPTIONS))
@@ -138,31 +125,43 @@ def _compare_body(report: dict) -> str:
     return "".join(parts)
 
 
+def _teacher(arm: dict) -> str:
+    teacher = arm.get("teacher") or "-"
+    temperature = arm.get("teacher_temperature")
+    return teacher if temperature in (None, 1.0) else f"{teacher} / {temperature:g}"
+
+
 def _replicate_body(report: dict) -> str:
     arms = report["arms"]
     meta = f"task {report['task']}; profile {report['profile']}; seeds {report['seeds']}"
     parts = [f"<h1>kd-audit replicate</h1><p class=\"meta\">{escape(meta)}</p>"]
-    rows = [_cell(c["claim"]) + _cell(c["statement"]) + f"<td>{_verdict(c['verdict'])}</td>" + _cell(c["statistic"])
-            + _cell(_with_ci({"value": c.get("value"), "ci": c.get("ci")}, "{:+.4f}"), num=True) + _cell(c["detail"])
-            for c in report["claims"]]
+    rows = [_cell(c["claim"]) + _cell(c["statement"]) + f"<td>{_verdict(c['verdict'])}</td>"
+            + _cell(c["statistic"]) + _cell(_with_ci({"value": c.get("value"), "ci": c.get("ci")}, "{:+.4g}"), num=True)
+            + _cell(c.get("detail") or "") for c in report["claims"]]
     parts.append("<h2>Claims</h2>" + _table("Claims of CLAIMS.md on this run",
                                             ["claim", "statement", "verdict", "statistic", "value [95% CI]",
                                              "detail"], rows))
-    rows = [_cell(a["arm"]) + _cell(a["method"]) + _cell(a["setup"]) + _cell(_with_ci(a["entropy"], "{:.4f}"), num=True)
+    if report.get("claim_verdicts"):
+        rows = [_cell(claim) + f"<td>{_verdict(v)}</td>" for claim, v in report["claim_verdicts"].items()]
+        header = ["claim", "verdict (fails if any check fails, holds if all hold)"]
+        parts.append(_table("Overall verdicts", header, rows))
+    rows = [_cell(a["arm"]) + _cell(a["method"]) + _cell(a["setup"]) + _cell(_teacher(a))
+            + _cell(_with_ci(a["entropy"], "{:.4f}"), num=True)
             + _cell(_with_ci(a["accuracy"], "{:.3f}"), num=True) + _cell(len(a["per_seed"]), num=True) for a in arms]
-    parts.append("<h2>Arms</h2>" + _table("Mean over seeds [95% CI]", ["arm", "method", "setup",
-                                                                      "entropy (nats)", "accuracy", "seeds"], rows))
-    rows = [_cell(a["arm"]) + _cell(s["seed"], num=True) + _cell(_fmt(s.get("entropy"), "{:.4f}"), num=True)
-            + _cell(_fmt(s.get("accuracy"), "{:.3f}"), num=True) + _cell(_fmt(s.get("ece"), "{:.4f}"), num=True)
-            for a in arms for s in a["per_seed"]]
-    parts.append(_table("Per seed", ["arm", "seed", "entropy (nats)", "accuracy", "ECE"], rows))
+    header = ["arm", "method", "setup", "teacher", "entropy (nats)", "accuracy", "seeds"]
+    parts.append("<h2>Arms</h2>" + _table("Mean over seeds [95% CI]", header, rows))
+    parts.append("<h2>Figures</h2>" + _figures(report, REPLICATE_CAPTIONS))
     inheritance = report.get("inheritance")
     if inheritance and inheritance.get("teacher_entropy"):
-        rows = [_cell(f"teacher {t:.4f} -> student {s:.4f}")
-                for t, s in zip(inheritance["teacher_entropy"], inheritance["student_entropy"])]
-        rows.append(_cell(f"Spearman {_with_ci(inheritance['spearman'], '{:.3f}')}"))
-        parts.append(_table("Inheritance: KD student vs teacher mean entropy", ["mean entropy (nats)"], rows))
-    parts.append("<h2>Figures</h2>" + _figures(report, REPLICATE_CAPTIONS))
+        pairs = zip(inheritance["teacher_entropy"], inheritance["student_entropy"], strict=True)
+        rows = [_cell(f"{t:.4f}", num=True) + _cell(f"{s:.4f}", num=True) for t, s in pairs]
+        caption = f"Inheritance: Spearman {_with_ci(inheritance['spearman'], '{:.3f}')}"
+        parts.append(_table(caption, ["teacher mean entropy (nats)", "KD student mean entropy (nats)"], rows))
+    rows = [_cell(a["arm"]) + _cell(s["seed"], num=True) + _cell(fmt(s.get("entropy"), "{:.4f}"), num=True)
+            + _cell(fmt(s.get("accuracy"), "{:.3f}"), num=True)
+            + _cell(fmt(s.get("ece"), "{:.4f}"), num=True)
+            for a in arms for s in a["per_seed"]]
+    parts.append(_table("Per seed", ["arm", "seed", "entropy (nats)", "accuracy", "ECE"], rows))
     parts.append("<h2>Run</h2>" + _key_values("Settings", report["settings"])
                  + _key_values("Versions", report["versions"]))
     return "".join(parts)
@@ -209,7 +208,5 @@ def write_html(report: dict, path: str | Path) -> Path:
     page = render_html(report)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, suffix=".tmp", delete=False) as tmp:
-        tmp.write(page)
-    os.replace(tmp.name, path)
+    write_atomic(path, lambda tmp: tmp.write_bytes(page.encode("utf-8")))
     return path

@@ -23,12 +23,12 @@ Replicate report (``"kd-audit/replicate/1"``):
 from __future__ import annotations
 
 import io
-import os
 import re
-import tempfile
+from itertools import pairwise
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from audit.atomic import write_atomic
 from audit.errors import AuditError
 
 if TYPE_CHECKING:
@@ -39,7 +39,7 @@ REPLICATE_SCHEMA = "kd-audit/replicate/1"
 METHOD_COLORS = {"erm": "#4c72b0", "ls": "#dd8452", "kd": "#55a868"}
 TEACHER_COLOR = "#4c72b0"
 STUDENT_COLORS = ("#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c")
-DPI = 110
+DPI = 100
 
 
 def _figure(width: float, height: float) -> Figure:
@@ -86,13 +86,16 @@ def reliability_figure(report: dict) -> Figure | None:
         top.plot([0, 1], [0, 1], ls="--", color="0.5", lw=1, label="perfect calibration")
         top.bar(left, [rel["accuracy"][b] for b in full], width=width, align="edge", color=colors[name],
                 edgecolor="white", alpha=0.85, label="accuracy")
-        top.plot([edges[b] + w / 2 for b, w in zip(full, width)], [rel["confidence"][b] for b in full],
-                 ls="none", marker="o", ms=3.5, color="black", label="mean confidence")
-        top.set_title(f"{_plain(name)} ({m['role']})\naccuracy {m['accuracy']:.3f}   ECE {m['ece']:.4f}", fontsize=9)
-        bottom.bar(edges[:-1], rel["count"], width=[hi - lo for lo, hi in zip(edges, edges[1:])], align="edge",
+        top.plot([edges[b] + w / 2 for b, w in zip(full, width, strict=True)],
+                 [rel["confidence"][b] for b in full], ls="none", marker="o", ms=3.5, color="black",
+                 label="mean confidence")
+        top.set_title(f"{_plain(name)} ({m['role']})\naccuracy {m['accuracy']:.3f}   ECE {m['ece']:.4f}",
+                      fontsize=9)
+        bottom.bar(edges[:-1], rel["count"], width=[hi - lo for lo, hi in pairwise(edges)], align="edge",
                    color="0.55", edgecolor="white", label="count")
         bottom.set_xlabel("max probability (confidence)")
-        top.set_xlim(edges[0], edges[-1])
+        # no max probability is below 1/K: start at the edge of the bin holding 1/K
+        top.set_xlim(max(e for e in edges if e <= 1.0 / m["num_classes"] + 1e-12), edges[-1])
         top.set_ylim(0, 1)
     axes[0, 0].set_ylabel("accuracy in bin")
     axes[1, 0].set_ylabel("examples")
@@ -111,8 +114,8 @@ def histograms_figure(report: dict) -> Figure:
                             (ax_m, "maxprob_histogram", "max probability")):
         for name, m in models.items():
             hist = m[key]
-            ax.stairs(hist["count"], hist["edges"], label=f"{_plain(name)} ({m['role']})", color=colors[name], lw=1.6,
-                      fill=m["role"] == "teacher", alpha=0.35 if m["role"] == "teacher" else 1.0)
+            ax.stairs(hist["count"], hist["edges"], label=f"{_plain(name)} ({m['role']})", color=colors[name],
+                      lw=1.6, fill=m["role"] == "teacher", alpha=0.35 if m["role"] == "teacher" else 1.0)
         ax.set_xlabel(xlabel)
         ax.set_ylabel("examples")
     ax_h.set_title("Entropy per example (lower = more confident)", fontsize=10)
@@ -150,23 +153,26 @@ def entropy_by_arm_figure(report: dict) -> Figure:
     ax = fig.subplots()
     xs = list(range(len(arms)))
     values = [a["entropy"]["value"] for a in arms]
-    yerr = [[v - a["entropy"]["ci"][0] for v, a in zip(values, arms)],
-            [a["entropy"]["ci"][1] - v for v, a in zip(values, arms)]]
+    yerr = [[v - a["entropy"]["ci"][0] for v, a in zip(values, arms, strict=True)],
+            [a["entropy"]["ci"][1] - v for v, a in zip(values, arms, strict=True)]]
     ax.bar(xs, values, yerr=yerr, capsize=5, color=[METHOD_COLORS.get(a["method"], "0.6") for a in arms],
            alpha=0.85, error_kw={"lw": 1.4}, label="mean entropy")
-    seeds_x = [x for x, a in zip(xs, arms) for _ in a["per_seed"]]
+    seeds_x = [x for x, a in zip(xs, arms, strict=True) for _ in a["per_seed"]]
     seeds_y = [s["entropy"] for a in arms for s in a["per_seed"]]
     (seed_dots,) = ax.plot(seeds_x, seeds_y, ls="none", marker="o", ms=3.5, mfc="white", mec="black",
                            label="one seed")
-    ax.set_xticks(xs, [_plain(a["arm"] if a["setup"] in ("-", "") else f"{a['arm']}\n({a['setup']})") for a in arms],
-                  rotation=20, ha="right", fontsize=8)
+    labels = [a["arm"] if a["setup"] in ("-", "") else f"{a['arm']}\n({a['setup']})" for a in arms]
+    ax.set_xticks(xs, [_plain(label) for label in labels], rotation=20, ha="right", fontsize=8)
     ax.set_ylabel("mean dev entropy (nats; lower = more confident)")
-    ax.set_title(f"{_plain(report['task'])}: mean entropy by arm, 95% CI over seeds {report['seeds']}", fontsize=10)
+    ax.set_title(f"{_plain(report['task'])}: mean entropy by arm, 95% CI over seeds {report['seeds']}",
+                 fontsize=10)
     from matplotlib.patches import Patch
 
     methods = [m for m in METHOD_COLORS if any(a["method"] == m for a in arms)]
     handles = [Patch(color=METHOD_COLORS[m], alpha=0.85, label=m.upper()) for m in methods]
-    ax.legend(handles=[*handles, seed_dots], fontsize=8, frameon=False)
+    ax.set_ylim(0, 1.15 * max(max(a["entropy"]["ci"][1] for a in arms), max(seeds_y, default=0.0)))
+    ax.legend(handles=[*handles, seed_dots], loc="upper center", ncol=len(handles) + 1, fontsize=8,
+              frameon=False)
     return fig
 
 
@@ -180,8 +186,8 @@ def inheritance_figure(report: dict) -> Figure | None:
     ax.plot(inh["teacher_entropy"], inh["student_entropy"], ls="none", marker="o", color=METHOD_COLORS["kd"])
     ax.set_xlabel("teacher mean entropy (nats)")
     ax.set_ylabel("KD student mean entropy (nats)")
-    ax.set_title(f"Does the student inherit the teacher's confidence?\nSpearman ρ {_ci_text(inh['spearman'])}",
-                 fontsize=9)
+    ax.set_title("Does the student inherit the teacher's confidence?\n"
+                 f"Spearman ρ {_ci_text(inh['spearman'])}", fontsize=9)
     return fig
 
 
@@ -268,8 +274,6 @@ def write_plots(report: dict, folder: str | Path) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for name, fig in figures.items():
-        with tempfile.NamedTemporaryFile(dir=folder, suffix=".tmp", delete=False) as tmp:
-            tmp.write(png_bytes(fig))
-        os.replace(tmp.name, folder / name)
+        write_atomic(folder / name, lambda tmp, fig=fig: tmp.write_bytes(png_bytes(fig)))
         paths.append(folder / name)
     return paths

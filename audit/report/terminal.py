@@ -7,6 +7,8 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from audit.report.charts import terminal_charts
+
 MODEL_ROWS = (
     ("accuracy", "accuracy", "{:.3f}"),
     ("nll", "NLL (nats)", "{:.3f}"),
@@ -36,7 +38,7 @@ PAIR_ROWS = (
 VERDICT_STYLE = {"inherits": "bold green", "moves_away": "bold red", "inconclusive": "bold yellow"}
 
 
-def _fmt(value, fmt: str) -> str:
+def fmt(value, fmt: str) -> str:
     return "-" if value is None else fmt.format(value)
 
 
@@ -53,7 +55,7 @@ def models_table(report: dict) -> Table:
         table.add_column(f"{name}\n({m['role']})", justify="right")
     for key, label, fmt in MODEL_ROWS:
         if any(key in m for m in models.values()):
-            table.add_row(label, *(_fmt(m.get(key), fmt) for m in models.values()))
+            table.add_row(label, *(fmt(m.get(key), fmt) for m in models.values()))
     return table
 
 
@@ -77,14 +79,14 @@ def direction_table(report: dict) -> Table:
     table.add_column("direction")
     for pair in report["pairs"]:
         table.add_row(f"{pair['student']} vs teacher {pair['teacher']}", _with_ci(pair["entropy_shift"], "{:+.4f}"),
-                      _direction(pair["entropy_shift"]))
+                      direction(pair["entropy_shift"]))
     for diff in report["students"]:
         stat = diff["entropy_difference"]
-        table.add_row(f"{diff['b']} vs {diff['a']}", _with_ci(stat, "{:+.4f}"), _direction(stat))
+        table.add_row(f"{diff['b']} vs {diff['a']}", _with_ci(stat, "{:+.4f}"), direction(stat))
     return table
 
 
-def _direction(stat: dict) -> str:
+def direction(stat: dict) -> str:
     lo, hi = stat["ci"]
     if hi < 0:
         return "more confident"
@@ -118,3 +120,4 @@ def render_compare(report: dict, console: Console | None = None) -> None:
         console.print(direction_table(report))
     console.print(Panel(verdicts(report), title="Verdict: did the student inherit the teacher's confidence?",
                         expand=False))
+    console.print(terminal_charts(report))

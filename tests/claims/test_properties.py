@@ -21,7 +21,6 @@ from audit.metrics import entropy, kl_divergence
 
 F64 = torch.float64
 QUICK = settings(max_examples=40, deadline=None)
-SLOWER = settings(max_examples=20, deadline=None)  # tests that loop or optimise per example
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -292,8 +291,8 @@ def test_p7_minimisers_analytic(problem, a, w, T):
 def minimise(loss_rows, n: int, k: int, steps: int = 60) -> torch.Tensor:
     """Newton's method from z = 0 on the summed per-row loss; returns the minimising logits (N, K).
 
-    Gradient-only LBFGS stalls near 1e-9 here (its line search cannot see loss changes below float64
-    resolution, and a student at T = 0.25 has tail curvatures ~1e-11). Every loss here is invariant to
+    LBFGS stalls here (softmax still 2e-4 off after 2000 iterations at T = 0.5): its line search cannot see
+    loss changes below float64 resolution, and a student at T <= 0.5 has tail curvatures down to ~1e-11. Every loss here is invariant to
     shifting a row by a constant, so the Hessian is singular along those N directions; adding the
     projector onto them makes it invertible without touching the step, which is orthogonal to them.
     Steps are capped at 1 logit while far from the minimum.
@@ -425,9 +424,9 @@ def test_p10_soft_gradient_scaling(problem):
     z, v = z[rows], v[rows]
     spread = float(torch.cat([z.amax(-1) - z.amin(-1), v.amax(-1) - v.amin(-1)]).max())
     grid = [10 * max(spread, 1.0) * 4.0**j for j in range(5)]
-    scaled = torch.stack([grad(lambda s: kd(s, v, None, T=T), z).norm(dim=-1) for T in grid])  # (T, N)
+    scaled = torch.stack([grad(lambda s, T=T: kd(s, v, None, T=T), z).norm(dim=-1) for T in grid])  # (T, N)
     unscaled = torch.stack(
-        [grad(lambda s: kd(s, v, None, T=T) / T**2, z).norm(dim=-1) for T in grid]  # T^2 removed
+        [grad(lambda s, T=T: kd(s, v, None, T=T) / T**2, z).norm(dim=-1) for T in grid]  # T^2 removed
     )
     slopes = unscaled.log().diff(dim=0) / math.log(4.0)
     assert bool(((slopes + 2).abs() < 0.1).all()), f"un-scaled gradient slopes {slopes.flatten().tolist()}"

@@ -15,8 +15,7 @@ import torch
 if not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"
 
-from audit.losses import kd_loss, label_smoothed_cross_entropy  # noqa: E402
-from audit.losses import kernels  # noqa: E402
+from audit.losses import kd_loss, kernels, label_smoothed_cross_entropy  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 LOSSES = {"ls": label_smoothed_cross_entropy, "kd": kd_loss}

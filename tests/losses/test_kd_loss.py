@@ -79,8 +79,10 @@ def test_kernel_matches_float64_reference(
     elif labels == "all ignored":
         y[:] = -100
     go = torch.rand(n, generator=g).to(device) + 0.5 if reduction == "none" else None
+    # At large T, softmax(s/T) and softmax(t/T) differ by O(1/T): their fp32 difference keeps an absolute
+    # error ~eps p while shrinking, so the gradient's error relative to its size grows like T.
     check("kd", s, t, y, grad_output=go, temperature=temperature, kd_weight=kd_weight,
-          label_smoothing=smoothing, reduction=reduction, loss_rtol=1e-4)
+          label_smoothing=smoothing, reduction=reduction, loss_rtol=1e-4, grad_atol=1e-6 * max(1.0, temperature / 10))
 
 
 @pytest.mark.parametrize("labelled", [False, True])

@@ -9,6 +9,7 @@ checked by hand (and the divergence on an edge is pinned in test_netcal_edge_div
 from __future__ import annotations
 
 import doctest
+import itertools
 
 import numpy as np
 import pytest
@@ -28,7 +29,7 @@ from audit.metrics.calibration import (
     reliability_bins,
 )
 
-FAST = settings(max_examples=60, deadline=None)
+FAST = settings(max_examples=40, deadline=None)
 
 
 # --- float64 numpy reference: the convention written out bin by bin ---------------------------------
@@ -184,6 +185,44 @@ def test_adaptive_large_skewed_input_matches_reference():
     assert adaptive_ece(conf, hit, 15).item() == pytest.approx(expected, abs=1e-12)
 
 
+@FAST
+@given(any_cases(max_n=150), st.integers(1, 40))
+def test_equal_mass_sums_with_coarse_buckets(case, n_buckets):
+    # few buckets put many examples, ties and several cuts into one bucket: the exact-rank path
+    conf, hit, n_bins = case
+    count, conf_sum, n_correct = calibration._equal_mass_sums(*t(conf, hit), n_bins, n_buckets=n_buckets)
+    groups = np.array_split(np.argsort(conf, kind="stable"), n_bins)
+    assert count.tolist() == [len(g) for g in groups]
+    np.testing.assert_allclose(conf_sum.numpy(), [conf[g].sum() for g in groups], atol=1e-12)
+    assert n_correct.tolist() == [hit[g].sum() for g in groups]
+
+
+@settings(max_examples=25, deadline=None)
+@given(any_cases(max_n=120), st.integers(1, 50))
+def test_chunked_passes_equal_one_pass(case, chunk):
+    # inputs above calibration._CPU_CHUNK examples are processed chunk by chunk on CPU
+    conf, hit, n_bins = case
+    c, k = t(conf, hit)
+    probs = torch.stack([c, 1 - c], 1)  # (N, 2)
+    labels = torch.from_numpy((~hit).astype(np.int64))
+    whole = [ece(c, k, n_bins), mce(c, k, n_bins), adaptive_ece(c, k, n_bins), classwise_ece(probs, labels, n_bins)]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(calibration, "_CPU_CHUNK", chunk)
+        chunked = [ece(c, k, n_bins), mce(c, k, n_bins), adaptive_ece(c, k, n_bins), classwise_ece(probs, labels, n_bins)]
+    torch.testing.assert_close(torch.stack(chunked), torch.stack(whole), atol=1e-12, rtol=0)
+
+
+def test_strided_float64_input_is_not_modified():
+    probs = torch.tensor([[0.2, 0.8], [0.6, 0.4], [0.7, 0.3]], dtype=torch.float64)
+    column = probs[:, 1]
+    before = probs.clone()
+    hit = torch.tensor([True, False, True])
+    assert ece(column, hit, 10).item() == pytest.approx(ref_ece(column.numpy().copy(), hit.numpy(), 10), abs=1e-15)
+    adaptive_ece(column, hit, 2)
+    classwise_ece(probs, torch.tensor([1, 0, 0]))
+    assert torch.equal(probs, before)
+
+
 # --- hand-computed cases ----------------------------------------------------------------------------
 
 def test_hand_case_edges_zero_and_one():
@@ -205,6 +244,18 @@ def test_hand_case_float32_point_seven():
     hit = torch.tensor([True])
     assert reliability_bins(torch.tensor([0.7], dtype=torch.float32), hit, 10).count.argmax().item() == 6
     assert reliability_bins(torch.tensor([0.7], dtype=torch.float64), hit, 10).count.argmax().item() == 7
+
+
+@pytest.mark.parametrize(
+    "value, n_bins, expected",
+    [
+        (np.nextafter(0.9, 0.0), 10, 8),  # c * 10 rounds up to 9.0 in float64, yet c < 9/10
+        (15 / 22, 22, 15),  # c * 22 rounds down below 15.0, yet c is the edge 15/22 itself
+    ],
+)
+def test_hand_case_float64_next_to_an_edge(value, n_bins, expected):
+    bins = reliability_bins(torch.tensor([value], dtype=torch.float64), torch.tensor([True]), n_bins)
+    assert bins.count.argmax().item() == expected
 
 
 def test_hand_case_all_empty_but_one():
@@ -257,7 +308,7 @@ def test_streaming_over_random_splits_equals_one_pass(case, cuts, merge_at):
     conf, hit, n_bins = case
     c, k = t(conf, hit)
     bounds = sorted({0, len(conf), *(x % (len(conf) + 1) for x in cuts)})
-    parts = [(c[a:b], k[a:b]) for a, b in zip(bounds, bounds[1:]) if b > a]
+    parts = [(c[a:b], k[a:b]) for a, b in itertools.pairwise(bounds) if b > a]
     first, second = BinnedCalibration(n_bins), BinnedCalibration(n_bins)
     for i, part in enumerate(parts):
         (first if i < merge_at else second).update(*part)

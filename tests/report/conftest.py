@@ -42,14 +42,15 @@ def unlabeled_report() -> dict:
     return _compare_report(with_labels=False)
 
 
-def _arm(arm: str, method: str, setup: str, entropies: list[float], accuracies: list[float]) -> dict:
+def _arm(arm: str, method: str, setup: str, entropies: list[float], accuracies: list[float],
+         teacher: str | None = None, teacher_temperature: float = 1.0) -> dict:
     mean_h, mean_a = sum(entropies) / len(entropies), sum(accuracies) / len(accuracies)
     return {
-        "arm": arm, "method": method, "setup": setup,
+        "arm": arm, "method": method, "setup": setup, "teacher": teacher, "teacher_temperature": teacher_temperature,
         "entropy": {"value": mean_h, "ci": [min(entropies), max(entropies)]},
         "accuracy": {"value": mean_a, "ci": [min(accuracies), max(accuracies)]},
         "per_seed": [{"seed": s, "entropy": h, "accuracy": a, "ece": 0.01 * (s + 1)}
-                     for s, (h, a) in enumerate(zip(entropies, accuracies))],
+                     for s, (h, a) in enumerate(zip(entropies, accuracies, strict=True))],
     }
 
 
@@ -65,7 +66,9 @@ def _replicate_report() -> dict:
             _arm("big ERM (teacher)", "erm", "-", [0.21, 0.25, 0.23], [0.90, 0.91, 0.89]),
             _arm("small ERM", "erm", "-", [0.30, 0.34, 0.32], [0.85, 0.86, 0.84]),
             _arm("small LS a=0.1", "ls", "-", [0.61, 0.66, 0.64], [0.85, 0.85, 0.86]),
-            _arm("small KD", "kd", "standard", [0.18, 0.22, 0.20], [0.87, 0.88, 0.86]),
+            _arm("small KD", "kd", "standard", [0.18, 0.22, 0.20], [0.87, 0.88, 0.86], teacher="big ERM (teacher)"),
+            _arm("small KD tau2", "kd", "inheritance", [0.28, 0.31, 0.30], [0.86, 0.87, 0.86],
+                 teacher="big ERM (teacher)", teacher_temperature=2.0),
         ],
         "claims": [
             {"claim": "C1a", "statement": "LS raises entropy over ERM", "verdict": "holds",
@@ -75,11 +78,17 @@ def _replicate_report() -> dict:
              "statistic": "entropy difference (KD - ERM)", "value": -0.12, "ci": [-0.2, 0.01],
              "detail": "CI crosses 0 <check>"},
         ],
+        "claim_verdicts": {"C1a": "holds", "C1b": "inconclusive"},
         "inheritance": {"teacher_entropy": [0.10, 0.20, 0.35, 0.50], "student_entropy": [0.12, 0.19, 0.30, 0.47],
                         "spearman": {"value": 1.0, "ci": [0.8, 1.0]}},
     }
 
 
-@pytest.fixture
-def replicate_report() -> dict:
+@pytest.fixture(scope="session")
+def _replicate_once() -> dict:
     return _replicate_report()
+
+
+@pytest.fixture
+def replicate_report(_replicate_once: dict) -> dict:
+    return copy.deepcopy(_replicate_once)

@@ -6,16 +6,19 @@ One forward kernel serves both losses (``HAS_TEACHER`` / ``HAS_LABELS`` are comp
 - KD: ``HAS_TEACHER``, with labels (``(1-w) CE_LS + w T^2 KL``) or without (pure ``T^2 KL``).
 
 Per row, with raw maxima ``M_s = max s``, ``M_t = max t`` and ``d1 = sum exp(s - M_s)``,
-``D_s = sum exp((s - M_s)/T)``, ``D_t = sum exp((t - M_t)/T)``, ``A = sum exp((t - M_t)/T) (t - s)``:
+``D_s = sum exp((s - M_s)/T)``, ``D_t = sum exp((t - M_t)/T)`` (pass 1, online over column blocks):
 
 - ``CE_LS = (1-a)(M_s - s_y + log d1) + a/K (n log d1 - sum_fin (s_j - M_s))``, the sum and ``n`` over the
   finite logits (a -inf masked class carries no smoothing mass, as in the torch reference);
-- ``KL(softmax(t/T) || softmax(s/T)) = (A / D_t - (M_t - M_s)) / T + log(D_s / D_t)``;
-- gradient ``(1-a)(p - e_y) + a/K (n p - fin) `` (times ``1-w`` in KD) ``+ w T (softmax(s/T) - softmax(t/T))``.
+- ``KL(softmax(t/T) || softmax(s/T)) = sum_j p_j phi(delta_j)`` with ``p = softmax(s/T)``,
+  ``delta = log q - log p`` and ``phi(x) = x e^x - e^x + 1 >= 0`` (pass 2): every term is second order in
+  ``delta``, so a student close to its teacher keeps its (tiny) loss, which ``sum q (log q - log p)`` in
+  fp32 loses entirely;
+- gradient ``(1-a)(p - e_y) + a/K (n p - fin)`` (times ``1-w`` in KD) ``+ w T (softmax(s/T) - softmax(t/T))``.
 
-Differences are taken of raw logits (``s - M_s``, ``t - s``, ``M_t - M_s``) before any division by T, so a
-common offset of 1e4 loses nothing. ``p_y - 1`` is ``-sum_{j != y} p_j``: ``d1`` is accumulated without the
-true class so that the true-class gradient of a confident row does not cancel.
+Differences are taken of raw logits (``s - M_s``, ``t - M_t``) before any division by T, so a common
+offset of 1e4 loses nothing. ``p_y - 1`` is ``-sum_{j != y} p_j``: ``d1`` is accumulated without the true
+class so that the true-class gradient of a confident row does not cancel.
 
 Two schedules, picked by :func:`config` from K:
 
@@ -24,7 +27,9 @@ Two schedules, picked by :func:`config` from K:
   ``BLOCK_ROWS = 2048 // BLOCK_K`` rows as a 2-D ``[BLOCK_ROWS, BLOCK_K]`` tile (classification heads:
   few classes, millions of rows); above, one row per program.
 - looped (larger vocabularies): one row per program; pass 1 runs an online softmax over column blocks,
-  pass 2 re-reads the row (from L2) and writes the gradient.
+  pass 2 re-reads the row (from L2) for the gradient and the KL sum.
+
+Block sizes and warp counts are first guesses, not yet tuned on a GPU.
 
 All offsets are int64 (the program id is cast before multiplying by a stride).
 """

@@ -1,0 +1,66 @@
+"""Top-label ECE + MCE + adaptive ECE on 1M examples x 10 classes on CPU: audit.metrics against netcal.
+
+Run: ``python -m pytest bench/bench_metrics.py`` (add ``--benchmark-json=out.json`` to keep the numbers).
+Both providers get the same precomputed top-1 confidences and correctness flags, so only the calibration
+metrics are timed. ``N_BINS`` divides ``N`` so that netcal's quantile-edged equal-mass bins coincide with
+our tensor_split groups (see ``audit.metrics.adaptive_ece``), and the three values are asserted equal.
+Both run single-threaded, as numpy does: torch's intra-op threads only add noise on a shared small CPU.
+The netcal-over-ours ratio of medians is recorded as ``speedup_vs_netcal`` in ours' extra_info.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from netcal.metrics import ECE, MCE
+
+from audit.metrics import adaptive_ece, correct, ece, max_probability, mce
+
+N, K, N_BINS, SEED = 1_000_000, 10, 10, 0
+ROUNDS = {"ours": 20, "netcal": 3}
+_medians: dict[str, float] = {}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def single_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def inputs() -> dict[str, object]:
+    gen = torch.Generator().manual_seed(SEED)
+    probs = (2 * torch.randn(N, K, generator=gen)).softmax(-1)  # float32 (N, K)
+    labels = torch.multinomial(probs, 1, generator=gen).squeeze(1)  # labels drawn from the model: near calibrated
+    conf, hit = max_probability(probs), correct(probs, labels)
+    return {"conf": conf, "hit": hit, "conf_np": conf.numpy(), "hit_np": hit.numpy().astype(np.int64)}
+
+
+def ours(conf: torch.Tensor, hit: torch.Tensor) -> tuple[float, float, float]:
+    return ece(conf, hit, N_BINS).item(), mce(conf, hit, N_BINS).item(), adaptive_ece(conf, hit, N_BINS).item()
+
+
+def netcal(conf: np.ndarray, hit: np.ndarray) -> tuple[float, float, float]:
+    return (
+        ECE(bins=N_BINS).measure(conf, hit),
+        MCE(bins=N_BINS).measure(conf, hit),
+        ECE(bins=N_BINS, equal_intervals=False).measure(conf, hit),
+    )
+
+
+def test_netcal(benchmark, inputs):
+    values = benchmark.pedantic(netcal, (inputs["conf_np"], inputs["hit_np"]), rounds=ROUNDS["netcal"],
+                                warmup_rounds=0)
+    np.testing.assert_allclose(values, ours(inputs["conf"], inputs["hit"]), rtol=0, atol=1e-12)
+    _medians["netcal"] = benchmark.stats.stats.median
+
+
+def test_ours(benchmark, inputs):
+    values = benchmark.pedantic(ours, (inputs["conf"], inputs["hit"]), rounds=ROUNDS["ours"], warmup_rounds=2)
+    np.testing.assert_allclose(values, netcal(inputs["conf_np"], inputs["hit_np"]), rtol=0, atol=1e-12)
+    benchmark.extra_info.update(n=N, k=K, n_bins=N_BINS)
+    if "netcal" in _medians:
+        benchmark.extra_info["speedup_vs_netcal"] = _medians["netcal"] / benchmark.stats.stats.median
