@@ -1,4 +1,4 @@
-"""Teacher/student pairwise metrics: KL divergence and top-1 agreement.
+"""How far two models' output distributions are apart, per example: KL divergence and top-1 agreement."""
 
 from __future__ import annotations
 
