@@ -17,20 +17,19 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
-import os
 import shutil
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
 import torch
 
+from audit.atomic import write_atomic
 from audit.data import TextData, cache_dir
 from audit.errors import AuditError
 from audit.models import TextClassifier
 
 VERSION = 1
-SHARD_ROWS = 4096
+SHARD_BATCHES = 16
 MANIFEST = "manifest.json"
 HASHES = "file-hashes.json"
 _MODEL_FILES = ("*.safetensors", "*.bin", "config.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt",
@@ -40,17 +39,6 @@ _MODEL_FILES = ("*.safetensors", "*.bin", "config.json", "tokenizer.json", "toke
 def cache_root() -> Path:
     """``audit.data.cache_dir() / "predictions"`` (``$KD_AUDIT_CACHE`` moves it); not created here."""
     return cache_dir() / "predictions"
-
-
-def _atomic_write(path: Path, write) -> None:
-    """``write(tmp_path)`` then rename onto ``path``: readers see the old file or the whole new one."""
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False) as tmp:
-        pass
-    try:
-        write(Path(tmp.name))
-        os.replace(tmp.name, path)
-    finally:
-        Path(tmp.name).unlink(missing_ok=True)
 
 
 def file_sha256(path: Path) -> str:
@@ -73,7 +61,7 @@ def file_sha256(path: Path) -> str:
     memo = json.loads(memo_path.read_text()) if memo_path.exists() else {}  # another process may have added some
     memo[str(path)] = {"mtime_ns": stat.st_mtime_ns, "size": stat.st_size, "sha256": digest.hexdigest()}
     memo_path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(memo_path, lambda p: p.write_text(json.dumps(memo, indent=1)))
+    write_atomic(memo_path, lambda p: p.write_text(json.dumps(memo, indent=1)))
     return digest.hexdigest()
 
 
@@ -132,17 +120,18 @@ def prediction_key(classifier: TextClassifier, data: TextData, *, dtype: torch.d
 class PredictionStore:
     """One cache entry: the shards of a model's logits on a data set, read and appended to.
 
-    Shards are written every ``shard_rows`` rows (whole batches); :meth:`flush` writes the rest.
+    A shard is written every ``shard_batches`` batches (a few seconds of work on the device at the default
+    batch sizes); :meth:`flush` writes the rest.
     """
 
-    def __init__(self, folder: Path, *, num_classes: int, shard_rows: int = SHARD_ROWS) -> None:
+    def __init__(self, folder: Path, *, num_classes: int, shard_batches: int = SHARD_BATCHES) -> None:
         self.folder = folder
         self.num_classes = num_classes
-        self.shard_rows = shard_rows
+        self.shard_batches = shard_batches
         self._pending: list[tuple[int, torch.Tensor, torch.Tensor]] = []
 
     @classmethod
-    def open(cls, key: dict, *, name: str, num_classes: int, shard_rows: int = SHARD_ROWS,
+    def open(cls, key: dict, *, name: str, num_classes: int, shard_batches: int = SHARD_BATCHES,
              root: Path | None = None) -> PredictionStore:
         """The entry for ``key`` (created with its manifest when new).
 
@@ -159,8 +148,8 @@ class PredictionStore:
         if not (folder / MANIFEST).exists():
             manifest = {"key": key, "name": name, "num_classes": num_classes,
                         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-            _atomic_write(folder / MANIFEST, lambda p: p.write_text(json.dumps(manifest, indent=2)))
-        return cls(folder, num_classes=num_classes, shard_rows=shard_rows)
+            write_atomic(folder / MANIFEST, lambda p: p.write_text(json.dumps(manifest, indent=2)))
+        return cls(folder, num_classes=num_classes, shard_batches=shard_batches)
 
     def _shards(self) -> list[Path]:
         return sorted(self.folder.glob("shard-*.safetensors"))
@@ -190,9 +179,9 @@ class PredictionStore:
         return torch.cat(rows), torch.cat(logits)
 
     def add(self, batch: int, rows: torch.Tensor, logits: torch.Tensor) -> None:
-        """Keep one batch's logits; write a shard once ``shard_rows`` rows are pending."""
+        """Keep one batch's logits; write a shard once ``shard_batches`` batches are pending."""
         self._pending.append((batch, rows, logits))
-        if sum(r.numel() for _, r, _ in self._pending) >= self.shard_rows:
+        if len(self._pending) >= self.shard_batches:
             self.flush()
 
     def flush(self) -> None:
@@ -207,7 +196,7 @@ class PredictionStore:
             "logits": torch.cat([x for _, _, x in self._pending]).float().contiguous(),
         }
         path = self.folder / f"shard-{self._pending[0][0]:09d}.safetensors"
-        _atomic_write(path, lambda p: save_file(tensors, str(p)))
+        write_atomic(path, lambda p: save_file(tensors, str(p)))
         self._pending = []
 
 

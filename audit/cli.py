@@ -16,8 +16,8 @@ import typer
 from audit.errors import AuditError
 
 app = typer.Typer(add_completion=False, no_args_is_help=False, pretty_exceptions_enable=False,
-                  help="Audit what distillation did to a model's confidence. With no command: compare the "
-                       "built-in teacher and students.")
+                  help="Audit what distillation did to a model's confidence. Without a command: compare (with no "
+                       "options, the built-in teacher and students).")
 data_app = typer.Typer(help="Built-in data sets.", add_completion=False)
 app.add_typer(data_app, name="data")
 
@@ -37,12 +37,6 @@ def handles_errors(command):
             raise typer.Exit(2) from None
 
     return wrapper
-
-
-@app.callback(invoke_without_command=True)
-def default(ctx: typer.Context) -> None:
-    if ctx.invoked_subcommand is None:
-        ctx.invoke(compare)
 
 
 @app.command()
@@ -223,5 +217,9 @@ def report(
     write_outputs(saved, None, plots, html)
 
 
-def main() -> None:
-    app()
+def main(argv: list[str] | None = None) -> None:
+    """``python -m audit [OPTIONS]`` without a command means ``compare`` (the built-in demo with no options)."""
+    args = sys.argv[1:] if argv is None else argv
+    if not args or (args[0].startswith("-") and args[0] not in ("--help", "-h")):
+        args = ["compare", *args]
+    app(args=args, prog_name="python -m audit")

@@ -12,12 +12,16 @@ from __future__ import annotations
 
 import atexit
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 
 from audit.errors import AuditError
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -155,10 +159,22 @@ def barrier(group: ProcessGroup) -> None:
         dist.barrier()
 
 
-def all_ok(ok: bool, group: ProcessGroup) -> bool:
-    """True when ``ok`` holds on every rank: lets a rank that failed stop the others before a collective hangs."""
-    if not group.distributed:
-        return ok
-    flag = torch.tensor([int(ok)], device=_comm_device())
-    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-    return bool(flag.item())
+def on_main(fn: Callable[[], T], group: ProcessGroup) -> T:
+    """``fn()`` run on rank 0 alone (e.g. creating the output folder); every rank returns its result.
+
+    An :class:`~audit.errors.AuditError` raised by ``fn`` is raised on every rank, so all of them exit 2 with
+    the same message instead of the others waiting for rank 0.
+
+    >>> on_main(lambda: 41 + 1, ProcessGroup())
+    42
+    """
+    result, error = None, None
+    if group.is_main:
+        try:
+            result = fn()
+        except AuditError as err:
+            error = str(err)
+    result, error = broadcast((result, error), group)
+    if error is not None:
+        raise AuditError(error)
+    return result

@@ -19,6 +19,7 @@ import torch
 from audit.atomic import write_atomic
 from audit.compare import align_labels, data_labels, match_to_data, summarize_model
 from audit.data import TextData, load_data
+from audit.distributed import ProcessGroup, local_device, on_main, process_group
 from audit.errors import AuditError
 from audit.losses import kd_loss, label_smoothed_cross_entropy
 from audit.models import Predictions, TextClassifier, load_model, save_predictions
@@ -35,8 +36,8 @@ class TrainSettings:
     """Every option of a training run, with its default (the CLI reads these defaults).
 
     ``model`` is a Hugging Face folder or hub id, ``minilm-l6`` (the packaged MiniLM-L6 folder), a
-    truncated student ``SPEC@layers=k`` (the first k encoder layers), or ``tiny[:hidden=H,layers=L]``
-    (a randomly initialised BERT with the MiniLM tokenizer).
+    truncated student ``SPEC@layers=k`` (the first k encoder layers), or ``tiny[:hidden=H,layers=L,dropout=P]``
+    (a randomly initialised BERT with the MiniLM tokenizer; dropout 0.1 by default).
     """
 
     data: str
@@ -99,10 +100,12 @@ def build_student(spec: str, label_names: list[str], *, seed: int) -> TextClassi
     if base.startswith("tiny"):
         sizes = dict(item.split("=") for item in base.partition(":")[2].split(",") if item)
         hidden, layers = int(sizes.get("hidden", 64)), int(sizes.get("layers", 1))
+        dropout = float(sizes.get("dropout", 0.1))
         tokenizer = AutoTokenizer.from_pretrained(minilm_path())
         config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=hidden, num_hidden_layers=layers,
                             num_attention_heads=max(1, hidden // 32), intermediate_size=2 * hidden,
-                            max_position_embeddings=512, **labels)
+                            max_position_embeddings=512, hidden_dropout_prob=dropout,
+                            attention_probs_dropout_prob=dropout, **labels)
         return TextClassifier(spec, BertForSequenceClassification(config), tokenizer, label_names, spec)
     path = minilm_path() if base == "minilm-l6" else base
     try:
@@ -132,22 +135,26 @@ def minilm_path() -> str:
 
 
 def teacher_logits(settings: TrainSettings, data: TextData, label_names: list[str], out: Path,
-                   device: torch.device) -> torch.Tensor:
-    """The teacher's logits on the training data in ``label_names`` order, computed once and cached in ``out``."""
+                   device: torch.device, group: ProcessGroup | None = None) -> torch.Tensor:
+    """The teacher's logits on the training data in ``label_names`` order, computed once and cached in ``out``.
+
+    In a launched run every process runs its share of the teacher's batches and gets all the logits."""
+    group = group or ProcessGroup()
     cached = out / TEACHER_LOGITS
     if cached.exists():
         teacher = load_model(str(cached), name="teacher")
     else:
         teacher = load_model(settings.teacher, name="teacher")
         if isinstance(teacher, TextClassifier):
-            teacher = predict_text(teacher, data, device=device, dtype=torch.float32, max_length=settings.max_length)
+            teacher = predict_text(teacher, data, device=device, dtype=torch.float32, max_length=settings.max_length,
+                                   progress=group.is_main, group=group)
     teacher = match_to_data(teacher, data)
     if teacher.label_names is not None and sorted(teacher.label_names) != sorted(label_names):
         raise AuditError(f"expected a teacher over the data's labels {label_names}, got {teacher.label_names}; "
                          "distil from a teacher trained on the same label set")
     student_order = Predictions("student", torch.zeros(1, len(label_names)), label_names=list(label_names))
     align_labels([student_order, teacher])
-    if not cached.exists():
+    if not cached.exists() and group.is_main:
         write_atomic(cached, lambda p: save_predictions(teacher, p))
     return teacher.logits
 
@@ -157,17 +164,22 @@ def train(settings: TrainSettings, *, overwrite: bool = False, progress: bool = 
     """Train a student; return its training record (also written to ``out/training_record.json``).
 
     ``stop_after`` ends the run after that many steps as if killed (a checkpoint is written first);
-    calling :func:`train` again resumes it.
+    calling :func:`train` again resumes it. Under ``torchrun``/``accelerate launch`` the run is data-parallel
+    (DDP): every process takes its slice of each global batch, weighted so that the averaged gradient is
+    the whole batch's, and rank 0 alone writes checkpoints, the model and the record.
 
     Raises:
         AuditError: bad settings, or an ``out`` folder holding a different run without ``overwrite``.
     """
     settings.validate()
     out = Path(settings.out)
-    _claim_folder(out, settings, overwrite)
+    device = resolve_device(settings.device)
+    group = process_group(device)
+    device = local_device(device, group)
+    progress = progress and group.is_main
+    on_main(lambda: _claim_folder(out, settings, overwrite), group)
     if (out / RECORD).exists():
         return json.loads((out / RECORD).read_text())
-    device = resolve_device(settings.device)
     data = load_data(settings.data, split=settings.train_split, limit=settings.train_limit)
     if data.labels is None:
         raise AuditError(f"expected labelled training data, got no label column in {settings.data}; pass --label-column")
@@ -175,7 +187,7 @@ def train(settings: TrainSettings, *, overwrite: bool = False, progress: bool = 
     labels = data_labels(data, label_names, len(label_names))
     student = build_student(settings.model, label_names, seed=settings.seed)
     model = student.model.to(device)
-    targets = teacher_logits(settings, data, label_names, out, device) if settings.loss == "kd" else None
+    targets = teacher_logits(settings, data, label_names, out, device, group) if settings.loss == "kd" else None
 
     encodings = student.tokenizer(data.texts, data.text_pairs, truncation=True, max_length=settings.max_length)["input_ids"]
     steps_per_epoch = math.ceil(len(data) / settings.batch_size)
@@ -187,6 +199,7 @@ def train(settings: TrainSettings, *, overwrite: bool = False, progress: bool = 
     step, wall = _resume(out, model, optimizer, schedule)
     started = time.perf_counter() - wall
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    forward = _data_parallel(model, group)
 
     model.train()
     with progress_bar(progress) as bar:
@@ -195,19 +208,20 @@ def train(settings: TrainSettings, *, overwrite: bool = False, progress: bool = 
             epoch, index = divmod(step, steps_per_epoch)
             order = torch.randperm(len(data), generator=torch.Generator().manual_seed(settings.seed * 100_003 + epoch))
             rows = order[index * settings.batch_size:(index + 1) * settings.batch_size]
+            rows, weight = _my_slice(rows, group)
             batch = student.tokenizer.pad({"input_ids": [encodings[i] for i in rows]}, return_tensors="pt")
             with autocast:
-                logits = model(**{k: v.to(device) for k, v in batch.items()}).logits.float()
+                logits = forward(**{k: v.to(device) for k, v in batch.items()}).logits.float()
             loss = _loss(settings, logits, labels[rows].to(device), None if targets is None else targets[rows].to(device))
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss * weight).backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             schedule.step()
             step += 1
             bar.update(task, advance=1, description=f"training {settings.loss} loss {loss.item():.4f}")
             done = step == total_steps or step == stop_after
-            if step % settings.checkpoint_every == 0 or done:
+            if (step % settings.checkpoint_every == 0 or done) and group.is_main:
                 _checkpoint(out, model, optimizer, schedule, step, time.perf_counter() - started)
             if step == stop_after and step < total_steps:
                 return {"stopped_at": step}
@@ -216,15 +230,41 @@ def train(settings: TrainSettings, *, overwrite: bool = False, progress: bool = 
     wall = time.perf_counter() - started
     dev = load_data(settings.data, split=settings.eval_split, limit=settings.eval_limit)
     dev_predictions = predict_text(student, dev, device=device, dtype=torch.float32, max_length=settings.max_length,
-                                   progress=progress)
+                                   progress=progress, group=group)
     dev_metrics = summarize_model(dev_predictions.logits, data_labels(dev, label_names, len(label_names)))
     record = {"settings": asdict(settings), "steps": total_steps, "examples": len(data), "wall_seconds": wall,
               "device": str(device), "label_names": label_names, "dev": dev_metrics}
-    model.save_pretrained(out)
-    student.tokenizer.save_pretrained(out)
-    write_atomic(out / RECORD, lambda p: p.write_text(json.dumps(record, indent=2)))
-    (out / CHECKPOINT).unlink(missing_ok=True)
+    if group.is_main:
+        model.save_pretrained(out)
+        student.tokenizer.save_pretrained(out)
+        write_atomic(out / RECORD, lambda p: p.write_text(json.dumps(record, indent=2)))
+        (out / CHECKPOINT).unlink(missing_ok=True)
     return record
+
+
+def _data_parallel(model: torch.nn.Module, group: ProcessGroup) -> torch.nn.Module:
+    """``model`` wrapped in DDP in a launched run (gradients averaged over the processes), else itself."""
+    if not group.distributed:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    device_ids = [group.local_rank] if next(model.parameters()).is_cuda else None
+    return DistributedDataParallel(model, device_ids=device_ids)
+
+
+def _my_slice(rows: torch.Tensor, group: ProcessGroup) -> tuple[torch.Tensor, float]:
+    """This process's contiguous slice of a global batch, and the weight of its mean loss.
+
+    DDP averages gradients over the processes, so a slice's mean loss is weighted by
+    ``world_size * len(slice) / len(batch)``: the average is then the gradient of the whole batch's mean.
+    A process whose slice is empty (a last batch smaller than the world) runs one row at weight 0.
+    """
+    if not group.distributed:
+        return rows, 1.0
+    mine = rows.tensor_split(group.world_size)[group.rank]
+    if mine.numel() == 0:
+        return rows[:1], 0.0
+    return mine, group.world_size * mine.numel() / rows.numel()
 
 
 def _loss(settings: TrainSettings, logits: torch.Tensor, labels: torch.Tensor, teacher: torch.Tensor | None):

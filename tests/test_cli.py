@@ -74,7 +74,8 @@ def test_save_logits_then_compare_without_models(tmp_path):
     for name in ("teacher", "student-kd"):
         for key in MODEL_KEYS - {"role"}:
             assert a["models"][name][key] == pytest.approx(b["models"][name][key], abs=1e-6)
-    assert a["pairs"][0]["kl"] == pytest.approx(b["pairs"][0]["kl"], abs=1e-6)
+    assert a["pairs"][0]["kl"]["value"] == pytest.approx(b["pairs"][0]["kl"]["value"], abs=1e-6)
+    assert a["pairs"][0]["kl"]["ci"] == pytest.approx(b["pairs"][0]["kl"]["ci"], abs=1e-6)
 
 
 def _predictions_file(tmp_path, name, n, label_names=None, ids=None, bad=None):
@@ -111,6 +112,12 @@ def _data_file(tmp_path, rows):
     return str(path)
 
 
+def _csv_header_only(tmp_path):
+    path = tmp_path / "data.csv"
+    path.write_text("text,label\n")
+    return str(path)
+
+
 BAD_INPUTS = {
     "missing path": (lambda t: ["--teacher", "nope/./missing", "--student", STUDENT, "--data", DATA], "no such file"),
     "folder without config": (lambda t: ["--teacher", _broken_copy(t, "no-config"), "--student", STUDENT, "--data",
@@ -128,7 +135,7 @@ BAD_INPUTS = {
     "labels out of range": (lambda t: ["--teacher", TEACHER, "--student", STUDENT, "--data",
                                        _data_file(t, [{"text": "fine", "label": 0}, {"text": "bad", "label": 7}])],
                             r"labels in \[0, 2\)"),
-    "empty data": (lambda t: ["--teacher", TEACHER, "--student", STUDENT, "--data", _data_file(t, [])], "empty"),
+    "empty data": (lambda t: ["--teacher", TEACHER, "--student", STUDENT, "--data", _csv_header_only(t)], "at least one example.*0 rows"),
     "NaN in predictions": (lambda t: ["--teacher", _predictions_file(t, "a", 3, bad=float("nan")), "--student",
                                       _predictions_file(t, "b", 3)], "NaN or inf"),
     "count mismatch": (lambda t: ["--teacher", _predictions_file(t, "a", 7), "--student", _predictions_file(t, "b", 7),

@@ -2,7 +2,7 @@
 
 One public function per loss; ``backend`` picks the implementation:
 
-- ``"torch"``: :mod:`audit.losses.reference`, plain torch, float32 math, any device;
+- ``"torch"``: :mod:`audit.losses.reference`, plain torch, float32 math (float64 for float64 inputs), any device;
 - ``"triton"``: the fused kernels (CUDA, or CPU under ``TRITON_INTERPRET=1``);
 - ``"auto"``: triton on CUDA tensors when Triton is importable, torch otherwise.
 
@@ -57,7 +57,7 @@ def label_smoothed_cross_entropy(
     """Cross entropy against the smoothed target ``(1-a) e_y + a/K`` (PyTorch's convention).
 
     Args:
-        logits: (N, K) float tensor, any float dtype; math in float32.
+        logits: (N, K) float tensor, any float dtype; math in float32 (float64 for float64 inputs).
         labels: (N,) int32/int64 class ids, or ``ignore_index`` for rows to skip.
         label_smoothing: a in [0, 1].
         reduction: "mean" over kept rows (0 if none), "sum", or "none" (per-row, 0 for ignored rows).

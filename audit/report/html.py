@@ -16,7 +16,7 @@ from pathlib import Path
 from audit.atomic import write_atomic
 from audit.errors import AuditError
 from audit.report.plots import COMPARE_SCHEMA, REPLICATE_SCHEMA, build_figures, png_bytes
-from audit.report.terminal import MODEL_ROWS, PAIR_ROWS, direction, fmt
+from audit.report.terminal import MODEL_ROWS, PAIR_ROWS, direction_label, format_value
 
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 VERDICT_CLASS = {"inherits": "good", "moves_away": "bad", "inconclusive": "unsure",
@@ -102,7 +102,7 @@ def _compare_body(report: dict) -> str:
     parts += [f"<li><strong>{escape(p['student'])}</strong>: {_verdict(p['verdict'])} "
               f"({escape(p['verdict_reason'])})</li>" for p in pairs]
     parts.append("</ul>")
-    rows = [_cell(label) + "".join(_cell(fmt(m.get(key), fmt), num=True) for m in models.values())
+    rows = [_cell(label) + "".join(_cell(format_value(m.get(key), fmt), num=True) for m in models.values())
             for key, label, fmt in MODEL_ROWS if any(key in m for m in models.values())]
     parts.append(_table("Confidence and calibration per model", ["metric"] + [f"{n} ({m['role']})" for n, m in
                                                                                models.items()], rows))
@@ -111,9 +111,9 @@ def _compare_body(report: dict) -> str:
     parts.append(_table("Teacher -> student (value [95% bootstrap CI])", ["statistic"] +
                         [f"{p['teacher']} -> {p['student']}" for p in pairs], rows))
     if len(pairs) > 1:
-        moves = [(f"{p['student']} vs teacher {p['teacher']}", p["entropy_shift"]) for p in pairs]
+        moves = [(f"{p['student']} vs {p['teacher']} (teacher)", p["entropy_shift"]) for p in pairs]
         moves += [(f"{d['b']} vs {d['a']}", d["entropy_difference"]) for d in report["students"]]
-        rows = [_cell(label) + _cell(_with_ci(stat, "{:+.4f}"), num=True) + _cell(direction(stat))
+        rows = [_cell(label) + _cell(_with_ci(stat, "{:+.4f}"), num=True) + _cell(direction_label(stat))
                 for label, stat in moves]
         parts.append(_table("Which way each student moved (mean entropy, nats; lower = more confident)",
                             ["comparison", "difference [95% CI]", "direction"], rows))
@@ -157,9 +157,9 @@ def _replicate_body(report: dict) -> str:
         rows = [_cell(f"{t:.4f}", num=True) + _cell(f"{s:.4f}", num=True) for t, s in pairs]
         caption = f"Inheritance: Spearman {_with_ci(inheritance['spearman'], '{:.3f}')}"
         parts.append(_table(caption, ["teacher mean entropy (nats)", "KD student mean entropy (nats)"], rows))
-    rows = [_cell(a["arm"]) + _cell(s["seed"], num=True) + _cell(fmt(s.get("entropy"), "{:.4f}"), num=True)
-            + _cell(fmt(s.get("accuracy"), "{:.3f}"), num=True)
-            + _cell(fmt(s.get("ece"), "{:.4f}"), num=True)
+    rows = [_cell(a["arm"]) + _cell(s["seed"], num=True) + _cell(format_value(s.get("entropy"), "{:.4f}"), num=True)
+            + _cell(format_value(s.get("accuracy"), "{:.3f}"), num=True)
+            + _cell(format_value(s.get("ece"), "{:.4f}"), num=True)
             for a in arms for s in a["per_seed"]]
     parts.append(_table("Per seed", ["arm", "seed", "entropy (nats)", "accuracy", "ECE"], rows))
     parts.append("<h2>Run</h2>" + _key_values("Settings", report["settings"])

@@ -38,7 +38,7 @@ PAIR_ROWS = (
 VERDICT_STYLE = {"inherits": "bold green", "moves_away": "bold red", "inconclusive": "bold yellow"}
 
 
-def fmt(value, fmt: str) -> str:
+def format_value(value, fmt: str) -> str:
     return "-" if value is None else fmt.format(value)
 
 
@@ -55,7 +55,7 @@ def models_table(report: dict) -> Table:
         table.add_column(f"{name}\n({m['role']})", justify="right")
     for key, label, fmt in MODEL_ROWS:
         if any(key in m for m in models.values()):
-            table.add_row(label, *(fmt(m.get(key), fmt) for m in models.values()))
+            table.add_row(label, *(format_value(m.get(key), fmt) for m in models.values()))
     return table
 
 
@@ -78,15 +78,15 @@ def direction_table(report: dict) -> Table:
     table.add_column("difference [95% CI]", justify="right")
     table.add_column("direction")
     for pair in report["pairs"]:
-        table.add_row(f"{pair['student']} vs teacher {pair['teacher']}", _with_ci(pair["entropy_shift"], "{:+.4f}"),
-                      direction(pair["entropy_shift"]))
+        table.add_row(f"{pair['student']} vs {pair['teacher']} (teacher)", _with_ci(pair["entropy_shift"], "{:+.4f}"),
+                      direction_label(pair["entropy_shift"]))
     for diff in report["students"]:
         stat = diff["entropy_difference"]
-        table.add_row(f"{diff['b']} vs {diff['a']}", _with_ci(stat, "{:+.4f}"), direction(stat))
+        table.add_row(f"{diff['b']} vs {diff['a']}", _with_ci(stat, "{:+.4f}"), direction_label(stat))
     return table
 
 
-def direction(stat: dict) -> str:
+def direction_label(stat: dict) -> str:
     lo, hi = stat["ci"]
     if hi < 0:
         return "more confident"
