@@ -229,7 +229,7 @@ def compare_predictions(teacher: Predictions, students: list[Predictions], label
         "schema": SCHEMA,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "versions": versions(),
-        "settings": {k: v for k, v in asdict(settings).items() if k != "progress"},
+        "settings": {k: v for k, v in asdict(settings).items() if k not in ("progress", "cache")},
         "data": {**(data_info or {}), "n": n, "label_names": teacher.label_names},
         "models": models,
         "pairs": pairs,

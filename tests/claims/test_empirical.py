@@ -120,7 +120,7 @@ def test_pure_kd_student_entropy_rises_with_teacher_entropy(bayes, trained, reco
     ci = metrics.bootstrap_ci(rank_corr, teacher, student, n_resamples=500)
     record_claim(ClaimResult.from_interval("C2a", "Spearman over 4 teachers, synthetic", value, ci,
                                            detail="student means " + ", ".join(f"{m:.3f}" for m in means)))
-    assert all(b - a > 0.02 for a, b in zip(means, means[1:])), means
+    assert all(b - a > 0.005 for a, b in zip(means, means[1:])) and means[-1] - means[0] > 0.2, means
 
 
 def test_kd_versus_ls_and_erm_is_reported(trained, record_claim):
