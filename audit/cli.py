@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -42,34 +42,35 @@ def handles_errors(command):
 @app.command()
 @handles_errors
 def compare(
-    teacher: Annotated[Optional[str], typer.Option(help="Teacher: HF folder, hub id or predictions file.")] = None,
-    student: Annotated[Optional[list[str]], typer.Option(help="Student (repeat for several).")] = None,
-    data: Annotated[Optional[str], typer.Option(help="csv/jsonl/parquet file, datasets name[:config][:split], "
+    teacher: Annotated[str | None, typer.Option(help="Teacher: HF folder, hub id or predictions file.")] = None,
+    student: Annotated[list[str] | None, typer.Option(help="Student (repeat for several).")] = None,
+    data: Annotated[str | None, typer.Option(help="csv/jsonl/parquet file, datasets name[:config][:split], "
                                                     "or a built-in name (python -m audit data list).")] = None,
-    name: Annotated[Optional[list[str]], typer.Option(help="Report names: teacher first, then students.")] = None,
-    split: Annotated[Optional[str], typer.Option(help="Data split (built-ins: train, dev, test).")] = None,
-    text_column: Annotated[Optional[str], typer.Option()] = None,
-    text_pair_column: Annotated[Optional[str], typer.Option()] = None,
-    label_column: Annotated[Optional[str], typer.Option()] = None,
-    id_column: Annotated[Optional[str], typer.Option()] = None,
-    limit: Annotated[Optional[int], typer.Option(help="Use the first N examples.")] = None,
-    device: Annotated[Optional[str], typer.Option(help="cpu, cuda, cuda:N (default: CUDA when present).")] = None,
+    name: Annotated[list[str] | None, typer.Option(help="Report names: teacher first, then students.")] = None,
+    split: Annotated[str | None, typer.Option(help="Data split (built-ins: train, dev, test).")] = None,
+    text_column: Annotated[str | None, typer.Option()] = None,
+    text_pair_column: Annotated[str | None, typer.Option()] = None,
+    label_column: Annotated[str | None, typer.Option()] = None,
+    id_column: Annotated[str | None, typer.Option()] = None,
+    limit: Annotated[int | None, typer.Option(help="Use the first N examples.")] = None,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:N (default: CUDA when present).")] = None,
     dtype: Annotated[str, typer.Option(help="auto|fp32|bf16|fp16 (auto: bf16 on GPUs that have it).")] = "auto",
     batch_size: Annotated[str, typer.Option(help="An integer, or auto (halves on out-of-memory).")] = "auto",
     max_length: Annotated[int, typer.Option(help="Tokens per example.")] = 256,
     bins: Annotated[int, typer.Option(help="Calibration bins.")] = 15,
     bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for CIs.")] = 1000,
     seed: Annotated[int, typer.Option(help="Bootstrap seed.")] = 0,
-    json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the report as JSON here.")] = None,
-    save_logits: Annotated[Optional[Path], typer.Option(help="Keep every model's logits in this folder.")] = None,
-    plots: Annotated[Optional[Path], typer.Option(help="Write PNG figures into this folder.")] = None,
-    html: Annotated[Optional[Path], typer.Option(help="Write a self-contained HTML report here.")] = None,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write the report as JSON here.")] = None,
+    save_logits: Annotated[Path | None, typer.Option(help="Keep every model's logits in this folder.")] = None,
+    plots: Annotated[Path | None, typer.Option(help="Write PNG figures into this folder.")] = None,
+    html: Annotated[Path | None, typer.Option(help="Write a self-contained HTML report here.")] = None,
     allow_pickle: Annotated[bool, typer.Option(help="Allow pickle weights (they can run code).")] = False,
     trust_remote_code: Annotated[bool, typer.Option(help="Allow a model's own Python code.")] = False,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """Compare a teacher with its students: confidence, calibration and inheritance."""
-    from audit.compare import CompareSettings, compare as run_compare
+    from audit.compare import CompareSettings
+    from audit.compare import compare as run_compare
     from audit.report.terminal import render_compare
 
     if teacher is None and student is None and data is None:
@@ -140,23 +141,24 @@ def train(
     out: Annotated[Path, typer.Option(help="Output folder (a Hugging Face checkpoint + training record).")],
     loss: Annotated[str, typer.Option(help="ce | ls | kd.")] = "ce",
     label_smoothing: Annotated[float, typer.Option(help="LS smoothing a (loss ls).")] = 0.1,
-    teacher: Annotated[Optional[str], typer.Option(help="Teacher checkpoint or logits (loss kd).")] = None,
+    teacher: Annotated[str | None, typer.Option(help="Teacher checkpoint or logits (loss kd).")] = None,
     temperature: Annotated[float, typer.Option(help="KD temperature T.")] = 2.0,
     kd_weight: Annotated[float, typer.Option(help="KD weight w of the soft term.")] = 0.5,
     epochs: Annotated[float, typer.Option()] = 3.0,
     batch_size: Annotated[int, typer.Option()] = 32,
     lr: Annotated[float, typer.Option()] = 5e-5,
     max_length: Annotated[int, typer.Option()] = 128,
-    train_limit: Annotated[Optional[int], typer.Option(help="Use the first N training examples.")] = None,
+    train_limit: Annotated[int | None, typer.Option(help="Use the first N training examples.")] = None,
     seed: Annotated[int, typer.Option()] = 0,
-    device: Annotated[Optional[str], typer.Option()] = None,
+    device: Annotated[str | None, typer.Option()] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace a different run in --out.")] = False,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """Train a student with cross entropy, label smoothing or knowledge distillation."""
     from rich.console import Console
 
-    from audit.train import TrainSettings, train as run_train
+    from audit.train import TrainSettings
+    from audit.train import train as run_train
 
     settings = TrainSettings(data=data, model=model, out=str(out), loss=loss, label_smoothing=label_smoothing,
                              teacher=teacher, temperature=temperature, kd_weight=kd_weight, epochs=epochs,
@@ -174,15 +176,16 @@ def replicate(
     task: Annotated[str, typer.Option(help="A built-in data set (python -m audit data list).")],
     out: Annotated[Path, typer.Option(help="Folder for every run, compare JSON and summary.json (resumable).")],
     profile: Annotated[str, typer.Option(help="quick (2-core CPU, ~10 min) | full (a GPU) | tiny (tests).")] = "quick",
-    seeds: Annotated[Optional[int], typer.Option(help="Seeds (default: the profile's).")] = None,
-    device: Annotated[Optional[str], typer.Option()] = None,
+    seeds: Annotated[int | None, typer.Option(help="Seeds (default: the profile's).")] = None,
+    device: Annotated[str | None, typer.Option()] = None,
     bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for CIs.")] = 1000,
-    plots: Annotated[Optional[Path], typer.Option(help="Write PNG figures into this folder.")] = None,
-    html: Annotated[Optional[Path], typer.Option(help="Write a self-contained HTML report here.")] = None,
+    plots: Annotated[Path | None, typer.Option(help="Write PNG figures into this folder.")] = None,
+    html: Annotated[Path | None, typer.Option(help="Write a self-contained HTML report here.")] = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """Rerun the paper's experiment grid on one task and decide claims C1a-C2b."""
-    from audit.replicate import ReplicateSettings, render_summary, replicate as run_replicate
+    from audit.replicate import ReplicateSettings, render_summary
+    from audit.replicate import replicate as run_replicate
 
     summary = run_replicate(ReplicateSettings(task=task, out=str(out), profile=profile, seeds=seeds, device=device,
                                               n_bootstrap=bootstrap), progress=progress)
@@ -194,14 +197,15 @@ def replicate(
 @handles_errors
 def report(
     run: Annotated[Path, typer.Argument(help="A compare JSON (--json) or a replicate summary.json.")],
-    plots: Annotated[Optional[Path], typer.Option(help="Write PNG figures into this folder.")] = None,
-    html: Annotated[Optional[Path], typer.Option(help="Write a self-contained HTML report here.")] = None,
+    plots: Annotated[Path | None, typer.Option(help="Write PNG figures into this folder.")] = None,
+    html: Annotated[Path | None, typer.Option(help="Write a self-contained HTML report here.")] = None,
 ) -> None:
     """Re-render a saved compare or replicate report, without models."""
     import json
 
-    from audit.replicate import SCHEMA as REPLICATE_SCHEMA, render_summary
     from audit.compare import SCHEMA as COMPARE_SCHEMA
+    from audit.replicate import SCHEMA as REPLICATE_SCHEMA
+    from audit.replicate import render_summary
     from audit.report.terminal import render_compare
 
     try:

@@ -11,7 +11,15 @@ the numbers when it passes. Every check made is appended to :data:`RECORDS`, whi
 
 from __future__ import annotations
 
-from audit.compare import CompareSettings, ModelLike, compare, data_labels, load_eval_data, predict, summarize_model
+from audit.compare import (
+    CompareSettings,
+    ModelLike,
+    compare,
+    data_labels,
+    load_eval_data,
+    predict,
+    summarize_model,
+)
 from audit.data import TextData
 from audit.inheritance import VerdictRule
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from audit.cli import FIXTURES
 from audit.errors import AuditError
 from audit.models import Predictions, TextClassifier, load_model, save_predictions
-from audit.cli import FIXTURES
 
 LOGITS = torch.tensor([[2.0, -1.0, 0.5], [0.1, 0.2, 0.3], [-3.0, 4.0, float("-inf")]])
 IDS = ["a", "b", "c"]

@@ -3,7 +3,6 @@
 Pure functions over (N,) / (N, K) tensors on any device; see each module for conventions.
 """
 
-from audit.metrics.pairwise import agreement, kl_divergence
 from audit.metrics.calibration import (
     BinnedCalibration,
     ReliabilityBins,
@@ -14,6 +13,7 @@ from audit.metrics.calibration import (
     reliability_bins,
 )
 from audit.metrics.confidence import brier, correct, entropy, margin, max_probability, nll
+from audit.metrics.pairwise import agreement, kl_divergence
 from audit.metrics.stats import bootstrap_ci, pearson, spearman
 
 __all__ = [
