@@ -220,7 +220,7 @@ def list_cache() -> list[dict]:
         for shard in shards:
             with safe_open(str(shard), framework="pt") as f:
                 rows += f.get_slice("rows").get_shape()[0]
-        out.append({"digest": folder.name, "name": manifest["name"], "rows": rows, "n": manifest["key"]["n"],
+        out.append({"digest": folder.name, "name": manifest["name"], "rows": rows, "n": manifest["key"].get("n"),
                     "shards": len(shards), "bytes": sum(f.stat().st_size for f in folder.iterdir()),
                     "created": manifest["created"], "key": manifest["key"]})
     return out

@@ -20,6 +20,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=False, pretty_exceptions
                        "options, the built-in teacher and students).")
 data_app = typer.Typer(help="Built-in data sets.", add_completion=False)
 app.add_typer(data_app, name="data")
+cache_app = typer.Typer(help="The prediction cache (resumable logits).", add_completion=False)
+app.add_typer(cache_app, name="cache")
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 DEFAULT_TEACHER = FIXTURES / "teacher"
@@ -67,10 +69,13 @@ def compare(
     allow_pickle: Annotated[bool, typer.Option(help="Allow pickle weights (they can run code).")] = False,
     trust_remote_code: Annotated[bool, typer.Option(help="Allow a model's own Python code.")] = False,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    cache: Annotated[bool, typer.Option(help="Keep logits in the prediction cache as they are computed "
+                                             "(a killed run resumes; python -m audit cache list|clear).")] = True,
 ) -> None:
     """Compare a teacher with its students: confidence, calibration and inheritance."""
     from audit.compare import CompareSettings
     from audit.compare import compare as run_compare
+    from audit.distributed import is_main_process
     from audit.report.terminal import render_compare
 
     if teacher is None and student is None and data is None:
@@ -85,11 +90,12 @@ def compare(
         id_column=id_column, limit=limit, device=device, dtype=dtype,
         batch_size=batch_size if batch_size == "auto" else _positive_int(batch_size, "--batch-size"),
         max_length=max_length, n_bins=bins, n_bootstrap=bootstrap, seed=seed, allow_pickle=allow_pickle,
-        trust_remote_code=trust_remote_code, progress=progress,
+        trust_remote_code=trust_remote_code, progress=progress, cache=cache,
     )
     report = run_compare(teacher, student, data, names=name, settings=settings, save_logits=save_logits)
-    render_compare(report)
-    write_outputs(report, json_path, plots, html)
+    if is_main_process():  # under torchrun / accelerate launch, rank 0 alone prints and writes
+        render_compare(report)
+        write_outputs(report, json_path, plots, html)
 
 
 def write_outputs(report: dict, json_path: Path | None, plots: Path | None, html: Path | None) -> None:
@@ -157,6 +163,7 @@ def train(
     """Train a student with cross entropy, label smoothing or knowledge distillation."""
     from rich.console import Console
 
+    from audit.distributed import is_main_process
     from audit.train import TrainSettings
     from audit.train import train as run_train
 
@@ -165,6 +172,8 @@ def train(
                              batch_size=batch_size, lr=lr, max_length=max_length, train_limit=train_limit, seed=seed,
                              device=device)
     record = run_train(settings, overwrite=overwrite, progress=progress)
+    if not is_main_process():
+        return
     dev = record["dev"]
     Console().print(f"saved {out}: {record['steps']} steps in {record['wall_seconds']:.1f} s; dev accuracy "
                     f"{dev['accuracy']:.3f}, entropy {dev['entropy_mean']:.3f} nats, ECE {dev['ece']:.4f}")
@@ -219,6 +228,33 @@ def report(
                          f"in {run}")
     (render_compare if schema == COMPARE_SCHEMA else render_summary)(saved)
     write_outputs(saved, None, plots, html)
+
+
+@cache_app.command("list")
+@handles_errors
+def cache_list() -> None:
+    """List cached predictions: model, rows cached, size."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from audit.cache import cache_root, list_cache
+
+    table = Table(title=f"Prediction cache ({cache_root()})")
+    for column in ("entry", "model", "rows", "shards", "MB", "created"):
+        table.add_column(column)
+    for row in list_cache():
+        table.add_row(row["digest"][:12], row["name"], f"{row['rows']}/{row['n']}", str(row["shards"]),
+                      f"{row['bytes'] / 1e6:.1f}", row["created"])
+    Console().print(table)
+
+
+@cache_app.command("clear")
+@handles_errors
+def cache_clear() -> None:
+    """Delete every cached prediction."""
+    from audit.cache import clear_cache
+
+    print(f"removed {clear_cache()} cached predictions")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -238,11 +238,10 @@ def compare_predictions(teacher: Predictions, students: list[Predictions], label
 
 
 def versions() -> dict[str, str]:
-    import transformers
+    """Versions of what produced a report (read from package metadata: importing transformers costs memory)."""
+    from importlib.metadata import version
 
-    import audit
-
-    return {"kd-audit": audit.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
+    return {"kd-audit": version("kd-audit"), "torch": torch.__version__, "transformers": version("transformers"),
             "python": platform.python_version()}
 
 

@@ -41,6 +41,11 @@ def _stat(value: torch.Tensor, ci: tuple[float, float]) -> dict:
     return {"value": float(value), "ci": [float(ci[0]), float(ci[1])]}
 
 
+def _confidence(log_probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    probs = log_probs.exp()
+    return metrics.entropy(probs), metrics.max_probability(probs)
+
+
 def pair_statistics(teacher_logits: torch.Tensor, student_logits: torch.Tensor, *, n_bootstrap: int = 1000,
                     seed: int = 0, level: float = 0.95) -> dict[str, dict]:
     """Teacher -> student statistics, each ``{"value": x, "ci": [lo, hi]}``.
@@ -52,14 +57,16 @@ def pair_statistics(teacher_logits: torch.Tensor, student_logits: torch.Tensor, 
         A dict keyed by :data:`PAIR_STATISTICS`. ``kl`` is mean KL(teacher || student) in nats;
         ``entropy_shift`` is mean(H(student) - H(teacher)) in nats (negative: the student is more confident).
     """
+    # (N, K) intermediates are dropped as soon as the (N,) per-example values are out: this runs on millions
     log_t = torch.log_softmax(teacher_logits.float(), -1)
     log_s = torch.log_softmax(student_logits.float(), -1)
-    p_t, p_s = log_t.exp(), log_s.exp()
-    h_t, h_s = metrics.entropy(p_t), metrics.entropy(p_s)
-    m_t, m_s = metrics.max_probability(p_t), metrics.max_probability(p_s)
+    kl = metrics.kl_divergence(log_t, log_s)
+    agree = metrics.agreement(log_t, log_s).float()  # top-1 of log-probabilities = top-1 of probabilities
+    (h_t, m_t), (h_s, m_s) = _confidence(log_t), _confidence(log_s)
+    del log_t, log_s
     per_example = {
-        "agreement": (metrics.agreement(p_t, p_s).float(),),
-        "kl": (metrics.kl_divergence(log_t, log_s),),
+        "agreement": (agree,),
+        "kl": (kl,),
         "entropy_shift": (h_s - h_t,),
         "corr_entropy_pearson": (h_t, h_s),
         "corr_entropy_spearman": (h_t, h_s),

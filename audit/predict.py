@@ -132,13 +132,14 @@ def predict_text(
     plan = batch_plan(len(data), size)
     mine = set(range(group.rank, len(plan), group.world_size))
     cached = mine & store.cached_batches() if store is not None else set()
-    rows, logits = store.load(cached) if store is not None else (torch.empty(0, dtype=torch.int64), None)
-    rows, logits = [rows], [logits if logits is not None else torch.empty(0, classifier.num_classes)]
+    done_rows, done_logits = (store.load(cached) if store is not None
+                              else (torch.empty(0, dtype=torch.int64), torch.empty(0, classifier.num_classes)))
+    rows, logits = [done_rows], [done_logits]
     model = classifier.model.to(device=device, dtype=dtype)
     micro = size
     with progress_bar(progress and group.is_main) as bar, torch.inference_mode():
         task = bar.add_task(f"evaluating {classifier.name}", total=sum(plan[b][1] for b in mine))
-        bar.advance(task, rows[0].numel())
+        bar.advance(task, done_rows.numel())
         for index, batch_rows, input_ids in _planned_batches(classifier, data, plan, mine - cached, max_length, WINDOW):
             out, micro = _forward(classifier, model, input_ids, device, micro, halving=batch_size == "auto")
             rows.append(torch.tensor(batch_rows, dtype=torch.int64))

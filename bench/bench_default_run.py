@@ -14,7 +14,7 @@ TARGET_SECONDS = 15.0
 
 
 def run_default(cwd) -> None:
-    result = subprocess.run([sys.executable, "-m", "audit", "--no-progress"], cwd=cwd, capture_output=True, text=True,
+    result = subprocess.run([sys.executable, "-m", "audit", "--no-progress", "--no-cache"], cwd=cwd, capture_output=True, text=True,
                             env={**os.environ, "COLUMNS": "160"})
     assert result.returncode == 0, result.stderr
 

@@ -14,7 +14,7 @@ import torch
 from audit.errors import AuditError
 
 # resampled elements (over all samples) materialised at once by bootstrap_ci: bounds its memory for N ~ 1M
-MAX_CHUNK_ELEMENTS = 50_000_000
+MAX_CHUNK_ELEMENTS = 4_000_000
 
 
 def _check_xy(x: torch.Tensor, y: torch.Tensor) -> None:
