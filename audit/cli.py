@@ -153,6 +153,7 @@ def train(
     epochs: Annotated[float, typer.Option()] = 3.0,
     batch_size: Annotated[int, typer.Option()] = 32,
     lr: Annotated[float, typer.Option()] = 5e-5,
+    head_lr: Annotated[Optional[float], typer.Option(help="Learning rate of the new pooler/classifier head.")] = None,
     max_length: Annotated[int, typer.Option()] = 128,
     train_limit: Annotated[int | None, typer.Option(help="Use the first N training examples.")] = None,
     seed: Annotated[int, typer.Option()] = 0,
@@ -169,7 +170,7 @@ def train(
 
     settings = TrainSettings(data=data, model=model, out=str(out), loss=loss, label_smoothing=label_smoothing,
                              teacher=teacher, temperature=temperature, kd_weight=kd_weight, epochs=epochs,
-                             batch_size=batch_size, lr=lr, max_length=max_length, train_limit=train_limit, seed=seed,
+                             batch_size=batch_size, lr=lr, head_lr=head_lr, max_length=max_length, train_limit=train_limit, seed=seed,
                              device=device)
     record = run_train(settings, overwrite=overwrite, progress=progress)
     if not is_main_process():

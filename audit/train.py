@@ -51,6 +51,7 @@ class TrainSettings:
     epochs: float = 3.0
     batch_size: int = 32
     lr: float = 5e-5
+    head_lr: float | None = None  # the freshly initialised pooler and classifier; None: the same as lr
     weight_decay: float = 0.01
     warmup: float = 0.1
     max_length: int = 128
@@ -74,7 +75,7 @@ class TrainSettings:
             raise AuditError(f"expected --label-smoothing in [0, 1), got {self.label_smoothing}")
         if not 0 <= self.kd_weight <= 1:
             raise AuditError(f"expected --kd-weight in [0, 1], got {self.kd_weight}")
-        if self.epochs <= 0 or self.batch_size < 1 or self.lr <= 0:
+        if self.epochs <= 0 or self.batch_size < 1 or self.lr <= 0 or (self.head_lr is not None and self.head_lr <= 0):
             raise AuditError(f"expected positive --epochs, --batch-size and --lr, got {self.epochs}, "
                              f"{self.batch_size}, {self.lr}")
 
@@ -88,7 +89,12 @@ class TrainSettings:
 
 def build_student(spec: str, label_names: list[str], *, seed: int) -> TextClassifier:
     """A fresh classifier head on ``spec`` (see :class:`TrainSettings`) for ``label_names``."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertConfig, BertForSequenceClassification
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        BertConfig,
+        BertForSequenceClassification,
+    )
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()  # "newly initialised classifier" is expected for a student
@@ -192,7 +198,7 @@ def train(settings: TrainSettings, *, overwrite: bool = False, progress: bool = 
     encodings = student.tokenizer(data.texts, data.text_pairs, truncation=True, max_length=settings.max_length)["input_ids"]
     steps_per_epoch = math.ceil(len(data) / settings.batch_size)
     total_steps = max(1, round(settings.epochs * steps_per_epoch))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    optimizer = torch.optim.AdamW(_parameter_groups(model, settings), lr=settings.lr, weight_decay=settings.weight_decay)
     warmup = int(settings.warmup * total_steps)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min((s + 1) / max(1, warmup), max(0.0, (total_steps - s) / max(1, total_steps - warmup))))
@@ -265,6 +271,15 @@ def _my_slice(rows: torch.Tensor, group: ProcessGroup) -> tuple[torch.Tensor, fl
     if mine.numel() == 0:
         return rows[:1], 0.0
     return mine, group.world_size * mine.numel() / rows.numel()
+
+
+def _parameter_groups(model: torch.nn.Module, settings: TrainSettings) -> list[dict]:
+    """The new head (pooler, classifier) at ``head_lr``: a pretrained encoder truncated to a few layers gives
+    it small features, and at the encoder's learning rate it barely leaves its initialisation in a short run."""
+    head = [p for n, p in model.named_parameters() if n.startswith(("classifier", "pre_classifier")) or ".pooler." in n]
+    ids = {id(p) for p in head}
+    body = [p for p in model.parameters() if id(p) not in ids]
+    return [{"params": body}, {"params": head, "lr": settings.head_lr or settings.lr}]
 
 
 def _loss(settings: TrainSettings, logits: torch.Tensor, labels: torch.Tensor, teacher: torch.Tensor | None):
