@@ -153,7 +153,7 @@ def train(
     epochs: Annotated[float, typer.Option()] = 3.0,
     batch_size: Annotated[int, typer.Option()] = 32,
     lr: Annotated[float, typer.Option()] = 5e-5,
-    head_lr: Annotated[Optional[float], typer.Option(help="Learning rate of the new pooler/classifier head.")] = None,
+    head_lr: Annotated[float | None, typer.Option(help="Learning rate of the new pooler/classifier head.")] = None,
     max_length: Annotated[int, typer.Option()] = 128,
     train_limit: Annotated[int | None, typer.Option(help="Use the first N training examples.")] = None,
     seed: Annotated[int, typer.Option()] = 0,
