@@ -14,6 +14,7 @@ Label names come from ``config.id2label`` (generic ``LABEL_i`` names count as un
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ import numpy as np
 import torch
 
 from audit.errors import AuditError
+from audit.hub import hub_unreachable
 
 PREDICTION_SUFFIXES = (".npy", ".safetensors", ".pt", ".pth", ".parquet", ".jsonl", ".json")
 _GENERIC_LABEL = re.compile(r"^LABEL_\d+$")
@@ -102,8 +104,13 @@ def load_model(
         _check_checkpoint_folder(path, allow_pickle)
         return _load_hf(str(path), name, trust_remote_code, dtype, local_only=True)
     if _HUB_ID.match(spec) and not spec.startswith((".", "/")):
-        return _load_hf(spec, name, trust_remote_code, dtype, local_only=False)
+        return _load_hf(spec, name, trust_remote_code, dtype, local_only=_offline())
     raise AuditError(f"expected an existing path or a hub id, got {spec!r}: no such file or folder; check the path")
+
+
+def _offline() -> bool:
+    """Load a hub id from the local cache only: offline mode asked for, or the Hub out of reach."""
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes") or hub_unreachable()
 
 
 def _check_checkpoint_folder(path: Path, allow_pickle: bool) -> None:

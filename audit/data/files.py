@@ -10,10 +10,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import os
-import socket
 from pathlib import Path
-from urllib.parse import urlparse
 
 import pyarrow as pa
 import pyarrow.csv as pa_csv
@@ -22,6 +19,7 @@ import pyarrow.parquet as pq
 
 from audit.data.builtin import builtin_datasets
 from audit.errors import AuditError
+from audit.hub import hub_unreachable
 
 FILE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json", ".parquet")
 KNOWN_SPLITS = ("train", "validation", "dev", "test")
@@ -103,19 +101,6 @@ def read_file(path: Path) -> tuple[pa.Table, dict[str, list[str]]]:
                          f"({str(e).splitlines()[0]}); fix the file") from e
 
 
-def _hub_unreachable() -> bool:
-    # huggingface_hub retries a failed connection for ~25 s; a failed DNS lookup answers in milliseconds.
-    # Offline mode (local HF cache) and proxies are left to `datasets` itself.
-    if any(os.environ.get(v) for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HTTPS_PROXY", "https_proxy")):
-        return False
-    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
-    try:
-        socket.getaddrinfo(host, 443)
-    except OSError:
-        return True
-    return False
-
-
 def _load_split(datasets, name: str, config: str | None, split: str):
     # kd-audit says dev where the Hub mostly says validation: try the other name before giving up
     try:
@@ -139,7 +124,7 @@ def read_hub(
     """
     spec = ":".join(p for p in (name, config, split) if p)
     advice = f"pass a local csv/tsv/jsonl/parquet file or a built-in name: {', '.join(builtin_datasets())}"
-    if not local and _hub_unreachable():
+    if not local and hub_unreachable():
         raise AuditError(f"could not load data set {spec} from the Hugging Face Hub (offline?); {advice}")
     import datasets  # heavy import, only on this path
 
