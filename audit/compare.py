@@ -95,15 +95,16 @@ def summarize_model(logits: torch.Tensor, labels: torch.Tensor | None, *, n_bins
     if labels is None:
         return out
     correct = metrics.correct(probs, labels)
-    bins = metrics.reliability_bins(maxprob, correct, n_bins=n_bins)
+    calibration = metrics.calibration_errors(maxprob, correct, n_bins=n_bins)
+    bins = calibration["bins"]
     out.update({
         "accuracy": float(correct.float().mean()),
         "nll": float(metrics.nll(logits.float(), labels).mean()),
         "brier": float(metrics.brier(probs, labels).mean()),
         "brier_convention": BRIER_CONVENTION,
-        "ece": float(metrics.ece(maxprob, correct, n_bins=n_bins)),
-        "mce": float(metrics.mce(maxprob, correct, n_bins=n_bins)),
-        "ece_adaptive": float(metrics.adaptive_ece(maxprob, correct, n_bins=n_bins)),
+        "ece": float(calibration["ece"]),
+        "mce": float(calibration["mce"]),
+        "ece_adaptive": float(calibration["ece_adaptive"]),
         "ece_classwise": float(metrics.classwise_ece(probs, labels, n_bins=n_bins)),
         "n_bins": n_bins,
         "entropy_correct": _mean_or_none(entropy[correct]),

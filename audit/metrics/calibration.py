@@ -341,6 +341,27 @@ def adaptive_ece(confidences: torch.Tensor, correct: torch.Tensor, n_bins: int =
     return _ece(_reliability_from_sums(_edges(n_bins, confidences.device), *sums))
 
 
+def calibration_errors(confidences: torch.Tensor, correct: torch.Tensor, n_bins: int = 15) -> dict:
+    """ECE, MCE and adaptive ECE together, checking the inputs and binning once (what a report needs).
+
+    Returns:
+        ``{"bins": ReliabilityBins, "ece": ..., "mce": ..., "ece_adaptive": ...}``, each value equal to
+        :func:`reliability_bins`, :func:`ece`, :func:`mce` and :func:`adaptive_ece` of the same inputs.
+
+    Example:
+        >>> errors = calibration_errors(torch.tensor([0.9, 0.9, 0.6, 0.6]), torch.tensor([True, False, True, False]),
+        ...                             n_bins=10)
+        >>> round(float(errors["ece"]), 6), round(float(errors["mce"]), 6)
+        (0.25, 0.4)
+    """
+    _check_n_bins(n_bins)
+    _check_confidences(confidences, correct)
+    edges = _edges(n_bins, confidences.device)
+    bins = _reliability_from_sums(edges, *_equal_width_sums(confidences, correct, edges))
+    equal_mass = _reliability_from_sums(edges, *_equal_mass_sums(confidences, correct, n_bins))
+    return {"bins": bins, "ece": _ece(bins), "mce": _mce(bins), "ece_adaptive": _ece(equal_mass)}
+
+
 def classwise_ece(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = 15) -> torch.Tensor:
     """Classwise ECE (Kull et al. 2019; Nixon et al. 2019's static calibration error): the mean over
     classes k of the equal-width ECE of ``p_k`` against ``1[y = k]``, over all N examples.

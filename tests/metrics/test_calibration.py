@@ -23,6 +23,7 @@ from audit.metrics import calibration
 from audit.metrics.calibration import (
     BinnedCalibration,
     adaptive_ece,
+    calibration_errors,
     classwise_ece,
     ece,
     mce,
@@ -363,3 +364,15 @@ def test_classwise_input_errors():
 
 def test_docstring_examples():
     assert doctest.testmod(calibration, optionflags=doctest.NORMALIZE_WHITESPACE).failed == 0
+
+
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(1, 300), n_bins=st.integers(1, 20), seed=st.integers(0, 2**16))
+def test_calibration_errors_equals_the_separate_functions(n, n_bins, seed):
+    g = torch.Generator().manual_seed(seed)
+    conf, hit = torch.rand(n, generator=g), torch.rand(n, generator=g) < 0.5
+    errors = calibration_errors(conf, hit, n_bins)
+    assert torch.equal(errors["ece"], ece(conf, hit, n_bins))
+    assert torch.equal(errors["mce"], mce(conf, hit, n_bins))
+    assert torch.equal(errors["ece_adaptive"], adaptive_ece(conf, hit, n_bins))
+    assert torch.equal(errors["bins"].count, reliability_bins(conf, hit, n_bins).count)
