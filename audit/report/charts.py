@@ -161,6 +161,6 @@ def terminal_charts(report: dict) -> RenderableType:
     if schema == COMPARE_SCHEMA:
         return _compare_charts(report)
     if schema == REPLICATE_SCHEMA:
-        return Panel(entropy_by_arm_chart(report), title="Mean entropy by arm (95% CI over seeds)", expand=False)
+        return Panel(entropy_by_arm_chart(report), title="Mean entropy by arm (95% bootstrap CI over dev examples)", expand=False)
     raise AuditError(f"expected a report with schema {COMPARE_SCHEMA} or {REPLICATE_SCHEMA}, got {schema!r}; "
                      "pass the JSON that `python -m audit --json` or `replicate` wrote")

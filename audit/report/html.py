@@ -87,7 +87,7 @@ COMPARE_CAPTIONS = {
     "scatter": "teacher vs student max probability per example, with the correlations over all examples",
 }
 REPLICATE_CAPTIONS = {
-    "entropy": "mean dev entropy per arm (bars) with its 95% CI over seeds; dots are single seeds",
+    "entropy": "mean dev entropy per arm (bars) with its 95% bootstrap CI over dev examples (per-example values averaged over seeds); dots are single seeds",
     "inheritance": "KD student vs teacher mean entropy, one point per teacher",
 }
 
@@ -149,7 +149,7 @@ def _replicate_body(report: dict) -> str:
             + _cell(_with_ci(a["entropy"], "{:.4f}"), num=True)
             + _cell(_with_ci(a["accuracy"], "{:.3f}"), num=True) + _cell(len(a["per_seed"]), num=True) for a in arms]
     header = ["arm", "method", "setup", "teacher", "entropy (nats)", "accuracy", "seeds"]
-    parts.append("<h2>Arms</h2>" + _table("Mean over seeds [95% CI]", header, rows))
+    parts.append("<h2>Arms</h2>" + _table("Mean over seeds [95% bootstrap CI over dev examples]", header, rows))
     parts.append("<h2>Figures</h2>" + _figures(report, REPLICATE_CAPTIONS))
     inheritance = report.get("inheritance")
     if inheritance and inheritance.get("teacher_entropy"):

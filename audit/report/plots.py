@@ -164,7 +164,7 @@ def entropy_by_arm_figure(report: dict) -> Figure:
     labels = [a["arm"] if a["setup"] in ("-", "") else f"{a['arm']}\n({a['setup']})" for a in arms]
     ax.set_xticks(xs, [_plain(label) for label in labels], rotation=20, ha="right", fontsize=8)
     ax.set_ylabel("mean dev entropy (nats; lower = more confident)")
-    ax.set_title(f"{_plain(report['task'])}: mean entropy by arm, 95% CI over seeds {report['seeds']}",
+    ax.set_title(f"{_plain(report['task'])}: mean entropy by arm, seeds {report['seeds']}, 95% bootstrap CI over dev examples",
                  fontsize=10)
     from matplotlib.patches import Patch
 
