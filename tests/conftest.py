@@ -8,6 +8,7 @@ import re
 from collections.abc import Callable
 
 import pytest
+import torch
 
 from audit.claims import CLAIMS, ClaimResult, format_table, table_rows
 
@@ -66,3 +67,15 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
     terminalreporter.write_sep("=", "claims (../shared/CLAIMS.md)")
     for line in format_table(table_rows(outcomes, results), width=config.get_terminal_writer().fullwidth):
         terminalreporter.write_line(line)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op torch thread, here and (through OMP_NUM_THREADS) in launched processes: on a small shared
+    CPU a second thread spins, making small-model and small-tensor work 10-40x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("OMP_NUM_THREADS", "1")
+        yield
+    torch.set_num_threads(threads)

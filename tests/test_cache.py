@@ -30,16 +30,7 @@ LABELS = ["negative", "positive"]
 CPU = dict(device=torch.device("cpu"), dtype=torch.float32)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread here and in the launched processes (torchrun's default): on a small shared CPU a
-    second thread spins and makes tiny-model batches 10-40x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("OMP_NUM_THREADS", "1")
-        yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(autouse=True)

@@ -23,13 +23,7 @@ F64 = torch.float64
 QUICK = settings(max_examples=40, deadline=None)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # the tensors here are tiny: on a busy 2-core machine intra-op threads cost ~10x in synchronisation
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---- the project's losses, per row, float64 -------------------------------------------------------
