@@ -11,6 +11,7 @@ interrupted replication resumes.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -255,6 +256,8 @@ def replicate(settings: ReplicateSettings, *, progress: bool = True) -> dict:
     accuracy = {n: torch.stack([metrics.correct(torch.softmax(lg[n].logits, -1), labels).float()
                                 for lg in seed_logits]).mean(0) for n in names}
     claims = decide_claims(entropy, settings.n_bootstrap)
+    # students of deliberately flattened teachers are meant to be near-uniform: they are not checked
+    untrained = untrained_arms(entropy, accuracy, labels, [a.name for a in arms if a.teacher_temperature == 1.0])
     summary = {
         "schema": SCHEMA, "task": settings.task, "profile": settings.profile, "seeds": seeds,
         "settings": {**asdict(settings), **asdict(profile), **KD, "smoothing": list(SMOOTHING)},
@@ -270,9 +273,19 @@ def replicate(settings: ReplicateSettings, *, progress: bool = True) -> dict:
                    for r in claims],
         "claim_verdicts": overall_verdicts(claims),
         "inheritance": inheritance_statistics(entropy, settings.n_bootstrap),
+        "untrained_arms": untrained,
     }
     write_json(summary, out / "summary.json")
     return summary
+
+
+def untrained_arms(entropy: dict[str, torch.Tensor], accuracy: dict[str, torch.Tensor], labels: torch.Tensor,
+                   names: list[str]) -> list[str]:
+    """Arms that did not learn: near-uniform predictions (mean entropy >= 97% of log K) or dev accuracy no
+    better than always answering the majority class (+1 point). Claims about them are not evidence."""
+    counts = torch.bincount(labels)
+    log_k, majority = math.log(len(counts)), float(counts.max()) / len(labels)
+    return [n for n in names if float(entropy[n].mean()) >= 0.97 * log_k or float(accuracy[n].mean()) <= majority + 0.01]
 
 
 def overall_verdicts(results: list[ClaimResult]) -> dict[str, str]:
@@ -312,4 +325,8 @@ def render_summary(summary: dict, console=None) -> None:
                        f"[{style[c['verdict']]}]{c['verdict']}[/]")
     console.print(claims)
     console.print("overall: " + ", ".join(f"{c} {v}" for c, v in summary["claim_verdicts"].items()))
+    if summary.get("untrained_arms"):
+        console.print(f"[bold red]warning:[/] these arms did not learn (near-uniform predictions or majority-class "
+                      f"accuracy): {', '.join(summary['untrained_arms'])}; verdicts that involve them are not evidence "
+                      "for or against a claim: train longer (--profile full) or on more data")
     console.print(terminal_charts(summary))

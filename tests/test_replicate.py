@@ -7,7 +7,7 @@ import torch
 from typer.testing import CliRunner
 
 from audit.cli import app
-from audit.replicate import decide_claims, grid, overall_verdicts
+from audit.replicate import decide_claims, grid, overall_verdicts, untrained_arms
 
 
 def test_replicate_tiny_profile_end_to_end(tmp_path):
@@ -50,3 +50,10 @@ def test_replicate_quick_profile(tmp_path):
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["arms"][0]["accuracy"]["value"] > 0.6
+
+
+def test_untrained_arms_are_flagged():
+    labels = torch.tensor([0] * 60 + [1] * 40)
+    entropy = {"flat": torch.full((100,), 0.69), "majority": torch.full((100,), 0.3), "learned": torch.full((100,), 0.3)}
+    accuracy = {"flat": torch.full((100,), 0.8), "majority": (labels == 0).float(), "learned": torch.full((100,), 0.8)}
+    assert untrained_arms(entropy, accuracy, labels, ["flat", "majority", "learned"]) == ["flat", "majority"]
