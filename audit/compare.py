@@ -12,15 +12,14 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
-import os
 import platform
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
 from audit import metrics
+from audit.atomic import write_atomic
 from audit.cache import PredictionStore, prediction_key
 from audit.data import TextData, load_data
 from audit.distributed import ProcessGroup, local_device, process_group
@@ -355,17 +354,10 @@ def _store(model: TextClassifier, data: TextData, device, dtype, settings: Compa
 
 
 def _save_all(predictions: list[Predictions], folder: Path) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
     for p in predictions:
-        with tempfile.NamedTemporaryFile(dir=folder, suffix=".tmp", delete=False) as tmp:
-            save_predictions(p, Path(tmp.name))
-        os.replace(tmp.name, folder / f"{p.name}.safetensors")
+        write_atomic(folder / f"{p.name}.safetensors", lambda tmp, p=p: save_predictions(p, tmp))
 
 
 def write_json(report: dict, path: str | Path) -> None:
     """Write the report atomically (a temp file renamed into place)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as tmp:
-        json.dump(report, tmp, indent=2)
-    os.replace(tmp.name, path)
+    write_atomic(path, lambda tmp: tmp.write_text(json.dumps(report, indent=2)))

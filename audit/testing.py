@@ -11,6 +11,8 @@ the numbers when it passes. Every check made is appended to :data:`RECORDS`, whi
 
 from __future__ import annotations
 
+import dataclasses
+
 from audit.compare import (
     CompareSettings,
     ModelLike,
@@ -49,8 +51,8 @@ def assert_inherits_confidence(teacher: ModelLike, student: ModelLike, data: str
                                settings: CompareSettings | None = None) -> dict:
     """The student inherits the teacher's confidence: the compare verdict is "inherits" under this rule
     (see :func:`audit.inheritance.verdict`)."""
-    settings = settings or CompareSettings(progress=False)
-    settings.rule = VerdictRule(min_correlation=min_correlation, shift_band=shift_band)
+    rule = VerdictRule(min_correlation=min_correlation, shift_band=shift_band)
+    settings = dataclasses.replace(settings or CompareSettings(progress=False), rule=rule)
     _, pair = _pair_report(teacher, student, data, settings)
     numbers = {"teacher": pair["teacher"], "student": pair["student"], "verdict": pair["verdict"],
                "corr_entropy_spearman": pair["corr_entropy_spearman"], "entropy_shift": pair["entropy_shift"]}
