@@ -142,14 +142,24 @@ def align_labels(models: list[Predictions]) -> list[str] | None:
     if reference is None:
         return None
     for p in models:
-        if p.label_names is None or p.label_names == reference:
-            continue
-        if sorted(p.label_names) != sorted(reference):
-            raise AuditError(f"expected the label set {reference}, got {p.label_names} from {p.name}; "
-                             "teacher and students must predict the same classes")
-        p.logits = p.logits[:, [p.label_names.index(n) for n in reference]]
-        p.label_names = list(reference)
+        p.logits, p.label_names = in_class_order(p, reference)
     return list(reference)
+
+
+def in_class_order(predictions: Predictions, label_names: list[str]) -> tuple[torch.Tensor, list[str] | None]:
+    """``predictions``' logits with their columns in ``label_names`` order, matched by name (unnamed logits
+    are taken to be in that order already), and the names they now have.
+
+    Raises:
+        AuditError: a named label set that differs from ``label_names``.
+    """
+    names = predictions.label_names
+    if names is None or names == label_names:
+        return predictions.logits, names
+    if sorted(names) != sorted(label_names):
+        raise AuditError(f"expected the label set {label_names}, got {names} from {predictions.name}; "
+                         "teacher and students must predict the same classes")
+    return predictions.logits[:, [names.index(n) for n in label_names]], list(label_names)
 
 
 def data_labels(data: TextData, label_names: list[str] | None, num_classes: int) -> torch.Tensor | None:

@@ -17,12 +17,12 @@ from pathlib import Path
 import torch
 
 from audit.atomic import write_atomic
-from audit.compare import align_labels, data_labels, match_to_data, summarize_model
+from audit.compare import data_labels, in_class_order, match_to_data, summarize_model
 from audit.data import TextData, load_data
 from audit.distributed import ProcessGroup, local_device, on_main, process_group
 from audit.errors import AuditError
 from audit.losses import kd_loss, label_smoothed_cross_entropy
-from audit.models import Predictions, TextClassifier, load_model, save_predictions
+from audit.models import TextClassifier, load_model, save_predictions
 from audit.predict import predict_text, progress_bar, resolve_device
 
 LOSSES = ("ce", "ls", "kd")
@@ -155,11 +155,12 @@ def teacher_logits(settings: TrainSettings, data: TextData, label_names: list[st
             teacher = predict_text(teacher, data, device=device, dtype=torch.float32, max_length=settings.max_length,
                                    progress=group.is_main, group=group)
     teacher = match_to_data(teacher, data)
-    if teacher.label_names is not None and sorted(teacher.label_names) != sorted(label_names):
-        raise AuditError(f"expected a teacher over the data's labels {label_names}, got {teacher.label_names}; "
-                         "distil from a teacher trained on the same label set")
-    student_order = Predictions("student", torch.zeros(1, len(label_names)), label_names=list(label_names))
-    align_labels([student_order, teacher])
+    same_set = teacher.label_names is None or sorted(teacher.label_names) == sorted(label_names)
+    if teacher.num_classes != len(label_names) or not same_set:
+        raise AuditError(f"expected a teacher over the data's {len(label_names)} labels {label_names}, got "
+                         f"{teacher.num_classes} classes {teacher.label_names or ''}; distil from a teacher trained "
+                         "on the same label set")
+    teacher.logits, teacher.label_names = in_class_order(teacher, label_names)
     if not cached.exists() and group.is_main:
         write_atomic(cached, lambda p: save_predictions(teacher, p))
     return teacher.logits
