@@ -4,8 +4,8 @@ Run: ``python -m pytest bench/bench_memory.py`` (add ``--benchmark-json=out.json
 Inputs (written per K): teacher and student logits ``.npy`` of ``N`` rows x ``K`` classes and an
 ``N``-row parquet of ids and labels (with an empty ``text`` column: ``audit.data.load_data`` wants one even
 when every model is a predictions file). The audit runs with ``--bootstrap 20``: bootstrap resamples are
-evaluated a chunk at a time, so the count changes the time, not the peak. The peak is ``ru_maxrss`` of the
-audit's own process (``os.wait4``), recorded as ``peak_rss_mb`` in extra_info with the budget it must stay
+evaluated a chunk at a time, so the count changes the time, not the peak. The peak is the audit process's own
+high-water mark (``VmHWM``, read at exit), recorded as ``peak_rss_mb`` in extra_info with the budget it must stay
 under; the time includes Python and torch start-up (~5 s).
 """
 
@@ -37,16 +37,31 @@ def write_inputs(folder, k: int) -> tuple[str, str, str]:
     return str(folder / f"teacher-{k}.npy"), str(folder / f"student-{k}.npy"), str(folder / f"labels-{k}.parquet")
 
 
+# Runs the CLI and records the process's own high-water mark (VmHWM) at exit. ru_maxrss from wait4 would not
+# do: Linux carries the parent's resident size at fork into the child's maxrss, so a large pytest process
+# would be measured instead of the audit.
+PROBE = """
+import atexit, sys
+peak_file = sys.argv.pop(1)
+def record_peak():
+    kb = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+    open(peak_file, "w").write(str(kb))
+atexit.register(record_peak)
+from audit.cli import main
+main(sys.argv[1:])
+"""
+
+
 def audit_peak_mb(teacher: str, student: str, data: str, out: str) -> float:
     """Run the audit as a user would; return its peak resident memory in MB."""
-    command = [sys.executable, "-m", "audit", "compare", "--teacher", teacher, "--student", student, "--data", data,
-               "--bootstrap", str(BOOTSTRAP), "--no-progress", "--json", out]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                               env={**os.environ, "OMP_NUM_THREADS": "1"})
-    _, status, usage = os.wait4(process.pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"the audit failed: {process.stderr.read().decode()[-2000:]}")
-    return usage.ru_maxrss / 1024  # Linux reports kB
+    peak_file = out + ".peak"
+    command = [sys.executable, "-c", PROBE, peak_file, "compare", "--teacher", teacher, "--student", student,
+               "--data", data, "--bootstrap", str(BOOTSTRAP), "--no-progress", "--json", out]
+    result = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    if result.returncode != 0:
+        raise RuntimeError(f"the audit failed: {result.stderr.decode()[-2000:]}")
+    return int(open(peak_file).read()) / 1024  # VmHWM is in kB
 
 
 @pytest.mark.parametrize("k", [2, 10])
