@@ -177,8 +177,11 @@ def _equal_mass_sums(
 
     n_slots = n_buckets + 1
     total = None
-    for rows in _row_chunks(confidences):
+    chunks = _row_chunks(confidences)
+    buckets = []  # kept for the second pass below: 8 bytes an example, cheaper than recomputing
+    for rows in chunks:
         scaled, bucket = bucket_of(confidences[rows])
+        buckets.append(bucket)
         total = _add_sums(total, _scaled_bin_sums(bucket, scaled, n_buckets, correct[rows], n_slots))
     count, conf_sum, correct_sum = total
     cum = count.cumsum(0)
@@ -195,10 +198,8 @@ def _equal_mass_sums(
 
     # one host sync per chunk (nonzero): the examples of the buckets that hold a cut, in input order
     split = ~whole
-    tied = torch.cat([
-        split.index_select(0, bucket_of(confidences[rows])[1]).nonzero().squeeze(1) + rows.start
-        for rows in _row_chunks(confidences)
-    ])
+    tied = torch.cat([split.index_select(0, bucket).nonzero().squeeze(1) + rows.start
+                      for rows, bucket in zip(chunks, buckets, strict=True)])
     values, order = torch.sort(confidences[tied].double(), stable=True)
     tied = tied[order]
     tied_bucket = bucket_of(values)[1]
