@@ -77,6 +77,18 @@ def config(num_classes: int, num_inputs: int) -> Config:
 
 
 @triton.jit
+def _load_block(s_row, t_row, cols, keep, K, HAS_TEACHER: tl.constexpr):
+    """Student and teacher logits of columns ``cols`` of a block of rows, fp32; -inf where masked (ignored
+    rows, columns past K). Without a teacher ``t`` is ``s`` (never used)."""
+    mask = keep[:, None] & (cols < K)[None, :]
+    s = tl.load(s_row + cols[None, :], mask=mask, other=float("-inf")).to(tl.float32)
+    t = s
+    if HAS_TEACHER:
+        t = tl.load(t_row + cols[None, :], mask=mask, other=float("-inf")).to(tl.float32)
+    return s, t
+
+
+@triton.jit
 def _update(s, t, cols, y, m_s, rest, n_fin, sum_fin, d_s, m_t, d_t, inv_t,
             HAS_TEACHER: tl.constexpr, HAS_LABELS: tl.constexpr):
     """Fold one [BLOCK_ROWS, BLOCK_K] block of fp32 logits (-inf where masked) into the running row stats."""
@@ -177,21 +189,13 @@ def fused_loss_kernel(
     # Pass 1: row statistics. Ignored rows are masked out of every load, so they cost no bandwidth.
     if SINGLE_PASS:
         cols = tl.arange(0, BLOCK_K)
-        mask = keep[:, None] & (cols < K)[None, :]
-        s = tl.load(s_row + cols[None, :], mask=mask, other=float("-inf")).to(tl.float32)
-        t = s
-        if HAS_TEACHER:
-            t = tl.load(t_row + cols[None, :], mask=mask, other=float("-inf")).to(tl.float32)
+        s, t = _load_block(s_row, t_row, cols, keep, K, HAS_TEACHER)
         m_s, rest, n_fin, sum_fin, d_s, m_t, d_t = _update(
             s, t, cols, y, m_s, rest, n_fin, sum_fin, d_s, m_t, d_t, inv_t, HAS_TEACHER, HAS_LABELS)
     else:
         for start in range(0, K, BLOCK_K):
             cols = start + tl.arange(0, BLOCK_K)
-            mask = keep[:, None] & (cols < K)[None, :]
-            s = tl.load(s_row + cols[None, :], mask=mask, other=float("-inf")).to(tl.float32)
-            t = s
-            if HAS_TEACHER:
-                t = tl.load(t_row + cols[None, :], mask=mask, other=float("-inf")).to(tl.float32)
+            s, t = _load_block(s_row, t_row, cols, keep, K, HAS_TEACHER)
             m_s, rest, n_fin, sum_fin, d_s, m_t, d_t = _update(
                 s, t, cols, y, m_s, rest, n_fin, sum_fin, d_s, m_t, d_t, inv_t, HAS_TEACHER, HAS_LABELS)
 
@@ -221,11 +225,7 @@ def fused_loss_kernel(
         else:
             for start in range(0, K, BLOCK_K):
                 cols = start + tl.arange(0, BLOCK_K)
-                mask = keep[:, None] & (cols < K)[None, :]
-                s = tl.load(s_row + cols[None, :], mask=mask, other=float("-inf")).to(tl.float32)
-                t = s
-                if HAS_TEACHER:
-                    t = tl.load(t_row + cols[None, :], mask=mask, other=float("-inf")).to(tl.float32)
+                s, t = _load_block(s_row, t_row, cols, keep, K, HAS_TEACHER)
                 g, kl_block = _pass2(s, t, cols, y, m_s, d1, rest, n_fin, d_s, m_t, d_t, log_ratio, keep, scale,
                                      smooth, smooth_per_class, ce_coef, kl_grad_coef, inv_t,
                                      HAS_TEACHER, HAS_LABELS)
