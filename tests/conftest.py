@@ -79,3 +79,17 @@ def one_thread():
         mp.setenv("OMP_NUM_THREADS", "1")
         yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def tiny_pair(tmp_path_factory):
+    """A folder with ``teacher/`` and ``student/``: tiny random BERT classifiers (negative/positive, seeds 0
+    and 1) saved as Hugging Face checkpoints, for tests that need real checkpoints but no training."""
+    from audit.train import build_student
+
+    root = tmp_path_factory.mktemp("tiny-pair")
+    for name, seed in (("teacher", 0), ("student", 1)):
+        model = build_student("tiny:hidden=32,layers=1", ["negative", "positive"], seed=seed)
+        model.model.save_pretrained(root / name)
+        model.tokenizer.save_pretrained(root / name)
+    return root

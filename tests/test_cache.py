@@ -39,13 +39,11 @@ def own_cache(tmp_path, monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(tmp_path_factory, tiny_pair):
     """Two tiny checkpoints and 1000 real movie sentences (enough batches of 2 to kill a run mid-way)."""
     root = tmp_path_factory.mktemp("cache")
-    for name, seed in (("teacher", 0), ("student", 1)):
-        model = build_student("tiny:hidden=32,layers=1", LABELS, seed=seed)
-        model.model.save_pretrained(root / name)
-        model.tokenizer.save_pretrained(root / name)
+    for model in ("teacher", "student"):
+        (root / model).symlink_to(tiny_pair / model)
     data = load_data("vader-movies", split="train", limit=1000)
     (root / "data.jsonl").write_text("".join(
         json.dumps({"id": i, "text": t, "label": data.label_names[y]}) + "\n"

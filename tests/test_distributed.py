@@ -28,13 +28,11 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(tmp_path_factory, tiny_pair):
     """Two tiny classifiers saved as checkpoints, 50 real movie sentences, and a small train/dev folder."""
     root = tmp_path_factory.mktemp("distributed")
-    for name, seed in (("teacher", 0), ("student", 1)):
-        model = build_student("tiny:hidden=32,layers=1", LABELS, seed=seed)
-        model.model.save_pretrained(root / name)
-        model.tokenizer.save_pretrained(root / name)
+    for model in ("teacher", "student"):
+        (root / model).symlink_to(tiny_pair / model)
     sentences = load_data("vader-movies", split="dev", limit=90)
     rows = [{"id": i, "text": t, "label": sentences.label_names[y]}
             for i, t, y in zip(sentences.ids, sentences.texts, sentences.labels)]
