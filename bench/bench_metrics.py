@@ -2,10 +2,12 @@
 
 Run: ``python -m pytest bench/bench_metrics.py`` (add ``--benchmark-json=out.json`` to keep the numbers).
 Both providers get the same precomputed top-1 confidences and correctness flags, so only the calibration
-metrics are timed. ``N_BINS`` divides ``N`` so that netcal's quantile-edged equal-mass bins coincide with
+metrics are timed (one shared set-up, :func:`inputs`). ``N_BINS`` divides ``N`` so that netcal's quantile-edged equal-mass bins coincide with
 our tensor_split groups (see ``audit.metrics.adaptive_ece``), and the three values are asserted equal.
 Both run single-threaded, as numpy does: torch's intra-op threads only add noise on a shared small CPU.
-The netcal-over-ours ratio of medians is recorded as ``speedup_vs_netcal`` in ours' extra_info.
+The netcal-over-ours ratio of medians is recorded as ``speedup_vs_netcal`` in ours' extra_info and checked
+against the target of issue 2 (:data:`TARGET_SPEEDUP`: at least 20x netcal, a CPU speed target; see
+``bench/conftest.py`` for ``--kd-targets``). It needs ``test_netcal`` in the same run.
 """
 
 from __future__ import annotations
@@ -13,12 +15,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from kd_targets import Target
 from netcal.metrics import ECE, MCE
 
 from audit.metrics import calibration_errors, correct, max_probability
 
 N, K, N_BINS, SEED = 1_000_000, 10, 10, 0
 ROUNDS = {"ours": 20, "netcal": 3}
+TARGET_SPEEDUP = 20.0
 _medians: dict[str, float] = {}
 
 
@@ -55,9 +59,11 @@ def test_netcal(benchmark, inputs):
         _medians["netcal"] = benchmark.stats.stats.median
 
 
-def test_ours(benchmark, inputs):
+def test_ours(benchmark, inputs, targets):
     values = benchmark.pedantic(ours, (inputs["conf"], inputs["hit"]), rounds=ROUNDS["ours"], warmup_rounds=2)
     np.testing.assert_allclose(values, netcal(inputs["conf_np"], inputs["hit_np"]), rtol=0, atol=1e-12)
     benchmark.extra_info.update(n=N, k=K, n_bins=N_BINS)
     if "netcal" in _medians and benchmark.stats:
-        benchmark.extra_info["speedup_vs_netcal"] = _medians["netcal"] / benchmark.stats.stats.median
+        speedup = _medians["netcal"] / benchmark.stats.stats.median
+        benchmark.extra_info["speedup_vs_netcal"] = speedup
+        targets(benchmark, Target("speed-up over netcal", speedup, TARGET_SPEEDUP, "x", at_most=False))

@@ -8,13 +8,16 @@ same weights (two copies built with one seed), the same batch size (``audit.pred
 a GPU that has it, else fp32), no prediction cache. The pipeline runs as documented: fp32, batches in the
 data's order. Outputs are checked to agree before anything is timed. On CPU both run single-threaded
 (torch's second thread only adds noise on a shared small CPU); the GPU case is marked ``gpu``.
-Examples per second go in each provider's extra_info, and ours over the pipeline as ``speedup_vs_pipeline``.
+Examples per second go in each provider's extra_info, and ours over the pipeline as ``speedup_vs_pipeline``,
+checked on an H100/H200 against the target of issue 7 (:data:`TARGET_SPEEDUP_GPU`: at least 2x the pipeline;
+no target on CPU). It needs ``test_pipeline`` in the same run.
 """
 
 from __future__ import annotations
 
 import pytest
 import torch
+from kd_targets import Target
 
 from audit.data import load_data
 from audit.predict import predict_text, resolve_batch_size, resolve_dtype
@@ -24,6 +27,7 @@ LABELS = ["negative", "positive"]
 MAX_LENGTH, SEED = 256, 0
 N_SENTENCES = {"cpu": 256, "cuda": 1000}
 ROUNDS = {"cpu": 3, "cuda": 5}
+TARGET_SPEEDUP_GPU = 2.0
 DEVICES = [pytest.param("cpu"), pytest.param("cuda", marks=pytest.mark.gpu)]
 _rates: dict[tuple[str, str], float] = {}
 
@@ -75,7 +79,7 @@ def test_pipeline(benchmark, setup):
                                 examples=len(setup["data"]), device=setup["device"].type)
 
 
-def test_ours(benchmark, setup):
+def test_ours(benchmark, setup, targets):
     benchmark.pedantic(run_ours, (setup,), rounds=ROUNDS[setup["device"].type], warmup_rounds=1)
     rate = len(setup["data"]) / benchmark.stats.stats.median
     _rates[(setup["device"].type, "ours")] = rate
@@ -84,3 +88,6 @@ def test_ours(benchmark, setup):
     baseline = _rates.get((setup["device"].type, "pipeline"))
     if baseline is not None:
         benchmark.extra_info["speedup_vs_pipeline"] = round(rate / baseline, 2)
+        if setup["device"].type == "cuda":
+            targets(benchmark, Target("speed-up over the pipeline", rate / baseline, TARGET_SPEEDUP_GPU, "x",
+                                      at_most=False, machine="h100/h200"))
