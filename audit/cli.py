@@ -14,6 +14,7 @@ from typing import Annotated
 import typer
 
 from audit.errors import AuditError
+from audit.package import fixtures_path, version
 
 app = typer.Typer(add_completion=False, no_args_is_help=False, pretty_exceptions_enable=False,
                   help="Audit what distillation did to a model's confidence. Without a command: compare (with no "
@@ -23,7 +24,7 @@ app.add_typer(data_app, name="data")
 cache_app = typer.Typer(help="The prediction cache (resumable logits).", add_completion=False)
 app.add_typer(cache_app, name="cache")
 
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+FIXTURES = fixtures_path()
 DEFAULT_TEACHER = FIXTURES / "teacher"
 DEFAULT_STUDENTS = [FIXTURES / f"student-{loss}" for loss in ("ce", "ls", "kd")]
 DEFAULT_DATA = FIXTURES / "vader-movies-test.jsonl"
@@ -39,6 +40,21 @@ def handles_errors(command):
             raise typer.Exit(2) from None
 
     return wrapper
+
+
+@handles_errors
+def _print_version(value: bool) -> None:
+    if value:
+        print(f"kd-audit {version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def options(
+    show_version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                               help="Print the installed version and exit.")] = False,
+) -> None:
+    """Options before the command (``--version``)."""
 
 
 @app.command()
@@ -261,6 +277,6 @@ def cache_clear() -> None:
 def main(argv: list[str] | None = None) -> None:
     """``python -m audit [OPTIONS]`` without a command means ``compare`` (the built-in demo with no options)."""
     args = sys.argv[1:] if argv is None else argv
-    if not args or (args[0].startswith("-") and args[0] not in ("--help", "-h")):
+    if not args or (args[0].startswith("-") and args[0] not in ("--help", "-h", "--version")):
         args = ["compare", *args]
     app(args=args, prog_name="python -m audit")
