@@ -1,0 +1,217 @@
+"""Cluster bootstrap: confidence intervals when observations come in correlated groups.
+
+The tokens of one sequence are not independent (a sequence the model finds hard makes all its tokens
+hard), so resampling tokens, as :func:`audit.metrics.stats.bootstrap_ci` does with rows, gives intervals
+that are too narrow. :func:`cluster_bootstrap_ci` resamples whole groups (sequences) with replacement
+(Davison & Hinkley 1997, sec. 3.8; Field & Welsh 2007), keeping every token of a drawn group.
+
+It runs in memory and time that do not grow with positions x resamples: each statistic here is a
+function of a few sums, so the positions are reduced once to per-group sums ``S`` (G, m), and a chunk of
+B resamples is the (B, G) matrix of how often each group was drawn, times ``S``. 10M positions in 100k
+groups with 1000 resamples take seconds.
+
+Statistics (``values`` in order):
+
+- ``"mean"`` (x): ``sum x / n`` over the resampled positions;
+- ``"pearson"`` (x, y): from the sums of 1, x, y, x^2, y^2, xy (x and y centred on their overall means
+  first, in float64, so the one-pass formula does not cancel);
+- ``"spearman"`` (x, y): Pearson of the average ranks of x and y, ranked **once over all positions**; a
+  resample reuses those ranks instead of re-ranking its own positions. The point estimate is the exact
+  Spearman correlation; resamples differ from a re-ranked Spearman by the rank shifts that duplicated
+  and dropped groups cause (O(1/G) for G groups), negligible next to the interval's width;
+- ``"ece"`` (confidence, correct): top-label ECE ``sum_b |A_b - C_b| / n`` with the equal-width bins of
+  :mod:`audit.metrics.calibration` (the same bin of each confidence as :func:`audit.metrics.ece`).
+
+The interval is the percentile interval of the resampled statistics, as in :func:`bootstrap_ci`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+
+from audit.errors import AuditError
+from audit.metrics.calibration import _edges, _scaled_bin_index
+
+STATISTICS = ("mean", "pearson", "spearman", "ece")
+_N_VALUES = {"mean": 1, "pearson": 2, "spearman": 2, "ece": 2}
+# elements of the (B, G) draw matrix materialised at once: bounds memory for any G
+MAX_CHUNK_ELEMENTS = 4_000_000
+# positions folded into the group sums at once
+_POSITION_CHUNK = 1 << 20
+
+
+def _check(values: tuple[torch.Tensor, ...], groups: torch.Tensor, statistic: str, n_resamples: int,
+           level: float, n_bins: int) -> None:
+    if statistic not in STATISTICS:
+        raise AuditError(f"expected statistic in {STATISTICS}, got {statistic!r}; pick one of those")
+    want = _N_VALUES[statistic]
+    if len(values) != want:
+        raise AuditError(f"expected {want} value tensor(s) for statistic {statistic!r}, got {len(values)}; "
+                         "pass x for 'mean', (x, y) for correlations, (confidence, correct) for 'ece'")
+    if not isinstance(groups, torch.Tensor) or groups.ndim != 1 or groups.is_floating_point() \
+            or groups.dtype == torch.bool or groups.numel() == 0:
+        got = f"{tuple(groups.shape)} {groups.dtype}" if isinstance(groups, torch.Tensor) else type(groups).__name__
+        raise AuditError(f"expected groups as a non-empty 1-D integer tensor (one sequence id per position), "
+                         f"got {got}; pass the sequence id of each position")
+    for i, v in enumerate(values):
+        if not isinstance(v, torch.Tensor) or v.shape != groups.shape or v.device != groups.device:
+            got = f"{tuple(v.shape)} on {v.device}" if isinstance(v, torch.Tensor) else type(v).__name__
+            raise AuditError(f"expected values[{i}] of shape {tuple(groups.shape)} on {groups.device}, got {got}; "
+                             "give one value per position")
+        # one host sync per column: a NaN would silently turn every resample into NaN
+        if not bool(torch.isfinite(v.double()).all()):
+            raise AuditError(f"expected finite values[{i}], got NaN or inf; drop unscored positions first")
+    if statistic == "ece" and not bool(((values[0] >= 0) & (values[0] <= 1)).all()
+                                       & ((values[1] == 0) | (values[1] == 1)).all()):
+        raise AuditError("expected confidences in [0, 1] and correct flags in {0, 1} for statistic 'ece', got "
+                         "values outside them; pass maxprob and correct columns")
+    if isinstance(n_resamples, bool) or not isinstance(n_resamples, int) or n_resamples < 1:
+        raise AuditError(f"expected n_resamples as an int >= 1, got {n_resamples!r}; pass e.g. 1000")
+    if not 0.0 < level < 1.0:
+        raise AuditError(f"expected level in (0, 1), got {level!r}; pass e.g. 0.95")
+    if isinstance(n_bins, bool) or not isinstance(n_bins, int) or n_bins < 1:
+        raise AuditError(f"expected n_bins as an int >= 1, got {n_bins!r}; pass e.g. n_bins=15")
+
+
+def average_ranks(x: torch.Tensor) -> torch.Tensor:
+    """1-based float64 ranks of a 1-D tensor, ties given the mean of their ranks (scipy's "average").
+
+    Lean in memory for 10M values: one sort and run lengths, no (N,) scans beyond them.
+
+    >>> average_ranks(torch.tensor([3.0, 1.0, 3.0, 2.0]))
+    tensor([3.5000, 1.0000, 3.5000, 2.0000], dtype=torch.float64)
+    """
+    values, order = torch.sort(x)
+    _, counts = torch.unique_consecutive(values, return_counts=True)
+    del values
+    ends = counts.cumsum(0).double()
+    run_rank = ends - (counts.double() - 1) / 2  # mean of the ranks end - count + 1 .. end
+    return torch.empty(x.shape, dtype=torch.float64, device=x.device).scatter_(
+        0, order, run_rank.repeat_interleave(counts))
+
+
+def _columns(statistic: str, values: tuple[torch.Tensor, ...], n_bins: int) -> Iterator[tuple[slice, torch.Tensor]]:
+    """Per-position sufficient statistics, (rows, m) float64, chunk by chunk of positions."""
+    if statistic == "spearman":
+        values = (average_ranks(values[0]), average_ranks(values[1]))
+    centre = [v.double().mean() for v in values] if statistic in ("pearson", "spearman") else None
+    edges = _edges(n_bins, values[0].device) if statistic == "ece" else None
+    n = values[0].shape[0]
+    for start in range(0, n, _POSITION_CHUNK):
+        rows = slice(start, start + _POSITION_CHUNK)
+        if statistic == "mean":
+            x = values[0][rows].double()
+            yield rows, torch.stack([torch.ones_like(x), x], 1)
+        elif statistic in ("pearson", "spearman"):
+            x, y = values[0][rows].double() - centre[0], values[1][rows].double() - centre[1]
+            yield rows, torch.stack([torch.ones_like(x), x, y, x * x, y * y, x * y], 1)
+        else:
+            conf, hit = values[0][rows], values[1][rows].double()
+            _, index = _scaled_bin_index(conf, edges)  # (rows,) bin of each confidence
+            out = torch.zeros(conf.shape[0], 1 + 2 * n_bins, dtype=torch.float64, device=conf.device)
+            out[:, 0] = 1.0
+            at = torch.arange(conf.shape[0], device=conf.device)
+            out[at, 1 + index] = conf.double()  # C_b
+            out[at, 1 + n_bins + index] = hit  # A_b
+            yield rows, out
+
+
+def _evaluate(statistic: str, sums: torch.Tensor, n_bins: int) -> torch.Tensor:
+    """The statistic from resampled sums (B, m) -> (B,) float64."""
+    n = sums[:, 0]
+    if statistic == "mean":
+        return sums[:, 1] / n
+    if statistic in ("pearson", "spearman"):
+        sx, sy, sxx, syy, sxy = sums[:, 1:].unbind(1)
+        return (n * sxy - sx * sy) / ((n * sxx - sx * sx) * (n * syy - sy * sy)).sqrt()
+    conf, hit = sums[:, 1:1 + n_bins], sums[:, 1 + n_bins:]
+    return (hit - conf).abs().sum(1) / n
+
+
+def group_sums(
+    *values: torch.Tensor, groups: torch.Tensor, statistic: str = "mean", n_bins: int = 15,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-group sufficient statistics of ``statistic`` (see the module docstring).
+
+    Args:
+        values: the statistic's (N,) value tensors; groups: (N,) integer group ids (any values).
+
+    Returns:
+        ``(sums, ids)``: (G, m) float64 sums, row g for the group ``ids[g]``; ``ids`` (G,) are the distinct
+        group ids in increasing order.
+
+    Raises:
+        AuditError: as :func:`cluster_bootstrap_ci`.
+    """
+    _check(values, groups, statistic, 1, 0.5, n_bins)
+    ids, dense = torch.unique(groups, return_inverse=True)
+    sums = None
+    for rows, columns in _columns(statistic, values, n_bins):
+        if sums is None:
+            sums = torch.zeros(ids.numel(), columns.shape[1], dtype=torch.float64, device=groups.device)
+        sums.index_add_(0, dense[rows], columns)
+    return sums, ids
+
+
+def resample_counts(n_groups: int, n_resamples: int, seed: int, device: torch.device | str = "cpu"
+                    ) -> Iterator[torch.Tensor]:
+    """The draws of :func:`cluster_bootstrap_ci`: chunks of (B, G) float64 counts of how often each group
+    was drawn, each row from ``torch.randint(0, G, (B, G))`` of a generator seeded with ``seed`` on
+    ``device``, B = ``max(1, MAX_CHUNK_ELEMENTS // G)`` (the last chunk smaller)."""
+    generator = torch.Generator(device=device).manual_seed(seed)
+    chunk = max(1, MAX_CHUNK_ELEMENTS // n_groups)
+    for start in range(0, n_resamples, chunk):
+        b = min(chunk, n_resamples - start)
+        index = torch.randint(0, n_groups, (b, n_groups), generator=generator, device=device)  # (B, G)
+        index += torch.arange(b, device=device)[:, None] * n_groups  # row r counts into [r G, (r + 1) G)
+        index = index.view(-1)
+        ones = torch.ones(1, dtype=torch.float64, device=device).expand_as(index)
+        # scatter_add_, not bincount: bincount reads its max back to the host on CUDA
+        yield torch.zeros(b * n_groups, dtype=torch.float64, device=device).scatter_add_(0, index, ones).view(
+            b, n_groups)
+
+
+def cluster_bootstrap_ci(
+    *values: torch.Tensor, groups: torch.Tensor, statistic: str = "mean", n_resamples: int = 1000,
+    seed: int = 0, level: float = 0.95, n_bins: int = 15,
+) -> tuple[float, float]:
+    """Percentile interval of ``statistic(*values)`` from a bootstrap that resamples whole groups.
+
+    Each resample draws G groups with replacement out of the G distinct ``groups`` (see
+    :func:`resample_counts` for the exact draws: deterministic for a seed, device and G) and keeps every
+    position of each drawn group; the statistic is evaluated from per-group sums (:func:`group_sums`).
+
+    Args:
+        values: (N,) tensors: ``x`` for "mean"; ``x, y`` for "pearson" and "spearman"; ``confidence``
+            (in [0, 1]) and ``correct`` (0/1, bool or float) for "ece". Finite.
+        groups: (N,) integer id of the group (sequence) of each position, same device.
+        statistic: one of :data:`STATISTICS`.
+        n_resamples: number of resamples; seed: generator seed; level: coverage in (0, 1).
+        n_bins: equal-width bins of "ece".
+
+    Returns:
+        ``(low, high)`` as Python floats; NaN if a resampled statistic is NaN (e.g. a correlation of a
+        resample whose x is constant).
+
+    Raises:
+        AuditError: unknown statistic or wrong number of values; shapes or devices that differ; non-finite
+            values; empty or non-integer groups; n_resamples < 1; level outside (0, 1); n_bins < 1.
+
+    Example:
+        >>> x = torch.arange(1000.0) % 7
+        >>> low, high = cluster_bootstrap_ci(x, groups=torch.arange(1000) // 10, n_resamples=200)
+        >>> low < float(x.mean()) < high
+        True
+    """
+    _check(values, groups, statistic, n_resamples, level, n_bins)
+    if statistic == "ece":
+        values = (values[0], values[1].double())
+    sums, _ = group_sums(*values, groups=groups, statistic=statistic, n_bins=n_bins)
+    stats = [_evaluate(statistic, counts @ sums, n_bins)
+             for counts in resample_counts(sums.shape[0], n_resamples, seed, groups.device)]
+    alpha = (1.0 - level) / 2
+    q = torch.tensor([alpha, 1.0 - alpha], dtype=torch.float64, device=groups.device)
+    low, high = torch.quantile(torch.cat(stats), q).tolist()
+    return low, high

@@ -1,0 +1,217 @@
+"""The per-position reduction: teacher and student logits in, a few float32 scalars per position out.
+
+An audit never keeps a language model's logits: per batch, the teacher and every student run on the same
+positions, and :func:`reduce_logits` turns their ``(P, V)`` logits into per-position columns on the same
+device. Only those columns leave the device, so memory grows with positions, never with the vocabulary.
+
+A **classifier is the one-position-per-example case**: P = examples, V = classes, targets = labels (or
+``ignore_index`` where unlabelled); nothing else changes.
+
+Per model (``Reduction.models[i]``, teacher first), with ``p = softmax(logits)`` and ``y`` the target:
+
+- ``entropy``: ``-sum_v p_v log p_v`` (nats, ``0 log 0 = 0``), float32;
+- ``maxprob``: ``max_v p_v``, float32;
+- ``top1``: ``argmax_v p_v`` (first index on ties), int64;
+- ``target_logprob``: ``log p_y``, float32, NaN where ``y == ignore_index``;
+- ``correct``: ``1.0`` if ``top1 == y`` else ``0.0``, float32, NaN where ``y == ignore_index``.
+
+Per pair (``Reduction.pairs[j]``, teacher vs student j), with ``q`` the teacher's and ``p`` the student's
+distribution:
+
+- ``kl``: ``KL(q || p) = sum_v q_v (log q_v - log p_v)`` (forward KL, what KD minimises), float32;
+- ``kl_reverse``: ``KL(p || q)``, float32;
+- ``topk_overlap``: ``|topk(q) & topk(p)| / k`` with ``k = min(topk, V)``, float32 (ties broken by
+  :func:`torch.topk`).
+
+Every quantity is computed in float32 (bf16/fp16 inputs are upcast; float64 inputs too, so the backends
+agree). Backends: ``"torch"`` (eager, chunked over positions so that at most :data:`CHUNK_ELEMENTS` logits
+of one model are upcast at a time), ``"triton"`` (the fused one-pass kernel of
+:mod:`audit.losses.kernels.reduce`, CUDA or ``TRITON_INTERPRET=1``), ``"auto"`` (triton on CUDA tensors
+when Triton is importable, torch otherwise). The top-k overlap is always eager (:func:`torch.topk`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from audit.errors import AuditError
+
+# Logits (of one model) upcast to float32 at once by the eager backend: 2^24 elements = 64 MiB of float32.
+CHUNK_ELEMENTS = 1 << 24
+MODEL_KEYS = ("entropy", "maxprob", "top1", "target_logprob", "correct")
+PAIR_KEYS = ("kl", "kl_reverse", "topk_overlap")
+
+
+@dataclass(frozen=True)
+class Reduction:
+    """Per-position columns of one batch: ``models[0]`` the teacher, ``models[1 + j]`` student j, and
+    ``pairs[j]`` teacher vs student j; each a dict of (P,) tensors keyed by :data:`MODEL_KEYS` /
+    :data:`PAIR_KEYS` (see the module docstring for definitions and dtypes)."""
+
+    models: list[dict[str, torch.Tensor]]
+    pairs: list[dict[str, torch.Tensor]]
+
+
+def _check(teacher: torch.Tensor, students: Sequence[torch.Tensor], targets: torch.Tensor, topk: int) -> None:
+    if not isinstance(teacher, torch.Tensor) or teacher.ndim != 2 or not teacher.is_floating_point():
+        got = f"{tuple(teacher.shape)} {teacher.dtype}" if isinstance(teacher, torch.Tensor) else type(teacher).__name__
+        raise AuditError(f"expected teacher logits as a floating (P, V) tensor, got {got}; flatten (B, L, V) "
+                         "to (P, V) after masking")
+    if teacher.shape[1] < 1:
+        raise AuditError(f"expected at least one class/token in the logits, got shape {tuple(teacher.shape)}")
+    for j, s in enumerate(students):
+        if not isinstance(s, torch.Tensor) or s.shape != teacher.shape or not s.is_floating_point() \
+                or s.device != teacher.device:
+            got = f"{tuple(s.shape)} {s.dtype} on {s.device}" if isinstance(s, torch.Tensor) else type(s).__name__
+            raise AuditError(f"expected student {j} logits of shape {tuple(teacher.shape)} on {teacher.device}, "
+                             f"got {got}; teacher and students must score the same positions over one vocabulary")
+    if not isinstance(targets, torch.Tensor) or targets.shape != teacher.shape[:1] or targets.is_floating_point() \
+            or targets.dtype == torch.bool or targets.device != teacher.device:
+        got = f"{tuple(targets.shape)} {targets.dtype} on {targets.device}" if isinstance(targets, torch.Tensor) \
+            else type(targets).__name__
+        raise AuditError(f"expected integer targets of shape ({teacher.shape[0]},) on {teacher.device}, got {got}; "
+                         "pass one target id (or ignore_index) per position")
+    if isinstance(topk, bool) or not isinstance(topk, int) or topk < 1:
+        raise AuditError(f"expected topk as an int >= 1, got {topk!r}; pass e.g. 5")
+
+
+def _check_targets(targets: torch.Tensor, vocab: int, ignore_index: int) -> None:
+    # One host sync, for a clear error instead of a device-side assert in gather.
+    kept = targets[targets != ignore_index]
+    if kept.numel() and (int(kept.min()) < 0 or int(kept.max()) >= vocab):
+        raise AuditError(f"expected targets in [0, {vocab}) or ignore_index={ignore_index}, got values in "
+                         f"[{int(kept.min())}, {int(kept.max())}]; check the tokenizer or label mapping")
+
+
+def model_columns(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100) -> dict[str, torch.Tensor]:
+    """Eager per-position columns of one model for one chunk: :data:`MODEL_KEYS`, shapes (P,).
+
+    ``logits`` (P, V) any float dtype (math in float32); ``targets`` (P,) ints, already checked in range.
+    """
+    logp = torch.log_softmax(logits.float(), dim=-1)  # (P, V) float32
+    p = logp.exp()
+    entropy = -torch.where(p > 0, p * logp, torch.zeros_like(p)).sum(-1)
+    max_logp, top1 = logp.amax(-1), logp.argmax(-1)  # argmax: the first index of tied maxima
+    keep = targets != ignore_index
+    safe = torch.where(keep, targets, torch.zeros_like(targets)).long()
+    nan = torch.full_like(max_logp, float("nan"))
+    target_logprob = torch.where(keep, logp.gather(1, safe[:, None]).squeeze(1), nan)
+    correct = torch.where(keep, (top1 == safe).float(), nan)
+    return {"entropy": entropy, "maxprob": max_logp.exp(), "top1": top1, "target_logprob": target_logprob,
+            "correct": correct}
+
+
+def kl_columns(teacher: torch.Tensor, student: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Eager ``kl`` (KL(q||p)) and ``kl_reverse`` (KL(p||q)) per position, float32, shapes (P,), for
+    teacher/student logits (P, V) of any float dtype."""
+    log_q = torch.log_softmax(teacher.float(), dim=-1)
+    log_p = torch.log_softmax(student.float(), dim=-1)
+
+    def kl(log_a: torch.Tensor, log_b: torch.Tensor) -> torch.Tensor:
+        a = log_a.exp()
+        # 0 log 0 = 0; a > 0 where b = 0 gives +inf, as it should
+        return torch.where(a > 0, a * (log_a - log_b), torch.zeros_like(a)).sum(-1)
+
+    return {"kl": kl(log_q, log_p), "kl_reverse": kl(log_p, log_q)}
+
+
+def topk_overlap(teacher: torch.Tensor, student: torch.Tensor, k: int = 5) -> torch.Tensor:
+    """``|topk(teacher) & topk(student)| / k`` per position, float32 (P,), with ``k`` capped at V.
+
+    >>> topk_overlap(torch.tensor([[3.0, 2.0, 1.0, 0.0]]), torch.tensor([[0.0, 2.0, 1.0, 3.0]]), k=2)
+    tensor([0.5000])
+    """
+    k = min(k, teacher.shape[-1])
+    ids_t = teacher.topk(k, dim=-1).indices  # (P, k)
+    ids_s = student.topk(k, dim=-1).indices
+    shared = (ids_t[:, :, None] == ids_s[:, None, :]).any(-1).sum(-1)  # (P,)
+    return shared.float() / k
+
+
+def _resolve_backend(backend: str, tensor: torch.Tensor) -> str:
+    if backend not in ("auto", "torch", "triton"):
+        raise AuditError(f"expected backend 'auto', 'torch' or 'triton', got {backend!r}")
+    if backend == "auto":
+        from audit.losses import kernels
+
+        return "triton" if tensor.is_cuda and kernels.available() else "torch"
+    return backend
+
+
+def _eager(teacher: torch.Tensor, students: Sequence[torch.Tensor], targets: torch.Tensor, topk: int,
+           ignore_index: int) -> Reduction:
+    n, v = teacher.shape
+    chunk = max(1, CHUNK_ELEMENTS // max(v, 1))
+    models: list[list[dict]] = [[] for _ in range(1 + len(students))]
+    pairs: list[list[dict]] = [[] for _ in students]
+    for start in range(0, n, chunk):
+        rows = slice(start, start + chunk)
+        t, y = teacher[rows], targets[rows]
+        models[0].append(model_columns(t, y, ignore_index))
+        for j, s in enumerate(students):
+            models[1 + j].append(model_columns(s[rows], y, ignore_index))
+            pairs[j].append({**kl_columns(t, s[rows]), "topk_overlap": topk_overlap(t, s[rows], topk)})
+
+    def cat(parts: list[dict], keys: tuple[str, ...]) -> dict[str, torch.Tensor]:
+        if not parts:  # P = 0
+            return {key: torch.empty(0, dtype=torch.int64 if key == "top1" else torch.float32,
+                                     device=teacher.device) for key in keys}
+        return {key: torch.cat([part[key] for part in parts]) for key in keys}
+
+    return Reduction([cat(m, MODEL_KEYS) for m in models], [cat(p, PAIR_KEYS) for p in pairs])
+
+
+def _fused(teacher: torch.Tensor, students: Sequence[torch.Tensor], targets: torch.Tensor, topk: int,
+           ignore_index: int) -> Reduction:
+    from audit.losses.kernels import _require
+    from audit.losses.kernels import reduce as kernel
+
+    _require(teacher)
+    if not students:  # the kernel needs a pair: pair the teacher with itself, keep its own columns only
+        columns = kernel.reduce_pair(teacher, teacher, targets, ignore_index=ignore_index)
+        return Reduction([columns[0]], [])
+    models, pairs = [], []
+    for j, s in enumerate(students):
+        t_cols, s_cols, kls = kernel.reduce_pair(teacher, s, targets, ignore_index=ignore_index)
+        if j == 0:
+            models.append(t_cols)
+        models.append(s_cols)
+        pairs.append({**kls, "topk_overlap": topk_overlap(teacher, s, topk)})
+    return Reduction(models, pairs)
+
+
+def reduce_logits(
+    teacher_logits: torch.Tensor, student_logits: Sequence[torch.Tensor], targets: torch.Tensor, *,
+    topk: int = 5, ignore_index: int = -100, backend: str = "auto",
+) -> Reduction:
+    """Per-position scalars of a teacher and its students on the same P positions.
+
+    Args:
+        teacher_logits: (P, V) float logits (fp32, bf16, fp16 or fp64), positions already masked and
+            flattened by the caller (for an LM: ``logits[targets != -100]`` of a (B, L, V) batch).
+        student_logits: zero or more (P, V) float logits on the same device.
+        targets: (P,) int target ids (the next token; the label for a classifier), or ``ignore_index``.
+        topk: k of the top-k overlap (capped at V).
+        ignore_index: target value of positions without a target (their ``target_logprob`` and
+            ``correct`` are NaN; every other column is still computed).
+        backend: "auto", "torch" or "triton" (see the module docstring).
+
+    Returns:
+        :class:`Reduction` of (P,) tensors on the logits' device.
+
+    Raises:
+        AuditError: shapes, dtypes or devices that do not match; targets outside [0, V); topk < 1;
+            unknown backend; backend "triton" without Triton or on CPU without ``TRITON_INTERPRET=1``.
+
+    >>> r = reduce_logits(torch.tensor([[2.0, 0.0]]), [torch.tensor([[0.0, 2.0]])], torch.tensor([0]))
+    >>> round(float(r.models[0]["maxprob"]), 4), float(r.models[1]["correct"]), float(r.pairs[0]["topk_overlap"])
+    (0.8808, 0.0, 1.0)
+    """
+    students = list(student_logits)
+    _check(teacher_logits, students, targets, topk)
+    _check_targets(targets, teacher_logits.shape[1], ignore_index)
+    run = _fused if _resolve_backend(backend, teacher_logits) == "triton" else _eager
+    return run(teacher_logits, students, targets, topk, ignore_index)
