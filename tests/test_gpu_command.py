@@ -225,3 +225,42 @@ def test_offline_install_step_makes_liger_importable(tmp_path) -> None:
     assert merged["kd_audit_summary"]["steps"][0]["step"] == "install"
     assert merged["kd_audit_summary"]["steps"][0]["status"] == "ran"
     assert merged["kd_audit_summary"]["found"]["liger_kernel"] == "0.8.5"
+
+
+TARGET_TESTS = '''
+from types import SimpleNamespace
+
+from kd_targets import Target
+
+
+def test_speed(targets):
+    bench = SimpleNamespace(extra_info={})
+    targets(bench, Target("ms", 2.0, 1.0, " ms"), Target("far GPU", 9.0, 1.0, machine="h100/h200"))
+    assert [t["applies"] for t in bench.extra_info["targets"]] == [True, False]
+
+
+def test_memory(targets):
+    targets(SimpleNamespace(extra_info={}), Target("peak", 2048.0, 1024.0, " MB", kind="memory"))
+
+
+def test_met(targets):
+    targets(SimpleNamespace(extra_info={}), Target("ratio", 25.0, 20.0, "x", at_most=False))
+'''
+
+
+@pytest.mark.parametrize("mode", ["enforce", "report"])
+def test_kd_targets_mode_decides_speed_misses_only(mode, pytester) -> None:
+    """bench/conftest.py's ``targets``: a missed speed target fails under enforce and is a warning plus a
+    closing line under report; a missed memory target fails under both; a GPU target is not applied on CPU."""
+    for name in ("conftest.py", "kd_targets.py"):
+        pytester.makefile(".py", **{name.removesuffix(".py"): (ROOT / "bench" / name).read_text()})
+    pytester.makepyfile(test_targets=TARGET_TESTS)
+    result = pytester.runpytest(f"--kd-targets={mode}", "-p", "no:cacheprovider")
+    if mode == "enforce":
+        result.assert_outcomes(passed=1, failed=2)
+        result.stdout.fnmatch_lines(["*missed: ms: 2 ms, target <= 1 ms*"])
+    else:
+        result.assert_outcomes(passed=2, failed=1, warnings=1)
+        result.stdout.fnmatch_lines(["*speed targets missed (reported, not enforced*",
+                                     "*test_targets.py::test_speed: ms: 2 ms, target <= 1 ms"])
+    result.stdout.fnmatch_lines(["*missed: peak: 2048 MB, target <= 1024 MB*"])
