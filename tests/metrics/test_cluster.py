@@ -121,3 +121,15 @@ def test_bad_input_raises(bad):
     with pytest.raises(AuditError, match="expected"):
         cluster_bootstrap_ci(*args["values"], groups=args["groups"], statistic=args["statistic"],
                              n_resamples=args["n_resamples"], level=args["level"])
+
+
+def test_several_statistics_share_the_draws():
+    groups, x, y, conf, hit = clustered_data(60, 6)
+    specs = {"mean_x": ("mean", (x,)), "rho": ("spearman", (x, y)), "ece": ("ece", (conf, hit)),
+             "r": ("pearson", (x, y))}
+    together = cluster_module.cluster_bootstrap_cis(specs, groups=groups, n_resamples=100, seed=7)
+    for name, (statistic, values) in specs.items():
+        alone = cluster_bootstrap_ci(*values, groups=groups, statistic=statistic, n_resamples=100, seed=7)
+        np.testing.assert_allclose(together[name], alone, rtol=1e-12)
+    with pytest.raises(AuditError, match="expected at least one statistic"):
+        cluster_module.cluster_bootstrap_cis({}, groups=groups)
