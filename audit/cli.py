@@ -13,7 +13,8 @@ from typing import Annotated
 
 import typer
 
-from audit.errors import AuditError
+from audit.errors import AuditError, AuditWarning
+from audit.outputs import Output, check_outputs, write_files
 from audit.package import fixtures_path, version
 
 app = typer.Typer(add_completion=False, no_args_is_help=False, pretty_exceptions_enable=False,
@@ -84,13 +85,17 @@ def compare(
     html: Annotated[Path | None, typer.Option(help="Write a self-contained HTML report here.")] = None,
     allow_pickle: Annotated[bool, typer.Option(help="Allow pickle weights (they can run code).")] = False,
     trust_remote_code: Annotated[bool, typer.Option(help="Allow a model's own Python code.")] = False,
+    tokenizer: Annotated[str | None, typer.Option(help="Tokenizer folder or hub id for checkpoints saved without "
+                                                       "one.")] = None,
+    allow_missing_weights: Annotated[bool, typer.Option(help="Load checkpoints with missing weights (e.g. a "
+                                                              "random classification head).")] = False,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
     cache: Annotated[bool, typer.Option(help="Keep logits in the prediction cache as they are computed "
                                              "(a killed run resumes; python -m audit cache list|clear).")] = True,
 ) -> None:
     """Compare a teacher with its students: confidence, calibration and inheritance."""
-    from audit.compare import CompareSettings
-    from audit.compare import compare as run_compare
+    from audit.compare import CompareSettings, logits_files
+    from audit.compare import compare_with_predictions as run_compare
     from audit.distributed import is_main_process
     from audit.report.terminal import render_compare
 
@@ -106,28 +111,48 @@ def compare(
         id_column=id_column, limit=limit, device=device, dtype=dtype,
         batch_size=batch_size if batch_size == "auto" else _positive_int(batch_size, "--batch-size"),
         max_length=max_length, n_bins=bins, n_bootstrap=bootstrap, seed=seed, allow_pickle=allow_pickle,
-        trust_remote_code=trust_remote_code, progress=progress, cache=cache,
+        trust_remote_code=trust_remote_code, tokenizer=tokenizer, allow_missing_weights=allow_missing_weights,
+        progress=progress, cache=cache,
     )
-    report = run_compare(teacher, student, data, names=name, settings=settings, save_logits=save_logits)
+    outputs = report_outputs(json_path, plots, html)
+    if save_logits is not None:
+        outputs.append(Output(save_logits, "folder", "--save-logits"))
+    check_outputs(outputs, [teacher, *student, data])
+    report, predictions = run_compare(teacher, student, data, names=name, settings=settings)
     if is_main_process():  # under torchrun / accelerate launch, rank 0 alone prints and writes
         render_compare(report)
-        write_outputs(report, json_path, plots, html)
+        logits = logits_files(predictions, save_logits) if save_logits is not None else {}
+        write_outputs(report, json_path, plots, html, more=logits)
 
 
-def write_outputs(report: dict, json_path: Path | None, plots: Path | None, html: Path | None) -> None:
-    """The files a user asked for, each written atomically after the report is complete."""
-    from audit.compare import write_json
+def report_outputs(json_path: Path | None, plots: Path | None, html: Path | None) -> list[Output]:
+    """The report files a user asked for, to check before any work."""
+    wanted = [(json_path, "file", "--json"), (plots, "folder", "--plots"), (html, "file", "--html")]
+    return [Output(path, kind, option) for path, kind, option in wanted if path is not None]
 
+
+def write_outputs(report: dict, json_path: Path | None, plots: Path | None, html: Path | None, *,
+                  more: dict[Path, bytes] | None = None) -> None:
+    """Every file a user asked for (and ``more``), written as one transaction after the report is complete."""
+    from audit.compare import json_text
+    from audit.report.schema import validate_report
+
+    try:
+        validate_report(report)
+    except AuditError as err:  # kd-audit wrote this report itself: a mismatch is a bug, not bad input
+        raise RuntimeError(f"kd-audit built a report that breaks its own schema: {err}") from None
+    files: dict[Path, bytes] = dict(more or {})
     if json_path is not None:
-        write_json(report, json_path)
+        files[json_path] = json_text(report).encode()
     if plots is not None:
-        from audit.report.plots import write_plots
+        from audit.report.plots import build_figures, png_bytes
 
-        write_plots(report, plots)
+        files.update({plots / name: png_bytes(fig) for name, fig in build_figures(report).items()})
     if html is not None:
-        from audit.report.html import write_html
+        from audit.report.html import render_html
 
-        write_html(report, html)
+        files[html] = render_html(report).encode()
+    write_files(files)
 
 
 def _positive_int(value: str, option: str) -> int:
@@ -227,23 +252,13 @@ def report(
     html: Annotated[Path | None, typer.Option(help="Write a self-contained HTML report here.")] = None,
 ) -> None:
     """Re-render a saved compare or replicate report, without models."""
-    import json
-
-    from audit.compare import SCHEMA as COMPARE_SCHEMA
-    from audit.replicate import SCHEMA as REPLICATE_SCHEMA
     from audit.replicate import render_summary
+    from audit.report.schema import COMPARE, load_report
     from audit.report.terminal import render_compare
 
-    try:
-        saved = json.loads(run.read_text())
-    except (OSError, ValueError) as err:
-        raise AuditError(f"expected a readable JSON report, got {run} ({type(err).__name__}: {err}); "
-                         "pass the file that --json or replicate wrote") from None
-    schema = saved.get("schema") if isinstance(saved, dict) else None
-    if schema not in (COMPARE_SCHEMA, REPLICATE_SCHEMA):
-        raise AuditError(f"expected a report with schema {COMPARE_SCHEMA} or {REPLICATE_SCHEMA}, got {schema!r} "
-                         f"in {run}")
-    (render_compare if schema == COMPARE_SCHEMA else render_summary)(saved)
+    check_outputs(report_outputs(None, plots, html), [run])
+    saved = load_report(run)
+    (render_compare if saved["schema"] == COMPARE else render_summary)(saved)
     write_outputs(saved, None, plots, html)
 
 
@@ -268,15 +283,47 @@ def cache_list() -> None:
 @cache_app.command("clear")
 @handles_errors
 def cache_clear() -> None:
-    """Delete every cached prediction."""
-    from audit.cache import clear_cache
+    """Delete every cached prediction (only what the cache wrote)."""
+    from audit.cache import cache_root, clear_cache
 
-    print(f"removed {clear_cache()} cached predictions")
+    removed, left = clear_cache()
+    print(f"removed {removed} cached predictions" + (f"; left {left} paths in {cache_root()} that kd-audit did not "
+                                                      "write" if left else ""))
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m audit [OPTIONS]`` without a command means ``compare`` (the built-in demo with no options)."""
+    """``python -m audit [OPTIONS]`` without a command means ``compare`` (the built-in demo with no options).
+
+    Usage errors (an unknown option, an option without its value) and warnings are one line on stderr, like
+    :class:`AuditError`; usage errors exit with code 2.
+    """
+    import warnings
+
     args = sys.argv[1:] if argv is None else argv
     if not args or (args[0].startswith("-") and args[0] not in ("--help", "-h", "--version")):
         args = ["compare", *args]
-    app(args=args, prog_name="python -m audit")
+    show = warnings.showwarning
+
+    def one_line(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, AuditWarning):
+            sys.stderr.write(f"kd-audit: warning: {message}\n")
+        else:
+            show(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = one_line
+    try:
+        code = app(args=args, prog_name="python -m audit", standalone_mode=False)
+    except typer.Abort:
+        sys.stderr.write("kd-audit: interrupted\n")
+        sys.exit(130)
+    except Exception as err:
+        if not (hasattr(err, "format_message") and hasattr(err, "exit_code")):  # click's usage errors (typer vendors click)
+            raise
+        ctx = getattr(err, "ctx", None)
+        command = f" {ctx.info_name}" if ctx is not None and ctx.info_name != "python -m audit" else ""
+        message = " ".join(err.format_message().split())
+        sys.stderr.write(f"kd-audit: error: {message}; see python -m audit{command} --help\n")
+        sys.exit(2)
+    finally:
+        warnings.showwarning = show
+    sys.exit(code if isinstance(code, int) else 0)

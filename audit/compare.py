@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
+import math
 import platform
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,18 +21,21 @@ import torch
 
 from audit import metrics
 from audit.atomic import write_atomic
-from audit.cache import PredictionStore, prediction_key
+from audit.cache import CacheUnavailable, PredictionStore, prediction_key
 from audit.data import TextData, load_data
-from audit.distributed import ProcessGroup, local_device, process_group
-from audit.errors import AuditError
+from audit.distributed import ProcessGroup, is_main_process, local_device, process_group
+from audit.errors import AuditError, warn
 from audit.inheritance import VerdictRule, pair_statistics, student_differences, verdict
-from audit.models import Predictions, TextClassifier, load_model, save_predictions
+from audit.models import Predictions, TextClassifier, check_label_names, load_model, predictions_bytes
+from audit.outputs import Output, check_outputs, write_files
 from audit.predict import predict_text, resolve_batch_size, resolve_device, resolve_dtype
 
 SCHEMA = "kd-audit/compare/1"
 BRIER_CONVENTION = "multiclass: mean over examples of sum_k (p_k - 1[k=y])^2, range [0, 2]"
 HISTOGRAM_BINS = 20
 SCATTER_POINTS = 2000
+MAX_BINS = 10_000
+MAX_BOOTSTRAP = 100_000
 
 ModelLike = str | Predictions | TextClassifier
 
@@ -55,6 +59,8 @@ class CompareSettings:
     seed: int = 0
     allow_pickle: bool = False
     trust_remote_code: bool = False
+    tokenizer: str | None = None
+    allow_missing_weights: bool = False
     progress: bool = True
     cache: bool = True
     rule: VerdictRule = field(default_factory=VerdictRule)
@@ -62,10 +68,13 @@ class CompareSettings:
     def validate(self) -> None:
         if self.limit is not None and self.limit < 1:
             raise AuditError(f"expected --limit >= 1, got {self.limit}; omit it to use all examples")
-        if self.n_bins < 1:
-            raise AuditError(f"expected --bins >= 1, got {self.n_bins}")
-        if self.n_bootstrap < 1:
-            raise AuditError(f"expected --bootstrap >= 1, got {self.n_bootstrap}")
+        if not 1 <= self.n_bins <= MAX_BINS:
+            raise AuditError(f"expected --bins between 1 and {MAX_BINS}, got {self.n_bins}; 15 is the usual choice")
+        if not 1 <= self.n_bootstrap <= MAX_BOOTSTRAP:
+            raise AuditError(f"expected --bootstrap between 1 and {MAX_BOOTSTRAP}, got {self.n_bootstrap}; 1000 "
+                             "resamples give CIs to about two digits")
+        if self.max_length < 1:
+            raise AuditError(f"expected --max-length >= 1 (tokens per example), got {self.max_length}; pass e.g. 256")
         if self.batch_size != "auto" and int(self.batch_size) < 1:
             raise AuditError(f"expected --batch-size auto or >= 1, got {self.batch_size}")
 
@@ -128,22 +137,26 @@ def _histogram(x: torch.Tensor, lo: float, hi: float) -> dict:
     return {"edges": torch.linspace(lo, hi, HISTOGRAM_BINS + 1).tolist(), "count": [int(c) for c in counts]}
 
 
-def align_labels(models: list[Predictions]) -> list[str] | None:
-    """Put every model's classes in the first named model's order (in place); return that order.
+def align_labels(models: list[Predictions]) -> tuple[list[Predictions], list[str] | None]:
+    """Every model with its classes in the first named model's order (new objects; the inputs are left as
+    they are), and that order.
 
     Raises:
-        AuditError: different numbers of classes, or named label sets that differ.
+        AuditError: different numbers of classes, label names that do not fit the logits (a count other than
+            K, or a name twice), or named label sets that differ.
     """
     sizes = {p.name: p.num_classes for p in models}
     if len(set(sizes.values())) > 1:
         raise AuditError(f"expected the same number of classes in every model, got {sizes}; "
                          "compare models trained on the same label set")
+    for p in models:
+        check_label_names(p.label_names, p.num_classes, p.source)
     reference = next((p.label_names for p in models if p.label_names is not None), None)
     if reference is None:
-        return None
-    for p in models:
-        p.logits, p.label_names = in_class_order(p, reference)
-    return list(reference)
+        return list(models), None
+    aligned = [dataclasses.replace(p, logits=logits, label_names=names)
+               for p in models for logits, names in [in_class_order(p, reference)]]
+    return aligned, list(reference)
 
 
 def in_class_order(predictions: Predictions, label_names: list[str]) -> tuple[torch.Tensor, list[str] | None]:
@@ -219,6 +232,8 @@ def compare_predictions(teacher: Predictions, students: list[Predictions], label
             raise AuditError(f"expected {n} predictions from {s.name} (as many as the teacher), got {s.logits.shape[0]}")
     if n == 0:
         raise AuditError("expected at least one example, got empty data; check the data file or split")
+    if settings.n_bins > max(n, CompareSettings.n_bins):
+        raise AuditError(f"expected --bins at most the number of examples ({n}), got {settings.n_bins}; pass fewer bins")
     models = {teacher.name: {"role": "teacher", "source": teacher.source,
                              **summarize_model(teacher.logits, labels, n_bins=settings.n_bins)}}
     for s in students:
@@ -275,6 +290,19 @@ def compare(teacher: ModelLike, students: list[ModelLike], data: str | TextData 
     Raises:
         AuditError: any bad input, before anything is written.
     """
+    if save_logits is not None:
+        check_outputs([Output(Path(save_logits), "folder", "save_logits")],
+                      [s for s in (teacher, *students, data) if isinstance(s, str)])
+    report, predictions = compare_with_predictions(teacher, students, data, names=names, settings=settings)
+    if save_logits is not None and is_main_process():
+        write_files(logits_files(predictions, Path(save_logits)))
+    return report
+
+
+def compare_with_predictions(teacher: ModelLike, students: list[ModelLike], data: str | TextData | None, *,
+                             names: list[str] | None = None,
+                             settings: CompareSettings | None = None) -> tuple[dict, list[Predictions]]:
+    """:func:`compare`'s report and every model's logits (teacher first), for callers that keep them."""
     settings = settings or CompareSettings()
     settings.validate()
     if not students:
@@ -290,7 +318,7 @@ def compare(teacher: ModelLike, students: list[ModelLike], data: str | TextData 
     loaded = _distinct_names([_load(spec, name, settings) for spec, name in zip(specs, names)])
     text_data = load_eval_data(data, settings) if isinstance(data, str) else data
     predictions = [_predictions(m, text_data, device, dtype, settings, group) for m in loaded]
-    label_names = align_labels(predictions)
+    predictions, label_names = align_labels(predictions)
     labels = None
     data_info = {}
     if text_data is not None:
@@ -298,9 +326,7 @@ def compare(teacher: ModelLike, students: list[ModelLike], data: str | TextData 
         data_info = {"name": text_data.name, **text_data.info}
     report = compare_predictions(predictions[0], predictions[1:], labels, settings=settings, data_info=data_info)
     report["settings"].update(device=str(device), dtype=str(dtype).removeprefix("torch."))
-    if save_logits is not None and group.is_main:
-        _save_all(predictions, Path(save_logits))
-    return report
+    return report, predictions
 
 
 def load_eval_data(spec: str, settings: CompareSettings) -> TextData:
@@ -329,10 +355,9 @@ def predict(model: ModelLike, data: str | TextData | None, *, name: str | None =
 def _load(spec: ModelLike, name: str | None, settings: CompareSettings) -> Predictions | TextClassifier:
     if isinstance(spec, str):
         return load_model(spec, name=name, allow_pickle=settings.allow_pickle,
-                          trust_remote_code=settings.trust_remote_code)
-    if name is not None:
-        spec.name = name
-    return spec
+                          trust_remote_code=settings.trust_remote_code, tokenizer=settings.tokenizer,
+                          allow_missing_weights=settings.allow_missing_weights)
+    return spec if name is None else dataclasses.replace(spec, name=name)
 
 
 def _distinct_names(models: list) -> list:
@@ -350,24 +375,59 @@ def _predictions(model: Predictions | TextClassifier, data: TextData | None, dev
         raise AuditError("expected --data for Hugging Face models, got none; pass a data file or a built-in name")
     if isinstance(model, Predictions):
         return model if data is None else match_to_data(model, data)
+    settings = dataclasses.replace(settings, max_length=_max_length(model, settings.max_length))
     store = _store(model, data, device, dtype, settings) if settings.cache else None
-    return predict_text(model, data, device=device, dtype=dtype, batch_size=settings.batch_size,
-                        max_length=settings.max_length, progress=settings.progress,
-                        store=store, group=group)
+    predictions = predict_text(model, data, device=device, dtype=dtype, batch_size=settings.batch_size,
+                               max_length=settings.max_length, progress=settings.progress, store=store, group=group)
+    bad = ~torch.isfinite(predictions.logits).all(-1)
+    if bad.any():
+        raise AuditError(f"expected finite logits from {model.name} ({model.source}), got NaN or inf on {int(bad.sum())} "
+                         f"of {len(bad)} examples; its weights hold NaN or inf: check or re-save the checkpoint")
+    return predictions
 
 
-def _store(model: TextClassifier, data: TextData, device, dtype, settings: CompareSettings) -> PredictionStore:
-    """The cache entry of this model's logits on this data (see :mod:`audit.cache`)."""
+def _max_length(model: TextClassifier, wanted: int) -> int:
+    """``wanted``, clamped (with a warning) to the positions the model has."""
+    positions = getattr(model.model.config, "max_position_embeddings", None)
+    if isinstance(positions, int) and 0 < positions < wanted:
+        warn(f"--max-length {wanted} is more than {model.name} has positions for; using {positions}")
+        return positions
+    return wanted
+
+
+def _store(model: TextClassifier, data: TextData, device, dtype, settings: CompareSettings) -> PredictionStore | None:
+    """The cache entry of this model's logits on this data (see :mod:`audit.cache`); None when the cache
+    cannot be written (the run goes on uncached, with a warning)."""
     key = prediction_key(model, data, dtype=dtype, max_length=settings.max_length,
                          batch_size=resolve_batch_size(settings.batch_size, device), device=device)
-    return PredictionStore.open(key, name=model.name, num_classes=model.num_classes)
+    try:
+        return PredictionStore.open(key, name=model.name, num_classes=model.num_classes)
+    except CacheUnavailable as err:
+        warn(f"running without the prediction cache: {err}")
+        return None
 
 
-def _save_all(predictions: list[Predictions], folder: Path) -> None:
-    for p in predictions:
-        write_atomic(folder / f"{p.name}.safetensors", lambda tmp, p=p: save_predictions(p, tmp))
+def logits_files(predictions: list[Predictions], folder: Path) -> dict[Path, bytes]:
+    """``{folder / "<name>.safetensors": bytes}``: every model's logits as :func:`load_predictions` reads them."""
+    return {Path(folder) / f"{p.name}.safetensors": predictions_bytes(p) for p in predictions}
+
+
+def json_ready(value):
+    """``value`` with every non-finite float made ``None`` (strict JSON has no NaN or Infinity)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(v) for v in value]
+    return value
+
+
+def json_text(report: dict) -> str:
+    """The report as strict JSON text."""
+    return json.dumps(json_ready(report), indent=2, allow_nan=False)
 
 
 def write_json(report: dict, path: str | Path) -> None:
-    """Write the report atomically (a temp file renamed into place)."""
-    write_atomic(path, lambda tmp: tmp.write_text(json.dumps(report, indent=2)))
+    """Write the report as strict JSON, atomically (a temp file renamed into place)."""
+    write_atomic(path, lambda tmp: tmp.write_text(json_text(report)))

@@ -7,3 +7,14 @@ code 2; any other exception is a bug and keeps its traceback.
 
 class AuditError(Exception):
     """Bad input: a message of the form "expected X, got Y; do Z"."""
+
+
+class AuditWarning(UserWarning):
+    """Something the user should know that does not stop the run (the CLI prints it as one line)."""
+
+
+def warn(message: str) -> None:
+    """Issue an :class:`AuditWarning` (one line on stderr under the CLI)."""
+    import warnings
+
+    warnings.warn(message, AuditWarning, stacklevel=3)

@@ -8,6 +8,7 @@ examples jointly. The verdict rule (:func:`verdict`) is stated in its docstring 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -39,6 +40,17 @@ def _mean(x: torch.Tensor) -> torch.Tensor:
 
 def _stat(value: torch.Tensor, ci: tuple[float, float]) -> dict:
     return {"value": float(value), "ci": [float(ci[0]), float(ci[1])]}
+
+
+def undefined(reason: str) -> dict:
+    """A statistic that has no value on these data, with the reason (``null`` in the JSON, never NaN)."""
+    return {"value": None, "ci": None, "reason": reason}
+
+
+def _constant(x: torch.Tensor) -> bool:
+    """True when x does not vary beyond float rounding (a correlation with it would be noise)."""
+    x = x.double()
+    return bool(x.max() - x.min() <= 1e-6 * max(1.0, float(x.abs().max())))
 
 
 def _confidence(log_probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -78,11 +90,23 @@ def pair_statistics(teacher_logits: torch.Tensor, student_logits: torch.Tensor, 
         "corr_entropy_pearson": metrics.pearson, "corr_entropy_spearman": metrics.spearman,
         "corr_maxprob_pearson": metrics.pearson, "corr_maxprob_spearman": metrics.spearman,
     }
+    names = {id(h_t): "teacher's per-example entropy", id(h_s): "student's per-example entropy",
+             id(m_t): "teacher's per-example max probability", id(m_s): "student's per-example max probability"}
     out = {}
     for key in PAIR_STATISTICS:
         samples, fn = per_example[key], functions[key]
+        constant = [names[id(x)] for x in samples if len(samples) == 2 and _constant(x)]
+        if constant:
+            out[key] = undefined(f"the {' and the '.join(constant)} is constant on these data, so a correlation "
+                                 "with it is undefined")
+            continue
+        value = fn(*samples)
         ci = metrics.bootstrap_ci(fn, *samples, n_resamples=n_bootstrap, level=level, seed=seed)
-        out[key] = _stat(fn(*samples), ci)
+        if not all(map(math.isfinite, (float(value), *ci))):
+            out[key] = undefined("too few distinct examples: the statistic or some bootstrap resamples are "
+                                 "undefined (constant confidences)")
+            continue
+        out[key] = _stat(value, ci)
     return out
 
 
@@ -96,6 +120,9 @@ def verdict(stats: dict[str, dict], teacher_entropy_mean: float, rule: VerdictRu
     """
     corr = stats["corr_entropy_spearman"]
     shift = stats["entropy_shift"]
+    for label, stat in (("Spearman(entropy)", corr), ("the entropy shift", shift)):
+        if stat.get("ci") is None:
+            return "inconclusive", f"cannot decide: {label} is undefined ({stat.get('reason', 'no value')})"
     band = max(rule.shift_band * teacher_entropy_mean, 1e-3)
     corr_lo, corr_hi = corr["ci"]
     shift_lo, shift_hi = shift["ci"]

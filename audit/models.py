@@ -68,6 +68,23 @@ class TextClassifier:
         return self.model.config.num_labels
 
 
+def check_label_names(names: list[str] | None, num_classes: int, source: str) -> None:
+    """Refuse label names that cannot name the logits' columns.
+
+    Raises:
+        AuditError: a count other than ``num_classes``, or a repeated name.
+    """
+    if names is None:
+        return
+    if len(names) != num_classes:
+        raise AuditError(f"expected {num_classes} label names for {num_classes} logit columns in {source}, got "
+                         f"{len(names)} ({names}); save one name per column")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise AuditError(f"expected distinct label names in {source}, got {repeated} more than once; name each "
+                         "class once")
+
+
 def label_names_from_config(config) -> list[str] | None:
     id2label = getattr(config, "id2label", None) or {}
     names = [str(id2label[i]) for i in sorted(id2label, key=int)]
@@ -83,13 +100,19 @@ def name_from_spec(spec: str) -> str:
 
 def load_model(
     spec: str, *, name: str | None = None, allow_pickle: bool = False, trust_remote_code: bool = False,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype = torch.float32, tokenizer: str | None = None, allow_missing_weights: bool = False,
 ) -> TextClassifier | Predictions:
     """Load a model spec (see the module docstring).
 
+    Args:
+        tokenizer: a tokenizer folder or hub id to use instead of the checkpoint's own (only when named).
+        allow_missing_weights: load even when weights are missing (transformers would initialise them at
+            random, e.g. a classification head on a bare encoder).
+
     Raises:
-        AuditError: missing path; folder without config or weights; corrupt weights; pickle weights without
-            ``allow_pickle``; unreadable or non-finite predictions.
+        AuditError: missing path; folder without config, weights or tokenizer files; corrupt weights; pickle
+            weights without ``allow_pickle``; missing weights (a random head); a tokenizer without a
+            vocabulary; unreadable or non-finite predictions.
     """
     name = name or name_from_spec(spec)
     path = Path(spec)
@@ -102,10 +125,17 @@ def load_model(
         return load_predictions(path, name=name, allow_pickle=allow_pickle)
     if path.is_dir():
         _check_checkpoint_folder(path, allow_pickle)
-        return _load_hf(str(path), name, trust_remote_code, dtype, local_only=True)
-    if _HUB_ID.match(spec) and not spec.startswith((".", "/")):
-        return _load_hf(spec, name, trust_remote_code, dtype, local_only=_offline())
+        return _load_hf(str(path), name, trust_remote_code, dtype, local_only=True, tokenizer=tokenizer,
+                        allow_missing_weights=allow_missing_weights)
+    if looks_like_hub_id(spec):
+        return _load_hf(spec, name, trust_remote_code, dtype, local_only=_offline(), tokenizer=tokenizer,
+                        allow_missing_weights=allow_missing_weights)
     raise AuditError(f"expected an existing path or a hub id, got {spec!r}: no such file or folder; check the path")
+
+
+def looks_like_hub_id(spec: str) -> bool:
+    """``owner/name``, not a relative or absolute path."""
+    return bool(_HUB_ID.match(spec)) and not spec.startswith((".", "/"))
 
 
 def _offline() -> bool:
@@ -146,16 +176,30 @@ def _check_safetensors(file: Path) -> None:
                          "re-save or re-download the weights") from None
 
 
-def _load_hf(spec: str, name: str, trust_remote_code: bool, dtype: torch.dtype, local_only: bool) -> TextClassifier:
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model", "spiece.model", "sentencepiece.bpe.model")
+
+
+def _has_tokenizer(folder: Path) -> bool:
+    return any((folder / name).is_file() for name in TOKENIZER_FILES)
+
+
+def _load_hf(spec: str, name: str, trust_remote_code: bool, dtype: torch.dtype, local_only: bool,
+             tokenizer: str | None = None, allow_missing_weights: bool = False) -> TextClassifier:
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()  # missing weights are reported by us, as one line
+    if tokenizer is None and Path(spec).is_dir() and not _has_tokenizer(Path(spec)):
+        raise AuditError(f"expected tokenizer files ({', '.join(TOKENIZER_FILES[:3])}, ...) in {spec}, found none; save "
+                         "the tokenizer with the model (tokenizer.save_pretrained), or name one with --tokenizer")
     try:
         config = AutoConfig.from_pretrained(spec, trust_remote_code=trust_remote_code, local_files_only=local_only)
-        tokenizer = AutoTokenizer.from_pretrained(spec, trust_remote_code=trust_remote_code, local_files_only=local_only)
-        model = AutoModelForSequenceClassification.from_pretrained(
-            spec, config=config, trust_remote_code=trust_remote_code, local_files_only=local_only, dtype=dtype
+        tok = AutoTokenizer.from_pretrained(tokenizer or spec, trust_remote_code=trust_remote_code,
+                                            local_files_only=local_only or Path(tokenizer or "").is_dir())
+        model, info = AutoModelForSequenceClassification.from_pretrained(
+            spec, config=config, trust_remote_code=trust_remote_code, local_files_only=local_only, dtype=dtype,
+            output_loading_info=True,
         )
     except (OSError, ValueError) as err:
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
@@ -164,8 +208,18 @@ def _load_hf(spec: str, name: str, trust_remote_code: bool, dtype: torch.dtype, 
                              "pass --trust-remote-code if you trust its code") from None
         raise AuditError(f"could not load the Hugging Face model {spec!r} ({first_line}); pass a local checkpoint "
                          "folder, or a hub id that is in the local cache") from None
+    missing = sorted(info.get("missing_keys") or [])
+    if missing and not allow_missing_weights:
+        architectures = ", ".join(getattr(config, "architectures", None) or ["unknown"])
+        raise AuditError(f"expected a trained sequence classifier in {spec}, got {architectures} without "
+                         f"{len(missing)} weights ({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}), which "
+                         "would be random; audit a fine-tuned classifier, or pass --allow-missing-weights if you mean it")
+    special = len(set(tok.all_special_tokens))
+    if len(tok.get_vocab()) <= special + 1:
+        raise AuditError(f"expected a tokenizer with a vocabulary for {spec}, got one that knows only its {special} "
+                         "special tokens; save the real tokenizer with the model, or name one with --tokenizer")
     model.eval()
-    return TextClassifier(name=name, model=model, tokenizer=tokenizer, label_names=label_names_from_config(config),
+    return TextClassifier(name=name, model=model, tokenizer=tok, label_names=label_names_from_config(config),
                           source=spec)
 
 
@@ -198,6 +252,7 @@ def load_predictions(path: Path, *, name: str, allow_pickle: bool = False) -> Pr
     if ids is not None and (len(ids) != logits.shape[0] or len(set(ids)) != len(ids)):
         raise AuditError(f"expected {logits.shape[0]} distinct example ids in {path}, got {len(ids)} "
                          f"({len(set(ids))} distinct); write one id per row")
+    check_label_names(label_names, logits.shape[1], str(path))
     return Predictions(name=name, logits=logits, ids=ids, label_names=label_names, source=str(path))
 
 
@@ -251,11 +306,16 @@ def _read_table_predictions(path: Path) -> tuple[torch.Tensor, list[str] | None]
 
 def save_predictions(predictions: Predictions, path: Path) -> None:
     """Write logits as the ``.safetensors`` file :func:`load_predictions` reads back."""
-    from safetensors.torch import save_file
+    Path(path).write_bytes(predictions_bytes(predictions))
+
+
+def predictions_bytes(predictions: Predictions) -> bytes:
+    """The ``.safetensors`` bytes of :func:`save_predictions`."""
+    from safetensors.torch import save
 
     metadata = {"name": predictions.name, "source": predictions.source}
     if predictions.ids is not None:
         metadata["ids"] = json.dumps(predictions.ids)
     if predictions.label_names is not None:
         metadata["label_names"] = json.dumps(predictions.label_names)
-    save_file({"logits": predictions.logits.contiguous()}, str(path), metadata=metadata)
+    return save({"logits": predictions.logits.contiguous()}, metadata=metadata)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,7 +21,8 @@ from audit.data import TextData, load_data
 from audit.distributed import ProcessGroup, local_device, on_main, process_group
 from audit.errors import AuditError
 from audit.losses import kd_loss, label_smoothed_cross_entropy
-from audit.models import TextClassifier, load_model, save_predictions
+from audit.models import Predictions, TextClassifier, load_model, save_predictions
+from audit.outputs import Output, check_outputs
 from audit.predict import predict_text, progress_bar, resolve_device
 
 LOSSES = ("ce", "ls", "kd")
@@ -75,6 +75,9 @@ class TrainSettings:
             raise AuditError(f"expected --label-smoothing in [0, 1), got {self.label_smoothing}")
         if not 0 <= self.kd_weight <= 1:
             raise AuditError(f"expected --kd-weight in [0, 1], got {self.kd_weight}")
+        if self.max_length < 2 or (self.train_limit is not None and self.train_limit < 1):
+            raise AuditError(f"expected --max-length >= 2 and --train-limit >= 1, got {self.max_length} and "
+                             f"{self.train_limit}")
         if self.epochs <= 0 or self.batch_size < 1 or self.lr <= 0 or (self.head_lr is not None and self.head_lr <= 0):
             raise AuditError(f"expected positive --epochs, --batch-size and --lr, got {self.epochs}, "
                              f"{self.batch_size}, {self.lr}")
@@ -104,9 +107,7 @@ def build_student(spec: str, label_names: list[str], *, seed: int) -> TextClassi
               "label2id": {n: i for i, n in enumerate(label_names)}}
     base, _, option = spec.partition("@")
     if base.startswith("tiny"):
-        sizes = dict(item.split("=") for item in base.partition(":")[2].split(",") if item)
-        hidden, layers = int(sizes.get("hidden", 64)), int(sizes.get("layers", 1))
-        dropout = float(sizes.get("dropout", 0.1))
+        hidden, layers, dropout = _tiny_sizes(base)
         tokenizer = AutoTokenizer.from_pretrained(minilm_path())
         config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=hidden, num_hidden_layers=layers,
                             num_attention_heads=max(1, hidden // 32), intermediate_size=2 * hidden,
@@ -117,8 +118,13 @@ def build_student(spec: str, label_names: list[str], *, seed: int) -> TextClassi
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForSequenceClassification.from_pretrained(path, **labels)
-    except OSError as err:
-        raise AuditError(f"could not load the student model {path!r} ({str(err).splitlines()[0]}); pass a "
+    except (OSError, ValueError, RuntimeError) as err:
+        first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        if "size mismatch" in str(err) or "shape" in str(err):
+            raise AuditError(f"expected a base checkpoint for {len(label_names)} labels or a bare encoder, got "
+                             f"{path!r} with a head of another size ({first_line[:120]}); start from the encoder "
+                             "without its head, or from data with the same labels") from None
+        raise AuditError(f"could not load the student model {path!r} ({first_line[:200]}); pass a "
                          "checkpoint folder, minilm-l6 or tiny") from None
     if option:
         key, _, value = option.partition("=")
@@ -128,6 +134,22 @@ def build_student(spec: str, label_names: list[str], *, seed: int) -> TextClassi
         encoder.layer = encoder.layer[: int(value)]  # keep the first k layers, DistilBERT-style
         model.config.num_hidden_layers = int(value)
     return TextClassifier(spec, model, tokenizer, label_names, spec)
+
+
+def _tiny_sizes(spec: str) -> tuple[int, int, float]:
+    """(hidden, layers, dropout) of ``tiny[:hidden=H,layers=L,dropout=P]``."""
+    options = spec.partition(":")[2]
+    try:
+        sizes = dict(item.split("=", 1) for item in options.split(",") if item)
+        unknown = set(sizes) - {"hidden", "layers", "dropout"}
+        hidden, layers, dropout = int(sizes.get("hidden", 64)), int(sizes.get("layers", 1)), float(sizes.get("dropout", 0.1))
+        if unknown or spec[:4] != "tiny" or (len(spec) > 4 and spec[4] != ":"):
+            raise ValueError
+    except ValueError:
+        raise AuditError(f"expected tiny[:hidden=H,layers=L,dropout=P], got {spec!r}; e.g. tiny:hidden=64,layers=2") from None
+    if hidden < 32 or hidden % 32 or layers < 1 or not 0 <= dropout < 1:
+        raise AuditError(f"expected hidden a positive multiple of 32, layers >= 1 and dropout in [0, 1), got {spec!r}")
+    return hidden, layers, dropout
 
 
 def minilm_path() -> str:
@@ -141,16 +163,18 @@ def minilm_path() -> str:
 
 
 def teacher_logits(settings: TrainSettings, data: TextData, label_names: list[str], out: Path,
-                   device: torch.device, group: ProcessGroup | None = None) -> torch.Tensor:
+                   device: torch.device, group: ProcessGroup | None = None,
+                   teacher: TextClassifier | Predictions | None = None) -> torch.Tensor:
     """The teacher's logits on the training data in ``label_names`` order, computed once and cached in ``out``.
 
-    In a launched run every process runs its share of the teacher's batches and gets all the logits."""
+    ``teacher`` is the loaded ``settings.teacher`` (loaded here when None). In a launched run every process runs
+    its share of the teacher's batches and gets all the logits."""
     group = group or ProcessGroup()
     cached = out / TEACHER_LOGITS
     if cached.exists():
         teacher = load_model(str(cached), name="teacher")
     else:
-        teacher = load_model(settings.teacher, name="teacher")
+        teacher = teacher or load_model(settings.teacher, name="teacher")
         if isinstance(teacher, TextClassifier):
             teacher = predict_text(teacher, data, device=device, dtype=torch.float32, max_length=settings.max_length,
                                    progress=group.is_main, group=group)
@@ -180,21 +204,28 @@ def train(settings: TrainSettings, *, overwrite: bool = False, progress: bool = 
     """
     settings.validate()
     out = Path(settings.out)
+    check_outputs([Output(out, "folder", "--out")], [settings.data, settings.model.partition("@")[0], settings.teacher])
+    _check_folder(out, settings, overwrite)
+    if _same_run(out, settings) and (out / RECORD).exists():
+        return json.loads((out / RECORD).read_text())
     device = resolve_device(settings.device)
     group = process_group(device)
     device = local_device(device, group)
     progress = progress and group.is_main
-    on_main(lambda: _claim_folder(out, settings, overwrite), group)
-    if (out / RECORD).exists():
-        return json.loads((out / RECORD).read_text())
+    # everything that can be refused is read before the output folder is made
     data = load_data(settings.data, split=settings.train_split, limit=settings.train_limit)
     if data.labels is None:
         raise AuditError(f"expected labelled training data, got no label column in {settings.data}; pass --label-column")
+    dev = load_data(settings.data, split=settings.eval_split, limit=settings.eval_limit)
     label_names = data.label_names or [str(i) for i in range(max(data.labels) + 1)]
     labels = data_labels(data, label_names, len(label_names))
     student = build_student(settings.model, label_names, seed=settings.seed)
+    teacher = None
+    if settings.loss == "kd" and not (out / TEACHER_LOGITS).exists():
+        teacher = load_model(settings.teacher, name="teacher")
+    on_main(lambda: _claim_folder(out, settings, overwrite), group)
     model = student.model.to(device)
-    targets = teacher_logits(settings, data, label_names, out, device, group) if settings.loss == "kd" else None
+    targets = teacher_logits(settings, data, label_names, out, device, group, teacher) if settings.loss == "kd" else None
 
     encodings = student.tokenizer(data.texts, data.text_pairs, truncation=True, max_length=settings.max_length)["input_ids"]
     steps_per_epoch = math.ceil(len(data) / settings.batch_size)
@@ -235,7 +266,6 @@ def train(settings: TrainSettings, *, overwrite: bool = False, progress: bool = 
 
     model.eval()
     wall = time.perf_counter() - started
-    dev = load_data(settings.data, split=settings.eval_split, limit=settings.eval_limit)
     dev_predictions = predict_text(student, dev, device=device, dtype=torch.float32, max_length=settings.max_length,
                                    progress=progress, group=group)
     dev_metrics = summarize_model(dev_predictions.logits, data_labels(dev, label_names, len(label_names)))
@@ -291,22 +321,39 @@ def _loss(settings: TrainSettings, logits: torch.Tensor, labels: torch.Tensor, t
     return label_smoothed_cross_entropy(logits, labels, label_smoothing=smoothing, backend=settings.backend)
 
 
+RUN_FILES = ("run.json", CHECKPOINT, RECORD, TEACHER_LOGITS, "config.json", "model.safetensors", "tokenizer.json",
+             "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "generation_config.json")
+
+
+def _same_run(out: Path, settings: TrainSettings) -> bool:
+    try:
+        return json.loads((out / "run.json").read_text()) == settings.run_key()
+    except (OSError, ValueError):
+        return False
+
+
+def _check_folder(out: Path, settings: TrainSettings, overwrite: bool) -> None:
+    """Refuse an ``out`` that holds a different run (without ``overwrite``) or files kd-audit did not write."""
+    if not out.is_dir() or not any(out.iterdir()) or _same_run(out, settings):
+        return
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in RUN_FILES and not p.name.startswith("."))
+    if foreign:
+        raise AuditError(f"expected an empty output folder or a kd-audit run, got {out} with other files "
+                         f"({', '.join(foreign[:3])}); pass another --out (--overwrite never deletes files it did "
+                         "not write)")
+    if not overwrite:
+        raise AuditError(f"expected an empty output folder or one of this same run, got {out} holding a "
+                         "different run; pass --overwrite or another --out")
+
+
 def _claim_folder(out: Path, settings: TrainSettings, overwrite: bool) -> None:
-    """Create ``out``, or accept it when it holds this same run (to resume); refuse a different run."""
-    marker = out / "run.json"
-    key = settings.run_key()
-    if marker.exists() and json.loads(marker.read_text()) != key:
-        if not overwrite:
-            raise AuditError(f"expected an empty output folder or one of this same run, got {out} holding a "
-                             "different run; pass --overwrite or another --out")
-        shutil.rmtree(out)
-    elif not marker.exists() and out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise AuditError(f"expected an empty output folder, got {out} with other files; "
-                             "pass --overwrite or another --out")
-        shutil.rmtree(out)
+    """Create ``out``, or accept it when it holds this same run (to resume); replace a different run's files
+    (checked by :func:`_check_folder`)."""
+    if not _same_run(out, settings) and out.is_dir():
+        for name in RUN_FILES:
+            (out / name).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
-    marker.write_text(json.dumps(key, indent=2))
+    write_atomic(out / "run.json", lambda p: p.write_text(json.dumps(settings.run_key(), indent=2)))
 
 
 def _checkpoint(out: Path, model, optimizer, schedule, step: int, wall: float) -> None:

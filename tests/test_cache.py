@@ -70,7 +70,7 @@ def test_shards_hold_whole_batches_and_load_back():
 
 
 def test_list_and_clear():
-    assert list_cache() == [] and clear_cache() == 0
+    assert list_cache() == [] and clear_cache() == (0, 0)
     store = _store("a")
     store.add(0, torch.tensor([0, 1, 2]), torch.zeros(3, 2))
     store.flush()
@@ -78,7 +78,7 @@ def test_list_and_clear():
     rows = {r["name"]: r for r in list_cache()}
     assert rows["a"]["rows"] == 3 and rows["a"]["shards"] == 1 and rows["b"]["rows"] == 0
     assert rows["a"]["bytes"] > 0 and rows["a"]["key"] == {"test": "a"}
-    assert clear_cache() == 2 and list_cache() == [] and not any(cache_root().iterdir())
+    assert clear_cache() == (2, 0) and list_cache() == [] and not cache_root().exists()
 
 
 def test_key_changes_with_what_the_logits_depend_on(setup, tmp_path):
@@ -98,17 +98,19 @@ def test_key_changes_with_what_the_logits_depend_on(setup, tmp_path):
     assert model_fingerprint(in_memory) != model_fingerprint(build_student("tiny:hidden=32,layers=1", LABELS, seed=1))
 
 
-def test_file_hash_is_remembered_by_mtime_and_size(tmp_path):
+def test_file_hash_is_remembered_while_the_file_is_untouched(tmp_path):
     weights = tmp_path / "w.safetensors"
     weights.write_bytes(b"a" * 100)
     first = file_sha256(weights)
-    memo = json.loads((cache_root() / "file-hashes.json").read_text())
+    memo_path = cache_root() / "file-hashes.json"
+    memo = json.loads(memo_path.read_text())
     assert memo[str(weights.resolve())]["sha256"] == first
+    memo[str(weights.resolve())]["sha256"] = "remembered"
+    memo_path.write_text(json.dumps(memo))
+    assert file_sha256(weights) == "remembered"  # read from the memo, not rehashed
     weights.write_bytes(b"b" * 100)
-    os.utime(weights, ns=(memo[str(weights.resolve())]["mtime_ns"],) * 2)  # same size and mtime: trusted
-    assert file_sha256(weights) == first
-    weights.write_bytes(b"b" * 101)
-    assert file_sha256(weights) != first
+    os.utime(weights, ns=(memo[str(weights.resolve())]["mtime_ns"],) * 2)  # same size and mtime, new ctime
+    assert file_sha256(weights) not in ("remembered", first)
 
 
 def test_cached_batches_are_read_not_run_and_a_partial_cache_resumes_bitwise(setup):

@@ -158,8 +158,8 @@ def test_bad_input_is_one_line_exit_2_nothing_written(tmp_path, case):
             "--no-progress"]
     result = run(*args)
     assert result.exit_code == 2, result.output
-    assert result.stderr.count("\n") == 1 and result.stderr.startswith("kd-audit: error: expected") or \
-        result.stderr.startswith("kd-audit: error: could not"), result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith(("kd-audit: error: expected", "kd-audit: error: could not")), result.stderr
     assert "Traceback" not in result.output
     import re
 

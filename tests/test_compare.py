@@ -34,8 +34,10 @@ def test_summary_without_labels_has_only_label_free_numbers():
 def test_align_labels_permutes_columns_by_name():
     teacher = Predictions("t", torch.tensor([[1.0, 2.0, 3.0]]), label_names=["a", "b", "c"])
     student = Predictions("s", torch.tensor([[3.0, 1.0, 2.0]]), label_names=["c", "a", "b"])
-    assert align_labels([teacher, student]) == ["a", "b", "c"]
-    torch.testing.assert_close(student.logits, teacher.logits)
+    aligned, names = align_labels([teacher, student])
+    assert names == ["a", "b", "c"]
+    torch.testing.assert_close(aligned[1].logits, teacher.logits)
+    assert student.logits.tolist() == [[3.0, 1.0, 2.0]] and student.label_names == ["c", "a", "b"]  # not mutated
 
 
 def test_align_labels_refuses_different_sets_and_sizes():
@@ -44,6 +46,10 @@ def test_align_labels_refuses_different_sets_and_sizes():
                       Predictions("s", torch.zeros(1, 2), label_names=["a", "z"])])
     with pytest.raises(AuditError, match="same number of classes"):
         align_labels([Predictions("t", torch.zeros(1, 2)), Predictions("s", torch.zeros(1, 3))])
+    with pytest.raises(AuditError, match="2 label names for 2 logit columns"):
+        align_labels([Predictions("t", torch.zeros(1, 2), label_names=["a", "b", "c"])])
+    with pytest.raises(AuditError, match="distinct label names"):
+        align_labels([Predictions("t", torch.zeros(1, 2), label_names=["a", "a"])])
 
 
 def test_data_labels_by_name_and_range():

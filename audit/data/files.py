@@ -7,6 +7,7 @@ no quoting (GLUE style: a quote is an ordinary character); csv follows RFC 4180 
 
 from __future__ import annotations
 
+import codecs
 import csv
 import hashlib
 import json
@@ -32,6 +33,31 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def check_utf8(path: Path) -> None:
+    """Refuse a text file that is not UTF-8, naming the byte offset of the first bad byte.
+
+    Raises:
+        AuditError: a byte sequence that is not UTF-8 (or a file cut inside a character).
+    """
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            pending = len(decoder.getstate()[0])
+            try:
+                decoder.decode(block)
+            except UnicodeDecodeError as err:
+                where = offset - pending + err.start
+                raise AuditError(f"expected UTF-8 text in {path}, got a byte that is not UTF-8 at byte offset {where}; "
+                                 "re-save the file as UTF-8") from None
+            offset += len(block)
+    try:
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        raise AuditError(f"expected UTF-8 text in {path}, got a file cut inside a character at byte offset "
+                         f"{offset - len(decoder.getstate()[0])}; re-save the file as UTF-8") from None
 
 
 def _read_delimited(path: Path, delimiter: str) -> pa.Table:
@@ -87,6 +113,8 @@ def read_file(path: Path) -> tuple[pa.Table, dict[str, list[str]]]:
                          "convert it to one of those")
     if not path.is_file():
         raise AuditError(f"expected a data file at {path}, got no such file; check the path")
+    if suffix != ".parquet":
+        check_utf8(path)
     try:
         if suffix == ".parquet":
             table = pq.read_table(path)

@@ -15,12 +15,13 @@ from pathlib import Path
 
 from audit.atomic import write_atomic
 from audit.errors import AuditError
+from audit.report.format import with_ci
 from audit.report.plots import COMPARE_SCHEMA, REPLICATE_SCHEMA, build_figures, png_bytes
 from audit.report.terminal import MODEL_ROWS, PAIR_ROWS, direction_label, format_value
 
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 VERDICT_CLASS = {"inherits": "good", "moves_away": "bad", "inconclusive": "unsure",
-                 "holds": "good", "fails": "bad"}
+                 "holds": "good", "fails": "bad", "negligible": "small"}
 CSS = """
 body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto; max-width: 1200px;
        padding: 0 1rem; color: #1d1d1f; background: #fff; }
@@ -32,20 +33,11 @@ th, td { border: 1px solid #ddd; padding: .25rem .6rem; vertical-align: top; }
 th { background: #f4f4f6; text-align: left; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 .good { color: #17803d; font-weight: 600; } .bad { color: #c0262d; font-weight: 600; }
-.unsure { color: #9a6700; font-weight: 600; }
+.unsure { color: #9a6700; font-weight: 600; } .small { color: #555; font-weight: 600; }
 ul.verdicts { list-style: none; padding-left: 0; } ul.verdicts li { margin: .4rem 0; }
 figure { margin: 1rem 0; } figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
 figcaption { color: #555; font-size: .9rem; }
 """
-
-
-def _with_ci(stat: dict | None, fmt: str) -> str:
-    if not stat or stat.get("value") is None:
-        return "-"
-    if not stat.get("ci"):
-        return fmt.format(stat["value"])
-    lo, hi = stat["ci"]
-    return f"{fmt.format(stat['value'])} [{fmt.format(lo)}, {fmt.format(hi)}]"
 
 
 def _cell(value, *, num: bool = False, css: str | None = None) -> str:
@@ -106,14 +98,14 @@ def _compare_body(report: dict) -> str:
             for key, label, fmt in MODEL_ROWS if any(key in m for m in models.values())]
     parts.append(_table("Confidence and calibration per model", ["metric"] + [f"{n} ({m['role']})" for n, m in
                                                                                models.items()], rows))
-    rows = [_cell(label) + "".join(_cell(_with_ci(p[key], fmt), num=True) for p in pairs)
+    rows = [_cell(label) + "".join(_cell(with_ci(p[key], fmt), num=True) for p in pairs)
             for key, label, fmt in PAIR_ROWS]
     parts.append(_table("Teacher -> student (value [95% bootstrap CI])", ["statistic"] +
                         [f"{p['teacher']} -> {p['student']}" for p in pairs], rows))
     if len(pairs) > 1:
         moves = [(f"{p['student']} vs {p['teacher']} (teacher)", p["entropy_shift"]) for p in pairs]
         moves += [(f"{d['b']} vs {d['a']}", d["entropy_difference"]) for d in report["students"]]
-        rows = [_cell(label) + _cell(_with_ci(stat, "{:+.4f}"), num=True) + _cell(direction_label(stat))
+        rows = [_cell(label) + _cell(with_ci(stat, "{:+.4f}"), num=True) + _cell(direction_label(stat))
                 for label, stat in moves]
         parts.append(_table("Which way each student moved (mean entropy, nats; lower = more confident)",
                             ["comparison", "difference [95% CI]", "direction"], rows))
@@ -136,7 +128,7 @@ def _replicate_body(report: dict) -> str:
     meta = f"task {report['task']}; profile {report['profile']}; seeds {report['seeds']}"
     parts = [f"<h1>kd-audit replicate</h1><p class=\"meta\">{escape(meta)}</p>"]
     rows = [_cell(c["claim"]) + _cell(c["statement"]) + f"<td>{_verdict(c['verdict'])}</td>"
-            + _cell(c["statistic"]) + _cell(_with_ci({"value": c.get("value"), "ci": c.get("ci")}, "{:+.4g}"), num=True)
+            + _cell(c["statistic"]) + _cell(with_ci({"value": c.get("value"), "ci": c.get("ci")}, "{:+.4g}"), num=True)
             + _cell(c.get("detail") or "") for c in report["claims"]]
     parts.append("<h2>Claims</h2>" + _table("Claims of CLAIMS.md on this run",
                                             ["claim", "statement", "verdict", "statistic", "value [95% CI]",
@@ -146,8 +138,8 @@ def _replicate_body(report: dict) -> str:
         header = ["claim", "verdict (fails if any check fails, holds if all hold)"]
         parts.append(_table("Overall verdicts", header, rows))
     rows = [_cell(a["arm"]) + _cell(a["method"]) + _cell(a["setup"]) + _cell(_teacher(a))
-            + _cell(_with_ci(a["entropy"], "{:.4f}"), num=True)
-            + _cell(_with_ci(a["accuracy"], "{:.3f}"), num=True) + _cell(len(a["per_seed"]), num=True) for a in arms]
+            + _cell(with_ci(a["entropy"], "{:.4f}"), num=True)
+            + _cell(with_ci(a["accuracy"], "{:.3f}"), num=True) + _cell(len(a["per_seed"]), num=True) for a in arms]
     header = ["arm", "method", "setup", "teacher", "entropy (nats)", "accuracy", "seeds"]
     parts.append("<h2>Arms</h2>" + _table("Mean over seeds [95% bootstrap CI over dev examples]", header, rows))
     parts.append("<h2>Figures</h2>" + _figures(report, REPLICATE_CAPTIONS))
@@ -155,7 +147,7 @@ def _replicate_body(report: dict) -> str:
     if inheritance and inheritance.get("teacher_entropy"):
         pairs = zip(inheritance["teacher_entropy"], inheritance["student_entropy"], strict=True)
         rows = [_cell(f"{t:.4f}", num=True) + _cell(f"{s:.4f}", num=True) for t, s in pairs]
-        caption = f"Inheritance: Spearman {_with_ci(inheritance['spearman'], '{:.3f}')}"
+        caption = f"Inheritance: Spearman {with_ci(inheritance['spearman'], '{:.3f}')}"
         parts.append(_table(caption, ["teacher mean entropy (nats)", "KD student mean entropy (nats)"], rows))
     rows = [_cell(a["arm"]) + _cell(s["seed"], num=True) + _cell(format_value(s.get("entropy"), "{:.4f}"), num=True)
             + _cell(format_value(s.get("accuracy"), "{:.3f}"), num=True)

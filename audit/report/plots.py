@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 
 from audit.atomic import write_atomic
 from audit.errors import AuditError
+from audit.report.format import with_ci
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -61,11 +62,6 @@ def _model_colors(models: dict) -> dict[str, str]:
 def _plain(text: str) -> str:
     """Text shown as typed: matplotlib would read a pair of ``$`` as mathtext (and fail on a bad one)."""
     return str(text).replace("$", r"\$")
-
-
-def _ci_text(stat: dict, fmt: str = "{:.2f}") -> str:
-    lo, hi = stat["ci"]
-    return f"{fmt.format(stat['value'])} [{fmt.format(lo)}, {fmt.format(hi)}]"
 
 
 def reliability_figure(report: dict) -> Figure | None:
@@ -139,8 +135,8 @@ def scatter_figure(report: dict, pair: dict) -> Figure:
     ax.set_xlabel(f"max probability, teacher: {_plain(pair['teacher'])}")
     ax.set_ylabel(f"max probability, student: {_plain(pair['student'])}")
     ax.set_title(f"{_plain(pair['teacher'])} -> {_plain(pair['student'])}\n"
-                 f"Pearson r {_ci_text(pair['corr_maxprob_pearson'])}\n"
-                 f"Spearman ρ {_ci_text(pair['corr_maxprob_spearman'])}", fontsize=9)
+                 f"Pearson r {with_ci(pair['corr_maxprob_pearson'], '{:.2f}')}\n"
+                 f"Spearman ρ {with_ci(pair['corr_maxprob_spearman'], '{:.2f}')}", fontsize=9)
     ax.text(0.98, 0.02, f"{len(x)} of {report['data']['n']} examples shown; 95% CIs over all",
             transform=ax.transAxes, ha="right", va="bottom", fontsize=7, color="0.35")
     return fig
@@ -187,7 +183,7 @@ def inheritance_figure(report: dict) -> Figure | None:
     ax.set_xlabel("teacher mean entropy (nats)")
     ax.set_ylabel("KD student mean entropy (nats)")
     ax.set_title("Does the student inherit the teacher's confidence?\n"
-                 f"Spearman ρ {_ci_text(inh['spearman'])}", fontsize=9)
+                 f"Spearman ρ {with_ci(inh['spearman'], '{:.2f}')}", fontsize=9)
     return fig
 
 

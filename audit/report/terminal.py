@@ -8,6 +8,7 @@ from rich.table import Table
 from rich.text import Text
 
 from audit.report.charts import terminal_charts
+from audit.report.format import with_ci
 
 MODEL_ROWS = (
     ("accuracy", "accuracy", "{:.3f}"),
@@ -42,11 +43,6 @@ def format_value(value, fmt: str) -> str:
     return "-" if value is None else fmt.format(value)
 
 
-def _with_ci(stat: dict, fmt: str) -> str:
-    lo, hi = stat["ci"]
-    return f"{fmt.format(stat['value'])} [{fmt.format(lo)}, {fmt.format(hi)}]"
-
-
 def models_table(report: dict) -> Table:
     models = report["models"]
     table = Table(title="Confidence and calibration per model", title_justify="left")
@@ -66,7 +62,7 @@ def pairs_table(report: dict) -> Table:
     for pair in report["pairs"]:
         table.add_column(f"{pair['teacher']} -> {pair['student']}", justify="right")
     for key, label, fmt in PAIR_ROWS:
-        table.add_row(label, *(_with_ci(pair[key], fmt) for pair in report["pairs"]))
+        table.add_row(label, *(with_ci(pair[key], fmt) for pair in report["pairs"]))
     return table
 
 
@@ -78,15 +74,17 @@ def direction_table(report: dict) -> Table:
     table.add_column("difference [95% CI]", justify="right")
     table.add_column("direction")
     for pair in report["pairs"]:
-        table.add_row(f"{pair['student']} vs {pair['teacher']} (teacher)", _with_ci(pair["entropy_shift"], "{:+.4f}"),
+        table.add_row(f"{pair['student']} vs {pair['teacher']} (teacher)", with_ci(pair["entropy_shift"], "{:+.4f}"),
                       direction_label(pair["entropy_shift"]))
     for diff in report["students"]:
         stat = diff["entropy_difference"]
-        table.add_row(f"{diff['b']} vs {diff['a']}", _with_ci(stat, "{:+.4f}"), direction_label(stat))
+        table.add_row(f"{diff['b']} vs {diff['a']}", with_ci(stat, "{:+.4f}"), direction_label(stat))
     return table
 
 
 def direction_label(stat: dict) -> str:
+    if not stat.get("ci"):
+        return "undefined"
     lo, hi = stat["ci"]
     if hi < 0:
         return "more confident"
