@@ -14,27 +14,59 @@ from audit.metrics.calibration import (
     reliability_bins,
 )
 from audit.metrics.confidence import brier, correct, entropy, margin, max_probability, nll
+from audit.metrics.estimators import (
+    calibration_extras,
+    ece_debiased,
+    ece_sweep,
+    ece_sweep_bins,
+    ece_toplabel,
+    ks_error,
+)
+from audit.metrics.model_ci import model_cis, model_metrics, paired_difference_cis
 from audit.metrics.pairwise import agreement, kl_divergence
+from audit.metrics.smooth import (
+    SmoothReliability,
+    smooth_ece,
+    smooth_ece_bandwidth,
+    smooth_ece_sigma,
+    smooth_reliability,
+    smooth_reliability_band,
+)
 from audit.metrics.stats import bootstrap_ci, pearson, spearman
 
 __all__ = [
     "BinnedCalibration",
     "ReliabilityBins",
+    "SmoothReliability",
     "adaptive_ece",
     "agreement",
     "bootstrap_ci",
     "calibration_errors",
+    "calibration_extras",
     "brier",
     "classwise_ece",
     "correct",
     "ece",
+    "ece_debiased",
+    "ece_sweep",
+    "ece_sweep_bins",
+    "ece_toplabel",
     "entropy",
     "kl_divergence",
+    "ks_error",
     "margin",
     "max_probability",
     "mce",
+    "model_cis",
+    "model_metrics",
     "nll",
+    "paired_difference_cis",
     "pearson",
     "reliability_bins",
+    "smooth_ece",
+    "smooth_ece_bandwidth",
+    "smooth_ece_sigma",
+    "smooth_reliability",
+    "smooth_reliability_band",
     "spearman",
 ]
