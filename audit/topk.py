@@ -131,6 +131,45 @@ def topk_tail_kl(
             "teacher_tail": log_q_tail.exp()}
 
 
+def topk_teacher_columns(
+    topk_ids: torch.Tensor, topk_logprobs: torch.Tensor, targets: torch.Tensor, *, vocab_size: int,
+    ignore_index: int = -100,
+) -> dict[str, torch.Tensor]:
+    """The teacher's per-position columns of :mod:`audit.reduce` (``MODEL_KEYS``) from its top k alone.
+
+    Exact: ``maxprob``, ``top1`` (the most likely stored id; first of ties), ``correct``. Approximate:
+    ``entropy`` is that of the k + 1 outcomes {ids, tail}, a lower bound of the full entropy (the tail's
+    own spread is unseen); ``target_logprob`` is exact where the target is among the top k and NaN where
+    it is not (its probability is only known to be at most q_tail), and NaN where ``targets`` is
+    ``ignore_index``; count the NaNs before averaging an NLL.
+
+    Args:
+        topk_ids, topk_logprobs: (P, k) as in :func:`topk_tail_kl`; targets: (P,) int; vocab_size: V.
+
+    Returns:
+        dict of (P,) tensors: entropy, maxprob, target_logprob, correct (float32), top1 (int64).
+
+    >>> cols = topk_teacher_columns(torch.tensor([[2, 0]]), torch.tensor([[-0.1, -3.0]]), torch.tensor([0]),
+    ...                             vocab_size=4)
+    >>> int(cols["top1"]), float(cols["correct"]), round(float(cols["target_logprob"]), 2)
+    (2, 0.0, -3.0)
+    """
+    log_q = topk_logprobs.float()
+    log_tail = _log_tail(log_q, vocab_size)
+    q, tail = log_q.exp(), log_tail.exp()
+    entropy = -torch.where(q > 0, q * log_q, torch.zeros_like(q)).sum(-1) \
+        - torch.where(tail > 0, tail * log_tail, torch.zeros_like(tail))
+    best = log_q.argmax(-1, keepdim=True)  # (P, 1)
+    top1 = topk_ids.long().gather(1, best).squeeze(1)
+    keep = targets != ignore_index
+    hit = topk_ids.long() == targets.long()[:, None]  # (P, k): where the target sits in the top k
+    nan = torch.full_like(tail, float("nan"))
+    target_logprob = torch.where(keep & hit.any(1), torch.where(hit, log_q, 0.0).sum(1), nan)
+    correct = torch.where(keep, (top1 == targets).float(), nan)
+    return {"entropy": entropy, "maxprob": log_q.gather(1, best).squeeze(1).exp(), "top1": top1,
+            "target_logprob": target_logprob, "correct": correct}
+
+
 def _check_file(tensors: dict[str, torch.Tensor], path: Path, vocab_size: int | None,
                 sequence_ids: torch.Tensor | None, positions: torch.Tensor | None) -> None:
     missing = [key for key in KEYS if key not in tensors]

@@ -8,7 +8,13 @@ import torch
 from scipy.special import log_softmax, rel_entr
 
 from audit.errors import AuditError
-from audit.topk import read_topk_logits, topk_from_logits, topk_tail_kl, write_topk_logits
+from audit.topk import (
+    read_topk_logits,
+    topk_from_logits,
+    topk_tail_kl,
+    topk_teacher_columns,
+    write_topk_logits,
+)
 
 
 def full_kl(t: torch.Tensor, s: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -114,3 +120,23 @@ def test_reader_refuses_missing_and_foreign_files(tmp_path):
     save_file({"logits": torch.zeros(2, 3)}, tmp_path / "other.safetensors")
     with pytest.raises(AuditError, match="expected tensors topk_ids"):
         read_topk_logits(tmp_path / "other.safetensors")
+
+
+def test_teacher_columns_from_its_top_k():
+    from audit.reduce import reduce_logits
+
+    t, _ = pair("peaked", p=40, v=300, seed=2)
+    y = torch.randint(0, 300, (40,), generator=torch.Generator().manual_seed(3))
+    y[:10] = t[:10].argmax(1)  # some targets in the top k
+    y[-3:] = -100
+    full = reduce_logits(t, [], y, backend="torch").models[0]
+    ids, lp = topk_from_logits(t, 10)
+    cols = topk_teacher_columns(ids, lp, y, vocab_size=300)
+    assert torch.equal(cols["top1"], full["top1"])
+    torch.testing.assert_close(cols["maxprob"], full["maxprob"])
+    torch.testing.assert_close(cols["correct"], full["correct"], equal_nan=True)
+    in_topk = (ids == y[:, None]).any(1)
+    torch.testing.assert_close(cols["target_logprob"][in_topk], full["target_logprob"][in_topk])
+    assert torch.isnan(cols["target_logprob"][~in_topk]).all() and in_topk.sum() >= 10
+    assert (cols["entropy"] <= full["entropy"] + 1e-5).all()  # coarse-grained: a lower bound
+    np.testing.assert_allclose(cols["entropy"].numpy(), full["entropy"].numpy(), rtol=0.2)  # a peaked teacher
