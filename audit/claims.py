@@ -5,12 +5,14 @@ Two kinds of claim, kept apart:
 - ``"math"`` (P1-P13): exact facts about the losses, checked by property tests; a claim holds when its
   tests pass.
 - ``"empirical"`` (C1a-C2b): statements about trained models on held-out data; a check measures a
-  statistic with a confidence interval and :func:`verdict` turns it into holds / fails / inconclusive.
+  statistic with a confidence interval and :func:`verdict` turns it into negligible / holds / fails /
+  inconclusive, given the smallest effect worth reporting (``delta``, :func:`entropy_delta`,
+  :data:`CORRELATION_DELTA`, :data:`RANK_CORRELATION_DELTA`).
 
 The test suite and the replication recipe both report through :class:`ClaimResult`, and both print
 :func:`format_table` of :func:`table_rows`.
 
->>> verdict(0.4, (0.1, 0.7))
+>>> verdict(0.4, (0.1, 0.7), delta=0.05)
 'holds'
 >>> CLAIMS["P8"].kind
 'math'
@@ -27,8 +29,27 @@ import torch
 
 from audit.errors import AuditError
 
-Verdict = Literal["holds", "fails", "inconclusive"]
-VERDICTS: tuple[str, ...] = ("holds", "fails", "inconclusive")
+Verdict = Literal["negligible", "holds", "fails", "inconclusive"]
+VERDICTS: tuple[str, ...] = ("negligible", "holds", "fails", "inconclusive")
+
+CORRELATION_DELTA = 0.02
+"""delta of CLAIMS.md for a difference of two correlations (C2b)."""
+RANK_CORRELATION_DELTA = 0.1
+"""delta of CLAIMS.md for a rank correlation over teachers (C2a)."""
+
+
+def entropy_delta(num_classes: int) -> float:
+    """delta of CLAIMS.md for a difference of mean entropies: 1% of log K nats (0.0069 for K = 2).
+
+    Raises:
+        AuditError: K < 2.
+
+    >>> round(entropy_delta(2), 4)
+    0.0069
+    """
+    if num_classes < 2:
+        raise AuditError(f"expected at least 2 classes, got {num_classes}; pass the task's number of classes")
+    return 0.01 * math.log(num_classes)
 
 
 @dataclass(frozen=True)
@@ -72,39 +93,54 @@ def _check_claim_id(claim_id: str) -> None:
         raise AuditError(f"expected a claim id of CLAIMS.md ({', '.join(CLAIMS)}), got {claim_id!r}; fix the id")
 
 
-def verdict(estimate: float, ci: tuple[float, float], direction: int = +1) -> Verdict:
-    """The verdict on an empirical claim from a statistic and its confidence interval.
+def verdict(estimate: float, ci: tuple[float, float], direction: int = +1, *, delta: float) -> Verdict:
+    """The verdict on an empirical claim from a statistic, its confidence interval and the smallest effect
+    worth reporting, by the rule of CLAIMS.md.
 
-    The claim says the statistic is positive (``direction=+1``) or negative (``direction=-1``). It
-    ``"holds"`` when the whole interval lies strictly on the claimed side of zero, ``"fails"`` when it
-    lies strictly on the other side, and is ``"inconclusive"`` when the interval contains zero.
+    The claim says the statistic is positive (``direction=+1``) or negative (``direction=-1``). It is
+    ``"negligible"`` when the whole interval lies inside [-delta, +delta]; it ``"holds"`` when the whole
+    interval lies strictly on the claimed side of zero and the estimate is outside [-delta, +delta],
+    ``"fails"`` when the same is true on the other side; anything else (the interval contains zero, or
+    straddles an edge of the band with the estimate inside it) is ``"inconclusive"``.
 
     Args:
         estimate: the point estimate; must lie inside ``ci``.
         ci: (low, high) with low <= high, both finite.
         direction: +1 or -1, the sign the claim predicts.
+        delta: the band's half-width, >= 0 (see :func:`entropy_delta`, :data:`CORRELATION_DELTA`,
+            :data:`RANK_CORRELATION_DELTA`).
 
     Raises:
-        AuditError: a non-finite value, low > high, an estimate outside the interval, or a direction
-            other than +1/-1.
+        AuditError: a non-finite value, low > high, an estimate outside the interval, a direction
+            other than +1/-1, or a negative delta.
 
-    >>> verdict(-0.2, (-0.5, 0.1))
+    >>> verdict(-0.2, (-0.5, 0.1), delta=0.01)
     'inconclusive'
-    >>> verdict(-0.2, (-0.5, -0.1), direction=-1)
+    >>> verdict(-0.2, (-0.5, -0.1), direction=-1, delta=0.01)
     'holds'
+    >>> verdict(0.002, (-0.001, 0.005), delta=0.01)
+    'negligible'
+    >>> verdict(0.008, (0.002, 0.014), delta=0.01)
+    'inconclusive'
     """
     low, high = ci
     if direction not in (1, -1):
         raise AuditError(f"expected direction +1 or -1, got {direction!r}; pass the sign the claim predicts")
-    if not all(math.isfinite(x) for x in (estimate, low, high)):
-        raise AuditError(f"expected a finite estimate and interval, got {estimate} in {ci}; check the statistic")
+    if not all(math.isfinite(x) for x in (estimate, low, high, delta)):
+        raise AuditError(f"expected a finite estimate, interval and delta, got {estimate} in {ci}, delta {delta}; "
+                         "check the statistic")
+    if delta < 0:
+        raise AuditError(f"expected delta >= 0, got {delta}; pass the smallest effect worth reporting")
     if not low <= estimate <= high:
         raise AuditError(f"expected low <= estimate <= high, got {estimate} in {ci}; pass (low, high) of this estimate")
-    low, high = sorted((direction * low, direction * high))
-    if low > 0:
-        return "holds"
-    if high < 0:
-        return "fails"
+    if -delta <= low and high <= delta:
+        return "negligible"
+    if abs(estimate) > delta:
+        low, high = sorted((direction * low, direction * high))
+        if low > 0:
+            return "holds"
+        if high < 0:
+            return "fails"
     return "inconclusive"
 
 
@@ -114,16 +150,17 @@ class ClaimResult:
 
     Attributes:
         claim_id: an id of :data:`CLAIMS`.
-        verdict: "holds", "fails" or "inconclusive".
+        verdict: one of :data:`VERDICTS`.
         statistic: name of the measured statistic, e.g. "mean entropy difference (LS - ERM)".
         value: its point estimate.
         ci: (low, high) confidence interval, or None for a math check.
         detail: free text (settings, seeds, n).
+        delta: the smallest effect worth reporting the verdict used, or None for a math check.
 
     Raises:
         AuditError: an unknown claim id or verdict.
 
-    >>> ClaimResult.from_interval("C1a", "entropy LS - ERM", 0.3, (0.1, 0.5)).verdict
+    >>> ClaimResult.from_interval("C1a", "entropy LS - ERM", 0.3, (0.1, 0.5), delta=0.0069).verdict
     'holds'
     """
 
@@ -133,6 +170,7 @@ class ClaimResult:
     value: float
     ci: tuple[float, float] | None = None
     detail: str = ""
+    delta: float | None = None
 
     def __post_init__(self) -> None:
         _check_claim_id(self.claim_id)
@@ -141,17 +179,19 @@ class ClaimResult:
 
     @classmethod
     def from_interval(
-        cls, claim_id: str, statistic: str, value: float, ci: tuple[float, float], *, direction: int = +1,
-        detail: str = "",
+        cls, claim_id: str, statistic: str, value: float, ci: tuple[float, float], *, delta: float,
+        direction: int = +1, detail: str = "",
     ) -> ClaimResult:
-        """A result whose verdict is :func:`verdict` of ``value``, ``ci`` and ``direction``."""
-        return cls(claim_id, verdict(value, ci, direction), statistic, value, (ci[0], ci[1]), detail)
+        """A result whose verdict is :func:`verdict` of ``value``, ``ci``, ``direction`` and ``delta``."""
+        ci = (float(ci[0]), float(ci[1]))
+        return cls(claim_id, verdict(value, ci, direction, delta=delta), statistic, value, ci, detail, delta)
 
     @property
     def figure(self) -> str:
-        """The measured figure as the claims table shows it, e.g. ``"rho=0.41 [0.12, 0.66]"``."""
+        """The measured figure as the claims table shows it, e.g. ``"rho=0.41 [0.12, 0.66] delta 0.1"``."""
         interval = "" if self.ci is None else f" [{self.ci[0]:.3g}, {self.ci[1]:.3g}]"
-        return f"{self.statistic}={self.value:.3g}{interval}"
+        band = "" if self.delta is None else f" delta {self.delta:.2g}"
+        return f"{self.statistic}={self.value:.3g}{interval}{band}"
 
 
 def smoothed_targets(labels: torch.Tensor, num_classes: int, label_smoothing: float) -> torch.Tensor:
@@ -272,9 +312,9 @@ def format_table(rows: Sequence[TableRow], width: int = 120) -> list[str]:
     names that do not fit end in "~"; the figure comes last and is never cut.
 
     >>> format_table([TableRow("P8", "optimal gap", "test_p8", "holds", "tol 1e-8")], width=90)[1]
-    'P8   optimal gap                    test_p8                            holds    tol 1e-8'
+    'P8   optimal gap                    test_p8                            holds        tol 1e-8'
     """
-    sizes = [4, 0, 34, 8]  # id, statement, test, verdict
+    sizes = [4, 0, 34, 12]  # id, statement, test, verdict ("inconclusive" is 12)
     sizes[1] = max(width - sum(sizes) - 4 - 20, 30)  # 4 separators, ~20 for the figure
 
     def cell(text: str, size: int) -> str:

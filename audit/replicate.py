@@ -5,7 +5,7 @@ self-distillation (big -> big), reversed KD (small ERM -> big) and, for inherita
 teachers with graded confidence (the big teacher's logits at several temperatures, and a big LS teacher).
 Every model is evaluated on the dev split by :func:`audit.compare.compare` (one compare JSON per teacher
 group); claims are decided from the dev logits with paired bootstrap CIs over dev examples (per-example
-values averaged over seeds), by :func:`audit.claims.verdict`. Runs already in ``out`` are reused, so an
+values averaged over seeds), by :func:`audit.claims.verdict` with the deltas of CLAIMS.md. Runs already in ``out`` are reused, so an
 interrupted replication resumes.
 """
 
@@ -18,17 +18,19 @@ from pathlib import Path
 import torch
 
 from audit import metrics
-from audit.claims import CLAIMS, ClaimResult
-from audit.compare import CompareSettings, compare, versions, write_json
+from audit.claims import CLAIMS, CORRELATION_DELTA, RANK_CORRELATION_DELTA, ClaimResult, entropy_delta
+from audit.compare import MAX_BOOTSTRAP, CompareSettings, compare, predict, versions, write_json
 from audit.data import builtin_datasets, load_data
 from audit.errors import AuditError
 from audit.models import Predictions, load_predictions, save_predictions
-from audit.train import TEACHER_LOGITS, TrainSettings, train
+from audit.predict import resolve_device
+from audit.train import TrainSettings, train
 
 SCHEMA = "kd-audit/replicate/1"
 SMOOTHING = (0.1, 0.3)
 KD = {"temperature": 2.0, "kd_weight": 0.5}
 TEACHER_TEMPERATURES = (0.5, 2.0, 4.0)  # besides 1.0, which is the standard KD student
+OVERALL_ORDER = ("fails", "inconclusive", "negligible", "holds")  # a claim's verdict is its weakest check's
 
 
 # (teacher, its KD student) pairs of graded teacher confidence, for C2a
@@ -51,6 +53,7 @@ class Profile:
     seeds: int
     batch_size: int = 32
     head_lr: float | None = None
+    warmup: float = 0.1
 
 
 PROFILES = {
@@ -97,6 +100,9 @@ def grid() -> list[Arm]:
 
 @dataclass
 class ReplicateSettings:
+    """Options of one replication: a built-in ``task``, the ``out`` folder, a profile of :data:`PROFILES`,
+    ``seeds`` (None: the profile's), the device and the bootstrap resamples of every CI."""
+
     task: str
     out: str
     profile: str = "quick"
@@ -105,12 +111,27 @@ class ReplicateSettings:
     n_bootstrap: int = 1000
 
     def validate(self) -> Profile:
+        """Check every option before anything is written; return the profile.
+
+        Raises:
+            AuditError: an unknown task, profile or device, seeds < 1, bootstrap resamples outside
+                [1, MAX_BOOTSTRAP], or an ``out`` that is a file or lies under one.
+        """
         if self.task not in builtin_datasets():
-            raise AuditError(f"expected a built-in task ({', '.join(builtin_datasets())}), got {self.task!r}")
+            raise AuditError(f"expected a built-in task ({', '.join(builtin_datasets())}), got {self.task!r}; "
+                             "see python -m audit data list")
         if self.profile not in PROFILES:
             raise AuditError(f"expected --profile {' or '.join(PROFILES)}, got {self.profile!r}")
         if self.seeds is not None and self.seeds < 1:
-            raise AuditError(f"expected --seeds >= 1, got {self.seeds}")
+            raise AuditError(f"expected --seeds >= 1, got {self.seeds}; pass at least one seed")
+        if not 1 <= self.n_bootstrap <= MAX_BOOTSTRAP:
+            raise AuditError(f"expected --bootstrap in [1, {MAX_BOOTSTRAP}], got {self.n_bootstrap}; every claim "
+                             "needs a bootstrap CI")
+        out = Path(self.out).expanduser()
+        for path in (out, *out.parents):
+            if path.exists() and not path.is_dir():
+                raise AuditError(f"expected --out to be a folder, got {out}, and {path} is a file; name a folder")
+        resolve_device(self.device)
         return PROFILES[self.profile]
 
 
@@ -121,21 +142,26 @@ def _train_arm(arm: Arm, seed_dir: Path, profile: Profile, settings: ReplicateSe
     if arm.teacher is not None:
         teacher = str(seed_dir / arm.teacher)
         if arm.teacher_temperature != 1.0:
-            teacher = str(_scaled_teacher(seed_dir, arm.teacher, arm.teacher_temperature))
+            teacher = str(_scaled_teacher(seed_dir, arm.teacher, arm.teacher_temperature, profile, settings))
     options = dict(label_smoothing=arm.label_smoothing, teacher=teacher, **KD) if arm.loss != "ce" else {}
     train(TrainSettings(data=settings.task, model=getattr(profile, arm.size), out=str(out), loss=arm.loss,
                         epochs=profile.epochs, batch_size=profile.batch_size, lr=profile.lr, head_lr=profile.head_lr,
-                        max_length=profile.max_length, train_limit=profile.train_limit,
+                        warmup=profile.warmup, max_length=profile.max_length, train_limit=profile.train_limit,
                         eval_limit=profile.eval_limit, seed=seed, device=settings.device, **options),
           progress=progress)
     return out
 
 
-def _scaled_teacher(seed_dir: Path, teacher: str, temperature: float) -> Path:
-    """The teacher's cached training logits divided by ``temperature``: a sharper or flatter teacher."""
+def _scaled_teacher(seed_dir: Path, teacher: str, temperature: float, profile: Profile,
+                    settings: ReplicateSettings) -> Path:
+    """The trained arm ``teacher``'s logits on the training split divided by ``temperature``: a sharper or
+    flatter teacher (computed once per seed, then read from ``seed_dir/teachers``)."""
     path = seed_dir / "teachers" / f"{teacher}-tau{temperature:g}.safetensors"
     if not path.exists():
-        source = load_predictions(seed_dir / "small-kd" / TEACHER_LOGITS, name=teacher)
+        data = load_data(settings.task, split="train", limit=profile.train_limit)
+        source = predict(str(seed_dir / teacher), data, name=teacher,
+                         settings=CompareSettings(device=settings.device, dtype="float32", progress=False,
+                                                  max_length=profile.max_length))
         path.parent.mkdir(parents=True, exist_ok=True)
         save_predictions(replace(source, logits=source.logits / temperature), path)
     return path
@@ -181,11 +207,11 @@ def _mean_ci(x: torch.Tensor, n_bootstrap: int) -> dict:
     return {"value": float(x.mean()), "ci": list(ci)}
 
 
-def _difference(claim: str, statistic: str, x: torch.Tensor, direction: int, n_bootstrap: int,
+def _difference(claim: str, statistic: str, x: torch.Tensor, direction: int, n_bootstrap: int, delta: float,
                 detail: str = "") -> ClaimResult:
     stat = _mean_ci(x, n_bootstrap)
     return ClaimResult.from_interval(claim, statistic, stat["value"], tuple(stat["ci"]), direction=direction,
-                                     detail=detail)
+                                     delta=delta, detail=detail)
 
 
 def inheritance_statistics(entropy: dict[str, torch.Tensor], n_bootstrap: int) -> dict:
@@ -199,34 +225,51 @@ def inheritance_statistics(entropy: dict[str, torch.Tensor], n_bootstrap: int) -
             "spearman": {"value": float(rank_corr(t_matrix[None], s_matrix[None])[0]), "ci": list(ci)}}
 
 
-def decide_claims(entropy: dict[str, torch.Tensor], n_bootstrap: int) -> list[ClaimResult]:
-    """C1a-C2b from per-example dev entropies (N,) per arm and teacher (averaged over seeds)."""
+def decide_claims(entropy: dict[str, torch.Tensor], n_bootstrap: int, num_classes: int) -> list[ClaimResult]:
+    """C1a-C2b from per-example dev entropies (N,) per arm and teacher (averaged over seeds).
+
+    Each check's delta is the one CLAIMS.md gives its statistic: 1% of log K for entropy differences,
+    :data:`~audit.claims.CORRELATION_DELTA` for per-example correlations and their differences,
+    :data:`~audit.claims.RANK_CORRELATION_DELTA` for the rank correlation over teachers.
+    """
     h = entropy
-    ls_lo = f"small-ls-{SMOOTHING[0]}"
+    ls_lo, big_ls = f"small-ls-{SMOOTHING[0]}", f"big-ls-{SMOOTHING[0]}"
+    d_h = entropy_delta(num_classes)
     results = [
-        _difference("C1a", f"H(LS a={a}) - H(ERM), small", h[f"small-ls-{a}"] - h["small-erm"], +1, n_bootstrap)
+        _difference("C1a", f"H(LS a={a}) - H(ERM), small", h[f"small-ls-{a}"] - h["small-erm"], +1, n_bootstrap, d_h)
         for a in SMOOTHING
     ]
     results += [
-        _difference("C1b", "H(KD) - H(LS a=0.1), small", h["small-kd"] - h[ls_lo], -1, n_bootstrap),
-        _difference("C1b", "H(KD) - H(ERM), standard", h["small-kd"] - h["small-erm"], -1, n_bootstrap),
-        _difference("C1b", "H(self-KD) - H(ERM), big", h["big-self-kd"] - h["big-erm"], -1, n_bootstrap),
-        _difference("C1c", "H(reversed KD) - H(ERM), big", h["big-reversed-kd"] - h["big-erm"], +1, n_bootstrap),
-        _difference("C1c", "rise of LS a=0.1 minus rise of reversed KD",
-                    (h[ls_lo] - h["small-erm"]) - (h["big-reversed-kd"] - h["big-erm"]), +1, n_bootstrap),
+        _difference("C1b", f"H(KD) - H(LS a={SMOOTHING[0]}), small", h["small-kd"] - h[ls_lo], -1, n_bootstrap, d_h),
+        _difference("C1b", "H(KD) - H(ERM), standard", h["small-kd"] - h["small-erm"], -1, n_bootstrap, d_h),
+        _difference("C1b", "H(self-KD) - H(ERM), big", h["big-self-kd"] - h["big-erm"], -1, n_bootstrap, d_h),
+        _difference("C1c", "H(reversed KD) - H(ERM), big", h["big-reversed-kd"] - h["big-erm"], +1, n_bootstrap, d_h),
+        # CLAIMS.md: one architecture, each against the big ERM model
+        _difference("C1c", f"rise of LS a={SMOOTHING[0]} minus rise of reversed KD, big",
+                    (h[big_ls] - h["big-erm"]) - (h["big-reversed-kd"] - h["big-erm"]), +1, n_bootstrap, d_h),
     ]
     inheritance = inheritance_statistics(h, n_bootstrap)
     results.append(ClaimResult.from_interval(
         "C2a", f"Spearman(teacher H, student H) over {len(INHERITANCE)} teachers", inheritance["spearman"]["value"],
-        tuple(inheritance["spearman"]["ci"]),
+        tuple(inheritance["spearman"]["ci"]), delta=RANK_CORRELATION_DELTA,
         detail=", ".join(f"{t}: {ht:.3f} -> {hs:.3f}" for (t, _), ht, hs in
                          zip(INHERITANCE, inheritance["teacher_entropy"], inheritance["student_entropy"]))))
+    results.append(_correlation("C2b", "Spearman(T, KD) per example", lambda t, kd: metrics.spearman(t, kd),
+                                (h["big-erm"], h["small-kd"]), n_bootstrap))
     for other in ("small-erm", ls_lo):
         corr_gap = lambda t, kd, o: metrics.spearman(t, kd) - metrics.spearman(t, o)  # noqa: E731
-        value = float(corr_gap(h["big-erm"][None], h["small-kd"][None], h[other][None])[0])
-        ci = metrics.bootstrap_ci(corr_gap, h["big-erm"], h["small-kd"], h[other], n_resamples=n_bootstrap)
-        results.append(ClaimResult.from_interval("C2b", f"Spearman(T, KD) - Spearman(T, {other})", value, ci))
+        results.append(_correlation("C2b", f"Spearman(T, KD) - Spearman(T, {other})", corr_gap,
+                                    (h["big-erm"], h["small-kd"], h[other]), n_bootstrap))
     return results
+
+
+def _correlation(claim: str, statistic: str, function, samples: tuple[torch.Tensor, ...],
+                 n_bootstrap: int) -> ClaimResult:
+    """A per-example correlation statistic ``function`` of paired (N,) samples, with its bootstrap CI, against
+    :data:`~audit.claims.CORRELATION_DELTA` (a correlation is its difference from zero)."""
+    value = float(function(*(x[None] for x in samples))[0])
+    ci = metrics.bootstrap_ci(function, *samples, n_resamples=n_bootstrap)
+    return ClaimResult.from_interval(claim, statistic, value, ci, delta=CORRELATION_DELTA)
 
 
 def replicate(settings: ReplicateSettings, *, progress: bool = True) -> dict:
@@ -255,7 +298,7 @@ def replicate(settings: ReplicateSettings, *, progress: bool = True) -> dict:
     labels = torch.tensor(load_data(settings.task, split="dev", limit=profile.eval_limit).labels)
     accuracy = {n: torch.stack([metrics.correct(torch.softmax(lg[n].logits, -1), labels).float()
                                 for lg in seed_logits]).mean(0) for n in names}
-    claims = decide_claims(entropy, settings.n_bootstrap)
+    claims = decide_claims(entropy, settings.n_bootstrap, num_classes=seed_logits[0]["big-erm"].logits.shape[-1])
     # students of deliberately flattened teachers are meant to be near-uniform: they are not checked
     untrained = untrained_arms(entropy, accuracy, labels, [a.name for a in arms if a.teacher_temperature == 1.0])
     summary = {
@@ -269,7 +312,7 @@ def replicate(settings: ReplicateSettings, *, progress: bool = True) -> dict:
                   "accuracy": _mean_ci(accuracy[arm.name], settings.n_bootstrap),
                   "per_seed": per_seed[arm.name]} for arm in arms],
         "claims": [{"claim": r.claim_id, "statement": CLAIMS[r.claim_id].statement, "verdict": r.verdict,
-                    "statistic": r.statistic, "value": r.value, "ci": list(r.ci), "detail": r.detail}
+                    "statistic": r.statistic, "value": r.value, "ci": list(r.ci), "delta": r.delta, "detail": r.detail}
                    for r in claims],
         "claim_verdicts": overall_verdicts(claims),
         "inheritance": inheritance_statistics(entropy, settings.n_bootstrap),
@@ -289,11 +332,13 @@ def untrained_arms(entropy: dict[str, torch.Tensor], accuracy: dict[str, torch.T
 
 
 def overall_verdicts(results: list[ClaimResult]) -> dict[str, str]:
-    """One verdict per claim id: fails if any check fails, holds if all hold, else inconclusive."""
+    """One verdict per claim id, from the weakest of its checks: fails if any check fails, else inconclusive
+    if any is inconclusive, else negligible if any is negligible (a part of the claim measured too small to
+    matter), else holds (every check holds)."""
     by_claim: dict[str, set[str]] = {}
     for r in results:
         by_claim.setdefault(r.claim_id, set()).add(r.verdict)
-    return {c: "fails" if "fails" in v else "holds" if v == {"holds"} else "inconclusive" for c, v in by_claim.items()}
+    return {claim: next(v for v in OVERALL_ORDER if v in verdicts) for claim, verdicts in by_claim.items()}
 
 
 def render_summary(summary: dict, console=None) -> None:
@@ -319,7 +364,7 @@ def render_summary(summary: dict, console=None) -> None:
     claims = Table(title="Claims (../shared/CLAIMS.md)", title_justify="left")
     for column in ("claim", "statistic", "value [95% CI]", "verdict"):
         claims.add_column(column)
-    style = {"holds": "green", "fails": "red", "inconclusive": "yellow"}
+    style = {"holds": "green", "fails": "red", "inconclusive": "yellow", "negligible": "dim"}
     for c in summary["claims"]:
         claims.add_row(c["claim"], c["statistic"], f"{c['value']:+.3f} [{c['ci'][0]:+.3f}, {c['ci'][1]:+.3f}]",
                        f"[{style[c['verdict']]}]{c['verdict']}[/]")

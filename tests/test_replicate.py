@@ -1,13 +1,15 @@
 """The replication recipe through the real command, on the tiny profile (the quick profile is `slow`)."""
 
 import json
+import math
 
 import pytest
 import torch
 from typer.testing import CliRunner
 
+from audit.claims import VERDICTS, ClaimResult, verdict
 from audit.cli import app
-from audit.replicate import decide_claims, grid, overall_verdicts, untrained_arms
+from audit.replicate import INHERITANCE, decide_claims, grid, overall_verdicts, untrained_arms
 
 
 def test_replicate_tiny_profile_end_to_end(tmp_path):
@@ -20,7 +22,7 @@ def test_replicate_tiny_profile_end_to_end(tmp_path):
     assert summary["schema"] == "kd-audit/replicate/1"
     assert [a["arm"] for a in summary["arms"]] == [arm.name for arm in grid()]
     assert {c["claim"] for c in summary["claims"]} == {"C1a", "C1b", "C1c", "C2a", "C2b"}
-    assert all(c["verdict"] in ("holds", "fails", "inconclusive") for c in summary["claims"])
+    assert all(c["verdict"] in VERDICTS and c["delta"] > 0 for c in summary["claims"])
     assert "C2a" in result.stdout and "small-kd" in result.stdout
     compare_report = json.loads((out / "seed0" / "compare-big-erm.json").read_text())
     assert compare_report["schema"] == "kd-audit/compare/1" and "small-kd" in compare_report["models"]
@@ -30,17 +32,117 @@ def test_replicate_tiny_profile_end_to_end(tmp_path):
     assert json.loads((out / "summary.json").read_text())["claims"] == summary["claims"]
 
 
-def test_claim_decisions_follow_the_data():
-    g = torch.Generator().manual_seed(0)
-    base = torch.rand(300, generator=g) * 0.3
-    h = {"big-erm": base, "small-erm": base + 0.02, "small-ls-0.1": base + 0.3, "small-ls-0.3": base + 0.5,
-         "small-kd": base + 0.01 * torch.rand(300, generator=g), "big-self-kd": base - 0.01,
-         "big-reversed-kd": base + 0.05, "big-ls-0.1": base + 0.3, "small-kd-from-big-ls": base + 0.25}
-    for t in (0.5, 2.0, 4.0):
-        h[f"big-erm-tau{t:g}"] = base * t
-        h[f"small-kd-tau{t:g}"] = base * t + 0.01
-    verdicts = overall_verdicts(decide_claims(h, n_bootstrap=200))
-    assert verdicts["C1a"] == "holds" and verdicts["C1c"] == "holds" and verdicts["C2a"] == "holds"
+N = 400
+
+
+def _noise(sd: float, seed: int) -> torch.Tensor:
+    return sd * torch.randn(N, generator=torch.Generator().manual_seed(seed))
+
+
+def _scenario(changes: dict) -> dict[str, torch.Tensor]:
+    """Per-example dev entropies of every arm and scaled teacher where every claim holds by a wide margin,
+    then ``changes``: arm -> function of the entropies so far (applied in order).
+
+    The KD student follows its teacher example by example (noise 0.01), the ERM and LS students loosely
+    (noise 0.1), so C2b's gaps are about 0.35; every mean difference is >= 0.05 with a standard error <= 0.007.
+    """
+    base = 0.2 + 0.3 * torch.rand(N, generator=torch.Generator().manual_seed(0))
+    h = {"big-erm": base, "small-erm": base + 0.1 + _noise(0.1, 1), "small-ls-0.1": base + 0.3 + _noise(0.1, 2),
+         "small-ls-0.3": base + 0.5 + _noise(0.1, 3), "small-kd": base + 0.05 + _noise(0.01, 4),
+         "big-self-kd": base - 0.05 + _noise(0.01, 5), "big-reversed-kd": base + 0.1 + _noise(0.01, 6),
+         "big-ls-0.1": base + 0.2 + _noise(0.01, 7)}
+    for i, (t, shift) in enumerate(((0.5, -0.2), (2.0, 0.3), (4.0, 0.5))):  # teacher means 0.15 .. 0.85
+        h[f"big-erm-tau{t:g}"] = base + shift
+        h[f"small-kd-tau{t:g}"] = base + shift + 0.05 + _noise(0.01, 10 + i)
+    h["small-kd-from-big-ls"] = h["big-ls-0.1"] + 0.05 + _noise(0.01, 13)
+    for arm, change in changes.items():
+        h[arm] = change(h)
+    return h
+
+
+def _students_ranked(order: tuple[int, ...]):
+    """Changes that give the KD students of the five graded teachers (in INHERITANCE order, teacher means
+    0.35, 0.15, 0.65, 0.85, 0.55) the mean-entropy ranks ``order`` (1 = lowest), 0.1 apart."""
+    students = [s for _, s in INHERITANCE]
+    return {s: (lambda h, r=rank, i=i: h["big-erm"] * 0 + 0.1 * r + _noise(0.01, 20 + i))
+            for i, (s, rank) in enumerate(zip(students, order, strict=True))}
+
+
+SCENARIOS = {
+    "C1a": {
+        "holds": {},
+        "fails": {"small-ls-0.1": lambda h: h["small-erm"] - 0.1 + _noise(0.01, 30),
+                  "small-ls-0.3": lambda h: h["small-erm"] - 0.2 + _noise(0.01, 31)},
+        "negligible": {"small-ls-0.1": lambda h: h["small-erm"] + _noise(0.001, 30),
+                       "small-ls-0.3": lambda h: h["small-erm"] + 0.002 + _noise(0.001, 31)},
+        "inconclusive": {"small-ls-0.1": lambda h: h["small-erm"] + _noise(0.3, 30)},  # CI about +-0.03 across 0
+    },
+    "C1b": {
+        "holds": {},
+        "fails": {"big-self-kd": lambda h: h["big-erm"] + 0.05 + _noise(0.01, 30)},  # self-KD raises entropy
+        "negligible": {"small-kd": lambda h: h["small-erm"] + _noise(0.001, 30),  # KD = ERM ...
+                       "big-self-kd": lambda h: h["big-erm"] + _noise(0.001, 31)},  # ... and self-KD = ERM
+        "inconclusive": {"big-self-kd": lambda h: h["big-erm"] + _noise(0.3, 30)},
+    },
+    "C1c": {
+        "holds": {},
+        # the small LS rise (0.2) is above the reversed-KD rise (0.15), the big LS rise (0.05) is not:
+        # CLAIMS.md compares the big models, so the claim fails
+        "fails": {"big-reversed-kd": lambda h: h["big-erm"] + 0.15 + _noise(0.01, 30),
+                  "big-ls-0.1": lambda h: h["big-erm"] + 0.05 + _noise(0.01, 31)},
+        "negligible": {"big-reversed-kd": lambda h: h["big-erm"] + _noise(0.001, 30),
+                       "big-ls-0.1": lambda h: h["big-reversed-kd"] + _noise(0.001, 31)},
+        "inconclusive": {"big-reversed-kd": lambda h: h["big-erm"] + _noise(0.3, 30)},
+    },
+    "C2a": {
+        "holds": _students_ranked((2, 1, 4, 5, 3)),
+        "fails": _students_ranked((4, 5, 2, 1, 3)),
+        "negligible": _students_ranked((5, 2, 1, 4, 3)),  # Spearman exactly 0, and stable under resampling
+        "inconclusive": {s: (lambda h, i=i: 0.4 + _noise(0.5, 40 + i)) for i, (_, s) in enumerate(INHERITANCE)},
+    },
+    "C2b": {
+        "holds": {},
+        "fails": {"small-kd": lambda h: 1.0 - h["big-erm"] + _noise(0.01, 30)},  # confidences anti-correlated
+        "negligible": {"small-erm": lambda h: h["small-kd"], "small-ls-0.1": lambda h: h["small-kd"]},
+        "inconclusive": {"small-kd": lambda h: h["big-erm"] + _noise(0.1, 30),  # as loose as ERM: a gap near 0
+                         "small-ls-0.1": lambda h: h["big-erm"] + _noise(0.1, 31)},
+    },
+}
+
+
+@pytest.mark.parametrize(("claim", "expected"), [(c, v) for c, cases in SCENARIOS.items() for v in cases])
+def test_each_claim_can_hold_fail_be_negligible_or_inconclusive(claim, expected):
+    results = decide_claims(_scenario(SCENARIOS[claim][expected]), n_bootstrap=400, num_classes=2)
+    checks = [r for r in results if r.claim_id == claim]
+    assert overall_verdicts(results)[claim] == expected, [(r.statistic, r.verdict, r.value, r.ci) for r in checks]
+    for r in checks:  # each check's verdict is the rule of CLAIMS.md applied to its own CI and delta
+        assert r.verdict == verdict(r.value, r.ci, -1 if r.statistic.startswith("H(KD)") or "self-KD" in r.statistic
+                                    else +1, delta=r.delta)
+
+
+def test_every_claim_holds_in_the_base_scenario():
+    results = decide_claims(_scenario({}), n_bootstrap=400, num_classes=2)
+    assert {r.verdict for r in results} == {"holds"}
+    assert sorted({r.claim_id for r in results}) == ["C1a", "C1b", "C1c", "C2a", "C2b"]
+    deltas = {r.claim_id: r.delta for r in results}
+    assert deltas["C1a"] == pytest.approx(0.01 * math.log(2)) and (deltas["C2a"], deltas["C2b"]) == (0.1, 0.02)
+
+
+def test_c2b_checks_the_correlation_itself():
+    """C2b's first part (student and teacher confidences positively correlated) is a check of its own."""
+    results = decide_claims(_scenario({}), n_bootstrap=200, num_classes=2)
+    first = [r for r in results if r.claim_id == "C2b" and "-" not in r.statistic]
+    assert len(first) == 1 and first[0].value > 0.99
+
+
+def test_overall_verdict_is_the_weakest_check():
+    def result(v: str) -> ClaimResult:
+        return ClaimResult("C1b", v, "x", 0.0, (0.0, 0.0))
+
+    assert overall_verdicts([result("holds"), result("holds")]) == {"C1b": "holds"}
+    assert overall_verdicts([result("holds"), result("negligible")]) == {"C1b": "negligible"}
+    assert overall_verdicts([result("negligible"), result("inconclusive")]) == {"C1b": "inconclusive"}
+    assert overall_verdicts([result("fails"), result("inconclusive"), result("holds")]) == {"C1b": "fails"}
 
 
 @pytest.mark.slow
@@ -57,3 +159,43 @@ def test_untrained_arms_are_flagged():
     entropy = {"flat": torch.full((100,), 0.69), "majority": torch.full((100,), 0.3), "learned": torch.full((100,), 0.3)}
     accuracy = {"flat": torch.full((100,), 0.8), "majority": (labels == 0).float(), "learned": torch.full((100,), 0.8)}
     assert untrained_arms(entropy, accuracy, labels, ["flat", "majority", "learned"]) == ["flat", "majority"]
+
+
+BAD_REPLICATE = {
+    "bootstrap 0": (["--bootstrap", "0"], "--bootstrap"),
+    "bootstrap huge": (["--bootstrap", "100000000"], "--bootstrap"),
+    "seeds 0": (["--seeds", "0"], "--seeds"),
+    "unknown task": (["--task", "vader-films"], "vader-movies"),
+    "unknown profile": (["--profile", "huge"], "--profile"),
+    "unknown device": (["--device", "tpu"], "device"),
+}
+
+
+def _replicate_cli(args: list[str]):
+    base = {"--task": "vader-movies", "--profile": "tiny", "--bootstrap": "50"}
+    given = dict(zip(args[::2], args[1::2]))
+    options = [x for key, value in {**base, **given}.items() for x in (key, value)]
+    return CliRunner().invoke(app, ["replicate", *options, "--no-progress"])
+
+
+def _assert_refused(result, message: str) -> None:
+    assert result.exit_code == 2, result.output
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("kd-audit: error: expected"), result.stderr
+    assert message in result.stderr and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("case", list(BAD_REPLICATE))
+def test_bad_replicate_input_is_refused_before_anything_is_written(tmp_path, case):
+    args, message = BAD_REPLICATE[case]
+    out = tmp_path / "rep"
+    _assert_refused(_replicate_cli([*args, "--out", str(out)]), message)
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("where", ["out", "parent"])
+def test_replicate_out_that_is_a_file_is_refused(tmp_path, where):
+    existing = tmp_path / "taken"
+    existing.write_text("keep me")
+    out = existing if where == "out" else existing / "rep"
+    _assert_refused(_replicate_cli(["--out", str(out)]), "--out")
+    assert existing.read_text() == "keep me" and list(tmp_path.iterdir()) == [existing]

@@ -14,9 +14,12 @@ from hypothesis import strategies as st
 
 from audit.claims import (
     CLAIMS,
+    CORRELATION_DELTA,
+    RANK_CORRELATION_DELTA,
     ClaimResult,
     TableRow,
     distilled_targets,
+    entropy_delta,
     format_table,
     smoothed_targets,
     table_rows,
@@ -36,41 +39,75 @@ def test_catalogue_matches_claims_md():
 
 
 @pytest.mark.parametrize(
-    ("ci", "direction", "expected"),
+    ("estimate", "ci", "direction", "delta", "expected"),
     [
-        ((0.1, 0.5), 1, "holds"),
-        ((-0.5, -0.1), 1, "fails"),
-        ((-0.1, 0.5), 1, "inconclusive"),
-        ((0.0, 0.5), 1, "inconclusive"),  # touching zero is not "the whole interval on one side"
-        ((-0.5, -0.1), -1, "holds"),
-        ((0.1, 0.5), -1, "fails"),
-        ((-0.5, 0.0), -1, "inconclusive"),
+        (0.3, (0.1, 0.5), 1, 0.0, "holds"),
+        (-0.3, (-0.5, -0.1), 1, 0.0, "fails"),
+        (0.2, (-0.1, 0.5), 1, 0.0, "inconclusive"),
+        (0.25, (0.0, 0.5), 1, 0.0, "inconclusive"),  # touching zero is not "the whole interval on one side"
+        (-0.3, (-0.5, -0.1), -1, 0.0, "holds"),
+        (0.3, (0.1, 0.5), -1, 0.0, "fails"),
+        (-0.25, (-0.5, 0.0), -1, 0.0, "inconclusive"),
+        # with a band of +-0.05 (CLAIMS.md: "negligible" is a CI wholly inside it)
+        (0.01, (-0.04, 0.05), 1, 0.05, "negligible"),  # the band is closed
+        (-0.01, (-0.02, -0.005), 1, 0.05, "negligible"),  # wholly below zero, but too small to matter
+        (0.0, (0.0, 0.0), -1, 0.0, "negligible"),
+        (0.04, (0.02, 0.07), 1, 0.05, "inconclusive"),  # above zero, estimate inside the band, CI leaves it
+        (0.05, (0.02, 0.08), 1, 0.05, "inconclusive"),  # estimate on the band's edge is not outside it
+        (0.06, (0.02, 0.09), 1, 0.05, "holds"),  # above zero, estimate outside the band
+        (-0.06, (-0.09, -0.02), 1, 0.05, "fails"),
+        (0.06, (-0.01, 0.09), 1, 0.05, "inconclusive"),  # estimate outside the band, CI crosses zero
+        (-0.2, (-0.3, -0.1), -1, 0.05, "holds"),
     ],
 )
-def test_verdict(ci, direction, expected):
-    assert verdict(sum(ci) / 2, ci, direction) == expected
+def test_verdict(estimate, ci, direction, delta, expected):
+    assert verdict(estimate, ci, direction, delta=delta) == expected
 
 
 @settings(max_examples=50, deadline=None)
-@given(st.lists(st.floats(-1e6, 1e6), min_size=3, max_size=3))
-def test_verdict_mirrors_with_direction(values):
+@given(st.lists(st.floats(-1e6, 1e6), min_size=3, max_size=3), st.floats(0, 1e6))
+def test_verdict_mirrors_with_direction(values, delta):
     low, estimate, high = sorted(values)
-    assert verdict(estimate, (low, high), -1) == verdict(-estimate, (-high, -low), +1)
+    assert verdict(estimate, (low, high), -1, delta=delta) == verdict(-estimate, (-high, -low), +1, delta=delta)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.floats(-10, 10), min_size=3, max_size=3), st.floats(0, 10))
+def test_verdict_is_the_rule_of_claims_md(values, delta):
+    """Each verdict against the rule's own words: "negligible" iff the CI is inside the band; "holds" /
+    "fails" iff the CI is on one side of zero with the estimate outside the band; the four partition."""
+    low, estimate, high = sorted(values)
+    got = verdict(estimate, (low, high), +1, delta=delta)
+    inside = -delta <= low and high <= delta
+    outside = estimate > delta or estimate < -delta
+    assert (got == "negligible") == inside
+    assert (got == "holds") == (not inside and low > 0 and outside)
+    assert (got == "fails") == (not inside and high < 0 and outside)
 
 
 @pytest.mark.parametrize(
-    ("estimate", "ci", "direction"),
-    [(0.0, (1.0, -1.0), 1), (2.0, (0.0, 1.0), 1), (math.nan, (0.0, 1.0), 1), (0.5, (0.0, math.inf), 1),
-     (0.5, (0.0, 1.0), 0)],
+    ("estimate", "ci", "direction", "delta"),
+    [(0.0, (1.0, -1.0), 1, 0.0), (2.0, (0.0, 1.0), 1, 0.0), (math.nan, (0.0, 1.0), 1, 0.0),
+     (0.5, (0.0, math.inf), 1, 0.0), (0.5, (0.0, 1.0), 0, 0.0), (0.5, (0.0, 1.0), 1, -0.1),
+     (0.5, (0.0, 1.0), 1, math.nan)],
 )
-def test_verdict_rejects_bad_input(estimate, ci, direction):
+def test_verdict_rejects_bad_input(estimate, ci, direction, delta):
     with pytest.raises(AuditError, match="expected"):
-        verdict(estimate, ci, direction)
+        verdict(estimate, ci, direction, delta=delta)
+
+
+def test_deltas_of_claims_md():
+    assert entropy_delta(2) == pytest.approx(0.0069, abs=5e-5)
+    assert entropy_delta(3) == pytest.approx(0.01 * 1.0986, abs=1e-6)
+    assert (CORRELATION_DELTA, RANK_CORRELATION_DELTA) == (0.02, 0.1)
+    with pytest.raises(AuditError, match="expected at least 2 classes"):
+        entropy_delta(1)
 
 
 def test_claim_result():
-    result = ClaimResult.from_interval("C2a", "spearman", -0.3, (-0.6, -0.05), detail="5 teachers")
-    assert (result.verdict, result.figure) == ("fails", "spearman=-0.3 [-0.6, -0.05]")
+    result = ClaimResult.from_interval("C2a", "spearman", -0.3, (-0.6, -0.05), delta=0.1, detail="5 teachers")
+    assert (result.verdict, result.figure, result.delta) == ("fails", "spearman=-0.3 [-0.6, -0.05] delta 0.1", 0.1)
+    assert ClaimResult.from_interval("C2b", "gap", 0.01, (-0.01, 0.02), delta=0.02).verdict == "negligible"
     with pytest.raises(AuditError, match="claim id"):
         ClaimResult("C9", "holds", "x", 0.0)
     with pytest.raises(AuditError, match="verdict"):
@@ -103,11 +140,12 @@ def test_table_rows():
     }
     results = [("test_c1a", ClaimResult("C1a", "holds", "d", 0.2, (0.1, 0.3))),
                ("test_c2a", ClaimResult("C2a", "inconclusive", "rho", 0.1, (-0.2, 0.4))),
-               ("test_c2a", ClaimResult("C2a", "fails", "rho", -0.5, (-0.8, -0.1)))]
+               ("test_c2a", ClaimResult("C2a", "fails", "rho", -0.5, (-0.8, -0.1))),
+               ("test_c2b", ClaimResult("C2b", "negligible", "gap", 0.0, (-0.01, 0.01)))]
     rows = {(r.claim_id, r.verdict) for r in table_rows(outcomes, results)}
     assert {("P1", "holds"), ("P2", "fails"), ("P3", "error"), ("P4", "not run"), ("P5", "not run"),
             ("C1a", "holds"), ("C1b", "error"), ("C1c", "not run"), ("C2a", "inconclusive"),
-            ("C2a", "fails")} <= rows
+            ("C2a", "fails"), ("C2b", "negligible")} <= rows
     assert len(table_rows(outcomes, results)) == len(CLAIMS) + 1
     assert table_rows(outcomes)[1].test == "test_p2a (+1)"
 
@@ -116,6 +154,8 @@ def test_format_table_cuts_long_cells_but_not_figures():
     row = TableRow("C2b", "s" * 80, "t" * 40, "holds", "f" * 50)
     line = format_table([row], width=80)[1]
     assert ("s" * 29 + "~") in line and ("t" * 33 + "~") in line and line.endswith("f" * 50)
+    for label in ("negligible", "inconclusive"):  # every verdict is shown whole
+        assert f" {label} " in format_table([TableRow("C1a", "s", "t", label, "f")], width=80)[1]
 
 
 CLAIM_TESTS = '''
@@ -134,7 +174,7 @@ def test_broken():
 @pytest.mark.claims
 def test_empirical(record_claim):
     """C1a: records a figure."""
-    record_claim(ClaimResult.from_interval("C1a", "entropy LS-ERM", 0.25, (0.125, 0.5)))
+    record_claim(ClaimResult.from_interval("C1a", "entropy LS-ERM", 0.25, (0.125, 0.5), delta=0.0069))
 '''
 
 
@@ -151,7 +191,7 @@ def test_claims_table_is_printed(nested: pytest.Pytester):
     result.assert_outcomes(passed=2, failed=1)
     result.stdout.re_match_lines(
         [r"=+ claims \(\.\./shared/CLAIMS\.md\) =+", r"P1 .* not run", r"P2 .* test_holds +holds +tol 1e-10",
-         r"P3 .* test_broken +fails", r"C1a .* test_empirical +holds +entropy LS-ERM=0\.25 \[0\.125, 0\.5\]"]
+         r"P3 .* test_broken +fails", r"C1a .* test_empirical +holds +entropy LS-ERM=0\.25 \[0\.125, 0\.5\] delta 0\.0069"]
     )
 
 
