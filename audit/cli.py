@@ -16,6 +16,7 @@ import typer
 from audit.errors import AuditError, AuditWarning
 from audit.outputs import Output, check_outputs, write_files
 from audit.package import fixtures_path, version
+from audit.settings import CompareSettings, TrainSettings
 
 app = typer.Typer(add_completion=False, no_args_is_help=False, pretty_exceptions_enable=False,
                   help="Audit what distillation did to a model's confidence. Without a command: compare (with no "
@@ -73,29 +74,29 @@ def compare(
     id_column: Annotated[str | None, typer.Option()] = None,
     limit: Annotated[int | None, typer.Option(help="Use the first N examples.")] = None,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:N (default: CUDA when present).")] = None,
-    dtype: Annotated[str, typer.Option(help="auto|fp32|bf16|fp16 (auto: bf16 on GPUs that have it).")] = "auto",
-    batch_size: Annotated[str, typer.Option(help="An integer, or auto (halves on out-of-memory).")] = "auto",
-    max_length: Annotated[int, typer.Option(help="Tokens per example.")] = 256,
-    bins: Annotated[int, typer.Option(help="Calibration bins.")] = 15,
-    bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for CIs.")] = 1000,
-    seed: Annotated[int, typer.Option(help="Bootstrap seed.")] = 0,
+    dtype: Annotated[str, typer.Option(help="auto|fp32|bf16|fp16 (auto: bf16 on GPUs that have it).")] = CompareSettings.dtype,
+    batch_size: Annotated[str, typer.Option(help="An integer, or auto (halves on out-of-memory).")] = str(CompareSettings.batch_size),
+    max_length: Annotated[int, typer.Option(help="Tokens per example.")] = CompareSettings.max_length,
+    bins: Annotated[int, typer.Option(help="Calibration bins.")] = CompareSettings.n_bins,
+    bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for CIs.")] = CompareSettings.n_bootstrap,
+    seed: Annotated[int, typer.Option(help="Bootstrap seed.")] = CompareSettings.seed,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the report as JSON here.")] = None,
     save_logits: Annotated[Path | None, typer.Option(help="Keep every model's logits in this folder.")] = None,
     plots: Annotated[Path | None, typer.Option(help="Write PNG figures into this folder.")] = None,
     html: Annotated[Path | None, typer.Option(help="Write a self-contained HTML report here.")] = None,
-    allow_pickle: Annotated[bool, typer.Option(help="Allow pickle weights (they can run code).")] = False,
-    trust_remote_code: Annotated[bool, typer.Option(help="Allow a model's own Python code.")] = False,
+    allow_pickle: Annotated[bool, typer.Option(help="Allow pickle weights (they can run code).")] = CompareSettings.allow_pickle,
+    trust_remote_code: Annotated[bool, typer.Option(help="Allow a model's own Python code.")] = CompareSettings.trust_remote_code,
     tokenizer: Annotated[str | None, typer.Option(help="Tokenizer folder or hub id for checkpoints saved without "
-                                                       "one.")] = None,
+                                                       "one.")] = CompareSettings.tokenizer,
     allow_missing_weights: Annotated[bool, typer.Option(help="Load checkpoints with missing weights (e.g. a "
-                                                              "random classification head).")] = False,
-    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+                                                              "random classification head).")] = CompareSettings.allow_missing_weights,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = CompareSettings.progress,
     cache: Annotated[bool, typer.Option(help="Keep logits in the prediction cache as they are computed "
-                                             "(a killed run resumes; python -m audit cache list|clear).")] = True,
+                                             "(a killed run resumes; python -m audit cache list|clear).")] = CompareSettings.cache,
 ) -> None:
     """Compare a teacher with its students: confidence, calibration and inheritance."""
-    from audit.compare import CompareSettings, logits_files
     from audit.compare import compare_with_predictions as run_compare
+    from audit.compare import logits_files
     from audit.distributed import is_main_process
     from audit.report.terminal import render_compare
 
@@ -186,19 +187,19 @@ def train(
     data: Annotated[str, typer.Option(help="Training data (built-in name or file with train/dev splits).")],
     model: Annotated[str, typer.Option(help="HF folder/hub id, minilm-l6, SPEC@layers=k, or tiny[:hidden=H,layers=L].")],
     out: Annotated[Path, typer.Option(help="Output folder (a Hugging Face checkpoint + training record).")],
-    loss: Annotated[str, typer.Option(help="ce | ls | kd.")] = "ce",
-    label_smoothing: Annotated[float, typer.Option(help="LS smoothing a (loss ls).")] = 0.1,
-    teacher: Annotated[str | None, typer.Option(help="Teacher checkpoint or logits (loss kd).")] = None,
-    temperature: Annotated[float, typer.Option(help="KD temperature T.")] = 2.0,
-    kd_weight: Annotated[float, typer.Option(help="KD weight w of the soft term.")] = 0.5,
-    epochs: Annotated[float, typer.Option()] = 3.0,
-    batch_size: Annotated[int, typer.Option()] = 32,
-    lr: Annotated[float, typer.Option()] = 5e-5,
-    head_lr: Annotated[float | None, typer.Option(help="Learning rate of the new pooler/classifier head.")] = None,
-    max_length: Annotated[int, typer.Option()] = 128,
-    train_limit: Annotated[int | None, typer.Option(help="Use the first N training examples.")] = None,
-    seed: Annotated[int, typer.Option()] = 0,
-    device: Annotated[str | None, typer.Option()] = None,
+    loss: Annotated[str, typer.Option(help="ce | ls | kd.")] = TrainSettings.loss,
+    label_smoothing: Annotated[float, typer.Option(help="LS smoothing a (loss ls).")] = TrainSettings.label_smoothing,
+    teacher: Annotated[str | None, typer.Option(help="Teacher checkpoint or logits (loss kd).")] = TrainSettings.teacher,
+    temperature: Annotated[float, typer.Option(help="KD temperature T.")] = TrainSettings.temperature,
+    kd_weight: Annotated[float, typer.Option(help="KD weight w of the soft term.")] = TrainSettings.kd_weight,
+    epochs: Annotated[float, typer.Option()] = TrainSettings.epochs,
+    batch_size: Annotated[int, typer.Option()] = TrainSettings.batch_size,
+    lr: Annotated[float, typer.Option()] = TrainSettings.lr,
+    head_lr: Annotated[float | None, typer.Option(help="Learning rate of the new pooler/classifier head.")] = TrainSettings.head_lr,
+    max_length: Annotated[int, typer.Option()] = TrainSettings.max_length,
+    train_limit: Annotated[int | None, typer.Option(help="Use the first N training examples.")] = TrainSettings.train_limit,
+    seed: Annotated[int, typer.Option()] = TrainSettings.seed,
+    device: Annotated[str | None, typer.Option()] = TrainSettings.device,
     overwrite: Annotated[bool, typer.Option(help="Replace a different run in --out.")] = False,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:

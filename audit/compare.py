@@ -14,7 +14,7 @@ import datetime
 import json
 import math
 import platform
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -25,58 +25,18 @@ from audit.cache import CacheUnavailable, PredictionStore, prediction_key
 from audit.data import TextData, load_data
 from audit.distributed import ProcessGroup, is_main_process, local_device, process_group
 from audit.errors import AuditError, warn
-from audit.inheritance import VerdictRule, pair_statistics, student_differences, verdict
+from audit.inheritance import pair_statistics, student_differences, verdict
 from audit.models import Predictions, TextClassifier, check_label_names, load_model, predictions_bytes
 from audit.outputs import Output, check_outputs, write_files
 from audit.predict import predict_text, resolve_batch_size, resolve_device, resolve_dtype
+from audit.settings import MAX_BINS, MAX_BOOTSTRAP, CompareSettings  # noqa: F401 (re-exported)
 
 SCHEMA = "kd-audit/compare/1"
 BRIER_CONVENTION = "multiclass: mean over examples of sum_k (p_k - 1[k=y])^2, range [0, 2]"
 HISTOGRAM_BINS = 20
 SCATTER_POINTS = 2000
-MAX_BINS = 10_000
-MAX_BOOTSTRAP = 100_000
 
 ModelLike = str | Predictions | TextClassifier
-
-
-@dataclass
-class CompareSettings:
-    """Every option of a comparison, with its default (the CLI reads these defaults)."""
-
-    split: str | None = None
-    text_column: str | None = None
-    text_pair_column: str | None = None
-    label_column: str | None = None
-    id_column: str | None = None
-    limit: int | None = None
-    device: str | None = None
-    dtype: str = "auto"
-    batch_size: int | str = "auto"
-    max_length: int = 256
-    n_bins: int = 15
-    n_bootstrap: int = 1000
-    seed: int = 0
-    allow_pickle: bool = False
-    trust_remote_code: bool = False
-    tokenizer: str | None = None
-    allow_missing_weights: bool = False
-    progress: bool = True
-    cache: bool = True
-    rule: VerdictRule = field(default_factory=VerdictRule)
-
-    def validate(self) -> None:
-        if self.limit is not None and self.limit < 1:
-            raise AuditError(f"expected --limit >= 1, got {self.limit}; omit it to use all examples")
-        if not 1 <= self.n_bins <= MAX_BINS:
-            raise AuditError(f"expected --bins between 1 and {MAX_BINS}, got {self.n_bins}; 15 is the usual choice")
-        if not 1 <= self.n_bootstrap <= MAX_BOOTSTRAP:
-            raise AuditError(f"expected --bootstrap between 1 and {MAX_BOOTSTRAP}, got {self.n_bootstrap}; 1000 "
-                             "resamples give CIs to about two digits")
-        if self.max_length < 1:
-            raise AuditError(f"expected --max-length >= 1 (tokens per example), got {self.max_length}; pass e.g. 256")
-        if self.batch_size != "auto" and int(self.batch_size) < 1:
-            raise AuditError(f"expected --batch-size auto or >= 1, got {self.batch_size}")
 
 
 def summarize_model(logits: torch.Tensor, labels: torch.Tensor | None, *, n_bins: int = 15) -> dict:

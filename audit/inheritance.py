@@ -9,29 +9,16 @@ examples jointly. The verdict rule (:func:`verdict`) is stated in its docstring 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 
 from audit import metrics
+from audit.settings import VerdictRule
 
 PAIR_STATISTICS = (
     "agreement", "kl", "entropy_shift",
     "corr_entropy_pearson", "corr_entropy_spearman", "corr_maxprob_pearson", "corr_maxprob_spearman",
 )
-
-
-@dataclass(frozen=True)
-class VerdictRule:
-    """Thresholds of :func:`verdict`.
-
-    Attributes:
-        min_correlation: the per-example Spearman correlation of entropies the student must clearly exceed.
-        shift_band: allowed |mean entropy shift| as a fraction of the teacher's mean entropy.
-    """
-
-    min_correlation: float = 0.5
-    shift_band: float = 0.25
 
 
 def _mean(x: torch.Tensor) -> torch.Tensor:
@@ -110,7 +97,7 @@ def pair_statistics(teacher_logits: torch.Tensor, student_logits: torch.Tensor, 
     return out
 
 
-def verdict(stats: dict[str, dict], teacher_entropy_mean: float, rule: VerdictRule = VerdictRule()) -> tuple[str, str]:
+def verdict(stats: dict[str, dict], teacher_entropy_mean: float, rule: VerdictRule | None = None) -> tuple[str, str]:
     """``("inherits" | "moves_away" | "inconclusive", reason)`` for one pair.
 
     The student *inherits* the teacher's confidence when both hold: the CI of the per-example Spearman
@@ -118,6 +105,7 @@ def verdict(stats: dict[str, dict], teacher_entropy_mean: float, rule: VerdictRu
     the CI of the mean entropy shift lies inside +-``rule.shift_band`` x the teacher's mean entropy (as confident
     overall). It *moves away* when either CI lies wholly on the wrong side; otherwise *inconclusive*.
     """
+    rule = rule or VerdictRule()
     corr = stats["corr_entropy_spearman"]
     shift = stats["entropy_shift"]
     for label, stat in (("Spearman(entropy)", corr), ("the entropy shift", shift)):

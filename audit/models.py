@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -223,10 +224,19 @@ def _load_hf(spec: str, name: str, trust_remote_code: bool, dtype: torch.dtype, 
                           source=spec)
 
 
+def _read_errors() -> tuple[type[BaseException], ...]:
+    import pyarrow
+    from safetensors import SafetensorError
+
+    return (OSError, EOFError, ValueError, KeyError, TypeError, RuntimeError, UnicodeDecodeError,
+            pickle.UnpicklingError, pyarrow.ArrowException, SafetensorError)
+
+
 def load_predictions(path: Path, *, name: str, allow_pickle: bool = False) -> Predictions:
     """Read per-example logits saved by any framework (formats in the module docstring)."""
     ids: list[str] | None = None
     label_names: list[str] | None = None
+    read_errors = _read_errors()
     try:
         if path.suffix == ".npy":
             logits = torch.from_numpy(np.load(path, allow_pickle=allow_pickle))
@@ -236,9 +246,7 @@ def load_predictions(path: Path, *, name: str, allow_pickle: bool = False) -> Pr
             logits, ids, label_names = _read_torch_predictions(path, allow_pickle)
         else:
             logits, ids = _read_table_predictions(path)
-    except AuditError:
-        raise
-    except Exception as err:  # any reader's failure means the same thing to the user
+    except read_errors as err:  # any reader's failure means the same thing to the user
         raise AuditError(f"expected a readable predictions file, got {path} ({type(err).__name__}: {err}); "
                          "check the file format") from None
     logits = logits.float()
@@ -275,7 +283,7 @@ def _read_safetensors_predictions(path: Path) -> tuple[torch.Tensor, list[str] |
 def _read_torch_predictions(path: Path, allow_pickle: bool) -> tuple[torch.Tensor, list[str] | None, list[str] | None]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=not allow_pickle)
-    except Exception as err:
+    except pickle.UnpicklingError as err:
         if "weights_only" in str(err) and not allow_pickle:
             raise AuditError(f"expected a plain tensor file, got pickled objects in {path}; "
                              "pass --allow-pickle if you trust it, or save with safetensors") from None

@@ -10,10 +10,11 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
+from transformers import get_linear_schedule_with_warmup
 
 from audit.atomic import write_atomic
 from audit.compare import data_labels, in_class_order, match_to_data, summarize_model
@@ -24,70 +25,11 @@ from audit.losses import kd_loss, label_smoothed_cross_entropy
 from audit.models import Predictions, TextClassifier, load_model, save_predictions
 from audit.outputs import Output, check_outputs
 from audit.predict import predict_text, progress_bar, resolve_device
+from audit.settings import TrainSettings
 
-LOSSES = ("ce", "ls", "kd")
 RECORD = "training_record.json"
 CHECKPOINT = "checkpoint.pt"
 TEACHER_LOGITS = "teacher_logits.safetensors"
-
-
-@dataclass
-class TrainSettings:
-    """Every option of a training run, with its default (the CLI reads these defaults).
-
-    ``model`` is a Hugging Face folder or hub id, ``minilm-l6`` (the packaged MiniLM-L6 folder), a
-    truncated student ``SPEC@layers=k`` (the first k encoder layers), or ``tiny[:hidden=H,layers=L,dropout=P]``
-    (a randomly initialised BERT with the MiniLM tokenizer; dropout 0.1 by default).
-    """
-
-    data: str
-    model: str
-    out: str
-    loss: str = "ce"
-    label_smoothing: float = 0.1
-    teacher: str | None = None
-    temperature: float = 2.0
-    kd_weight: float = 0.5
-    epochs: float = 3.0
-    batch_size: int = 32
-    lr: float = 5e-5
-    head_lr: float | None = None  # the freshly initialised pooler and classifier; None: the same as lr
-    weight_decay: float = 0.01
-    warmup: float = 0.1
-    max_length: int = 128
-    train_split: str = "train"
-    eval_split: str = "dev"
-    train_limit: int | None = None
-    eval_limit: int | None = None
-    seed: int = 0
-    checkpoint_every: int = 200
-    device: str | None = None
-    backend: str = "auto"
-
-    def validate(self) -> None:
-        if self.loss not in LOSSES:
-            raise AuditError(f"expected --loss ce, ls or kd, got {self.loss!r}")
-        if self.loss == "kd" and not self.teacher:
-            raise AuditError("expected --teacher with --loss kd, got none; pass the teacher checkpoint or its logits")
-        if not self.temperature > 0:
-            raise AuditError(f"expected --temperature > 0, got {self.temperature}")
-        if not 0 <= self.label_smoothing < 1:
-            raise AuditError(f"expected --label-smoothing in [0, 1), got {self.label_smoothing}")
-        if not 0 <= self.kd_weight <= 1:
-            raise AuditError(f"expected --kd-weight in [0, 1], got {self.kd_weight}")
-        if self.max_length < 2 or (self.train_limit is not None and self.train_limit < 1):
-            raise AuditError(f"expected --max-length >= 2 and --train-limit >= 1, got {self.max_length} and "
-                             f"{self.train_limit}")
-        if self.epochs <= 0 or self.batch_size < 1 or self.lr <= 0 or (self.head_lr is not None and self.head_lr <= 0):
-            raise AuditError(f"expected positive --epochs, --batch-size and --lr, got {self.epochs}, "
-                             f"{self.batch_size}, {self.lr}")
-
-    def run_key(self) -> dict:
-        """What makes two runs the same run (a resumable folder must match it)."""
-        key = asdict(self)
-        for transient in ("out", "device", "checkpoint_every"):
-            key.pop(transient)
-        return key
 
 
 def build_student(spec: str, label_names: list[str], *, seed: int) -> TextClassifier:
@@ -231,9 +173,7 @@ def train(settings: TrainSettings, *, overwrite: bool = False, progress: bool = 
     steps_per_epoch = math.ceil(len(data) / settings.batch_size)
     total_steps = max(1, round(settings.epochs * steps_per_epoch))
     optimizer = torch.optim.AdamW(_parameter_groups(model, settings), lr=settings.lr, weight_decay=settings.weight_decay)
-    warmup = int(settings.warmup * total_steps)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min((s + 1) / max(1, warmup), max(0.0, (total_steps - s) / max(1, total_steps - warmup))))
+    schedule = get_linear_schedule_with_warmup(optimizer, int(settings.warmup * total_steps), total_steps)
     step, wall = _resume(out, model, optimizer, schedule)
     started = time.perf_counter() - wall
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")

@@ -81,3 +81,14 @@ def test_wheel_ships_every_fixture_and_finds_them(tmp_path):
     found = Path(lookup.stdout.strip())
     assert found == unpacked / "audit" / "_fixtures"
     assert fixture_files(found) == expected
+
+
+def test_import_audit_is_light():
+    """The pytest plugin imports the package in every pytest session: the package face must not pull torch in."""
+    code = ("import sys, audit, audit.pytest_plugin; "
+            "print(sorted(m for m in ('torch', 'pyarrow', 'rich', 'transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+    from audit import CompareSettings, compare
+
+    assert callable(compare) and compare.__name__ == "compare" and CompareSettings().n_bins == 15

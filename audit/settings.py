@@ -1,0 +1,128 @@
+"""Every option of compare and train with its default: the one place defaults are written.
+
+The CLI reads its defaults from these dataclasses, and the library validates them here. This module imports
+nothing heavy, so the CLI can build its options without importing torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from audit.errors import AuditError
+
+MAX_BINS = 10_000
+MAX_BOOTSTRAP = 100_000
+LOSSES = ("ce", "ls", "kd")
+
+
+@dataclass(frozen=True)
+class VerdictRule:
+    """Thresholds of :func:`verdict`.
+
+    Attributes:
+        min_correlation: the per-example Spearman correlation of entropies the student must clearly exceed.
+        shift_band: allowed |mean entropy shift| as a fraction of the teacher's mean entropy.
+    """
+
+    min_correlation: float = 0.5
+    shift_band: float = 0.25
+
+
+@dataclass
+class CompareSettings:
+    """Every option of a comparison, with its default (the CLI reads these defaults)."""
+
+    split: str | None = None
+    text_column: str | None = None
+    text_pair_column: str | None = None
+    label_column: str | None = None
+    id_column: str | None = None
+    limit: int | None = None
+    device: str | None = None
+    dtype: str = "auto"
+    batch_size: int | str = "auto"
+    max_length: int = 256
+    n_bins: int = 15
+    n_bootstrap: int = 1000
+    seed: int = 0
+    allow_pickle: bool = False
+    trust_remote_code: bool = False
+    tokenizer: str | None = None
+    allow_missing_weights: bool = False
+    progress: bool = True
+    cache: bool = True
+    rule: VerdictRule = field(default_factory=VerdictRule)
+
+    def validate(self) -> None:
+        if self.limit is not None and self.limit < 1:
+            raise AuditError(f"expected --limit >= 1, got {self.limit}; omit it to use all examples")
+        if not 1 <= self.n_bins <= MAX_BINS:
+            raise AuditError(f"expected --bins between 1 and {MAX_BINS}, got {self.n_bins}; 15 is the usual choice")
+        if not 1 <= self.n_bootstrap <= MAX_BOOTSTRAP:
+            raise AuditError(f"expected --bootstrap between 1 and {MAX_BOOTSTRAP}, got {self.n_bootstrap}; 1000 "
+                             "resamples give CIs to about two digits")
+        if self.max_length < 1:
+            raise AuditError(f"expected --max-length >= 1 (tokens per example), got {self.max_length}; pass e.g. 256")
+        if self.batch_size != "auto" and int(self.batch_size) < 1:
+            raise AuditError(f"expected --batch-size auto or >= 1, got {self.batch_size}")
+
+
+@dataclass
+class TrainSettings:
+    """Every option of a training run, with its default (the CLI reads these defaults).
+
+    ``model`` is a Hugging Face folder or hub id, ``minilm-l6`` (the packaged MiniLM-L6 folder), a
+    truncated student ``SPEC@layers=k`` (the first k encoder layers), or ``tiny[:hidden=H,layers=L,dropout=P]``
+    (a randomly initialised BERT with the MiniLM tokenizer; dropout 0.1 by default).
+    """
+
+    data: str
+    model: str
+    out: str
+    loss: str = "ce"
+    label_smoothing: float = 0.1
+    teacher: str | None = None
+    temperature: float = 2.0
+    kd_weight: float = 0.5
+    epochs: float = 3.0
+    batch_size: int = 32
+    lr: float = 5e-5
+    head_lr: float | None = None  # the freshly initialised pooler and classifier; None: the same as lr
+    weight_decay: float = 0.01
+    warmup: float = 0.1
+    max_length: int = 128
+    train_split: str = "train"
+    eval_split: str = "dev"
+    train_limit: int | None = None
+    eval_limit: int | None = None
+    seed: int = 0
+    checkpoint_every: int = 200
+    device: str | None = None
+    backend: str = "auto"
+
+    def validate(self) -> None:
+        if self.loss not in LOSSES:
+            raise AuditError(f"expected --loss ce, ls or kd, got {self.loss!r}")
+        if self.loss == "kd" and not self.teacher:
+            raise AuditError("expected --teacher with --loss kd, got none; pass the teacher checkpoint or its logits")
+        if not self.temperature > 0:
+            raise AuditError(f"expected --temperature > 0, got {self.temperature}")
+        if not 0 <= self.label_smoothing < 1:
+            raise AuditError(f"expected --label-smoothing in [0, 1), got {self.label_smoothing}")
+        if not 0 <= self.kd_weight <= 1:
+            raise AuditError(f"expected --kd-weight in [0, 1], got {self.kd_weight}")
+        if self.max_length < 2 or (self.train_limit is not None and self.train_limit < 1):
+            raise AuditError(f"expected --max-length >= 2 and --train-limit >= 1, got {self.max_length} and "
+                             f"{self.train_limit}")
+        if self.epochs <= 0 or self.batch_size < 1 or self.lr <= 0 or (self.head_lr is not None and self.head_lr <= 0):
+            raise AuditError(f"expected positive --epochs, --batch-size and --lr, got {self.epochs}, "
+                             f"{self.batch_size}, {self.lr}")
+
+    def run_key(self) -> dict:
+        """What makes two runs the same run (a resumable folder must match it)."""
+        key = asdict(self)
+        for transient in ("out", "device", "checkpoint_every"):
+            key.pop(transient)
+        return key
+
+
