@@ -90,6 +90,14 @@ def compare(
                                                        "one.")] = CompareSettings.tokenizer,
     allow_missing_weights: Annotated[bool, typer.Option(help="Load checkpoints with missing weights (e.g. a "
                                                               "random classification head).")] = CompareSettings.allow_missing_weights,
+    kind: Annotated[str, typer.Option(help="auto | classifier | lm (auto: lm when the teacher is a causal LM, "
+                                           "e.g. a *ForCausalLM folder or a .gguf file).")] = CompareSettings.kind,
+    stride: Annotated[int | None, typer.Option(help="LM: tokens a window advances (default: half of "
+                                                    "--max-length; each token is scored once).")] = CompareSettings.stride,
+    prompt_column: Annotated[str | None, typer.Option(help="LM: prompt column (its tokens are context, not "
+                                                           "scored).")] = CompareSettings.prompt_column,
+    completion_column: Annotated[str | None, typer.Option(help="LM: completion column (the scored "
+                                                               "tokens).")] = CompareSettings.completion_column,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = CompareSettings.progress,
     cache: Annotated[bool, typer.Option(help="Keep logits in the prediction cache as they are computed "
                                              "(a killed run resumes; python -m audit cache list|clear).")] = CompareSettings.cache,
@@ -113,6 +121,7 @@ def compare(
         batch_size=batch_size if batch_size == "auto" else _positive_int(batch_size, "--batch-size"),
         max_length=max_length, n_bins=bins, n_bootstrap=bootstrap, seed=seed, allow_pickle=allow_pickle,
         trust_remote_code=trust_remote_code, tokenizer=tokenizer, allow_missing_weights=allow_missing_weights,
+        kind=kind, stride=stride, prompt_column=prompt_column, completion_column=completion_column,
         progress=progress, cache=cache,
     )
     outputs = report_outputs(json_path, plots, html)
@@ -120,6 +129,9 @@ def compare(
         outputs.append(Output(save_logits, "folder", "--save-logits"))
     check_outputs(outputs, [teacher, *student, data])
     report, predictions = run_compare(teacher, student, data, names=name, settings=settings)
+    if save_logits is not None and not predictions:
+        raise AuditError("expected --save-logits only for classifiers, got a language-model audit: per-token logits "
+                         "are as wide as the vocabulary; keep the report (--json) instead")
     if is_main_process():  # under torchrun / accelerate launch, rank 0 alone prints and writes
         render_compare(report)
         logits = logits_files(predictions, save_logits) if save_logits is not None else {}
@@ -225,24 +237,31 @@ def train(
 @app.command()
 @handles_errors
 def replicate(
-    task: Annotated[str, typer.Option(help="A built-in data set (python -m audit data list).")],
+    task: Annotated[str, typer.Option(help="A built-in data set (python -m audit data list), or all.")],
     out: Annotated[Path, typer.Option(help="Folder for every run, compare JSON and summary.json (resumable).")],
-    profile: Annotated[str, typer.Option(help="quick (2-core CPU, ~10 min) | full (a GPU) | tiny (tests).")] = "quick",
+    profile: Annotated[str, typer.Option(help="quick (2-core CPU) | full (a GPU) | tiny (tests).")] = "quick",
     seeds: Annotated[int | None, typer.Option(help="Seeds (default: the profile's).")] = None,
     device: Annotated[str | None, typer.Option()] = None,
     bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for CIs.")] = 1000,
+    eval_task: Annotated[list[str] | None, typer.Option(help="Also audit every arm on this built-in task's test "
+                                                             "split (domain shift; repeat for several).")] = None,
     plots: Annotated[Path | None, typer.Option(help="Write PNG figures into this folder.")] = None,
     html: Annotated[Path | None, typer.Option(help="Write a self-contained HTML report here.")] = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
-    """Rerun the paper's experiment grid on one task and decide claims C1a-C2b."""
-    from audit.replicate import ReplicateSettings, render_summary
+    """Rerun the paper's experiment grid on one task (or all) and decide claims C1a-C2b."""
+    from audit.replicate import ALL, ReplicateSettings, render_summary
     from audit.replicate import replicate as run_replicate
 
+    if task == ALL and (plots or html):
+        raise AuditError("expected --plots/--html with one --task, got --task all; render a task's "
+                         "OUT/TASK/summary.json with `python -m audit report`")
     summary = run_replicate(ReplicateSettings(task=task, out=str(out), profile=profile, seeds=seeds, device=device,
-                                              n_bootstrap=bootstrap), progress=progress)
+                                              n_bootstrap=bootstrap, eval_tasks=tuple(eval_task or ())),
+                            progress=progress)
     render_summary(summary)
-    write_outputs(summary, None, plots, html)
+    if task != ALL:
+        write_outputs(summary, None, plots, html)
 
 
 @app.command()
@@ -254,12 +273,12 @@ def report(
 ) -> None:
     """Re-render a saved compare or replicate report, without models."""
     from audit.replicate import render_summary
-    from audit.report.schema import COMPARE, load_report
+    from audit.report.schema import kind_of, load_report
     from audit.report.terminal import render_compare
 
     check_outputs(report_outputs(None, plots, html), [run])
     saved = load_report(run)
-    (render_compare if saved["schema"] == COMPARE else render_summary)(saved)
+    (render_compare if kind_of(saved) == "compare" else render_summary)(saved)
     write_outputs(saved, None, plots, html)
 
 

@@ -262,9 +262,17 @@ def compare(teacher: ModelLike, students: list[ModelLike], data: str | TextData 
 def compare_with_predictions(teacher: ModelLike, students: list[ModelLike], data: str | TextData | None, *,
                              names: list[str] | None = None,
                              settings: CompareSettings | None = None) -> tuple[dict, list[Predictions]]:
-    """:func:`compare`'s report and every model's logits (teacher first), for callers that keep them."""
+    """:func:`compare`'s report and every model's logits (teacher first), for callers that keep them.
+
+    A causal-LM teacher (``settings.kind`` "lm", or "auto" and the teacher is one) is audited token by token by
+    :func:`audit.lm.compare_lm`; its per-token logits are never kept, so the list is empty then.
+    """
     settings = settings or CompareSettings()
     settings.validate()
+    if _audits_language_models(teacher, settings):
+        from audit.lm import compare_lm
+
+        return compare_lm(teacher, students, data, names=names, settings=settings), []
     if not students:
         raise AuditError("expected at least one --student, got none")
     device = resolve_device(settings.device)
@@ -287,6 +295,16 @@ def compare_with_predictions(teacher: ModelLike, students: list[ModelLike], data
     report = compare_predictions(predictions[0], predictions[1:], labels, settings=settings, data_info=data_info)
     report["settings"].update(device=str(device), dtype=str(dtype).removeprefix("torch."))
     return report, predictions
+
+
+def _audits_language_models(teacher: ModelLike, settings: CompareSettings) -> bool:
+    from audit.lm import CausalLM, is_causal_lm_spec
+
+    lm = isinstance(teacher, CausalLM) or (isinstance(teacher, str) and is_causal_lm_spec(teacher))
+    if settings.kind == "classifier" and lm:
+        raise AuditError(f"expected a sequence classifier with --kind classifier, got the causal LM {teacher}; drop "
+                         "--kind or pass --kind lm")
+    return settings.kind == "lm" or (settings.kind == "auto" and lm)
 
 
 def load_eval_data(spec: str, settings: CompareSettings) -> TextData:

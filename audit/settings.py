@@ -49,6 +49,10 @@ class CompareSettings:
     trust_remote_code: bool = False
     tokenizer: str | None = None
     allow_missing_weights: bool = False
+    kind: str = "auto"  # "classifier", "lm", or "auto" (an LM when the teacher is a causal LM)
+    stride: int | None = None  # LM windows: tokens a window advances (default max_length // 2)
+    prompt_column: str | None = None  # LM data: score only the completion's tokens
+    completion_column: str | None = None
     progress: bool = True
     cache: bool = True
     rule: VerdictRule = field(default_factory=VerdictRule)
@@ -61,6 +65,8 @@ class CompareSettings:
         if not 1 <= self.n_bootstrap <= MAX_BOOTSTRAP:
             raise AuditError(f"expected --bootstrap between 1 and {MAX_BOOTSTRAP}, got {self.n_bootstrap}; 1000 "
                              "resamples give CIs to about two digits")
+        if self.kind not in ("auto", "classifier", "lm"):
+            raise AuditError(f"expected --kind auto, classifier or lm, got {self.kind!r}")
         if self.max_length < 1:
             raise AuditError(f"expected --max-length >= 1 (tokens per example), got {self.max_length}; pass e.g. 256")
         if self.batch_size != "auto" and int(self.batch_size) < 1:

@@ -14,7 +14,7 @@ from rich.panel import Panel
 from rich.text import Text
 
 from audit.errors import AuditError
-from audit.report.plots import COMPARE_SCHEMA, REPLICATE_SCHEMA
+from audit.report.schema import kind_of
 
 BLOCKS = " ▁▂▃▄▅▆▇█"
 TEACHER_STYLE = "cyan"
@@ -157,10 +157,6 @@ def terminal_charts(report: dict) -> RenderableType:
         >>> from rich.console import Console  # doctest: +SKIP
         >>> Console().print(terminal_charts(report))  # doctest: +SKIP
     """
-    schema = report.get("schema") if isinstance(report, dict) else None
-    if schema == COMPARE_SCHEMA:
+    if kind_of(report) == "compare":
         return _compare_charts(report)
-    if schema == REPLICATE_SCHEMA:
-        return Panel(entropy_by_arm_chart(report), title="Mean entropy by arm (95% bootstrap CI over dev examples)", expand=False)
-    raise AuditError(f"expected a report with schema {COMPARE_SCHEMA} or {REPLICATE_SCHEMA}, got {schema!r}; "
-                     "pass the JSON that `python -m audit --json` or `replicate` wrote")
+    return Panel(entropy_by_arm_chart(report), title="Mean entropy by arm (95% bootstrap CI over dev examples)", expand=False)

@@ -14,9 +14,9 @@ from html import escape
 from pathlib import Path
 
 from audit.atomic import write_atomic
-from audit.errors import AuditError
 from audit.report.format import with_ci
-from audit.report.plots import COMPARE_SCHEMA, REPLICATE_SCHEMA, build_figures, png_bytes
+from audit.report.plots import build_figures, png_bytes
+from audit.report.schema import kind_of
 from audit.report.terminal import MODEL_ROWS, PAIR_ROWS, direction_label, format_value
 
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
@@ -135,7 +135,7 @@ def _replicate_body(report: dict) -> str:
                                              "detail"], rows))
     if report.get("claim_verdicts"):
         rows = [_cell(claim) + f"<td>{_verdict(v)}</td>" for claim, v in report["claim_verdicts"].items()]
-        header = ["claim", "verdict (fails if any check fails, holds if all hold)"]
+        header = ["claim", "verdict (its weakest check: fails, inconclusive, negligible, holds)"]
         parts.append(_table("Overall verdicts", header, rows))
     rows = [_cell(a["arm"]) + _cell(a["method"]) + _cell(a["setup"]) + _cell(_teacher(a))
             + _cell(with_ci(a["entropy"], "{:.4f}"), num=True)
@@ -159,7 +159,7 @@ def _replicate_body(report: dict) -> str:
     return "".join(parts)
 
 
-BODIES = {COMPARE_SCHEMA: _compare_body, REPLICATE_SCHEMA: _replicate_body}
+BODIES = {"compare": _compare_body, "replicate": _replicate_body}
 
 
 def render_html(report: dict) -> str:
@@ -179,16 +179,13 @@ def render_html(report: dict) -> str:
         >>> page.startswith("<!DOCTYPE html>")  # doctest: +SKIP
         True
     """
-    schema = report.get("schema") if isinstance(report, dict) else None
-    if schema not in BODIES:
-        raise AuditError(f"expected a report with schema {' or '.join(BODIES)}, got {schema!r}; "
-                         "pass the JSON that `python -m audit --json` or `replicate` wrote")
-    title = f"kd-audit {schema.split('/')[1]}"
+    kind = kind_of(report)
+    title = f"kd-audit {kind}"
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<meta http-equiv=\"Content-Security-Policy\" content=\"{CSP}\">"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
             f"<title>{escape(title)}</title><style>{CSS}</style></head>"
-            f"<body>{BODIES[schema](report)}</body></html>\n")
+            f"<body>{BODIES[kind](report)}</body></html>\n")
 
 
 def write_html(report: dict, path: str | Path) -> Path:

@@ -31,12 +31,11 @@ from typing import TYPE_CHECKING
 from audit.atomic import write_atomic
 from audit.errors import AuditError
 from audit.report.format import with_ci
+from audit.report.schema import kind_of
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-COMPARE_SCHEMA = "kd-audit/compare/1"
-REPLICATE_SCHEMA = "kd-audit/replicate/1"
 METHOD_COLORS = {"erm": "#4c72b0", "ls": "#dd8452", "kd": "#55a868"}
 TEACHER_COLOR = "#4c72b0"
 STUDENT_COLORS = ("#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c")
@@ -137,7 +136,7 @@ def scatter_figure(report: dict, pair: dict) -> Figure:
     ax.set_title(f"{_plain(pair['teacher'])} -> {_plain(pair['student'])}\n"
                  f"Pearson r {with_ci(pair['corr_maxprob_pearson'], '{:.2f}')}\n"
                  f"Spearman ρ {with_ci(pair['corr_maxprob_spearman'], '{:.2f}')}", fontsize=9)
-    ax.text(0.98, 0.02, f"{len(x)} of {report['data']['n']} examples shown; 95% CIs over all",
+    ax.text(0.98, 0.02, f"{len(x)} of {report['data']['n']} {'tokens' if report['data'].get('unit') == 'token' else 'examples'} shown; 95% CIs over all",
             transform=ax.transAxes, ha="right", va="bottom", fontsize=7, color="0.35")
     return fig
 
@@ -215,7 +214,7 @@ def _replicate_figures(report: dict) -> dict[str, Figure]:
     return figures
 
 
-BUILDERS = {COMPARE_SCHEMA: _compare_figures, REPLICATE_SCHEMA: _replicate_figures}
+BUILDERS = {"compare": _compare_figures, "replicate": _replicate_figures}
 
 
 def build_figures(report: dict) -> dict[str, Figure]:
@@ -236,11 +235,7 @@ def build_figures(report: dict) -> dict[str, Figure]:
         >>> sorted(figures)  # doctest: +SKIP
         ['histograms.png', 'reliability.png', 'scatter-student.png']
     """
-    schema = report.get("schema") if isinstance(report, dict) else None
-    if schema not in BUILDERS:
-        raise AuditError(f"expected a report with schema {' or '.join(BUILDERS)}, got {schema!r}; "
-                         "pass the JSON that `python -m audit --json` or `replicate` wrote")
-    return BUILDERS[schema](report)
+    return BUILDERS[kind_of(report)](report)
 
 
 def png_bytes(fig: Figure) -> bytes:

@@ -13,7 +13,9 @@ from pathlib import Path
 from audit.errors import AuditError
 
 COMPARE = "kd-audit/compare/1"
+COMPARE_LM = "kd-audit/compare/2"
 REPLICATE = "kd-audit/replicate/1"
+KINDS = {COMPARE: "compare", COMPARE_LM: "compare", REPLICATE: "replicate"}
 
 _NUMBER = {"type": "number"}
 _MAYBE_NUMBER = {"type": ["number", "null"]}
@@ -96,6 +98,35 @@ SCHEMAS: dict[str, dict] = {
 }
 
 
+def _token_level(schema: dict) -> dict:
+    """compare/2: compare/1 for token-level LM audits, with its extra fields required."""
+    out = json.loads(json.dumps(schema))
+    out["properties"]["schema"] = {"const": COMPARE_LM}
+    model = out["properties"]["models"]["additionalProperties"]
+    model["required"] += ["n_sequences", "perplexity"]
+    model["properties"].update({"n_sequences": {"type": "integer", "minimum": 1}, "perplexity": _MAYBE_NUMBER})
+    pair = out["properties"]["pairs"]["items"]
+    pair["required"] += ["kl_reverse", "topk_overlap"]
+    pair["properties"].update({"kl_reverse": _STAT, "topk_overlap": _STAT})
+    return out
+
+
+SCHEMAS[COMPARE_LM] = _token_level(SCHEMAS[COMPARE])
+
+
+def kind_of(report: object) -> str:
+    """``"compare"`` or ``"replicate"``: which renderers a report takes (by its schema string alone).
+
+    Raises:
+        AuditError: not a dict, or a schema kd-audit does not know.
+    """
+    name = report.get("schema") if isinstance(report, dict) else None
+    if name not in KINDS:
+        raise AuditError(f"expected a report with schema {' or '.join(KINDS)}, got {name!r}; pass the JSON that "
+                         "`python -m audit --json` or `replicate` wrote")
+    return KINDS[name]
+
+
 def validate_report(report: object, source: str = "the report") -> str:
     """Check a report against its schema; return the schema name.
 
@@ -104,10 +135,8 @@ def validate_report(report: object, source: str = "the report") -> str:
     """
     import jsonschema
 
-    name = report.get("schema") if isinstance(report, dict) else None
-    if name not in SCHEMAS:
-        raise AuditError(f"expected a report with schema {' or '.join(SCHEMAS)}, got {name!r} in {source}; pass the "
-                         "JSON that `python -m audit --json` or `replicate` wrote")
+    kind_of(report)
+    name = report["schema"]
     error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(SCHEMAS[name]).iter_errors(report))
     if error is not None:
         where = "/".join(str(p) for p in error.absolute_path) or "(top level)"

@@ -11,8 +11,10 @@ from audit.report.charts import terminal_charts
 from audit.report.format import with_ci
 
 MODEL_ROWS = (
+    ("n_sequences", "sequences", "{:d}"),
     ("accuracy", "accuracy", "{:.3f}"),
     ("nll", "NLL (nats)", "{:.3f}"),
+    ("perplexity", "perplexity", "{:.2f}"),
     ("brier", "Brier (multiclass, 0-2)", "{:.3f}"),
     ("entropy_mean", "entropy (nats)", "{:.3f}"),
     ("entropy_normalized", "entropy / log K", "{:.1%}"),
@@ -29,7 +31,9 @@ MODEL_ROWS = (
 )
 PAIR_ROWS = (
     ("agreement", "top-1 agreement", "{:.3f}"),
+    ("topk_overlap", "top-5 overlap", "{:.3f}"),
     ("kl", "KL(teacher || student)", "{:.4f}"),
+    ("kl_reverse", "KL(student || teacher)", "{:.4f}"),
     ("entropy_shift", "entropy shift (S - T)", "{:+.4f}"),
     ("corr_entropy_pearson", "entropy corr. Pearson", "{:.3f}"),
     ("corr_entropy_spearman", "entropy corr. Spearman", "{:.3f}"),
@@ -57,12 +61,14 @@ def models_table(report: dict) -> Table:
 
 def pairs_table(report: dict) -> Table:
     level = "95%"
-    table = Table(title=f"Teacher -> student (value [{level} bootstrap CI])", title_justify="left")
+    method = "cluster bootstrap by sequence" if report["data"].get("unit") == "token" else "bootstrap"
+    table = Table(title=f"Teacher -> student (value [{level} {method} CI])", title_justify="left")
     table.add_column("statistic")
     for pair in report["pairs"]:
         table.add_column(f"{pair['teacher']} -> {pair['student']}", justify="right")
     for key, label, fmt in PAIR_ROWS:
-        table.add_row(label, *(with_ci(pair[key], fmt) for pair in report["pairs"]))
+        if any(key in pair for pair in report["pairs"]):
+            table.add_row(label, *(with_ci(pair.get(key), fmt) for pair in report["pairs"]))
     return table
 
 
@@ -108,7 +114,8 @@ def render_compare(report: dict, console: Console | None = None) -> None:
     console = console or Console()
     data = report["data"]
     settings = report["settings"]
-    header = (f"data {data.get('name', '(predictions only)')}  n={data['n']}  "
+    unit = f" tokens in {data['n_sequences']} sequences" if data.get("unit") == "token" else ""
+    header = (f"data {data.get('name', '(predictions only)')}  n={data['n']}{unit}  "
               f"device {settings.get('device', '-')}  dtype {settings.get('dtype', '-')}  "
               f"bins {settings['n_bins']}  bootstrap {settings['n_bootstrap']} (seed {settings['seed']})")
     console.print(Panel(header, title="kd-audit compare", expand=False))

@@ -1,0 +1,426 @@
+"""The language-model audit: a causal-LM teacher and its students, token by token.
+
+Data flows one way: specs -> :func:`load_causal_lm` (a Hugging Face folder or hub id, a GGUF file, or
+``SPEC@layers=k``) and :func:`audit.data.text.read_documents` -> :func:`audit.data.text.tokenize_windows` ->
+per batch of windows, the teacher and every student run on the same tokens and :func:`audit.reduce.reduce_logits`
+turns their logits into a few scalars per scored position (only those leave the device) -> the columns of every
+position -> :func:`summarize_tokens`, with confidence intervals from a cluster bootstrap by sequence (the tokens
+of one document are not independent) -> the report dict (schema ``kd-audit/compare/2``: the classifier report's
+field names where the quantity is the same, plus ``n_sequences``, ``perplexity``, ``kl_reverse`` and
+``topk_overlap``; ``n`` counts scored tokens).
+
+Per-batch columns go to the prediction cache as they are computed (keyed by every model, the data and the
+settings), so a killed run resumes with identical numbers; under ``torchrun`` each process runs its share of the
+batches and every process gets all columns back (:func:`audit.distributed.gather_rows`).
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from audit import metrics
+from audit.data.text import IGNORE_INDEX, Documents, TokenWindows, read_documents, tokenize_windows
+from audit.distributed import ProcessGroup, gather_rows, local_device, process_group
+from audit.errors import AuditError, warn
+from audit.inheritance import undefined, verdict
+from audit.metrics.cluster import cluster_bootstrap_cis
+from audit.reduce import MODEL_KEYS, PAIR_KEYS, reduce_logits
+from audit.settings import CompareSettings
+
+SCHEMA = "kd-audit/compare/2"
+SCHEMA_CHANGES = ("compare/2 = compare/1 for token-level audits of causal LMs: n counts scored tokens; adds "
+                  "n_sequences, perplexity, kl_reverse, topk_overlap and data.unit; CIs are cluster-bootstrap "
+                  "intervals by sequence")
+AUTO_BATCH = {"cuda": 16, "cpu": 4}
+HISTOGRAM_BINS = 20
+SCATTER_POINTS = 2000
+
+
+@dataclass(frozen=True)
+class CausalLM:
+    """A causal language model and its tokenizer, as loaded from ``source``."""
+
+    name: str
+    model: torch.nn.Module
+    tokenizer: object
+    source: str
+
+    @property
+    def context(self) -> int | None:
+        positions = getattr(self.model.config, "max_position_embeddings", None)
+        return positions if isinstance(positions, int) and positions > 0 else None
+
+
+def is_causal_lm_spec(spec: str) -> bool:
+    """True for a GGUF file, ``SPEC@layers=k``, or a folder whose config names a ``*ForCausalLM`` architecture."""
+    base = spec.partition("@")[0]
+    path = Path(base)
+    if path.suffix == ".gguf" or "@" in spec:
+        return True
+    config = path / "config.json"
+    if path.is_dir() and config.is_file():
+        try:
+            architectures = json.loads(config.read_text()).get("architectures") or []
+        except (OSError, ValueError):
+            return False
+        return any(str(a).endswith("ForCausalLM") for a in architectures)
+    return False
+
+
+def load_causal_lm(spec: str, *, name: str | None = None, dtype: torch.dtype = torch.float32,
+                   trust_remote_code: bool = False) -> CausalLM:
+    """Load a causal LM: a Hugging Face folder or hub id, a ``.gguf`` file (needs the ``gguf`` package;
+    transformers dequantises it), or ``SPEC@layers=k`` (its first k decoder layers, embeddings and head kept).
+
+    Raises:
+        AuditError: a missing path; a GGUF file without the gguf package; a checkpoint that is not a causal LM;
+            ``@layers=k`` outside [1, the model's layers]; weights that transformers cannot load.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    from audit.models import looks_like_hub_id
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    base, _, option = spec.partition("@")
+    path = Path(base)
+    name = name or (path.stem if path.suffix == ".gguf" else path.name or base) + (f"@{option}" if option else "")
+    kwargs: dict = {"trust_remote_code": trust_remote_code}
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise AuditError(f"expected a GGUF file at {path}, got no such file; check the path")
+        try:
+            import gguf  # noqa: F401 (transformers reads GGUF through it)
+        except ImportError:
+            raise AuditError(f"expected the gguf package to read {path.name}, got none installed; pip install "
+                             "'kd-audit[lm]' (or pip install gguf)") from None
+        source, kwargs["gguf_file"] = str(path.parent), path.name
+    elif path.is_dir() or looks_like_hub_id(base):
+        source = base
+        kwargs["local_files_only"] = path.is_dir()
+    else:
+        raise AuditError(f"expected an existing path, a GGUF file or a hub id, got {base!r}; check the path")
+    try:
+        config = AutoConfig.from_pretrained(source, **kwargs)
+        architectures = getattr(config, "architectures", None) or []
+        if architectures and not any(a.endswith("ForCausalLM") for a in architectures):
+            raise AuditError(f"expected a causal language model, got {', '.join(architectures)} in {base}; audit it "
+                             "with --kind classifier, or pass a *ForCausalLM checkpoint")
+        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
+    except (OSError, ValueError) as err:
+        first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise AuditError(f"could not load the causal LM {spec!r} ({first_line[:200]}); pass a local checkpoint "
+                         "folder or GGUF file") from None
+    if option:
+        _keep_first_layers(model, option, spec)
+    model.eval()
+    return CausalLM(name=name, model=model, tokenizer=tokenizer, source=spec)
+
+
+def _keep_first_layers(model: torch.nn.Module, option: str, spec: str) -> None:
+    layers = model.model.layers
+    key, _, value = option.partition("=")
+    if key != "layers" or not value.isdigit() or not 1 <= int(value) <= len(layers):
+        raise AuditError(f"expected @layers=k with 1 <= k <= {len(layers)} in {spec}, got @{option}; pick fewer layers")
+    model.model.layers = layers[: int(value)]
+    model.config.num_hidden_layers = int(value)
+    if hasattr(model.config, "layer_types") and model.config.layer_types:
+        model.config.layer_types = model.config.layer_types[: int(value)]
+
+
+def check_same_tokenizer(models: list[CausalLM]) -> None:
+    """Refuse students whose vocabulary differs from the teacher's (their token ids would mean other things).
+
+    Raises:
+        AuditError: naming both vocabulary sizes and the first token id whose token differs.
+    """
+    teacher = models[0]
+    reference = {i: t for t, i in teacher.tokenizer.get_vocab().items()}
+    for student in models[1:]:
+        vocab = {i: t for t, i in student.tokenizer.get_vocab().items()}
+        if vocab == reference:
+            continue
+        first = min(i for i in set(reference) | set(vocab) if reference.get(i) != vocab.get(i))
+        raise AuditError(f"expected {student.name} to share {teacher.name}'s tokenizer, got vocabularies of "
+                         f"{len(vocab)} and {len(reference)} tokens that first differ at id {first} "
+                         f"({vocab.get(first)!r} vs {reference.get(first)!r}); audit students of the same tokenizer")
+
+
+def _columns_of(names: list[str], n_students: int) -> list[str]:
+    """Names of the per-position columns: every model's :data:`MODEL_KEYS`, then every pair's :data:`PAIR_KEYS`."""
+    return ([f"{m}.{k}" for m in range(len(names)) for k in MODEL_KEYS]
+            + [f"pair{j}.{k}" for j in range(n_students) for k in PAIR_KEYS])
+
+
+def _batches(windows: TokenWindows, size: int) -> list[tuple[int, int]]:
+    return [(start, min(start + size, len(windows))) for start in range(0, len(windows), size)]
+
+
+def _forward_logits(lm: CausalLM, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    return lm.model(input_ids=input_ids, attention_mask=attention_mask).logits
+
+
+def evaluate_tokens(models: list[CausalLM], windows: TokenWindows, *, device: torch.device, dtype: torch.dtype,
+                    batch_size: int, progress: bool = False, store=None,
+                    group: ProcessGroup | None = None) -> dict[str, torch.Tensor]:
+    """Per-position columns of the teacher (``models[0]``) and its students on every scored token.
+
+    Returns:
+        ``{"0.entropy": (P,), ..., "pair0.kl": (P,), ..., "sequence": (P,) int64}`` float32 CPU columns in the
+        row-major order of ``windows.targets != -100``.
+    """
+    from audit.predict import progress_bar
+
+    group = group or ProcessGroup()
+    scored = (windows.targets != IGNORE_INDEX).sum(1)
+    offsets = torch.cat([torch.zeros(1, dtype=torch.int64), scored.cumsum(0)])
+    total = int(offsets[-1])
+    names = [m.name for m in models]
+    columns = _columns_of(names, len(models) - 1)
+    plan = _batches(windows, batch_size)
+    mine = set(range(group.rank, len(plan), group.world_size))
+    cached = mine & store.cached_batches() if store is not None else set()
+    rows, values = [], []
+    if cached:
+        done_rows, done_values = store.load(cached)
+        rows.append(done_rows)
+        values.append(done_values)
+    for lm in models:
+        lm.model.to(device=device, dtype=dtype)
+    with progress_bar(progress and group.is_main) as bar, torch.inference_mode():
+        task = bar.add_task("evaluating tokens", total=int(sum(offsets[plan[i][1]] - offsets[plan[i][0]] for i in mine)))
+        bar.advance(task, sum(r.numel() for r in rows))
+        for index in sorted(mine - cached):
+            a, b = plan[index]
+            ids, mask = windows.input_ids[a:b].to(device), windows.attention_mask[a:b].to(device)
+            targets = windows.targets[a:b].to(device)
+            keep = targets != IGNORE_INDEX
+            logits = [_forward_logits(lm, ids, mask)[keep] for lm in models]  # each (P_batch, V)
+            reduction = reduce_logits(logits[0], logits[1:], targets[keep])
+            del logits
+            block = torch.stack([reduction.models[m][k].float() for m in range(len(models)) for k in MODEL_KEYS]
+                                + [pair[k].float() for pair in reduction.pairs for k in PAIR_KEYS], 1).cpu()
+            batch_rows = torch.arange(int(offsets[a]), int(offsets[b]))
+            rows.append(batch_rows)
+            values.append(block)
+            if store is not None:
+                store.add(index, batch_rows, block)
+            bar.advance(task, block.shape[0])
+    if store is not None:
+        store.flush()
+    all_values = gather_rows(torch.cat(rows) if rows else torch.empty(0, dtype=torch.int64),
+                             torch.cat(values) if values else torch.empty(0, len(columns)), total, group)
+    out = {c: all_values[:, i] for i, c in enumerate(columns)}
+    out["sequence"] = windows.sequence_ids[:, None].expand_as(windows.targets)[windows.targets != IGNORE_INDEX]
+    return out
+
+
+def _histogram(x: torch.Tensor, lo: float, hi: float) -> dict:
+    counts = torch.histc(x.float().clamp(lo, hi), bins=HISTOGRAM_BINS, min=lo, max=hi)
+    return {"edges": torch.linspace(lo, hi, HISTOGRAM_BINS + 1).tolist(), "count": [int(c) for c in counts]}
+
+
+def _floats(x: torch.Tensor) -> list[float | None]:
+    return [None if v != v else v for v in x.double().tolist()]
+
+
+def _stat(value: float, ci: tuple[float, float]) -> dict:
+    if not all(map(math.isfinite, (value, *ci))):
+        return undefined("the statistic or some cluster-bootstrap resamples are undefined (constant values)")
+    return {"value": value, "ci": [ci[0], ci[1]]}
+
+
+def _constant(x: torch.Tensor) -> bool:
+    x = x.double()
+    return bool(x.max() - x.min() <= 1e-6 * max(1.0, float(x.abs().max())))
+
+
+def summarize_tokens(columns: dict[str, torch.Tensor], names: list[str], vocab_size: int, *,
+                     settings: CompareSettings) -> tuple[dict, list[dict], list[dict]]:
+    """Per-model numbers, per-pair statistics with verdicts, and student-vs-student entropy differences.
+
+    Every interval is a percentile interval of one cluster bootstrap by sequence (:mod:`audit.metrics.cluster`).
+    """
+    groups = columns["sequence"]
+    log_v = math.log(vocab_size)
+    requests, models = {}, {}
+    for m, name in enumerate(names):
+        h, p = columns[f"{m}.entropy"], columns[f"{m}.maxprob"]
+        correct = columns[f"{m}.correct"]
+        nll = -columns[f"{m}.target_logprob"].double()
+        calibration = metrics.calibration_errors(p, correct.bool(), n_bins=settings.n_bins)
+        bins = calibration["bins"]
+        hit = correct.bool()
+        models[name] = {
+            "role": "teacher" if m == 0 else "student",
+            "n": int(h.numel()), "n_sequences": int(groups.unique().numel()), "num_classes": vocab_size,
+            "entropy_mean": float(h.double().mean()), "entropy_normalized": float(h.double().mean()) / log_v,
+            "maxprob_mean": float(p.double().mean()),
+            "accuracy": float(correct.double().mean()), "nll": float(nll.mean()),
+            "perplexity": math.exp(float(nll.mean())),
+            "ece": float(calibration["ece"]), "mce": float(calibration["mce"]),
+            "ece_adaptive": float(calibration["ece_adaptive"]), "n_bins": settings.n_bins,
+            "entropy_correct": float(h[hit].double().mean()) if hit.any() else None,
+            "entropy_incorrect": float(h[~hit].double().mean()) if (~hit).any() else None,
+            "maxprob_correct": float(p[hit].double().mean()) if hit.any() else None,
+            "maxprob_incorrect": float(p[~hit].double().mean()) if (~hit).any() else None,
+            "entropy_histogram": _histogram(h, 0.0, log_v),
+            "maxprob_histogram": _histogram(p, 1.0 / vocab_size, 1.0),
+            "reliability": {key: _floats(getattr(bins, key)) for key in ("edges", "count", "confidence", "accuracy")},
+        }
+        for key, values in (("accuracy", correct), ("nll", nll), ("entropy_mean", h), ("maxprob_mean", p)):
+            requests[f"{m}.{key}"] = ("mean", (values.double(),))
+        requests[f"{m}.ece"] = ("ece", (p, correct))
+    pair_requests: dict[int, dict[str, tuple]] = {}
+    undefined_stats: dict[str, dict] = {}
+    h_t, p_t, top_t = columns["0.entropy"], columns["0.maxprob"], columns["0.top1"]
+    for j in range(1, len(names)):
+        h_s, p_s = columns[f"{j}.entropy"], columns[f"{j}.maxprob"]
+        pair = {
+            "agreement": ("mean", ((top_t == columns[f"{j}.top1"]).double(),)),
+            "topk_overlap": ("mean", (columns[f"pair{j - 1}.topk_overlap"].double(),)),
+            "kl": ("mean", (columns[f"pair{j - 1}.kl"].double(),)),
+            "kl_reverse": ("mean", (columns[f"pair{j - 1}.kl_reverse"].double(),)),
+            "entropy_shift": ("mean", ((h_s - h_t).double(),)),
+        }
+        for kind, (x, y), label in (("entropy", (h_t, h_s), "entropy"), ("maxprob", (p_t, p_s), "max probability")):
+            constant = [who for who, v in (("teacher", x), ("student", y)) if _constant(v)]
+            for method in ("pearson", "spearman"):
+                key = f"corr_{kind}_{method}"
+                if constant:
+                    undefined_stats[f"pair{j}.{key}"] = undefined(
+                        f"the {' and the '.join(constant)}'s per-token {label} is constant, so a correlation with it "
+                        "is undefined")
+                else:
+                    pair[key] = (method, (x.double(), y.double()))
+        pair_requests[j] = pair
+        requests.update({f"pair{j}.{k}": v for k, v in pair.items()})
+    for a in range(1, len(names)):
+        for b in range(a + 1, len(names)):
+            requests[f"diff{a}.{b}"] = ("mean", ((columns[f"{b}.entropy"] - columns[f"{a}.entropy"]).double(),))
+    cis = cluster_bootstrap_cis(requests, groups=groups, n_resamples=settings.n_bootstrap, seed=settings.seed,
+                                n_bins=settings.n_bins)
+    point = {name: _point(statistic, values, settings.n_bins) for name, (statistic, values) in requests.items()}
+    for m, name in enumerate(names):
+        models[name]["ci"] = {key: list(cis[f"{m}.{key}"]) for key in ("accuracy", "nll", "entropy_mean",
+                                                                         "maxprob_mean", "ece")}
+    pairs = []
+    for j in range(1, len(names)):
+        stats = {k: _stat(point[f"pair{j}.{k}"], cis[f"pair{j}.{k}"]) for k in pair_requests[j]}
+        stats.update({k.split(".", 1)[1]: v for k, v in undefined_stats.items() if k.startswith(f"pair{j}.")})
+        label, reason = verdict(stats, models[names[0]]["entropy_mean"], settings.rule)
+        rows = torch.randperm(h_t.numel(), generator=torch.Generator().manual_seed(settings.seed))[:SCATTER_POINTS]
+        pairs.append({"teacher": names[0], "student": names[j], **stats, "verdict": label, "verdict_reason": reason,
+                      "scatter": {"teacher_maxprob": p_t[rows].tolist(),
+                                  "student_maxprob": columns[f"{j}.maxprob"][rows].tolist()}})
+    students = [{"a": names[a], "b": names[b], "entropy_difference": _stat(point[f"diff{a}.{b}"], cis[f"diff{a}.{b}"])}
+                for a in range(1, len(names)) for b in range(a + 1, len(names))]
+    return models, pairs, students
+
+
+def _point(statistic: str, values: tuple[torch.Tensor, ...], n_bins: int) -> float:
+    if statistic == "mean":
+        return float(values[0].mean())
+    if statistic == "pearson":
+        return float(metrics.pearson(*values))
+    if statistic == "spearman":
+        return float(metrics.spearman(*values))
+    return float(metrics.ece(values[0], values[1].bool(), n_bins=n_bins))
+
+
+def _store(models: list[CausalLM], documents: Documents, windows: TokenWindows, columns: int, settings: CompareSettings,
+           dtype: torch.dtype, device: torch.device, batch_size: int):
+    """The cache entry of these columns (every model, the documents and the windowing), or None when unusable."""
+    from audit.cache import CacheUnavailable, PredictionStore, model_fingerprint
+
+    digest = hashlib.sha256()
+    for values in (documents.texts, documents.ids, documents.prompts or []):
+        digest.update(json.dumps(values).encode())
+    key = {"version": 1, "kind": "lm-columns", "models": [[m.source, model_fingerprint(m)] for m in models],
+           "documents": digest.hexdigest(), "windows": windows.info, "dtype": str(dtype), "device": device.type,
+           "batch_size": batch_size}
+    try:
+        return PredictionStore.open(key, name="+".join(m.name for m in models), num_classes=columns)
+    except CacheUnavailable as err:
+        warn(f"running without the prediction cache: {err}")
+        return None
+
+
+def compare_lm(teacher: str | CausalLM, students: list[str | CausalLM], data: str | Documents, *,
+               names: list[str] | None = None, settings: CompareSettings | None = None) -> dict:
+    """Audit a causal-LM teacher and its students token by token on ``data`` (text documents).
+
+    Args:
+        teacher, students: specs for :func:`load_causal_lm`, or loaded :class:`CausalLM`.
+        data: a spec for :func:`audit.data.text.read_documents`, or loaded :class:`Documents`.
+        names: report names, teacher first.
+        settings: ``max_length`` (window length), ``stride``, ``split``, ``text_column``, ``prompt_column``,
+            ``completion_column``, ``limit`` (documents), device, dtype, batch size, bins, bootstrap, seed, cache.
+
+    Raises:
+        AuditError: any bad input (different tokenizers, a window longer than a model's context, text too short),
+            before the models run.
+    """
+    from audit.compare import versions
+    from audit.predict import resolve_device, resolve_dtype
+
+    settings = settings or CompareSettings()
+    settings.validate()
+    if not students:
+        raise AuditError("expected at least one --student, got none")
+    device = resolve_device(settings.device)
+    group = process_group(device)
+    device = local_device(device, group)
+    dtype = resolve_dtype(settings.dtype, device)
+    specs = [teacher, *students]
+    if names is not None and len(names) > len(specs):
+        raise AuditError(f"expected at most {len(specs)} --name values (teacher, then students), got {len(names)}")
+    names = list(names or []) + [None] * (len(specs) - len(names or []))
+    models = [s if isinstance(s, CausalLM) else load_causal_lm(s, name=n, trust_remote_code=settings.trust_remote_code)
+              for s, n in zip(specs, names)]
+    seen: dict[str, int] = {}
+    for i, m in enumerate(models):
+        seen[m.name] = seen.get(m.name, 0) + 1
+        if seen[m.name] > 1:
+            models[i] = CausalLM(f"{m.name}#{seen[m.name]}", m.model, m.tokenizer, m.source)
+    check_same_tokenizer(models)
+    for m in models:
+        if m.context is not None and settings.max_length > m.context:
+            raise AuditError(f"expected --max-length at most {m.name}'s context of {m.context} tokens, got "
+                             f"{settings.max_length}; pass --max-length {m.context} or less")
+    documents = data if isinstance(data, Documents) else read_documents(
+        data, split=settings.split, text_column=settings.text_column, prompt_column=settings.prompt_column,
+        completion_column=settings.completion_column, limit=settings.limit)
+    windows = tokenize_windows(documents, models[0].tokenizer, max_length=settings.max_length, stride=settings.stride)
+    batch_size = AUTO_BATCH.get(device.type, 4) if settings.batch_size == "auto" else int(settings.batch_size)
+    n_columns = len(_columns_of([m.name for m in models], len(models) - 1))
+    store = _store(models, documents, windows, n_columns, settings, dtype, device, batch_size) if settings.cache else None
+    columns = evaluate_tokens(models, windows, device=device, dtype=dtype, batch_size=batch_size,
+                              progress=settings.progress, store=store, group=group)
+    vocab_size = int(models[0].model.config.vocab_size)
+    model_stats, pairs, differences = summarize_tokens(columns, [m.name for m in models], vocab_size, settings=settings)
+    for m in models:
+        model_stats[m.name]["source"] = m.source
+    return {
+        "schema": SCHEMA,
+        "schema_changes": SCHEMA_CHANGES,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "versions": versions(),
+        "settings": {**{k: v for k, v in asdict(settings).items() if k not in ("progress", "cache")},
+                     "device": str(device), "dtype": str(dtype).removeprefix("torch."), "batch_size": batch_size,
+                     "ci_method": "percentile cluster bootstrap by sequence (document)"},
+        "data": {"name": documents.name, **documents.info, "unit": "token", "n": int(columns["sequence"].numel()),
+                 "n_sequences": len(documents), "windows": windows.info, "label_names": None},
+        "models": model_stats,
+        "pairs": pairs,
+        "students": differences,
+    }
