@@ -14,7 +14,7 @@ import itertools
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from netcal.metrics import ECE, MCE
 
@@ -125,8 +125,8 @@ def test_float32_inputs_match_netcal(case):
     conf32 = conf.astype(np.float32)
     c, k = t(conf32, hit)
     # netcal clips float32 inputs to [eps32, 1 - eps32]: keep away from both ends
-    if conf32.min() > 1e-6 and conf32.max() < 1 - 1e-6:
-        assert ece(c, k, n_bins).item() == pytest.approx(netcal_ece(conf32, hit, n_bins), abs=1e-9)
+    assume(conf32.min() > 1e-6 and conf32.max() < 1 - 1e-6)
+    assert ece(c, k, n_bins).item() == pytest.approx(netcal_ece(conf32, hit, n_bins), abs=1e-9)
 
 
 @FAST
@@ -238,6 +238,31 @@ def test_hand_case_edges_zero_and_one():
     # (1 * 1 + 1 * .25 + 1 * .5 + 2 * .375) / 5
     assert ece(conf, hit, 4).item() == 0.5
     assert mce(conf, hit, 4).item() == 1.0
+
+
+@pytest.mark.parametrize("n_bins", [1, 2, 3, 4, 7, 10, 15, 22])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_every_edge_zero_and_one_for_all_binned_estimators(n_bins, dtype):
+    # one example on each edge i / n_bins (as its dtype rounds it), 0 and 1 included; each lands in the bin
+    # its exact value selects: [i/n, (i+1)/n), the last bin closed
+    conf = (torch.arange(n_bins + 1, dtype=torch.float64) / n_bins).to(dtype)
+    hit = torch.arange(n_bins + 1) % 2 == 0
+    wide = conf.double().numpy()
+    expected = [r[0] for r in ref_bins(wide, hit.numpy(), n_bins)]
+    assert reliability_bins(conf, hit, n_bins).count.tolist() == expected
+    assert sum(expected) == n_bins + 1 and expected[0] >= 1 and expected[-1] >= 1  # 0 first, 1 last
+    assert ece(conf, hit, n_bins).item() == pytest.approx(ref_ece(wide, hit.numpy(), n_bins), abs=1e-12)
+    assert mce(conf, hit, n_bins).item() == pytest.approx(ref_mce(wide, hit.numpy(), n_bins), abs=1e-12)
+    assert adaptive_ece(conf, hit, n_bins).item() == pytest.approx(ref_adaptive(wide, hit.numpy(), n_bins), abs=1e-12)
+    stream = BinnedCalibration(n_bins)
+    stream.update(conf, hit)
+    assert stream.compute()["bins"].count.tolist() == expected
+    # classwise: K = 2 columns c and 1 - c, both on edges
+    probs = torch.stack([conf, 1 - conf], 1)
+    labels = (~hit).long()
+    p = probs.double().numpy()
+    ref = np.mean([ref_ece(p[:, j], labels.numpy() == j, n_bins) for j in range(2)])
+    assert classwise_ece(probs, labels, n_bins).item() == pytest.approx(ref, abs=1e-12)
 
 
 def test_hand_case_float32_point_seven():
