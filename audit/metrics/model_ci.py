@@ -44,7 +44,7 @@ def _per_example(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.
     _check_labels(labels, logits)
     z = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
     logp = torch.log_softmax(z, -1)
-    probs = logp.exp()
+    probs = torch.softmax(z, -1)  # not logp.exp(): the same probabilities as the rest of the report
     confidence, predicted = probs.max(-1)
     labels = labels.long()
     correct = predicted == labels
