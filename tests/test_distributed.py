@@ -121,3 +121,25 @@ def test_torchrun_train_follows_the_single_process_trajectory(setup, tmp_path, m
         torch.testing.assert_close(b[key], a[key], atol=1e-5, rtol=1e-4, msg=key)
     assert ddp["dev"]["accuracy"] == single["dev"]["accuracy"]
     assert ddp["dev"]["entropy_mean"] == pytest.approx(single["dev"]["entropy_mean"], abs=1e-5)
+
+
+@pytest.mark.distributed
+def test_launched_lm_compare_equals_single_process(tmp_path, monkeypatch):
+    """The token-level audit: ranks share the batches of windows, gather the columns, and write one report."""
+    from audit.package import fixtures_path
+
+    teacher = str(fixtures_path() / "lm-teacher")
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for i in range(5):
+        (docs / f"d{i}.txt").write_text("Shall I compare thee to a summer's day? Thou art more lovely. " * (i + 1))
+    args = ["compare", "--teacher", teacher, "--student", f"{teacher}@layers=1", "--data", str(docs), "--max-length",
+            "24", "--batch-size", "2", "--bootstrap", "100", "--no-progress", "--json", str(tmp_path / "dist.json")]
+    result = _launch(TORCHRUN, args, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    monkeypatch.setenv("KD_AUDIT_CACHE", str(tmp_path / "single-cache"))
+    single = compare(teacher, [f"{teacher}@layers=1"], str(docs),
+                     settings=CompareSettings(max_length=24, batch_size=2, n_bootstrap=100, progress=False, cache=False))
+    launched = json.loads((tmp_path / "dist.json").read_text())
+    assert launched["data"]["unit"] == "token" and launched["models"]["lm-teacher"]["n_sequences"] == 5
+    assert _without_time(launched) == _without_time(json.loads(json.dumps(single)))
