@@ -91,10 +91,29 @@ def model_columns(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int
 
     ``logits`` (P, V) any float dtype (math in float32); ``targets`` (P,) ints, already checked in range.
     """
-    logp = torch.log_softmax(logits.float(), dim=-1)  # (P, V) float32
-    p = logp.exp()
-    entropy = -torch.where(p > 0, p * logp, torch.zeros_like(p)).sum(-1)
-    max_logp, top1 = logp.amax(-1), logp.argmax(-1)  # argmax: the first index of tied maxima
+    return _model_columns(torch.log_softmax(logits.float(), dim=-1), targets, ignore_index)
+
+
+def _rowdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``(a * b).sum(-1)`` for (P, V) tensors as a batched matrix product: one pass, no (P, V) temporary."""
+    return torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).view(-1)
+
+
+def _with_masked_rows(fast: torch.Tensor, exact) -> torch.Tensor:
+    """``fast`` (P,), recomputed by ``exact(rows)`` on its NaN rows: rows with -inf (masked) logits, where a
+    term is 0 * inf; there 0 log 0 = 0, and a > 0 where b = 0 still gives +inf."""
+    rows = fast.isnan()
+    if bool(rows.any()):
+        fast = fast.clone()
+        fast[rows] = exact(rows)
+    return fast
+
+
+def _model_columns(logp: torch.Tensor, targets: torch.Tensor, ignore_index: int,
+                   p: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    p = logp.exp() if p is None else p
+    entropy = _with_masked_rows(-_rowdot(p, logp), lambda rows: -(p[rows] * logp[rows]).nansum(-1))
+    max_logp, top1 = logp.max(-1)  # max: the first index of tied maxima, as argmax
     keep = targets != ignore_index
     safe = torch.where(keep, targets, torch.zeros_like(targets)).long()
     nan = torch.full_like(max_logp, float("nan"))
@@ -107,15 +126,16 @@ def model_columns(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int
 def kl_columns(teacher: torch.Tensor, student: torch.Tensor) -> dict[str, torch.Tensor]:
     """Eager ``kl`` (KL(q||p)) and ``kl_reverse`` (KL(p||q)) per position, float32, shapes (P,), for
     teacher/student logits (P, V) of any float dtype."""
-    log_q = torch.log_softmax(teacher.float(), dim=-1)
-    log_p = torch.log_softmax(student.float(), dim=-1)
+    return _kl_columns(torch.log_softmax(teacher.float(), dim=-1), torch.log_softmax(student.float(), dim=-1))
 
-    def kl(log_a: torch.Tensor, log_b: torch.Tensor) -> torch.Tensor:
-        a = log_a.exp()
-        # 0 log 0 = 0; a > 0 where b = 0 gives +inf, as it should
-        return torch.where(a > 0, a * (log_a - log_b), torch.zeros_like(a)).sum(-1)
 
-    return {"kl": kl(log_q, log_p), "kl_reverse": kl(log_p, log_q)}
+def _kl_columns(log_q: torch.Tensor, log_p: torch.Tensor, q: torch.Tensor | None = None,
+                p: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    q = log_q.exp() if q is None else q
+    p = log_p.exp() if p is None else p
+    gap = log_q - log_p  # one (P, V) difference serves both directions: KL(p||q) = -sum p (log q - log p)
+    return {"kl": _with_masked_rows(_rowdot(q, gap), lambda rows: (q[rows] * gap[rows]).nansum(-1)),
+            "kl_reverse": _with_masked_rows(-_rowdot(p, gap), lambda rows: (p[rows] * -gap[rows]).nansum(-1))}
 
 
 def topk_overlap(teacher: torch.Tensor, student: torch.Tensor, k: int = 5) -> torch.Tensor:
@@ -150,10 +170,15 @@ def _eager(teacher: torch.Tensor, students: Sequence[torch.Tensor], targets: tor
     for start in range(0, n, chunk):
         rows = slice(start, start + chunk)
         t, y = teacher[rows], targets[rows]
-        models[0].append(model_columns(t, y, ignore_index))
+        log_t = torch.log_softmax(t.float(), dim=-1)  # each model's log-softmax and softmax once per chunk
+        p_t = log_t.exp()
+        models[0].append(_model_columns(log_t, y, ignore_index, p_t))
         for j, s in enumerate(students):
-            models[1 + j].append(model_columns(s[rows], y, ignore_index))
-            pairs[j].append({**kl_columns(t, s[rows]), "topk_overlap": topk_overlap(t, s[rows], topk)})
+            log_s = torch.log_softmax(s[rows].float(), dim=-1)
+            p_s = log_s.exp()
+            models[1 + j].append(_model_columns(log_s, y, ignore_index, p_s))
+            pairs[j].append({**_kl_columns(log_t, log_s, p_t, p_s), "topk_overlap": topk_overlap(t, s[rows], topk)})
+            del log_s, p_s
 
     def cat(parts: list[dict], keys: tuple[str, ...]) -> dict[str, torch.Tensor]:
         if not parts:  # P = 0
