@@ -16,6 +16,7 @@ batches and every process gets all columns back (:func:`audit.distributed.gather
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import hashlib
 import json
@@ -58,11 +59,34 @@ class CausalLM:
         return positions if isinstance(positions, int) and positions > 0 else None
 
 
+@dataclass(frozen=True)
+class TopkTeacher:
+    """A teacher seen only through a top-k logits file (:mod:`audit.topk`), read once the data is known."""
+
+    name: str
+    source: str
+
+
+def is_topk_file(spec: str) -> bool:
+    """True for a safetensors file holding ``topk_ids`` (a top-k logits file of :mod:`audit.topk`)."""
+    path = Path(spec)
+    if path.suffix != ".safetensors" or not path.is_file():
+        return False
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return "topk_ids" in f.keys()
+    except (OSError, SafetensorError):
+        return False
+
+
 def is_causal_lm_spec(spec: str) -> bool:
-    """True for a GGUF file, ``SPEC@layers=k``, or a folder whose config names a ``*ForCausalLM`` architecture."""
+    """True for a GGUF file, ``SPEC@layers=k``, a top-k logits file, or a folder whose config names a
+    ``*ForCausalLM`` architecture."""
     base = spec.partition("@")[0]
     path = Path(base)
-    if path.suffix == ".gguf" or "@" in spec:
+    if path.suffix == ".gguf" or "@" in spec or is_topk_file(spec):
         return True
     config = path / "config.json"
     if path.is_dir() and config.is_file():
@@ -169,10 +193,32 @@ def _forward_logits(lm: CausalLM, input_ids: torch.Tensor, attention_mask: torch
     return lm.model(input_ids=input_ids, attention_mask=attention_mask).logits
 
 
-def evaluate_tokens(models: list[CausalLM], windows: TokenWindows, *, device: torch.device, dtype: torch.dtype,
-                    batch_size: int, progress: bool = False, store=None,
-                    group: ProcessGroup | None = None) -> dict[str, torch.Tensor]:
+def _reduce_batch(models: list, logits: list[torch.Tensor], targets: torch.Tensor, topk=None):
+    """The reduction of one batch; with a top-k teacher (``logits[0]`` None) its columns come from the file."""
+    if topk is None:
+        return reduce_logits(logits[0], logits[1:], targets)
+    from audit.reduce import Reduction, topk_overlap
+    from audit.topk import topk_tail_kl, topk_teacher_columns
+
+    ids, logprobs = topk
+    vocab = logits[1].shape[1]
+    teacher = topk_teacher_columns(ids, logprobs, targets, vocab_size=vocab)
+    students = reduce_logits(logits[1], logits[2:], targets).models if len(logits) > 2 else \
+        reduce_logits(logits[1], [], targets).models
+    # the teacher's top ids as logits that rank them first, for the overlap with the student's top 5
+    ranked = torch.full_like(logits[1][:, :1].expand(-1, vocab), float("-inf")).scatter(1, ids.long(), logprobs.float())
+    pairs = [{**{k: v for k, v in topk_tail_kl(ids, logprobs, s).items() if k in PAIR_KEYS},
+              "topk_overlap": topk_overlap(ranked, s, min(5, ids.shape[1]))} for s in logits[1:]]
+    return Reduction([teacher, *students], pairs)
+
+
+def evaluate_tokens(models: list, windows: TokenWindows, *, device: torch.device, dtype: torch.dtype,
+                    batch_size: int, progress: bool = False, store=None, group: ProcessGroup | None = None,
+                    topk=None) -> dict[str, torch.Tensor]:
     """Per-position columns of the teacher (``models[0]``) and its students on every scored token.
+
+    With ``topk`` (a :class:`audit.topk.TopkLogits` of every scored position, in order) the teacher is that
+    file: its columns and the KLs use the tail bucket of :mod:`audit.topk` (approximations stated there).
 
     Returns:
         ``{"0.entropy": (P,), ..., "pair0.kl": (P,), ..., "sequence": (P,) int64}`` float32 CPU columns in the
@@ -195,7 +241,8 @@ def evaluate_tokens(models: list[CausalLM], windows: TokenWindows, *, device: to
         rows.append(done_rows)
         values.append(done_values)
     for lm in models:
-        lm.model.to(device=device, dtype=dtype)
+        if isinstance(lm, CausalLM):
+            lm.model.to(device=device, dtype=dtype)
     with progress_bar(progress and group.is_main) as bar, torch.inference_mode():
         task = bar.add_task("evaluating tokens", total=int(sum(offsets[plan[i][1]] - offsets[plan[i][0]] for i in mine)))
         bar.advance(task, sum(r.numel() for r in rows))
@@ -204,8 +251,12 @@ def evaluate_tokens(models: list[CausalLM], windows: TokenWindows, *, device: to
             ids, mask = windows.input_ids[a:b].to(device), windows.attention_mask[a:b].to(device)
             targets = windows.targets[a:b].to(device)
             keep = targets != IGNORE_INDEX
-            logits = [_forward_logits(lm, ids, mask)[keep] for lm in models]  # each (P_batch, V)
-            reduction = reduce_logits(logits[0], logits[1:], targets[keep])
+            # each (P_batch, V); a top-k teacher has no logits, its rows of the file stand in
+            logits = [_forward_logits(lm, ids, mask)[keep] if isinstance(lm, CausalLM) else None for lm in models]
+            rows_of_file = slice(int(offsets[a]), int(offsets[b]))
+            batch_topk = None if topk is None else (topk.ids[rows_of_file].to(device),
+                                                     topk.logprobs[rows_of_file].to(device))
+            reduction = _reduce_batch(models, logits, targets[keep], batch_topk)
             del logits
             block = torch.stack([reduction.models[m][k].float() for m in range(len(models)) for k in MODEL_KEYS]
                                 + [pair[k].float() for pair in reduction.pairs for k in PAIR_KEYS], 1).cpu()
@@ -245,8 +296,11 @@ def _constant(x: torch.Tensor) -> bool:
 
 
 def summarize_tokens(columns: dict[str, torch.Tensor], names: list[str], vocab_size: int, *,
-                     settings: CompareSettings) -> tuple[dict, list[dict], list[dict]]:
+                     settings: CompareSettings, topk: int | None = None) -> tuple[dict, list[dict], list[dict]]:
     """Per-model numbers, per-pair statistics with verdicts, and student-vs-student entropy differences.
+
+    ``topk``: the teacher is known through its top ``topk`` log-probabilities; its NLL then covers only the
+    tokens whose target is among them (no interval), and the report says what is approximate.
 
     Every interval is a percentile interval of one cluster bootstrap by sequence (:mod:`audit.metrics.cluster`).
     """
@@ -257,6 +311,8 @@ def summarize_tokens(columns: dict[str, torch.Tensor], names: list[str], vocab_s
         h, p = columns[f"{m}.entropy"], columns[f"{m}.maxprob"]
         correct = columns[f"{m}.correct"]
         nll = -columns[f"{m}.target_logprob"].double()
+        known = torch.isfinite(nll)  # all but a top-k teacher's targets outside its top k
+        mean_nll = float(nll[known].mean()) if known.any() else float("nan")
         calibration = metrics.calibration_errors(p, correct.bool(), n_bins=settings.n_bins)
         bins = calibration["bins"]
         hit = correct.bool()
@@ -265,8 +321,9 @@ def summarize_tokens(columns: dict[str, torch.Tensor], names: list[str], vocab_s
             "n": int(h.numel()), "n_sequences": int(groups.unique().numel()), "num_classes": vocab_size,
             "entropy_mean": float(h.double().mean()), "entropy_normalized": float(h.double().mean()) / log_v,
             "maxprob_mean": float(p.double().mean()),
-            "accuracy": float(correct.double().mean()), "nll": float(nll.mean()),
-            "perplexity": math.exp(float(nll.mean())),
+            "accuracy": float(correct.double().mean()),
+            "nll": mean_nll if math.isfinite(mean_nll) else None,
+            "perplexity": math.exp(mean_nll) if math.isfinite(mean_nll) else None,
             "ece": float(calibration["ece"]), "mce": float(calibration["mce"]),
             "ece_adaptive": float(calibration["ece_adaptive"]), "n_bins": settings.n_bins,
             "entropy_correct": float(h[hit].double().mean()) if hit.any() else None,
@@ -277,8 +334,14 @@ def summarize_tokens(columns: dict[str, torch.Tensor], names: list[str], vocab_s
             "maxprob_histogram": _histogram(p, 1.0 / vocab_size, 1.0),
             "reliability": {key: _floats(getattr(bins, key)) for key in ("edges", "count", "confidence", "accuracy")},
         }
+        if m == 0 and topk is not None:
+            models[name]["approximation"] = (
+                f"known through its top {topk} log-probabilities: entropy and both KLs are lower bounds (the tail "
+                f"is one bucket, audit.topk); NLL covers the {float(known.double().mean()):.1%} of tokens whose "
+                f"target is in its top {topk}")
         for key, values in (("accuracy", correct), ("nll", nll), ("entropy_mean", h), ("maxprob_mean", p)):
-            requests[f"{m}.{key}"] = ("mean", (values.double(),))
+            if bool(torch.isfinite(values).all()):
+                requests[f"{m}.{key}"] = ("mean", (values.double(),))
         requests[f"{m}.ece"] = ("ece", (p, correct))
     pair_requests: dict[int, dict[str, tuple]] = {}
     undefined_stats: dict[str, dict] = {}
@@ -312,7 +375,7 @@ def summarize_tokens(columns: dict[str, torch.Tensor], names: list[str], vocab_s
     point = {name: _point(statistic, values, settings.n_bins) for name, (statistic, values) in requests.items()}
     for m, name in enumerate(names):
         models[name]["ci"] = {key: list(cis[f"{m}.{key}"]) for key in ("accuracy", "nll", "entropy_mean",
-                                                                         "maxprob_mean", "ece")}
+                                                                         "maxprob_mean", "ece") if f"{m}.{key}" in cis}
     pairs = []
     for j in range(1, len(names)):
         stats = {k: _stat(point[f"pair{j}.{k}"], cis[f"pair{j}.{k}"]) for k in pair_requests[j]}
@@ -337,7 +400,7 @@ def _point(statistic: str, values: tuple[torch.Tensor, ...], n_bins: int) -> flo
     return float(metrics.ece(values[0], values[1].bool(), n_bins=n_bins))
 
 
-def _store(models: list[CausalLM], documents: Documents, windows: TokenWindows, columns: int, settings: CompareSettings,
+def _store(models: list, documents: Documents, windows: TokenWindows, columns: int, settings: CompareSettings,
            dtype: torch.dtype, device: torch.device, batch_size: int):
     """The cache entry of these columns (every model, the documents and the windowing), or None when unusable."""
     from audit.cache import CacheUnavailable, PredictionStore, model_fingerprint
@@ -345,7 +408,11 @@ def _store(models: list[CausalLM], documents: Documents, windows: TokenWindows, 
     digest = hashlib.sha256()
     for values in (documents.texts, documents.ids, documents.prompts or []):
         digest.update(json.dumps(values).encode())
-    key = {"version": 1, "kind": "lm-columns", "models": [[m.source, model_fingerprint(m)] for m in models],
+    from audit.cache import file_sha256
+
+    key = {"version": 1, "kind": "lm-columns",
+           "models": [[m.source, model_fingerprint(m) if isinstance(m, CausalLM) else file_sha256(Path(m.source))]
+                      for m in models],
            "documents": digest.hexdigest(), "windows": windows.info, "dtype": str(dtype), "device": device.type,
            "batch_size": batch_size}
     try:
@@ -385,29 +452,40 @@ def compare_lm(teacher: str | CausalLM, students: list[str | CausalLM], data: st
     if names is not None and len(names) > len(specs):
         raise AuditError(f"expected at most {len(specs)} --name values (teacher, then students), got {len(names)}")
     names = list(names or []) + [None] * (len(specs) - len(names or []))
-    models = [s if isinstance(s, CausalLM) else load_causal_lm(s, name=n, trust_remote_code=settings.trust_remote_code)
-              for s, n in zip(specs, names)]
+    models: list = [s if isinstance(s, CausalLM) else
+                    TopkTeacher(n or Path(s).stem, s) if i == 0 and is_topk_file(s) else
+                    load_causal_lm(s, name=n, trust_remote_code=settings.trust_remote_code)
+                    for i, (s, n) in enumerate(zip(specs, names))]
     seen: dict[str, int] = {}
     for i, m in enumerate(models):
         seen[m.name] = seen.get(m.name, 0) + 1
         if seen[m.name] > 1:
-            models[i] = CausalLM(f"{m.name}#{seen[m.name]}", m.model, m.tokenizer, m.source)
-    check_same_tokenizer(models)
-    for m in models:
+            models[i] = dataclasses.replace(m, name=f"{m.name}#{seen[m.name]}")
+    lms = [m for m in models if isinstance(m, CausalLM)]
+    check_same_tokenizer(lms)
+    for m in lms:
         if m.context is not None and settings.max_length > m.context:
             raise AuditError(f"expected --max-length at most {m.name}'s context of {m.context} tokens, got "
                              f"{settings.max_length}; pass --max-length {m.context} or less")
     documents = data if isinstance(data, Documents) else read_documents(
         data, split=settings.split, text_column=settings.text_column, prompt_column=settings.prompt_column,
         completion_column=settings.completion_column, limit=settings.limit)
-    windows = tokenize_windows(documents, models[0].tokenizer, max_length=settings.max_length, stride=settings.stride)
+    windows = tokenize_windows(documents, lms[0].tokenizer, max_length=settings.max_length, stride=settings.stride)
+    vocab_size = int(lms[0].model.config.vocab_size)
+    topk = None
+    if isinstance(models[0], TopkTeacher):
+        from audit.topk import read_topk_logits
+
+        sequence_ids, positions = windows.scored()
+        topk = read_topk_logits(models[0].source, vocab_size=vocab_size, sequence_ids=sequence_ids,
+                                positions=positions)
     batch_size = AUTO_BATCH.get(device.type, 4) if settings.batch_size == "auto" else int(settings.batch_size)
     n_columns = len(_columns_of([m.name for m in models], len(models) - 1))
     store = _store(models, documents, windows, n_columns, settings, dtype, device, batch_size) if settings.cache else None
     columns = evaluate_tokens(models, windows, device=device, dtype=dtype, batch_size=batch_size,
-                              progress=settings.progress, store=store, group=group)
-    vocab_size = int(models[0].model.config.vocab_size)
-    model_stats, pairs, differences = summarize_tokens(columns, [m.name for m in models], vocab_size, settings=settings)
+                              progress=settings.progress, store=store, group=group, topk=topk)
+    model_stats, pairs, differences = summarize_tokens(columns, [m.name for m in models], vocab_size, settings=settings,
+                                                       topk=None if topk is None else topk.ids.shape[1])
     for m in models:
         model_stats[m.name]["source"] = m.source
     return {

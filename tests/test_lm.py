@@ -208,3 +208,36 @@ def test_smollm2_gguf_against_its_first_layers(tmp_path, capsys):
     teacher = report["models"][gguf.stem]
     assert 10 < teacher["perplexity"] < 200  # DATA.md: about 55 on Hamlet
     assert report["pairs"][0]["kl"]["value"] > 0.05
+
+
+def test_a_topk_teacher_file_stands_in_for_the_teacher(tmp_path, docs):
+    """A teacher seen only through its top k: exact where the file is (top-1, max probability), lower bounds for
+    the KLs and the entropy (the tail bucket), and refused when its positions are not the data's."""
+    from audit import compare
+    from audit.data.text import read_documents, tokenize_windows
+    from audit.topk import topk_from_logits, write_topk_logits
+
+    teacher = load_causal_lm(TEACHER)
+    windows = tokenize_windows(read_documents(docs), teacher.tokenizer, max_length=32)
+    with torch.no_grad():
+        logits = teacher.model(input_ids=windows.input_ids, attention_mask=windows.attention_mask).logits
+    ids, logprobs = topk_from_logits(logits[windows.targets != -100], 256)
+    path = write_topk_logits(tmp_path / "teacher-top256.safetensors", ids, logprobs, *windows.scored())
+    full = run_compare(docs)
+    approx = compare(str(path), [STUDENT], docs, settings=CompareSettings(max_length=32, n_bootstrap=50,
+                                                                          progress=False))
+    validate_report(approx)
+    t_full, t_approx = full["models"]["lm-teacher"], approx["models"]["teacher-top256"]
+    assert "top 256" in t_approx["approximation"]
+    assert t_approx["maxprob_mean"] == pytest.approx(t_full["maxprob_mean"], rel=1e-5)
+    assert t_approx["accuracy"] == t_full["accuracy"] and t_approx["n"] == t_full["n"]
+    assert t_approx["entropy_mean"] <= t_full["entropy_mean"] + 1e-5
+    p_full, p_approx = full["pairs"][0], approx["pairs"][0]
+    assert p_approx["agreement"]["value"] == p_full["agreement"]["value"]
+    for key in ("kl", "kl_reverse"):
+        assert 0 <= p_approx[key]["value"] <= p_full[key]["value"] + 1e-5
+    assert approx["models"]["lm-teacher@layers=1"] == {**full["models"]["lm-teacher@layers=1"],
+                                                      "source": approx["models"]["lm-teacher@layers=1"]["source"]}
+    with pytest.raises(AuditError, match="matching the data's scored positions"):
+        compare(str(path), [STUDENT], docs, settings=CompareSettings(max_length=32, limit=2, n_bootstrap=50,
+                                                                     progress=False))
