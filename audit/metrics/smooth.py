@@ -161,18 +161,28 @@ def _grids(sums: torch.Tensor) -> torch.Tensor:
     return low
 
 
-def _reflected_convolution(grid: torch.Tensor, sigma: float) -> torch.Tensor:
-    """relplot's ``ReflectedGaussianKernel.convolve`` of the last dim of (..., m) grids, by FFT."""
+def _spectrum(grid: torch.Tensor) -> torch.Tensor:
+    """rfft of (..., m) grids reflected about both ends without repeating them, ``[v_{m-1}..v_1, v, v_{m-2}..v_0]``,
+    over ``n >= 3m - 2`` points: a circular convolution of that size wraps the full one's 4m - 3 points onto
+    indices < m - 1 only, which :func:`_convolve` never reads."""
     m = grid.shape[-1]
-    t = _linspace(m, grid.device)
-    kernel = torch.exp(-(t - 0.5) * (t - 0.5) / (2 * sigma * sigma)) / (math.sqrt(2 * math.pi) * sigma)
     extended = torch.cat([grid[..., 1:].flip(-1), grid, grid[..., :-1].flip(-1)], -1)  # (..., 3m - 2)
-    # a circular convolution of n >= 3m - 2 points wraps the full one's 4m - 3 points onto indices < m - 1 only
+    return torch.fft.rfft(extended, 1 << (3 * m - 3).bit_length())
+
+
+def _convolve(spectrum: torch.Tensor, m: int, sigma: float) -> torch.Tensor:
+    """relplot's ``ReflectedGaussianKernel.convolve`` of the grids whose :func:`_spectrum` is given: (..., m)."""
+    t = _linspace(m, spectrum.device)
+    kernel = torch.exp(-(t - 0.5) * (t - 0.5) / (2 * sigma * sigma)) / (math.sqrt(2 * math.pi) * sigma)
     n_fft = 1 << (3 * m - 3).bit_length()
-    full = torch.fft.irfft(torch.fft.rfft(extended, n_fft) * torch.fft.rfft(kernel, n_fft), n_fft)
+    full = torch.fft.irfft(spectrum * torch.fft.rfft(kernel, n_fft), n_fft)
     # np.convolve(ext, ker, "valid")[m // 2 : m // 2 + m]; "valid" starts at index m - 1 of the full one
     start = m - 1 + m // 2
     return full[..., start:start + m]
+
+
+def _reflected_convolution(grid: torch.Tensor, sigma: float) -> torch.Tensor:
+    return _convolve(_spectrum(grid), grid.shape[-1], sigma)
 
 
 def _interpolate(t: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
@@ -184,10 +194,9 @@ def _interpolate(t: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
     return grid[..., index] * (1 - weight) + grid[..., index + 1] * weight
 
 
-def _smece_at(grids: torch.Tensor, sigma: float) -> torch.Tensor:
-    """smECE_sigma from the (..., 2+, m) mass and residual grids: 0-dim (or (...,)) float64."""
-    smoothed = _interpolate(_linspace(_eval_size(sigma), grids.device),
-                            _reflected_convolution(grids[..., :2, :], sigma))
+def _smece_at(spectrum: torch.Tensor, m: int, sigma: float) -> torch.Tensor:
+    """smECE_sigma from the :func:`_spectrum` of the (..., 2, m) mass and residual grids: 0-dim (or (...,))."""
+    smoothed = _interpolate(_linspace(_eval_size(sigma), spectrum.device), _convolve(spectrum, m, sigma))
     density = smoothed[..., 0, :] + _DENSITY_EPS
     return smoothed[..., 1, :].abs().sum(-1) / density.sum(-1)
 
@@ -201,6 +210,7 @@ class _SmoothECE:
         self._grids: dict[int, torch.Tensor] = {}
         self._values: dict[float, torch.Tensor] = {}
         self._fine: torch.Tensor | None = None
+        self._spectra: dict[int, torch.Tensor] = {}
 
     def grids(self, sigma: float) -> torch.Tensor:
         m = _grid_size(sigma)
@@ -219,7 +229,10 @@ class _SmoothECE:
 
     def __call__(self, sigma: float) -> torch.Tensor:
         if sigma not in self._values:
-            self._values[sigma] = _smece_at(self.grids(sigma), sigma)
+            m = _grid_size(sigma)
+            if m not in self._spectra:  # the bandwidths >= 0.01 share m = 1001 and its spectrum
+                self._spectra[m] = _spectrum(self.grids(sigma)[:2])
+            self._values[sigma] = _smece_at(self._spectra[m], m, sigma)
         return self._values[sigma]
 
     def fixed_point(self) -> float:
