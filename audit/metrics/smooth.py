@@ -22,7 +22,9 @@ hold the two to 1e-6):
 Inputs are widened to float64 first (relplot computes in the dtype it is given; pass it float64 to
 compare). The grid deposit is a chunked pass over the N examples with three ``scatter_add_`` (no host sync);
 every bandwidth that needs the same grid size reuses it, so the common case (sigma >= 0.01, m = 1001)
-reads the data once. Convolutions run as FFTs over the grid, batched over bootstrap resamples.
+reads the data once, and the small bandwidths whose m - 1 divides 5120 share one pass (``_merge_cells``):
+a near-calibrated 1M-example set takes 3 passes. Convolutions run as FFTs over the grid, one transform of
+the data per grid size, batched over bootstrap resamples.
 """
 
 from __future__ import annotations
