@@ -155,3 +155,20 @@ def test_shakespeare_is_split_by_play(shakespeare):
     assert shakespeare["test"].info["sha256"] == "856c99ddf50c497d00679784440f78eda726d154a1f15a7ec1184cd0864721ee"
     again = read_documents("shakespeare", split="test", limit=3)  # from the cache
     assert again.texts == shakespeare["test"].texts[:3]
+
+
+def test_windows_of_a_real_tokenizer_cover_the_text():
+    """SmolLM2's BPE tokenizer (saved with the tiny LM fixtures): the scored targets, decoded in order after
+    the first token, give back the document."""
+    from pathlib import Path
+
+    from transformers import AutoTokenizer
+
+    folder = Path(__file__).resolve().parents[2] / "fixtures" / "lm-teacher"
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    text = "To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer"
+    windows = tokenize_windows(Documents("hamlet", [text], ["0"]), tokenizer, max_length=8, stride=3)
+    ids = tokenizer([text])["input_ids"][0]
+    _, positions = windows.scored()
+    assert positions.tolist() == list(range(1, len(ids)))
+    assert tokenizer.decode(ids[:1] + windows.targets[windows.targets != -100].tolist()) == text
