@@ -16,9 +16,11 @@ batches and every process gets all columns back (:func:`audit.distributed.gather
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import hashlib
+import io
 import json
 import math
 from dataclasses import asdict, dataclass
@@ -139,7 +141,9 @@ def load_causal_lm(spec: str, *, name: str | None = None, dtype: torch.dtype = t
             raise AuditError(f"expected a causal language model, got {', '.join(architectures)} in {base}; audit it "
                              "with --kind classifier, or pass a *ForCausalLM checkpoint")
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
+        # transformers' GGUF reader draws its own tqdm bar on stdout, whatever its progress-bar setting
+        with contextlib.redirect_stdout(io.StringIO()):
+            model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
     except (OSError, ValueError) as err:
         first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise AuditError(f"could not load the causal LM {spec!r} ({first_line[:200]}); pass a local checkpoint "
