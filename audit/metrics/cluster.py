@@ -61,7 +61,7 @@ def _check(values: tuple[torch.Tensor, ...], groups: torch.Tensor, statistic: st
             raise AuditError(f"expected values[{i}] of shape {tuple(groups.shape)} on {groups.device}, got {got}; "
                              "give one value per position")
         # one host sync per column: a NaN would silently turn every resample into NaN
-        if not bool(torch.isfinite(v.double()).all()):
+        if v.is_floating_point() and not bool(torch.isfinite(v).all()):
             raise AuditError(f"expected finite values[{i}], got NaN or inf; drop unscored positions first")
     if statistic == "ece" and not bool(((values[0] >= 0) & (values[0] <= 1)).all()
                                        & ((values[1] == 0) | (values[1] == 1)).all()):
@@ -130,6 +130,15 @@ def _evaluate(statistic: str, sums: torch.Tensor, n_bins: int) -> torch.Tensor:
     return (hit - conf).abs().sum(1) / n
 
 
+def _dense(groups: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Distinct group ids (increasing) and each position's index among them; without a sort when the
+    ids are already non-decreasing (positions of a sequence together, as windows give them)."""
+    if bool((groups[1:] >= groups[:-1]).all()):
+        ids, dense = torch.unique_consecutive(groups, return_inverse=True)
+        return ids, dense
+    return torch.unique(groups, return_inverse=True)
+
+
 def _group_sums(values: tuple[torch.Tensor, ...], dense: torch.Tensor, n_groups: int, statistic: str,
                 n_bins: int) -> torch.Tensor:
     """(G, m) float64 sums of the statistic's per-position columns over the dense group index (N,)."""
@@ -157,7 +166,7 @@ def group_sums(
         AuditError: as :func:`cluster_bootstrap_ci`.
     """
     _check(values, groups, statistic, 1, 0.5, n_bins)
-    ids, dense = torch.unique(groups, return_inverse=True)
+    ids, dense = _dense(groups)
     return _group_sums(values, dense, ids.numel(), statistic, n_bins), ids
 
 
@@ -211,10 +220,8 @@ def cluster_bootstrap_cis(
     for name, (statistic, values) in statistics.items():
         values = tuple(values)
         _check(values, groups, statistic, n_resamples, level, n_bins)
-        if statistic == "ece":
-            values = (values[0], values[1].double())
         prepared.append((name, statistic, values))
-    ids, dense = torch.unique(groups, return_inverse=True)
+    ids, dense = _dense(groups)
     sums = [_group_sums(values, dense, ids.numel(), statistic, n_bins) for _, statistic, values in prepared]
     widths = [s.shape[1] for s in sums]
     stacked = torch.cat(sums, 1)  # (G, sum of m): one matrix product per chunk of draws for all statistics

@@ -133,3 +133,14 @@ def test_several_statistics_share_the_draws():
         np.testing.assert_allclose(together[name], alone, rtol=1e-12)
     with pytest.raises(AuditError, match="expected at least one statistic"):
         cluster_module.cluster_bootstrap_cis({}, groups=groups)
+
+
+def test_the_order_of_positions_does_not_matter():
+    """Sorted group ids take the no-sort path (unique_consecutive); shuffled ones torch.unique: same draws."""
+    groups, x, y, *_ = clustered_data(50, 8)
+    order = torch.argsort(groups, stable=True)
+    for statistic, values in (("mean", (x,)), ("spearman", (x, y))):
+        shuffled = cluster_bootstrap_ci(*values, groups=groups, statistic=statistic, n_resamples=60)
+        ordered = cluster_bootstrap_ci(*(v[order] for v in values), groups=groups[order], statistic=statistic,
+                                       n_resamples=60)
+        np.testing.assert_allclose(shuffled, ordered, rtol=1e-12)
