@@ -18,15 +18,24 @@ from pathlib import Path
 import torch
 
 from audit import metrics
-from audit.claims import CLAIMS, CORRELATION_DELTA, RANK_CORRELATION_DELTA, ClaimResult, entropy_delta
+from audit.claims import (
+    CLAIMS,
+    CORRELATION_DELTA,
+    RANK_CORRELATION_DELTA,
+    VERDICTS,
+    ClaimResult,
+    entropy_delta,
+)
 from audit.compare import MAX_BOOTSTRAP, CompareSettings, compare, predict, versions, write_json
-from audit.data import builtin_datasets, load_data
+from audit.data import TextData, builtin_datasets, load_data
 from audit.errors import AuditError
 from audit.models import Predictions, load_predictions, save_predictions
 from audit.predict import resolve_device
 from audit.train import TrainSettings, train
 
 SCHEMA = "kd-audit/replicate/1"
+ALL_SCHEMA = "kd-audit/replicate-all/1"
+ALL = "all"
 SMOOTHING = (0.1, 0.3)
 KD = {"temperature": 2.0, "kd_weight": 0.5}
 TEACHER_TEMPERATURES = (0.5, 2.0, 4.0)  # besides 1.0, which is the standard KD student
@@ -57,14 +66,16 @@ class Profile:
 
 
 PROFILES = {
-    # 2-core CPU, about 10 minutes a task: pretrained MiniLM cut to 2 and 1 layers, 1200 training sentences
-    "quick": Profile(big="minilm-l6@layers=2", small="minilm-l6@layers=1", epochs=2, lr=2e-4, head_lr=2e-3,
-                     max_length=40, train_limit=1200, eval_limit=500, seeds=1, batch_size=16),
+    # 2-core CPU: pretrained MiniLM cut to 2 and 1 layers, 2000 training sentences, 3 epochs of batches of 32
+    # (188 steps; 2 epochs of 1200 at batch 16 left the 1-layer student, or every arm on vader-amazon, at the
+    # majority class). Measured per task in the README.
+    "quick": Profile(big="minilm-l6@layers=2", small="minilm-l6@layers=1", epochs=3, lr=3e-4, head_lr=3e-3,
+                     max_length=40, train_limit=2000, eval_limit=500, seeds=1, batch_size=32),
     # a GPU: the whole training split, MiniLM-L6 (6 layers) teaching a 3-layer cut, 3 seeds
     "full": Profile(big="minilm-l6", small="minilm-l6@layers=3", epochs=3, lr=5e-5, max_length=128,
                     train_limit=None, eval_limit=None, seeds=3),
     # tests only: random tiny BERTs on a handful of examples
-    "tiny": Profile(big="tiny:hidden=32,layers=2", small="tiny:hidden=16,layers=1", epochs=1, lr=3e-3,
+    "tiny": Profile(big="tiny:hidden=64,layers=2", small="tiny:hidden=32,layers=1", epochs=1, lr=3e-3,
                     max_length=16, train_limit=64, eval_limit=48, seeds=1, batch_size=16),
 }
 
@@ -100,8 +111,10 @@ def grid() -> list[Arm]:
 
 @dataclass
 class ReplicateSettings:
-    """Options of one replication: a built-in ``task``, the ``out`` folder, a profile of :data:`PROFILES`,
-    ``seeds`` (None: the profile's), the device and the bootstrap resamples of every CI."""
+    """Options of one replication: a built-in ``task`` (or ``"all"``: every built-in task, each in
+    ``out/<task>``), the ``out`` folder, a profile of :data:`PROFILES`, ``seeds`` (None:
+    the profile's), the device, the bootstrap resamples of every CI, and ``eval_tasks``: built-in tasks with
+    the same labels whose test splits every arm is also audited on (domain shift)."""
 
     task: str
     out: str
@@ -109,17 +122,25 @@ class ReplicateSettings:
     seeds: int | None = None
     device: str | None = None
     n_bootstrap: int = 1000
+    eval_tasks: tuple[str, ...] = ()
 
     def validate(self) -> Profile:
         """Check every option before anything is written; return the profile.
 
         Raises:
-            AuditError: an unknown task, profile or device, seeds < 1, bootstrap resamples outside
-                [1, MAX_BOOTSTRAP], or an ``out`` that is a file or lies under one.
+            AuditError: an unknown task, eval task, profile or device, an eval task whose labels differ from
+                the task's, seeds < 1, bootstrap resamples outside [1, MAX_BOOTSTRAP], or an ``out`` that is
+                a file or lies under one.
         """
-        if self.task not in builtin_datasets():
-            raise AuditError(f"expected a built-in task ({', '.join(builtin_datasets())}), got {self.task!r}; "
-                             "see python -m audit data list")
+        for task in (self.task, *self.eval_tasks):
+            if task not in builtin_datasets() and not (task == ALL and task == self.task):
+                raise AuditError(f"expected a built-in task ({', '.join(builtin_datasets())}) or {ALL!r} for "
+                                 f"--task, got {task!r}; see python -m audit data list")
+        for other in self.eval_tasks:
+            if not any(_label_names(other) == _label_names(task) for task in self.tasks()):
+                raise AuditError(f"expected --eval-task with the labels of {self.task} "
+                                 f"{list(_label_names(self.tasks()[0]))}, got {other} with "
+                                 f"{list(_label_names(other))}; audit on a task with the same labels")
         if self.profile not in PROFILES:
             raise AuditError(f"expected --profile {' or '.join(PROFILES)}, got {self.profile!r}")
         if self.seeds is not None and self.seeds < 1:
@@ -133,6 +154,14 @@ class ReplicateSettings:
                 raise AuditError(f"expected --out to be a folder, got {out}, and {path} is a file; name a folder")
         resolve_device(self.device)
         return PROFILES[self.profile]
+
+    def tasks(self) -> list[str]:
+        """The tasks trained: ``[task]``, or every built-in task for ``"all"``."""
+        return list(builtin_datasets()) if self.task == ALL else [self.task]
+
+
+def _label_names(task: str) -> tuple[str, ...]:
+    return builtin_datasets()[task].classes
 
 
 def _train_arm(arm: Arm, seed_dir: Path, profile: Profile, settings: ReplicateSettings, seed: int,
@@ -160,39 +189,41 @@ def _scaled_teacher(seed_dir: Path, teacher: str, temperature: float, profile: P
     if not path.exists():
         data = load_data(settings.task, split="train", limit=profile.train_limit)
         source = predict(str(seed_dir / teacher), data, name=teacher,
-                         settings=CompareSettings(device=settings.device, dtype="float32", progress=False,
+                         settings=CompareSettings(device=settings.device, dtype="fp32", progress=False,
                                                   max_length=profile.max_length))
         path.parent.mkdir(parents=True, exist_ok=True)
         save_predictions(replace(source, logits=source.logits / temperature), path)
     return path
 
 
-def _evaluate_seed(seed_dir: Path, arms: list[Arm], settings: ReplicateSettings, profile: Profile,
-                   progress: bool) -> dict[str, Predictions]:
-    """Dev logits of every arm and scaled teacher, through compare (one JSON per teacher group)."""
-    dev = load_data(settings.task, split="dev", limit=profile.eval_limit)
+def _evaluate_seed(seed_dir: Path, arms: list[Arm], data: TextData, folder: Path, settings: ReplicateSettings,
+                   profile: Profile, progress: bool) -> dict[str, Predictions]:
+    """Logits of every arm and scaled teacher on ``data``, through compare (one JSON per teacher group in
+    ``folder``, the logits in ``folder/<split>-logits``)."""
     compare_settings = CompareSettings(n_bootstrap=settings.n_bootstrap, device=settings.device, progress=progress,
                                        max_length=profile.max_length)
-    logits_dir = seed_dir / "dev-logits"
+    logits_dir = folder / f"{data.info.get('split', 'eval')}-logits"
     groups: dict[str, list[str]] = {}
     for arm in arms:
         teacher = arm.teacher or ("big-erm" if arm.name != "big-erm" else None)
         if teacher is not None and arm.teacher_temperature == 1.0:
             groups.setdefault(teacher, []).append(arm.name)
     for teacher, students in groups.items():
-        report = compare(str(seed_dir / teacher), [str(seed_dir / s) for s in students], dev,
+        report = compare(str(seed_dir / teacher), [str(seed_dir / s) for s in students], data,
                          names=[teacher, *students], settings=compare_settings, save_logits=logits_dir)
-        write_json(report, seed_dir / f"compare-{teacher}.json")
+        write_json(report, folder / f"compare-{teacher}.json")
     logits = {p.stem: load_predictions(p, name=p.stem) for p in logits_dir.glob("*.safetensors")}
     for arm in arms:
         if arm.teacher_temperature != 1.0:
             teacher_name = f"{arm.teacher}-tau{arm.teacher_temperature:g}"
             scaled = replace(logits[arm.teacher], name=teacher_name,
                              logits=logits[arm.teacher].logits / arm.teacher_temperature)
-            save_predictions(scaled, logits_dir / f"{teacher_name}.safetensors")
-            report = compare(str(logits_dir / f"{teacher_name}.safetensors"), [str(seed_dir / arm.name)], dev,
+            scaled_path = folder / "teachers" / f"{data.info.get('split', 'eval')}-{teacher_name}.safetensors"
+            scaled_path.parent.mkdir(parents=True, exist_ok=True)
+            save_predictions(scaled, scaled_path)
+            report = compare(str(scaled_path), [str(seed_dir / arm.name)], data,
                              names=[teacher_name, arm.name], settings=compare_settings, save_logits=logits_dir)
-            write_json(report, seed_dir / f"compare-{teacher_name}.json")
+            write_json(report, folder / f"compare-{teacher_name}.json")
             logits[teacher_name] = scaled
             logits[arm.name] = load_predictions(logits_dir / f"{arm.name}.safetensors", name=arm.name)
     return logits
@@ -273,34 +304,71 @@ def _correlation(claim: str, statistic: str, function, samples: tuple[torch.Tens
 
 
 def replicate(settings: ReplicateSettings, *, progress: bool = True) -> dict:
-    """Run (or resume) the grid on ``settings.task``; return the summary (also ``out/summary.json``)."""
+    """Run (or resume) the grid on ``settings.task``, or on every built-in task for ``"all"``; return the
+    summary (also ``out/summary.json``: schema ``kd-audit/replicate/1`` for one task, ``kd-audit/replicate-all/1``
+    aggregating the tasks, each of which keeps its own summary in ``out/<task>``).
+
+    Raises:
+        AuditError: a refused option (:meth:`ReplicateSettings.validate`), before anything is written.
+    """
     profile = settings.validate()
+    if settings.task != ALL:
+        return _replicate_task(settings, profile, progress)
+    summaries = [_replicate_task(replace(settings, task=task, out=str(Path(settings.out) / task)), profile, progress)
+                 for task in settings.tasks()]
+    summary = aggregate(summaries)
+    write_json(summary, Path(settings.out) / "summary.json")
+    return summary
+
+
+def _arm_statistics(arms: list[Arm], seed_logits: list[dict[str, Predictions]], labels: torch.Tensor,
+                    n_bootstrap: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], list[ClaimResult]]:
+    """Per-example entropy and accuracy of every arm and teacher averaged over seeds (N,), and the claims."""
+    names = seed_logits[0].keys()
+    entropy = {n: torch.stack([_entropy(logits[n]) for logits in seed_logits]).mean(0) for n in names}
+    accuracy = {n: torch.stack([metrics.correct(torch.softmax(lg[n].logits, -1), labels).float()
+                                for lg in seed_logits]).mean(0) for n in names}
+    claims = decide_claims(entropy, n_bootstrap, num_classes=seed_logits[0]["big-erm"].logits.shape[-1])
+    return entropy, accuracy, claims
+
+
+def _claim_rows(claims: list[ClaimResult]) -> list[dict]:
+    return [{"claim": r.claim_id, "statement": CLAIMS[r.claim_id].statement, "verdict": r.verdict,
+             "statistic": r.statistic, "value": r.value, "ci": list(r.ci), "delta": r.delta, "detail": r.detail}
+            for r in claims]
+
+
+def _replicate_task(settings: ReplicateSettings, profile: Profile, progress: bool) -> dict:
     seeds = list(range(settings.seeds or profile.seeds))
     out = Path(settings.out)
     arms = grid()
+    dev = load_data(settings.task, split="dev", limit=profile.eval_limit)
+    labels = torch.tensor(dev.labels)
+    shifts = [t for t in settings.eval_tasks if t != settings.task and _label_names(t) == _label_names(settings.task)]
+    shift_data = {t: load_data(t, split="test", limit=profile.eval_limit) for t in shifts}
     per_seed: dict[str, list[dict]] = {arm.name: [] for arm in arms}
-    seed_logits = []
+    seed_logits, shift_logits, seed_verdicts = [], {t: [] for t in shifts}, []
     for seed in seeds:
         seed_dir = out / f"seed{seed}"
         for arm in arms:
             _train_arm(arm, seed_dir, profile, settings, seed, progress)
-        logits = _evaluate_seed(seed_dir, arms, settings, profile, progress)
+        logits = _evaluate_seed(seed_dir, arms, dev, seed_dir, settings, profile, progress)
         seed_logits.append(logits)
-        labels = torch.tensor(load_data(settings.task, split="dev", limit=profile.eval_limit).labels)
+        for task, data in shift_data.items():
+            shift_logits[task].append(_evaluate_seed(seed_dir, arms, data, seed_dir / f"shift-{task}", settings,
+                                                     profile, progress))
         for arm in arms:
             p = torch.softmax(logits[arm.name].logits, -1)
             correct = metrics.correct(p, labels)
             per_seed[arm.name].append({"seed": seed, "entropy": float(metrics.entropy(p).mean()),
                                        "accuracy": float(correct.float().mean()),
                                        "ece": float(metrics.ece(metrics.max_probability(p), correct))})
-    names = seed_logits[0].keys()
-    entropy = {n: torch.stack([_entropy(logits[n]) for logits in seed_logits]).mean(0) for n in names}
-    labels = torch.tensor(load_data(settings.task, split="dev", limit=profile.eval_limit).labels)
-    accuracy = {n: torch.stack([metrics.correct(torch.softmax(lg[n].logits, -1), labels).float()
-                                for lg in seed_logits]).mean(0) for n in names}
-    claims = decide_claims(entropy, settings.n_bootstrap, num_classes=seed_logits[0]["big-erm"].logits.shape[-1])
+        seed_claims = _arm_statistics(arms, [logits], labels, settings.n_bootstrap)[2]
+        seed_verdicts.append({"seed": seed, "claim_verdicts": overall_verdicts(seed_claims)})
+    entropy, accuracy, claims = _arm_statistics(arms, seed_logits, labels, settings.n_bootstrap)
+    verdicts = overall_verdicts(claims)
     # students of deliberately flattened teachers are meant to be near-uniform: they are not checked
-    untrained = untrained_arms(entropy, accuracy, labels, [a.name for a in arms if a.teacher_temperature == 1.0])
+    checked = [a.name for a in arms if a.teacher_temperature == 1.0]
     summary = {
         "schema": SCHEMA, "task": settings.task, "profile": settings.profile, "seeds": seeds,
         "settings": {**asdict(settings), **asdict(profile), **KD, "smoothing": list(SMOOTHING)},
@@ -311,15 +379,73 @@ def replicate(settings: ReplicateSettings, *, progress: bool = True) -> dict:
                   "entropy": _mean_ci(entropy[arm.name], settings.n_bootstrap),
                   "accuracy": _mean_ci(accuracy[arm.name], settings.n_bootstrap),
                   "per_seed": per_seed[arm.name]} for arm in arms],
-        "claims": [{"claim": r.claim_id, "statement": CLAIMS[r.claim_id].statement, "verdict": r.verdict,
-                    "statistic": r.statistic, "value": r.value, "ci": list(r.ci), "delta": r.delta, "detail": r.detail}
-                   for r in claims],
-        "claim_verdicts": overall_verdicts(claims),
+        "claims": _claim_rows(claims),
+        "claim_verdicts": verdicts,
+        "seed_verdicts": seed_verdicts,
         "inheritance": inheritance_statistics(entropy, settings.n_bootstrap),
-        "untrained_arms": untrained,
+        "untrained_arms": untrained_arms(entropy, accuracy, labels, checked),
     }
+    if shifts:
+        summary["shift"] = {}
+        for task in shifts:
+            shifted_labels = torch.tensor(shift_data[task].labels)
+            h, acc, shifted = _arm_statistics(arms, shift_logits[task], shifted_labels, settings.n_bootstrap)
+            shifted_verdicts = overall_verdicts(shifted)
+            summary["shift"][task] = {
+                "split": "test", "claims": _claim_rows(shifted), "claim_verdicts": shifted_verdicts,
+                "survives": direction_survives(verdicts, shifted_verdicts),
+                "arms": [{"arm": a.name, "entropy": _mean_ci(h[a.name], settings.n_bootstrap),
+                          "accuracy": _mean_ci(acc[a.name], settings.n_bootstrap)} for a in arms],
+                "untrained_arms": untrained_arms(h, acc, shifted_labels, checked),
+            }
     write_json(summary, out / "summary.json")
     return summary
+
+
+def direction_survives(in_domain: dict[str, str], shifted: dict[str, str]) -> dict[str, bool | None]:
+    """Per claim: did the direction measured in-domain survive the shift? True when the in-domain verdict
+    (holds or fails) is the shifted one too, False when it is not, None when in-domain gave no direction
+    (inconclusive or negligible).
+
+    >>> direction_survives({"C1a": "holds", "C1b": "fails", "C2a": "negligible"},
+    ...                    {"C1a": "holds", "C1b": "inconclusive", "C2a": "holds"})
+    {'C1a': True, 'C1b': False, 'C2a': None}
+    """
+    return {c: (shifted.get(c) == v if v in ("holds", "fails") else None) for c, v in in_domain.items()}
+
+
+def aggregate(summaries: list[dict]) -> dict:
+    """One summary over tasks x seeds from per-task summaries: mean dev entropy (with its CI) per arm per task,
+    and per claim how many tasks and how many (task, seed) runs it holds / fails / is inconclusive / negligible
+    on; with ``shift`` sections, per claim and eval task, on how many tasks its direction survived.
+
+    Raises:
+        AuditError: no summaries, or summaries of different grids.
+    """
+    if not summaries or len({tuple(a["arm"] for a in s["arms"]) for s in summaries}) != 1:
+        raise AuditError(f"expected replicate summaries of one grid, got {len(summaries)} with different arms; "
+                         "aggregate runs of one kd-audit version")
+    tasks = [s["task"] for s in summaries]
+    claims: dict[str, dict] = {}
+    for s in summaries:
+        for claim, v in s["claim_verdicts"].items():
+            entry = claims.setdefault(claim, {"tasks": dict.fromkeys(VERDICTS, 0), "runs": dict.fromkeys(VERDICTS, 0),
+                                              "by_task": {}, "survives": {}})
+            entry["tasks"][v] += 1
+            entry["by_task"][s["task"]] = v
+            for seed in s.get("seed_verdicts", []):
+                entry["runs"][seed["claim_verdicts"][claim]] += 1
+            for eval_task, shift in s.get("shift", {}).items():
+                entry["survives"].setdefault(eval_task, {})[s["task"]] = shift["survives"][claim]
+    return {
+        "schema": ALL_SCHEMA, "tasks": tasks, "profile": summaries[0]["profile"], "seeds": summaries[0]["seeds"],
+        "versions": summaries[0]["versions"],
+        "entropy": [{"arm": arm["arm"], "method": arm["method"], "setup": arm["setup"],
+                     "by_task": {s["task"]: s["arms"][i]["entropy"] for s in summaries}}
+                    for i, arm in enumerate(summaries[0]["arms"])],
+        "claims": claims,
+        "untrained_arms": {s["task"]: s.get("untrained_arms", []) for s in summaries},
+    }
 
 
 def untrained_arms(entropy: dict[str, torch.Tensor], accuracy: dict[str, torch.Tensor], labels: torch.Tensor,
@@ -342,13 +468,17 @@ def overall_verdicts(results: list[ClaimResult]) -> dict[str, str]:
 
 
 def render_summary(summary: dict, console=None) -> None:
-    """The paper's table (mean dev entropy and accuracy per arm, with CIs) and the claim verdicts."""
+    """The paper's table (mean dev entropy and accuracy per arm, with CIs) and the claim verdicts; for a
+    ``--task all`` summary, the tables across tasks (:func:`render_aggregate`)."""
     from rich.console import Console
     from rich.table import Table
 
     from audit.report.charts import terminal_charts
 
     console = console or Console()
+    if summary["schema"] == ALL_SCHEMA:
+        render_aggregate(summary, console)
+        return
     seeds = len(summary["seeds"])
     table = Table(title=f"{summary['task']} ({summary['profile']} profile, {seeds} seed{'s' * (seeds > 1)}): "
                         "mean dev entropy and accuracy, 95% bootstrap CI", title_justify="left")
@@ -374,4 +504,40 @@ def render_summary(summary: dict, console=None) -> None:
         console.print(f"[bold red]warning:[/] these arms did not learn (near-uniform predictions or majority-class "
                       f"accuracy): {', '.join(summary['untrained_arms'])}; verdicts that involve them are not evidence "
                       "for or against a claim: train longer (--profile full) or on more data")
+    survival = {True: "direction survives", False: "direction lost", None: "no direction in-domain"}
+    for task, shift in summary.get("shift", {}).items():
+        console.print(f"audited on {task} ({shift['split']}): " + ", ".join(
+            f"{c} {v} ({survival[shift['survives'][c]]})" for c, v in shift["claim_verdicts"].items()))
     console.print(terminal_charts(summary))
+
+
+def render_aggregate(summary: dict, console) -> None:
+    """Mean dev entropy per arm and task with CIs, and per claim its verdict counts over tasks and runs."""
+    from rich.table import Table
+
+    tasks = summary["tasks"]
+    table = Table(title=f"{len(tasks)} tasks ({summary['profile']} profile, {len(summary['seeds'])} seed(s)): mean dev "
+                        "entropy (nats), 95% bootstrap CI", title_justify="left")
+    for column in ("arm", *tasks):
+        table.add_column(column, justify="left" if column == "arm" else "right")
+    for arm in summary["entropy"]:
+        table.add_row(arm["arm"], *(f"{s['value']:.3f} [{s['ci'][0]:.3f}, {s['ci'][1]:.3f}]"
+                                    for s in (arm["by_task"][t] for t in tasks)))
+    console.print(table)
+    claims = Table(title="Claims (../shared/CLAIMS.md): tasks (task x seed runs) per verdict", title_justify="left")
+    for column in ("claim", *VERDICTS, *tasks):
+        claims.add_column(column)
+    for claim, entry in summary["claims"].items():
+        claims.add_row(claim, *(f"{entry['tasks'][v]} ({entry['runs'][v]})" for v in VERDICTS),
+                       *(entry["by_task"].get(t, "-") for t in tasks))
+    console.print(claims)
+    for claim, entry in summary["claims"].items():
+        for eval_task, by_task in entry["survives"].items():
+            kept = [t for t, v in by_task.items() if v]
+            lost = [t for t, v in by_task.items() if v is False]
+            console.print(f"{claim} audited on {eval_task}: direction survives on {len(kept)} task(s) "
+                          f"{', '.join(kept)}; lost on {len(lost)} {', '.join(lost)}")
+    untrained = {t: arms for t, arms in summary["untrained_arms"].items() if arms}
+    if untrained:
+        console.print("[bold red]warning:[/] arms that did not learn: " +
+                      "; ".join(f"{t}: {', '.join(arms)}" for t, arms in untrained.items()))

@@ -9,13 +9,22 @@ from typer.testing import CliRunner
 
 from audit.claims import VERDICTS, ClaimResult, verdict
 from audit.cli import app
-from audit.replicate import INHERITANCE, decide_claims, grid, overall_verdicts, untrained_arms
+from audit.errors import AuditError
+from audit.replicate import (
+    INHERITANCE,
+    aggregate,
+    decide_claims,
+    direction_survives,
+    grid,
+    overall_verdicts,
+    untrained_arms,
+)
 
 
 def test_replicate_tiny_profile_end_to_end(tmp_path):
     out = tmp_path / "rep"
     args = ["replicate", "--task", "vader-movies", "--profile", "tiny", "--out", str(out), "--bootstrap", "100",
-            "--no-progress"]
+            "--eval-task", "vader-tweets", "--no-progress"]
     result = CliRunner().invoke(app, args, env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "summary.json").read_text())
@@ -26,6 +35,16 @@ def test_replicate_tiny_profile_end_to_end(tmp_path):
     assert "C2a" in result.stdout and "small-kd" in result.stdout
     compare_report = json.loads((out / "seed0" / "compare-big-erm.json").read_text())
     assert compare_report["schema"] == "kd-audit/compare/1" and "small-kd" in compare_report["models"]
+    assert [s["seed"] for s in summary["seed_verdicts"]] == [0]
+    # domain shift: every arm audited on vader-tweets' test split, every claim decided there too
+    shifted = json.loads((out / "seed0" / "shift-vader-tweets" / "compare-big-erm.json").read_text())
+    assert shifted["data"]["n"] == 48 and shifted["data"].get("split", "test") == "test"
+    shift = summary["shift"]["vader-tweets"]
+    assert set(shift["claim_verdicts"]) == set(summary["claim_verdicts"]) == set(shift["survives"])
+    for claim, before in summary["claim_verdicts"].items():
+        after = shift["claim_verdicts"][claim]
+        assert shift["survives"][claim] == (after == before if before in ("holds", "fails") else None)
+    assert "vader-tweets" in result.stdout
     # a second call reuses every run and gives the same numbers
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 0
@@ -168,12 +187,15 @@ BAD_REPLICATE = {
     "unknown task": (["--task", "vader-films"], "vader-movies"),
     "unknown profile": (["--profile", "huge"], "--profile"),
     "unknown device": (["--device", "tpu"], "device"),
+    "unknown eval task": (["--eval-task", "vader-films"], "--task"),
+    "eval task with other labels": (["--eval-task", "bbc-news"], "same labels"),
+    "all with plots": (["--task", "all", "--plots", "PLOTS"], "--plots"),
 }
 
 
 def _replicate_cli(args: list[str]):
     base = {"--task": "vader-movies", "--profile": "tiny", "--bootstrap": "50"}
-    given = dict(zip(args[::2], args[1::2]))
+    given = dict(zip(args[::2], args[1::2], strict=True))
     options = [x for key, value in {**base, **given}.items() for x in (key, value)]
     return CliRunner().invoke(app, ["replicate", *options, "--no-progress"])
 
@@ -188,7 +210,8 @@ def _assert_refused(result, message: str) -> None:
 def test_bad_replicate_input_is_refused_before_anything_is_written(tmp_path, case):
     args, message = BAD_REPLICATE[case]
     out = tmp_path / "rep"
-    _assert_refused(_replicate_cli([*args, "--out", str(out)]), message)
+    _assert_refused(_replicate_cli([a.replace("PLOTS", str(tmp_path / "plots")) for a in args] + ["--out", str(out)]),
+                    message)
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
 
@@ -199,3 +222,61 @@ def test_replicate_out_that_is_a_file_is_refused(tmp_path, where):
     out = existing if where == "out" else existing / "rep"
     _assert_refused(_replicate_cli(["--out", str(out)]), "--out")
     assert existing.read_text() == "keep me" and list(tmp_path.iterdir()) == [existing]
+
+
+def _task_summary(task: str, verdicts: dict[str, str], seed_verdicts: list[dict[str, str]], entropy: float,
+                  survives: dict | None = None) -> dict:
+    summary = {"task": task, "profile": "tiny", "seeds": list(range(len(seed_verdicts))), "versions": {},
+               "arms": [{"arm": "big-erm", "method": "erm", "setup": "-",
+                         "entropy": {"value": entropy, "ci": [entropy - 0.1, entropy + 0.1]}}],
+               "claim_verdicts": verdicts, "untrained_arms": [],
+               "seed_verdicts": [{"seed": i, "claim_verdicts": v} for i, v in enumerate(seed_verdicts)]}
+    if survives is not None:
+        summary["shift"] = {"vader-nyt": {"survives": survives}}
+    return summary
+
+
+def test_aggregate_counts_tasks_and_runs():
+    a = _task_summary("vader-movies", {"C1a": "holds", "C2a": "negligible"},
+                      [{"C1a": "holds", "C2a": "fails"}, {"C1a": "inconclusive", "C2a": "negligible"}], 0.3,
+                      survives={"C1a": True, "C2a": None})
+    b = _task_summary("vader-tweets", {"C1a": "fails", "C2a": "negligible"},
+                      [{"C1a": "fails", "C2a": "negligible"}, {"C1a": "fails", "C2a": "holds"}], 0.2,
+                      survives={"C1a": False, "C2a": None})
+    summary = aggregate([a, b])
+    assert summary["schema"] == "kd-audit/replicate-all/1" and summary["tasks"] == ["vader-movies", "vader-tweets"]
+    assert summary["claims"]["C1a"]["tasks"] == {"negligible": 0, "holds": 1, "fails": 1, "inconclusive": 0}
+    assert summary["claims"]["C1a"]["runs"] == {"negligible": 0, "holds": 1, "fails": 2, "inconclusive": 1}
+    assert summary["claims"]["C2a"]["tasks"] == {"negligible": 2, "holds": 0, "fails": 0, "inconclusive": 0}
+    assert summary["claims"]["C2a"]["runs"] == {"negligible": 2, "holds": 1, "fails": 1, "inconclusive": 0}
+    assert summary["claims"]["C1a"]["survives"] == {"vader-nyt": {"vader-movies": True, "vader-tweets": False}}
+    assert summary["entropy"][0]["by_task"]["vader-tweets"] == b["arms"][0]["entropy"]
+    with pytest.raises(AuditError, match="one grid"):
+        aggregate([a, {**b, "arms": []}])
+
+
+def test_direction_survives():
+    before = {"C1a": "holds", "C1b": "fails", "C1c": "holds", "C2a": "inconclusive", "C2b": "negligible"}
+    after = {"C1a": "holds", "C1b": "fails", "C1c": "negligible", "C2a": "holds", "C2b": "holds"}
+    assert direction_survives(before, after) == {"C1a": True, "C1b": True, "C1c": False, "C2a": None, "C2b": None}
+
+
+def test_replicate_all_tasks_end_to_end(tmp_path, monkeypatch):
+    """--task all on the tiny profile, with the built-in list cut to two tasks to keep it short."""
+    from audit import replicate as module
+
+    two = {name: spec for name, spec in module.builtin_datasets().items() if name in ("vader-movies", "vader-amazon")}
+    monkeypatch.setattr(module, "builtin_datasets", lambda: two)
+    out = tmp_path / "all"
+    result = CliRunner().invoke(app, ["replicate", "--task", "all", "--profile", "tiny", "--out", str(out),
+                                      "--bootstrap", "50", "--no-progress"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["tasks"] == ["vader-movies", "vader-amazon"]
+    for task in summary["tasks"]:
+        per_task = json.loads((out / task / "summary.json").read_text())
+        assert per_task["task"] == task
+        assert {c: summary["claims"][c]["by_task"][task] for c in per_task["claim_verdicts"]} == per_task["claim_verdicts"]
+    assert all(sum(entry["tasks"].values()) == 2 and sum(entry["runs"].values()) == 2
+               for entry in summary["claims"].values())
+    assert "vader-amazon" in result.stdout and "C2b" in result.stdout

@@ -1,15 +1,18 @@
 """Reports shared by the report tests: a real compare report from synthetic logits, a label-free one,
-and a small hand-made replicate report of the ``"kd-audit/replicate/1"`` shape."""
+and a real replicate report, written by :func:`audit.replicate.replicate` on the tiny profile (once per
+session: about a minute of tiny-BERT training)."""
 
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 import torch
 
 from audit.compare import CompareSettings, compare_predictions
 from audit.models import Predictions
+from audit.replicate import ReplicateSettings, replicate
 
 
 def _compare_report(with_labels: bool) -> dict:
@@ -42,51 +45,12 @@ def unlabeled_report() -> dict:
     return _compare_report(with_labels=False)
 
 
-def _arm(arm: str, method: str, setup: str, entropies: list[float], accuracies: list[float],
-         teacher: str | None = None, teacher_temperature: float = 1.0) -> dict:
-    mean_h, mean_a = sum(entropies) / len(entropies), sum(accuracies) / len(accuracies)
-    return {
-        "arm": arm, "method": method, "setup": setup, "teacher": teacher, "teacher_temperature": teacher_temperature,
-        "entropy": {"value": mean_h, "ci": [min(entropies), max(entropies)]},
-        "accuracy": {"value": mean_a, "ci": [min(accuracies), max(accuracies)]},
-        "per_seed": [{"seed": s, "entropy": h, "accuracy": a, "ece": 0.01 * (s + 1)}
-                     for s, (h, a) in enumerate(zip(entropies, accuracies, strict=True))],
-    }
-
-
-def _replicate_report() -> dict:
-    return {
-        "schema": "kd-audit/replicate/1",
-        "task": "vader-movies",
-        "profile": "tiny",
-        "seeds": [0, 1, 2],
-        "settings": {"steps": 200, "lr": 0.001, "ls_alpha": 0.1, "kd_temperature": 2.0},
-        "versions": {"kd-audit": "0.1.0", "torch": "2.13.0"},
-        "arms": [
-            _arm("big ERM (teacher)", "erm", "-", [0.21, 0.25, 0.23], [0.90, 0.91, 0.89]),
-            _arm("small ERM", "erm", "-", [0.30, 0.34, 0.32], [0.85, 0.86, 0.84]),
-            _arm("small LS a=0.1", "ls", "-", [0.61, 0.66, 0.64], [0.85, 0.85, 0.86]),
-            _arm("small KD", "kd", "standard", [0.18, 0.22, 0.20], [0.87, 0.88, 0.86], teacher="big ERM (teacher)"),
-            _arm("small KD tau2", "kd", "inheritance", [0.28, 0.31, 0.30], [0.86, 0.87, 0.86],
-                 teacher="big ERM (teacher)", teacher_temperature=2.0),
-        ],
-        "claims": [
-            {"claim": "C1a", "statement": "LS raises entropy over ERM", "verdict": "holds",
-             "statistic": "entropy difference (LS - ERM)", "value": 0.32, "ci": [0.27, 0.36],
-             "detail": "3 seeds, paired"},
-            {"claim": "C1b", "statement": "KD lowers entropy below ERM & LS", "verdict": "inconclusive",
-             "statistic": "entropy difference (KD - ERM)", "value": -0.12, "ci": [-0.2, 0.01],
-             "detail": "CI crosses 0 <check>"},
-        ],
-        "claim_verdicts": {"C1a": "holds", "C1b": "inconclusive"},
-        "inheritance": {"teacher_entropy": [0.10, 0.20, 0.35, 0.50], "student_entropy": [0.12, 0.19, 0.30, 0.47],
-                        "spearman": {"value": 1.0, "ci": [0.8, 1.0]}},
-    }
-
-
 @pytest.fixture(scope="session")
-def _replicate_once() -> dict:
-    return _replicate_report()
+def _replicate_once(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    out = tmp_path_factory.mktemp("replicate") / "vader-movies"
+    replicate(ReplicateSettings(task="vader-movies", out=str(out), profile="tiny", device="cpu", n_bootstrap=100),
+              progress=False)
+    return json.loads((out / "summary.json").read_text())  # the report as `audit report` reads it
 
 
 @pytest.fixture

@@ -94,19 +94,39 @@ def test_terminal_charts_compare(compare_report: dict, unlabeled_report: dict) -
         reliability_chart(unlabeled_report["models"]["teacher"])
 
 
-def test_entropy_by_arm_chart(replicate_report: dict) -> None:
+def _arm(name: str, method: str, value: float, lo: float, hi: float) -> dict:
+    return {"arm": name, "method": method, "entropy": {"value": value, "ci": [lo, hi]}}
+
+
+def test_entropy_by_arm_chart_draws_known_bars() -> None:
+    """Hand-drawn expectations: the largest CI end (0.8) spans all 40 columns, so 0.1 is 5 columns."""
+    report = {"arms": [_arm("erm", "erm", 0.4, 0.2, 0.6), _arm("ls-arm", "ls", 0.7, 0.6, 0.8),
+                       _arm("kd", "kd", 0.04, 0.0, 0.1)]}
+    lines = entropy_by_arm_chart(report, width=40).plain.split("\n")
+    assert lines[0] == "erm    " + "█" * 10 + "▒" * 10 + "┃" + "▒" * 9 + " " * 10 + " 0.400 [0.200, 0.600]"
+    assert lines[1] == "ls-arm " + "█" * 30 + "▒" * 5 + "┃" + "▒" * 4 + " 0.700 [0.600, 0.800]"
+    assert lines[2] == "kd     " + "▒▒┃▒▒" + " " * 35 + " 0.040 [0.000, 0.100]"
+    assert lines[3] == "       0" + " " * 34 + "0.800  mean entropy (nats)"
+
+
+def test_entropy_by_arm_chart_of_a_replication(replicate_report: dict) -> None:
+    """On the report replicate wrote: one line per arm, its numbers printed, one marker each, the markers
+    in the order of the values, and the widest CI reaching the last column."""
     width = 40
-    lines = entropy_by_arm_chart(replicate_report, width=width).plain.split("\n")
     arms = replicate_report["arms"]
-    vmax = max(a["entropy"]["ci"][1] for a in arms)
+    lines = entropy_by_arm_chart(replicate_report, width=width).plain.split("\n")[:len(arms)]
     label_width = max(len(a["arm"]) for a in arms)
-    for line, a in zip(lines[:len(arms)], arms, strict=True):
+    bars = [line[label_width + 1: label_width + 1 + width] for line in lines]
+    for line, bar, a in zip(lines, bars, arms, strict=True):
         value, (lo, hi) = a["entropy"]["value"], a["entropy"]["ci"]
-        assert line.startswith(a["arm"])
-        bar = line[label_width + 1: label_width + 1 + width]
-        assert bar.index("┃") == round(value / vmax * width)
-        assert bar.count("█") == round(lo / vmax * width)
-        assert line.endswith(f"{value:.3f} [{lo:.3f}, {hi:.3f}]")
+        assert line.startswith(a["arm"] + " ") and line.endswith(f"{value:.3f} [{lo:.3f}, {hi:.3f}]")
+        assert bar.count("┃") == 1 and set(bar) <= {"█", "▒", "┃", " "}
+    markers = [bar.index("┃") for bar in bars]
+    values = [a["entropy"]["value"] for a in arms]
+    ranked = sorted(zip(values, markers))
+    assert all(m1 <= m2 for (_, m1), (_, m2) in zip(ranked, ranked[1:]))
+    widest = max(range(len(arms)), key=lambda i: arms[i]["entropy"]["ci"][1])
+    assert bars[widest].rstrip()[-1] in "▒┃" and len(bars[widest].rstrip()) == width
     assert all(a["arm"] in _render(terminal_charts(replicate_report)) for a in arms)
 
 

@@ -126,11 +126,10 @@ def test_bad_schema_writes_nothing(tmp_path) -> None:
 
 def test_replicate_page(replicate_report: dict, pages: dict[str, Path]) -> None:
     page = Page(pages["replicate"].read_text(encoding="utf-8"))
-    rows = page.rows("Claims")
-    for c in replicate_report["claims"]:
-        lo, hi = c["ci"]
-        assert rows[c["claim"]] == [c["statement"], c["verdict"], c["statistic"],
-                                    f"{c['value']:+.4g} [{lo:+.4g}, {hi:+.4g}]", c["detail"]]
+    (claims,) = [rows for caption, rows in page.tables.items() if caption.startswith("Claims")]
+    assert claims[1:] == [[c["claim"], c["statement"], c["verdict"], c["statistic"],  # a claim has several rows
+                           f"{c['value']:+.4g} [{c['ci'][0]:+.4g}, {c['ci'][1]:+.4g}]", c["detail"]]
+                          for c in replicate_report["claims"]]
     rows = page.rows("Mean over seeds")
     for a in replicate_report["arms"]:
         (h_lo, h_hi), (a_lo, a_hi) = a["entropy"]["ci"], a["accuracy"]["ci"]
@@ -139,8 +138,9 @@ def test_replicate_page(replicate_report: dict, pages: dict[str, Path]) -> None:
         assert rows[a["arm"]] == [a["method"], a["setup"], teacher,
                                   f"{a['entropy']['value']:.4f} [{h_lo:.4f}, {h_hi:.4f}]",
                                   f"{a['accuracy']['value']:.3f} [{a_lo:.3f}, {a_hi:.3f}]", str(len(a["per_seed"]))]
-    assert rows["small KD tau2"][2] == "big ERM (teacher) / 2"
-    assert page.rows("Overall") == {"claim": ["verdict (fails if any check fails, holds if all hold)"], **{c: [v] for c, v in
+    assert rows["small-kd-tau2"][2] == "big-erm / 2"
+    assert page.rows("Overall") == {"claim": ["verdict (its weakest check: fails, inconclusive, negligible, holds)"],
+                                    **{c: [v] for c, v in
                                                              replicate_report["claim_verdicts"].items()}}
     assert len(page.tables["Per seed"]) == 1 + sum(len(a["per_seed"]) for a in replicate_report["arms"])
     inheritance = replicate_report["inheritance"]
