@@ -1,5 +1,9 @@
 """The losses students are trained with: label-smoothed cross entropy and knowledge distillation.
 
+KD's soft term is forward KL (:func:`kd_loss`, Hinton's), reverse KL (:func:`reverse_kl_loss`) or TRL's
+generalised JSD (:func:`jsd_loss`); :func:`distillation_loss` picks one by name. The conventions, and why
+T^2 multiplies every soft term, are in :mod:`audit.losses.reference`.
+
 One public function per loss; ``backend`` picks the implementation:
 
 - ``"torch"``: :mod:`audit.losses.reference`, plain torch, float32 math (float64 for float64 inputs), any device;
@@ -17,6 +21,7 @@ from audit.errors import AuditError
 from audit.losses import reference
 
 REDUCTIONS = ("mean", "sum", "none")
+DIVERGENCES = ("forward-kl", "reverse-kl", "jsd")
 
 
 def _check(logits: torch.Tensor, labels: torch.Tensor | None, reduction: str, label_smoothing: float) -> None:
@@ -103,22 +108,97 @@ def kd_loss(
     >>> round(float(kd_loss(torch.zeros(1, 3), torch.zeros(1, 3), temperature=2.0)), 6)
     0.0
     """
+    return distillation_loss(student_logits, teacher_logits, labels, divergence="forward-kl", temperature=temperature,
+                             kd_weight=kd_weight, label_smoothing=label_smoothing, ignore_index=ignore_index,
+                             reduction=reduction, backend=backend)
+
+
+def reverse_kl_loss(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor | None = None, *,
+    temperature: float = 1.0, kd_weight: float = 1.0, label_smoothing: float = 0.0, ignore_index: int = -100,
+    reduction: str = "mean", backend: str = "auto",
+) -> torch.Tensor:
+    """``(1-w) CE_LS(s, y) + w T^2 KL(softmax(s/T) || softmax(t/T))`` (mode-seeking); arguments as :func:`kd_loss`.
+
+    >>> round(float(reverse_kl_loss(torch.tensor([[0.0, 0.0]]), torch.tensor([[0.0, 0.0]]))), 6)
+    0.0
+    """
+    return distillation_loss(student_logits, teacher_logits, labels, divergence="reverse-kl", temperature=temperature,
+                             kd_weight=kd_weight, label_smoothing=label_smoothing, ignore_index=ignore_index,
+                             reduction=reduction, backend=backend)
+
+
+def jsd_loss(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor | None = None, *,
+    beta: float = 0.5, temperature: float = 1.0, kd_weight: float = 1.0, label_smoothing: float = 0.0,
+    ignore_index: int = -100, reduction: str = "mean", backend: str = "auto",
+) -> torch.Tensor:
+    """``(1-w) CE_LS(s, y) + w T^2 JSD_beta`` in TRL's convention (``generalized_jsd_loss``): with
+    ``p = softmax(s/T)``, ``q = softmax(t/T)`` and ``m = beta q + (1-beta) p``,
+    ``JSD_beta = beta KL(q || m) + (1-beta) KL(p || m)``; beta 0 is KL(q || p) (forward) and beta 1 KL(p || q)
+    (reverse). TRL has no T^2 factor: at T = 1 the two are equal. Other arguments as :func:`kd_loss`.
+
+    Raises:
+        AuditError: beta outside [0, 1], and as :func:`kd_loss`.
+
+    >>> s, t = torch.tensor([[0.0, 0.0]]), torch.tensor([[0.0, 3.0]]).log().nan_to_num(neginf=0.0)
+    >>> round(float(jsd_loss(s, t, beta=0.5)), 6)  # JS divergence of (1/2, 1/2) and (1/4, 3/4)
+    0.033822
+    """
+    return distillation_loss(student_logits, teacher_logits, labels, divergence="jsd", beta=beta,
+                             temperature=temperature, kd_weight=kd_weight, label_smoothing=label_smoothing,
+                             ignore_index=ignore_index, reduction=reduction, backend=backend)
+
+
+def distillation_loss(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor | None = None, *,
+    divergence: str = "forward-kl", beta: float = 0.5, temperature: float = 1.0, kd_weight: float = 1.0,
+    label_smoothing: float = 0.0, ignore_index: int = -100, reduction: str = "mean", backend: str = "auto",
+) -> torch.Tensor:
+    """``(1-w) CE_LS(s, y) + w T^2 D(s, t)`` with the soft term ``divergence`` of :data:`DIVERGENCES`.
+
+    Args:
+        student_logits: (N, K) float tensor; the gradient flows here only.
+        teacher_logits: (N, K) float tensor of the same shape (detached).
+        labels: (N,) int class ids or ``ignore_index``; ``None`` for the pure soft loss over every row.
+        divergence: "forward-kl" (:func:`kd_loss`), "reverse-kl" (:func:`reverse_kl_loss`) or "jsd"
+            (:func:`jsd_loss`, with ``beta`` in [0, 1]; ignored otherwise).
+        temperature: T > 0. kd_weight: w in [0, 1]. reduction: "mean" over kept rows, "sum" or "none".
+
+    Returns:
+        a float32 scalar (float64 for float64 inputs with the torch backend), or (N,) for "none".
+
+    Raises:
+        AuditError: mismatched shapes, unknown divergence, beta outside [0, 1], T <= 0, w outside [0, 1],
+            labels out of range.
+
+    >>> round(float(distillation_loss(torch.zeros(1, 3), torch.zeros(1, 3), divergence="reverse-kl")), 6)
+    0.0
+    """
     _check(student_logits, labels, reduction, label_smoothing)
     if teacher_logits.shape != student_logits.shape:
         raise AuditError(
             f"expected teacher logits of shape {tuple(student_logits.shape)}, got {tuple(teacher_logits.shape)}; "
             "teacher and student must predict the same classes"
         )
+    if divergence not in DIVERGENCES:
+        raise AuditError(f"expected divergence in {DIVERGENCES}, got {divergence!r}")
+    if not 0.0 <= beta <= 1.0:
+        raise AuditError(f"expected beta in [0, 1] (0: forward KL, 1: reverse KL), got {beta}")
     if not temperature > 0:
         raise AuditError(f"expected temperature > 0, got {temperature}")
     if not 0.0 <= kd_weight <= 1.0:
         raise AuditError(f"expected kd_weight in [0, 1], got {kd_weight}")
     if labels is not None:
         _check_labels(labels, student_logits.shape[1], ignore_index)
+    if divergence == "jsd" and beta in (0.0, 1.0):  # TRL's limits: the JSD's ends are the two KLs
+        divergence = "forward-kl" if beta == 0.0 else "reverse-kl"
     options = dict(temperature=temperature, kd_weight=kd_weight, label_smoothing=label_smoothing,
                    ignore_index=ignore_index, reduction=reduction)
     if _resolve_backend(backend, student_logits) == "triton":
         from audit.losses import kernels
 
-        return kernels.kd_loss(student_logits, teacher_logits, labels, **options)
-    return reference.kd_loss(student_logits, teacher_logits, labels, **options)
+        return kernels.distillation_loss(student_logits, teacher_logits, labels, divergence=divergence, beta=beta,
+                                         **options)
+    return reference.distillation_loss(student_logits, teacher_logits, labels, divergence=divergence, beta=beta,
+                                       **options)

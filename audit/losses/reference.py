@@ -2,12 +2,21 @@
 
 Conventions (../shared/CLAIMS.md):
 - label smoothing puts a/K on every class: target q' = (1-a) e_y + a/K;
-- KD = (1-w) CE_LS(s, y) + w T^2 KL(softmax(t/T) || softmax(s/T)), Hinton's T^2 factor applied;
+- KD = (1-w) CE_LS(s, y) + w T^2 D(s, t) with the soft term D one of (p = softmax(s/T), q = softmax(t/T)):
+  forward KL ``KL(q || p)`` (Hinton's), reverse KL ``KL(p || q)``, or TRL's generalised JSD
+  ``JSD_beta = beta KL(q || m) + (1-beta) KL(p || m)``, ``m = beta q + (1-beta) p`` (beta 0 is defined as
+  forward KL and beta 1 as reverse KL, the limits TRL's ``generalized_jsd_loss`` special-cases);
+- the T^2 factor multiplies the soft term, whichever divergence it is, and never the CE term: each divergence
+  is a function of s/T, so its gradient w.r.t. s carries 1/T, and near agreement (and at large T, where
+  p - q ~ (s - t)/(K T)) another 1/T: T^2 keeps the soft gradient's scale, and the CE/soft balance set by w,
+  the same at every T (Hinton et al. 2015). TRL applies no T^2; at T = 1 the two agree exactly;
 - rows whose label is ``ignore_index`` contribute nothing; "mean" divides by the number of kept rows
   (0 kept rows gives 0, not NaN).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -74,14 +83,66 @@ def soft_kl_rows(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tem
     return temperature**2 * terms.sum(-1)
 
 
+def _kl(log_a: torch.Tensor, log_b: torch.Tensor) -> torch.Tensor:
+    """Per-row KL(a || b) from log-probabilities, 0 log 0 = 0 (the log-ratio is zeroed before the product, so a
+    masked class's -inf - -inf sends no NaN into the gradient)."""
+    a = log_a.exp()
+    return (a * torch.where(a > 0, log_a - log_b, torch.zeros_like(a))).sum(-1)
+
+
+def reverse_kl_rows(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Per-row T^2 KL(softmax(s/T) || softmax(t/T)) in float32 (float64 if either input is), 0 log 0 = 0."""
+    dtype = _math_dtype(student_logits, teacher_logits)
+    log_q = torch.log_softmax(teacher_logits.to(dtype) / temperature, dim=-1)
+    log_p = torch.log_softmax(student_logits.to(dtype) / temperature, dim=-1)
+    return temperature**2 * _kl(log_p, log_q)
+
+
+def jsd_rows(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float,
+             beta: float) -> torch.Tensor:
+    """Per-row T^2 JSD_beta(softmax(t/T), softmax(s/T)) (module docstring), beta in [0, 1]."""
+    if beta == 0:
+        return soft_kl_rows(student_logits, teacher_logits, temperature)
+    if beta == 1:
+        return reverse_kl_rows(student_logits, teacher_logits, temperature)
+    dtype = _math_dtype(student_logits, teacher_logits)
+    log_q = torch.log_softmax(teacher_logits.to(dtype) / temperature, dim=-1)
+    log_p = torch.log_softmax(student_logits.to(dtype) / temperature, dim=-1)
+    # -inf (masked classes) clamped to the lowest finite value: logsumexp's gradient stays finite, m stays 0
+    lowest = torch.finfo(dtype).min
+    log_m = torch.logsumexp(torch.stack([log_q.clamp(min=lowest) + math.log(beta),
+                                         log_p.clamp(min=lowest) + math.log1p(-beta)]), dim=0)
+    return temperature**2 * (beta * _kl(log_q, log_m) + (1.0 - beta) * _kl(log_p, log_m))
+
+
+def soft_rows(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *, divergence: str, temperature: float,
+              beta: float) -> torch.Tensor:
+    """Per-row T^2 D(s, t) for ``divergence`` "forward-kl", "reverse-kl" or "jsd"."""
+    if divergence == "forward-kl":
+        return soft_kl_rows(student_logits, teacher_logits, temperature)
+    if divergence == "reverse-kl":
+        return reverse_kl_rows(student_logits, teacher_logits, temperature)
+    return jsd_rows(student_logits, teacher_logits, temperature, beta)
+
+
+def distillation_loss(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor | None = None, *,
+    divergence: str = "forward-kl", beta: float = 0.5, temperature: float = 1.0, kd_weight: float = 1.0,
+    label_smoothing: float = 0.0, ignore_index: int = -100, reduction: str = "mean",
+) -> torch.Tensor:
+    """Reference KD loss with any soft term; with ``labels=None`` the pure soft term (w treated as 1)."""
+    kl = soft_rows(student_logits, teacher_logits.detach(), divergence=divergence, temperature=temperature, beta=beta)
+    if labels is None:
+        return _reduce(kl, torch.ones_like(kl, dtype=torch.bool), reduction)
+    ce, keep = label_smoothed_cross_entropy_rows(student_logits, labels, label_smoothing, ignore_index)
+    return _reduce((1.0 - kd_weight) * ce + kd_weight * kl, keep, reduction)
+
+
 def kd_loss(
     student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor | None = None, *,
     temperature: float = 1.0, kd_weight: float = 1.0, label_smoothing: float = 0.0, ignore_index: int = -100,
     reduction: str = "mean",
 ) -> torch.Tensor:
-    """Reference KD loss; with ``labels=None`` the pure soft term (w treated as 1)."""
-    kl = soft_kl_rows(student_logits, teacher_logits.detach(), temperature)
-    if labels is None:
-        return _reduce(kl, torch.ones_like(kl, dtype=torch.bool), reduction)
-    ce, keep = label_smoothed_cross_entropy_rows(student_logits, labels, label_smoothing, ignore_index)
-    return _reduce((1.0 - kd_weight) * ce + kd_weight * kl, keep, reduction)
+    """Reference KD loss with the forward KL (:func:`distillation_loss`)."""
+    return distillation_loss(student_logits, teacher_logits, labels, temperature=temperature, kd_weight=kd_weight,
+                             label_smoothing=label_smoothing, ignore_index=ignore_index, reduction=reduction)

@@ -74,22 +74,24 @@ class LabelSmoothedCrossEntropyFunction(torch.autograd.Function):
 
 
 class KDLossFunction(torch.autograd.Function):
-    """Fused KD loss (see :func:`audit.losses.kd_loss`); the teacher gets no gradient."""
+    """Fused KD loss with any soft term (see :func:`audit.losses.distillation_loss`); the teacher gets no
+    gradient."""
 
     @staticmethod
-    def forward(ctx, student, teacher, labels, temperature, kd_weight, label_smoothing, ignore_index, reduction):
+    def forward(ctx, student, teacher, labels, temperature, kd_weight, label_smoothing, ignore_index, reduction,
+                divergence="forward-kl", beta=0.5):
         from audit.losses.kernels import fused
 
         rows, ctx.grad, scale = fused.forward(
             student, teacher.detach(), labels, label_smoothing=label_smoothing, temperature=temperature,
             kd_weight=kd_weight, ignore_index=ignore_index, mean=reduction == "mean",
-            compute_grad=ctx.needs_input_grad[0],
+            compute_grad=ctx.needs_input_grad[0], divergence=divergence, beta=beta,
         )
         return _reduce(rows, scale, reduction)
 
     @staticmethod
     def backward(ctx, grad_output):
-        return _backward(ctx, grad_output), None, None, None, None, None, None, None
+        return _backward(ctx, grad_output), None, None, None, None, None, None, None, None, None
 
 
 def label_smoothed_cross_entropy(
@@ -116,4 +118,21 @@ def kd_loss(
     _require(student_logits)
     return KDLossFunction.apply(
         student_logits, teacher_logits, labels, temperature, kd_weight, label_smoothing, ignore_index, reduction
+    )
+
+
+def distillation_loss(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor | None, *, divergence: str,
+    beta: float, temperature: float, kd_weight: float, label_smoothing: float, ignore_index: int, reduction: str,
+) -> torch.Tensor:
+    """Fused KD loss with the soft term ``divergence`` ("forward-kl", "reverse-kl", or "jsd" with beta in
+    (0, 1)); shapes and result as :func:`kd_loss`.
+
+    Raises:
+        AuditError: Triton missing, or CPU tensors without ``TRITON_INTERPRET=1``.
+    """
+    _require(student_logits)
+    return KDLossFunction.apply(
+        student_logits, teacher_logits, labels, temperature, kd_weight, label_smoothing, ignore_index, reduction,
+        divergence, beta,
     )

@@ -16,6 +16,18 @@ Per row, with raw maxima ``M_s = max s``, ``M_t = max t`` and ``d1 = sum exp(s -
   fp32 loses entirely;
 - gradient ``(1-a)(p - e_y) + a/K (n p - fin)`` (times ``1-w`` in KD) ``+ w T (softmax(s/T) - softmax(t/T))``.
 
+``DIVERGENCE`` (compile-time) picks the soft term; with ``p = softmax(s/T)``, ``q = softmax(t/T)``:
+
+- 0, forward KL ``KL(q || p)``, as above;
+- 1, reverse KL ``R = KL(p || q) = sum_j q_j phi(log p_j - log q_j)``; gradient ``w T p (log p - log q - R)``;
+- 2, generalised JSD (0 < beta < 1), ``m = beta q + (1-beta) p``,
+  ``J = beta KL(q || m) + (1-beta) KL(p || m)`` with ``KL(a || m) = sum_j m_j phi(log a_j - log m_j)``;
+  ``dJ/dp_j = (1-beta) log(p_j / m_j)``, so the gradient is ``w T (1-beta) p (u - KL(p || m))`` with
+  ``u = log(p/m) = -log1p(beta expm1(log q - log p))`` (no cancellation when p and q are close).
+
+Both need the row's divergence before any gradient element: in registers (``SINGLE_PASS``) it is a
+reduction between the two uses; in the looped schedule it costs one extra read of the row (pass 1b).
+
 Differences are taken of raw logits (``s - M_s``, ``t - M_t``) before any division by T, so a common
 offset of 1e4 loses nothing. ``p_y - 1`` is ``-sum_{j != y} p_j``: ``d1`` is accumulated without the true
 class so that the true-class gradient of a confident row does not cancel.
@@ -47,6 +59,8 @@ MANY_ROWS_MAX_K = 1024
 ROW_TILE = 2048
 # Padded K up to which a whole row is held in registers; per input tensor, so KD (two inputs) gets half.
 SINGLE_PASS_MAX_K = 16384
+# The soft terms of KD, in the order of the kernel's DIVERGENCE switch.
+DIVERGENCES = ("forward-kl", "reverse-kl", "jsd")
 
 
 @dataclass(frozen=True)
@@ -114,11 +128,61 @@ def _update(s, t, cols, y, m_s, rest, n_fin, sum_fin, d_s, m_t, d_t, inv_t,
 
 
 @triton.jit
+def _phi_times(w, x):
+    """``w phi(x)``, ``phi(x) = x e^x - e^x + 1``, by its series near 0 (no cancellation); 0 where w = 0."""
+    series = x * x * (0.5 + x * (1.0 / 3.0 + x * (0.125 + x * (1.0 / 30.0 + x / 144.0))))
+    return w * series
+
+
+@triton.jit
+def _expm1(x):
+    """``e^x - 1`` without cancellation for small |x| (series, relative error < 2e-8 below 0.1)."""
+    series = x * (1.0 + x * (0.5 + x * (1.0 / 6.0 + x * (1.0 / 24.0 + x / 120.0))))
+    return tl.where(tl.abs(x) < 0.1, series, tl.exp(x) - 1.0)
+
+
+@triton.jit
+def _log1p(y):
+    """``log(1 + y)`` without cancellation for small |y| (series, relative error < 2e-9 below 0.1)."""
+    series = y * (1.0 - y * (0.5 - y * (1.0 / 3.0 - y * (0.25 - y * (0.2 - y * (1.0 / 6.0 - y / 7.0))))))
+    return tl.where(tl.abs(y) < 0.1, series, tl.log(1.0 + y))
+
+
+@triton.jit
+def _kl_terms(a, m, x):
+    """Per column, ``m phi(x)`` with ``x = log(a / m)`` (a share of ``KL(a || m)``): the series near 0, else
+    ``a x - a + m``; ``a = 0`` contributes ``m`` (and a column where both are 0, nothing)."""
+    far = tl.where(a > 0.0, a * x, 0.0) - a + m
+    return tl.where(tl.abs(x) < 0.1, _phi_times(m, x), far)
+
+
+@triton.jit
+def _soft_terms(s, t, m_s, d_s, m_t, d_t, log_ratio, inv_t, beta, DIVERGENCE: tl.constexpr):
+    """For a block of reverse KL (``DIVERGENCE`` 1) or JSD (2): ``p = softmax(s/T)``, the gradient's direction
+    ``L`` (``log p/q``, or ``log p/m``; 0 where p = 0), each column's share of the divergence, and its share of
+    the scalar ``C`` the gradient subtracts (``R``, or ``KL(p || m)``)."""
+    p = tl.exp((s - m_s[:, None]) * inv_t) / d_s[:, None]
+    q = tl.exp((t - m_t[:, None]) * inv_t) / d_t[:, None]
+    delta = ((t - m_t[:, None]) - (s - m_s[:, None])) * inv_t + log_ratio[:, None]  # log q - log p
+    if DIVERGENCE == 1:
+        direction = -delta  # log(p / q)
+        c_terms = _kl_terms(p, q, direction)
+        div_terms = c_terms
+    else:
+        direction = -_log1p(beta * _expm1(delta))  # log(p / m)
+        m = beta * q + (1.0 - beta) * p
+        c_terms = _kl_terms(p, m, direction)
+        div_terms = beta * _kl_terms(q, m, delta + direction) + (1.0 - beta) * c_terms  # log(q/m) = log(q/p) + log(p/m)
+    return p, tl.where(p > 0.0, direction, 0.0), div_terms, c_terms
+
+
+@triton.jit
 def _pass2(s, t, cols, y, m_s, d1, rest, n_fin, d_s, m_t, d_t, log_ratio, keep, scale,
-           smooth, smooth_per_class, ce_coef, kl_grad_coef, inv_t,
-           HAS_TEACHER: tl.constexpr, HAS_LABELS: tl.constexpr):
-    """For one [BLOCK_ROWS, BLOCK_K] block: the gradient w.r.t. the student logits (times ``scale``) and the
-    block's share of KL(softmax(t/T) || softmax(s/T)) per row."""
+           smooth, smooth_per_class, ce_coef, kl_grad_coef, inv_t, beta, div_c,
+           HAS_TEACHER: tl.constexpr, HAS_LABELS: tl.constexpr, DIVERGENCE: tl.constexpr):
+    """For one [BLOCK_ROWS, BLOCK_K] block: the gradient w.r.t. the student logits (times ``scale``) and, for
+    forward KL, the block's share of KL(softmax(t/T) || softmax(s/T)) per row. Reverse KL and JSD take their
+    row scalar ``div_c`` (see :func:`_soft_terms`) from an earlier reduction and return 0 for the share."""
     g = tl.zeros(s.shape, dtype=tl.float32)
     kl = tl.zeros([s.shape[0]], dtype=tl.float32)
     if HAS_LABELS:
@@ -129,7 +193,13 @@ def _pass2(s, t, cols, y, m_s, d1, rest, n_fin, d_s, m_t, d_t, log_ratio, keep, 
         # True class: (1-a)(p_y - 1) written as -(1-a) sum_{j != y} p_j, no cancellation when p_y -> 1.
         g_y = (-(1.0 - smooth) * rest / d1)[:, None] + (smooth_per_class * n_fin)[:, None] * p - smooth_per_class
         g = ce_coef * tl.where(cols[None, :] == y[:, None], g_y, g_ce)
-    if HAS_TEACHER:
+    if HAS_TEACHER and DIVERGENCE != 0:
+        p_t, direction, _, _ = _soft_terms(s, t, m_s, d_s, m_t, d_t, log_ratio, inv_t, beta, DIVERGENCE)
+        g_coef = kl_grad_coef
+        if DIVERGENCE == 2:
+            g_coef = kl_grad_coef * (1.0 - beta)  # dJ/dp = (1-beta) log(p/m)
+        g += g_coef * p_t * (direction - div_c[:, None])
+    if HAS_TEACHER and DIVERGENCE == 0:
         p_t = tl.exp((s - m_s[:, None]) * inv_t) / d_s[:, None]
         q_t = tl.exp((t - m_t[:, None]) * inv_t) / d_t[:, None]
         g += kl_grad_coef * (p_t - q_t)
@@ -159,7 +229,8 @@ def fused_loss_kernel(
     kl_coef,  # weight of KL in the loss: w T^2 (T^2 without labels)
     kl_grad_coef,  # its gradient weight: w T (T without labels)
     inv_t,  # 1 / T
-    HAS_TEACHER: tl.constexpr, HAS_LABELS: tl.constexpr, COMPUTE_GRAD: tl.constexpr,
+    beta,  # JSD's mixture weight of the teacher (DIVERGENCE 2 only)
+    HAS_TEACHER: tl.constexpr, HAS_LABELS: tl.constexpr, COMPUTE_GRAD: tl.constexpr, DIVERGENCE: tl.constexpr,
     SINGLE_PASS: tl.constexpr, BLOCK_ROWS: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     rows = tl.program_id(0).to(tl.int64) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
@@ -213,12 +284,29 @@ def fused_loss_kernel(
         nll = (m_s - s_y) + log_d1
         loss = ce_coef * ((1.0 - smooth) * nll + smooth_per_class * (n_fin * log_d1 - sum_fin))
 
-    # Pass 2: gradient and KL, from the registers (SINGLE_PASS) or re-reading the row (from L2).
+    # Pass 1b (reverse KL, JSD): the divergence and the scalar C that every gradient element subtracts.
     kl = tl.zeros([BLOCK_ROWS], tl.float32)
-    if COMPUTE_GRAD or HAS_TEACHER:
+    div_c = tl.zeros([BLOCK_ROWS], tl.float32)
+    if HAS_TEACHER and DIVERGENCE != 0:
         if SINGLE_PASS:
-            g, kl = _pass2(s, t, cols, y, m_s, d1, rest, n_fin, d_s, m_t, d_t, log_ratio, keep, scale,
-                           smooth, smooth_per_class, ce_coef, kl_grad_coef, inv_t, HAS_TEACHER, HAS_LABELS)
+            _, _, div_terms, c_terms = _soft_terms(s, t, m_s, d_s, m_t, d_t, log_ratio, inv_t, beta, DIVERGENCE)
+            kl = tl.sum(div_terms, axis=1)
+            div_c = tl.sum(c_terms, axis=1)
+        else:
+            for start in range(0, K, BLOCK_K):
+                cols = start + tl.arange(0, BLOCK_K)
+                s, t = _load_block(s_row, t_row, cols, keep, K, HAS_TEACHER)
+                _, _, div_terms, c_terms = _soft_terms(s, t, m_s, d_s, m_t, d_t, log_ratio, inv_t, beta, DIVERGENCE)
+                kl += tl.sum(div_terms, axis=1)
+                div_c += tl.sum(c_terms, axis=1)
+
+    # Pass 2: gradient (and forward KL), from the registers (SINGLE_PASS) or re-reading the row (from L2).
+    if COMPUTE_GRAD or (HAS_TEACHER and DIVERGENCE == 0):
+        if SINGLE_PASS:
+            g, kl_block = _pass2(s, t, cols, y, m_s, d1, rest, n_fin, d_s, m_t, d_t, log_ratio, keep, scale,
+                                 smooth, smooth_per_class, ce_coef, kl_grad_coef, inv_t, beta, div_c,
+                                 HAS_TEACHER, HAS_LABELS, DIVERGENCE)
+            kl += kl_block
             if COMPUTE_GRAD:
                 tl.store(g_row + cols[None, :], g.to(g_ptr.dtype.element_ty),
                          mask=row_ok[:, None] & (cols < K)[None, :])
@@ -227,8 +315,8 @@ def fused_loss_kernel(
                 cols = start + tl.arange(0, BLOCK_K)
                 s, t = _load_block(s_row, t_row, cols, keep, K, HAS_TEACHER)
                 g, kl_block = _pass2(s, t, cols, y, m_s, d1, rest, n_fin, d_s, m_t, d_t, log_ratio, keep, scale,
-                                     smooth, smooth_per_class, ce_coef, kl_grad_coef, inv_t,
-                                     HAS_TEACHER, HAS_LABELS)
+                                     smooth, smooth_per_class, ce_coef, kl_grad_coef, inv_t, beta, div_c,
+                                     HAS_TEACHER, HAS_LABELS, DIVERGENCE)
                 kl += kl_block
                 if COMPUTE_GRAD:
                     tl.store(g_row + cols[None, :], g.to(g_ptr.dtype.element_ty),
@@ -266,11 +354,13 @@ def _row_major(x: torch.Tensor) -> torch.Tensor:
 def forward(
     student: torch.Tensor, teacher: torch.Tensor | None, labels: torch.Tensor | None, *,
     label_smoothing: float, temperature: float, kd_weight: float, ignore_index: int, mean: bool, compute_grad: bool,
+    divergence: str = "forward-kl", beta: float = 0.5,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """Launch :func:`fused_loss_kernel`.
 
     Args:
         student: (N, K) float logits. teacher: (N, K) or None (LS). labels: (N,) ints or None (pure soft KD).
+        divergence: the soft term, "forward-kl", "reverse-kl" or "jsd" (then ``beta`` in (0, 1)).
         mean: scale the gradient by 1 / kept rows (kept rows counted on the device, no host sync).
 
     Returns:
@@ -305,7 +395,8 @@ def forward(
         grad if compute_grad else student, k,
         loss, scale, n, k, ignore_index,
         float(label_smoothing), float(label_smoothing) / k, ce_coef, kl_coef, kl_grad_coef, 1.0 / temperature,
-        HAS_TEACHER=has_teacher, HAS_LABELS=has_labels, COMPUTE_GRAD=compute_grad,
+        float(beta), HAS_TEACHER=has_teacher, HAS_LABELS=has_labels, COMPUTE_GRAD=compute_grad,
+        DIVERGENCE=DIVERGENCES.index(divergence),
         SINGLE_PASS=cfg.single_pass, BLOCK_ROWS=cfg.block_rows, BLOCK_K=cfg.block_k, num_warps=cfg.num_warps,
     )
     return loss, grad, scale
