@@ -197,18 +197,23 @@ def data_list() -> None:
 @handles_errors
 def train(
     data: Annotated[str, typer.Option(help="Training data (built-in name or file with train/dev splits).")],
-    model: Annotated[str, typer.Option(help="HF folder/hub id, minilm-l6, SPEC@layers=k, or tiny[:hidden=H,layers=L].")],
+    model: Annotated[str, typer.Option(help="HF folder/hub id, minilm-l6, SPEC@layers=k, tiny[:hidden=H,layers=L]; "
+                                            "a causal LM or tiny-llama[:hidden=H,layers=L] trains an LM student.")],
     out: Annotated[Path, typer.Option(help="Output folder (a Hugging Face checkpoint + training record).")],
     loss: Annotated[str, typer.Option(help="ce | ls | kd.")] = TrainSettings.loss,
     label_smoothing: Annotated[float, typer.Option(help="LS smoothing a (loss ls).")] = TrainSettings.label_smoothing,
-    teacher: Annotated[str | None, typer.Option(help="Teacher checkpoint or logits (loss kd).")] = TrainSettings.teacher,
+    teacher: Annotated[str | None, typer.Option(help="Teacher checkpoint or logits (loss kd; always for LMs).")] = TrainSettings.teacher,
     temperature: Annotated[float, typer.Option(help="KD temperature T.")] = TrainSettings.temperature,
     kd_weight: Annotated[float, typer.Option(help="KD weight w of the soft term.")] = TrainSettings.kd_weight,
-    epochs: Annotated[float, typer.Option()] = TrainSettings.epochs,
-    batch_size: Annotated[int, typer.Option()] = TrainSettings.batch_size,
-    lr: Annotated[float, typer.Option()] = TrainSettings.lr,
+    divergence: Annotated[str | None, typer.Option(help="LM KD soft term: forward-kl | reverse-kl | jsd.")] = None,
+    beta: Annotated[float | None, typer.Option(help="JSD beta (0: forward KL, 1: reverse KL; LMs).")] = None,
+    epochs: Annotated[float | None, typer.Option(help="Epochs (classifier 3, LM 1).")] = None,
+    steps: Annotated[int | None, typer.Option(help="Optimiser steps, instead of --epochs (LMs).")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Examples or windows per step (classifier 32, LM 8).")] = None,
+    lr: Annotated[float | None, typer.Option(help="Learning rate (classifier 5e-5, LM 1e-3).")] = None,
     head_lr: Annotated[float | None, typer.Option(help="Learning rate of the new pooler/classifier head.")] = TrainSettings.head_lr,
-    max_length: Annotated[int, typer.Option()] = TrainSettings.max_length,
+    max_length: Annotated[int | None, typer.Option(help="Tokens per example or window (classifier 128, LM 64).")] = None,
+    stride: Annotated[int | None, typer.Option(help="Tokens an LM training window advances (max-length - 1).")] = None,
     train_limit: Annotated[int | None, typer.Option(help="Use the first N training examples.")] = TrainSettings.train_limit,
     seed: Annotated[int, typer.Option()] = TrainSettings.seed,
     device: Annotated[str | None, typer.Option()] = TrainSettings.device,
@@ -219,13 +224,32 @@ def train(
     from rich.console import Console
 
     from audit.distributed import is_main_process
-    from audit.train import TrainSettings
+    from audit.lm import is_causal_lm_spec
+    from audit.settings import TINY_LM, LMTrainSettings
+
+    # options left unset take the recipe's own default (its settings dataclass)
+    given = {k: v for k, v in dict(epochs=epochs, batch_size=batch_size, lr=lr, max_length=max_length).items()
+             if v is not None}
+    shared = dict(data=data, model=model, out=str(out), loss=loss, label_smoothing=label_smoothing, teacher=teacher,
+                  temperature=temperature, kd_weight=kd_weight, train_limit=train_limit, seed=seed, device=device)
+    if model.startswith(TINY_LM) or is_causal_lm_spec(model.partition("@")[0]):
+        from audit.train_lm import train_lm
+
+        lm_only = {k: v for k, v in dict(divergence=divergence, beta=beta, steps=steps, stride=stride).items()
+                   if v is not None}
+        record = train_lm(LMTrainSettings(**shared, **given, **lm_only), overwrite=overwrite, progress=progress)
+        if is_main_process():
+            dev = record["dev"]
+            Console().print(f"saved {out}: {record['steps']} steps in {record['wall_seconds']:.1f} s; dev perplexity "
+                            f"{dev['perplexity']:.1f} (unigram {record['dev_unigram_perplexity']:.1f}), entropy "
+                            f"{dev['entropy_mean']:.3f} nats, ECE {dev['ece']:.4f}")
+        return
+    for option, value in (("--divergence", divergence), ("--beta", beta), ("--steps", steps), ("--stride", stride)):
+        if value is not None:
+            raise AuditError(f"expected {option} only for causal-LM students, got it with --model {model}; drop it")
     from audit.train import train as run_train
 
-    settings = TrainSettings(data=data, model=model, out=str(out), loss=loss, label_smoothing=label_smoothing,
-                             teacher=teacher, temperature=temperature, kd_weight=kd_weight, epochs=epochs,
-                             batch_size=batch_size, lr=lr, head_lr=head_lr, max_length=max_length, train_limit=train_limit, seed=seed,
-                             device=device)
+    settings = TrainSettings(**shared, **given, head_lr=head_lr)
     record = run_train(settings, overwrite=overwrite, progress=progress)
     if not is_main_process():
         return

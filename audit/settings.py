@@ -13,6 +13,8 @@ from audit.errors import AuditError
 MAX_BINS = 10_000
 MAX_BOOTSTRAP = 100_000
 LOSSES = ("ce", "ls", "kd")
+DIVERGENCES = ("forward-kl", "reverse-kl", "jsd")  # audit.losses.DIVERGENCES, without importing torch
+TINY_LM = "tiny-llama"
 
 
 @dataclass(frozen=True)
@@ -132,3 +134,104 @@ class TrainSettings:
         return key
 
 
+
+
+def tiny_lm_sizes(spec: str) -> tuple[int, int]:
+    """(hidden, layers) of ``tiny-llama[:hidden=H,layers=L]`` (defaults 64 and 2; H a multiple of 16).
+
+    Raises:
+        AuditError: another name, unknown keys, or sizes out of range.
+
+    >>> tiny_lm_sizes("tiny-llama:hidden=32,layers=1")
+    (32, 1)
+    """
+    name, _, options = spec.partition(":")
+    try:
+        sizes = dict(item.split("=", 1) for item in options.split(",") if item)
+        hidden, layers = int(sizes.pop("hidden", 64)), int(sizes.pop("layers", 2))
+        if sizes or name != TINY_LM:
+            raise ValueError
+    except ValueError:
+        raise AuditError(f"expected {TINY_LM}[:hidden=H,layers=L], got {spec!r}; e.g. {TINY_LM}:hidden=64,layers=2") from None
+    if hidden < 16 or hidden % 16 or layers < 1:
+        raise AuditError(f"expected hidden a positive multiple of 16 and layers >= 1, got {spec!r}")
+    return hidden, layers
+
+
+@dataclass
+class LMTrainSettings:
+    """Every option of a causal-LM training run (:mod:`audit.train_lm`), with its default.
+
+    ``model`` is a causal LM (Hugging Face folder or hub id, GGUF file), ``SPEC@layers=k`` (its first k decoder
+    layers), or ``tiny-llama[:hidden=H,layers=L]`` (a fresh Llama with the teacher's tokenizer). ``teacher`` is
+    always needed: it gives KD its targets, the tokenizer every student must share, and the dev audit's
+    reference. ``data`` is a text spec of :func:`audit.data.text.read_documents` with ``train_split`` and
+    ``eval_split``. ``steps`` (when set) replaces ``epochs``. ``stride`` of the training windows defaults to
+    ``max_length - 1`` (every token a target once); the dev audit's windows advance by ``max_length // 2``.
+    """
+
+    data: str
+    model: str
+    out: str
+    teacher: str | None = None
+    loss: str = "ce"
+    divergence: str | None = None  # KD's soft term; None is forward-kl
+    beta: float = 0.5
+    label_smoothing: float = 0.1
+    temperature: float = 2.0
+    kd_weight: float = 0.5
+    epochs: float = 1.0
+    steps: int | None = None
+    batch_size: int = 8
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup: float = 0.1
+    max_length: int = 64
+    stride: int | None = None
+    train_split: str = "train"
+    eval_split: str = "dev"
+    train_limit: int | None = None  # documents
+    eval_limit: int | None = None  # documents
+    seed: int = 0
+    checkpoint_every: int = 100
+    device: str | None = None
+    backend: str = "auto"
+
+    def validate(self) -> None:
+        if self.loss not in LOSSES:
+            raise AuditError(f"expected --loss ce, ls or kd, got {self.loss!r}")
+        if not self.teacher:
+            raise AuditError("expected --teacher for a causal-LM student, got none; pass the teacher (its tokenizer, "
+                             "its targets for kd and the dev audit's reference)")
+        if self.divergence is not None and self.loss != "kd":
+            raise AuditError(f"expected --divergence only with --loss kd, got --divergence {self.divergence} with "
+                             f"--loss {self.loss}; drop it or pass --loss kd")
+        if self.divergence is not None and self.divergence not in DIVERGENCES:
+            raise AuditError(f"expected --divergence in {', '.join(DIVERGENCES)}, got {self.divergence!r}")
+        if not 0 <= self.beta <= 1:
+            raise AuditError(f"expected --beta in [0, 1] (0: forward KL, 1: reverse KL), got {self.beta}")
+        if not self.temperature > 0:
+            raise AuditError(f"expected --temperature > 0, got {self.temperature}")
+        if not 0 <= self.label_smoothing < 1:
+            raise AuditError(f"expected --label-smoothing in [0, 1), got {self.label_smoothing}")
+        if not 0 <= self.kd_weight <= 1:
+            raise AuditError(f"expected --kd-weight in [0, 1], got {self.kd_weight}")
+        if self.max_length < 2:
+            raise AuditError(f"expected --max-length >= 2 (tokens per window), got {self.max_length}")
+        if self.stride is not None and not 1 <= self.stride <= self.max_length - 1:
+            raise AuditError(f"expected --stride in [1, {self.max_length - 1}], got {self.stride}")
+        if self.epochs <= 0 or self.batch_size < 1 or self.lr <= 0 or (self.steps is not None and self.steps < 1):
+            raise AuditError(f"expected positive --epochs, --steps, --batch-size and --lr, got {self.epochs}, "
+                             f"{self.steps}, {self.batch_size}, {self.lr}")
+        for option, limit in (("--train-limit", self.train_limit), ("--eval-limit", self.eval_limit)):
+            if limit is not None and limit < 1:
+                raise AuditError(f"expected {option} >= 1 (documents), got {limit}")
+        if self.model.startswith(TINY_LM):
+            tiny_lm_sizes(self.model)
+
+    def run_key(self) -> dict:
+        """What makes two runs the same run (a resumable folder must match it)."""
+        key = asdict(self)
+        for transient in ("out", "device", "checkpoint_every"):
+            key.pop(transient)
+        return key

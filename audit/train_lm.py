@@ -1,0 +1,225 @@
+"""The causal-LM training recipe: a student trained on next tokens with CE, label smoothing or distillation.
+
+Reads top to bottom: settings -> teacher and student (same tokenizer) -> train windows -> one loop (teacher
+logits computed per batch under ``no_grad`` in the same step, the loss from :mod:`audit.losses`, periodic
+resumable checkpoints) -> save -> the dev audit of the student against its teacher (:func:`audit.lm.compare_lm`)
+-> ``training_record.json``.
+
+Why the teacher runs in every step instead of once into a cache: a full-vocabulary logit row is
+V x 4 bytes, 196 KB per token at SmolLM2's V = 49,152 (98 KB in bf16), so the Shakespeare train split's
+~1.1M tokens would need ~220 GB; a teacher forward costs less than the student's forward and backward.
+
+The maths lives in :mod:`audit.losses`; the folder handling, checkpoints and data parallelism are the
+classifier recipe's (:mod:`audit.train`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from transformers import get_linear_schedule_with_warmup
+
+from audit.atomic import write_atomic
+from audit.data.text import IGNORE_INDEX, Documents, TokenWindows, read_documents, tokenize_windows
+from audit.distributed import local_device, on_main, process_group
+from audit.errors import AuditError
+from audit.lm import CausalLM, check_same_tokenizer, compare_lm, load_causal_lm
+from audit.losses import distillation_loss, label_smoothed_cross_entropy
+from audit.outputs import Output, check_outputs
+from audit.predict import progress_bar, resolve_device
+from audit.settings import TINY_LM, CompareSettings, LMTrainSettings, tiny_lm_sizes
+from audit.train import (
+    CHECKPOINT,
+    RECORD,
+    _check_folder,
+    _checkpoint,
+    _claim_folder,
+    _data_parallel,
+    _my_slice,
+    _resume,
+    _same_run,
+)
+
+DEV_BOOTSTRAP = 200  # resamples of the dev audit's cluster bootstrap (the record's CIs)
+REPORT_ONLY = ("entropy_histogram", "maxprob_histogram", "reliability", "scatter")  # large fields left out
+
+
+def build_student(spec: str, teacher: CausalLM, *, seed: int) -> CausalLM:
+    """The student of ``spec`` (see :class:`LMTrainSettings`), in train mode, on CPU, float32.
+
+    ``tiny-llama[:hidden=H,layers=L]`` is a fresh Llama (H / 16 heads, 4H MLP, tied embeddings) over the
+    teacher's tokenizer; anything else is loaded by :func:`audit.lm.load_causal_lm` and must share it.
+
+    Raises:
+        AuditError: a bad spec, ``@layers=k`` above the model's layers, or a tokenizer other than the teacher's.
+    """
+    torch.manual_seed(seed)
+    if spec.startswith(TINY_LM):
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        hidden, layers = tiny_lm_sizes(spec)
+        tokenizer = teacher.tokenizer
+        config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=4 * hidden,
+                             num_hidden_layers=layers, num_attention_heads=hidden // 16,
+                             num_key_value_heads=hidden // 16, max_position_embeddings=teacher.context or 2048,
+                             tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
+                             eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+        student = CausalLM(spec, LlamaForCausalLM(config), tokenizer, spec)
+    else:
+        student = load_causal_lm(spec, name="student")
+    check_same_tokenizer([teacher, student])
+    if student.model.config.vocab_size != teacher.model.config.vocab_size:
+        raise AuditError(f"expected the student's output layer over the teacher's {teacher.model.config.vocab_size} "
+                         f"tokens, got {student.model.config.vocab_size}; pick a student of the same vocabulary")
+    student.model.train()
+    return student
+
+
+def training_windows(documents: Documents, tokenizer, settings: LMTrainSettings) -> TokenWindows:
+    """Windows of ``max_length`` tokens advancing by ``stride`` (default ``max_length - 1``: each token a
+    target once, with up to ``max_length - 1`` tokens of context).
+
+    Raises:
+        AuditError: the text is too short for one full window.
+    """
+    windows = tokenize_windows(documents, tokenizer, max_length=settings.max_length,
+                               stride=settings.stride or settings.max_length - 1)
+    longest = int(windows.attention_mask.sum(1).max())
+    if longest < settings.max_length:
+        raise AuditError(f"expected text of at least one window of --max-length {settings.max_length} tokens in "
+                         f"{documents.name}, got at most {longest} tokens per document; pass a smaller --max-length "
+                         "or more text")
+    return windows
+
+
+def unigram_perplexity(train: TokenWindows, test: TokenWindows, vocab_size: int) -> float:
+    """Perplexity of ``test``'s targets under add-one smoothed unigram frequencies of ``train``'s: the
+    baseline a student must clearly beat to count as having learned."""
+    counts = torch.bincount(train.targets[train.targets != IGNORE_INDEX], minlength=vocab_size).double() + 1
+    logp = (counts / counts.sum()).log()
+    return math.exp(float(-logp[test.targets[test.targets != IGNORE_INDEX]].mean()))
+
+
+def lm_loss(settings: LMTrainSettings, logits: torch.Tensor, targets: torch.Tensor,
+            teacher_logits: torch.Tensor | None) -> torch.Tensor:
+    """The training loss of (P, V) student logits at P scored positions with (P,) next tokens."""
+    if settings.loss == "kd":
+        return distillation_loss(logits, teacher_logits, targets, divergence=settings.divergence or "forward-kl",
+                                 beta=settings.beta, temperature=settings.temperature, kd_weight=settings.kd_weight,
+                                 backend=settings.backend)
+    smoothing = settings.label_smoothing if settings.loss == "ls" else 0.0
+    return label_smoothed_cross_entropy(logits, targets, label_smoothing=smoothing, backend=settings.backend)
+
+
+def train_lm(settings: LMTrainSettings, *, overwrite: bool = False, progress: bool = True,
+             stop_after: int | None = None) -> dict:
+    """Train a causal-LM student; return its training record (also written to ``out/training_record.json``).
+
+    Deterministic for a seed (window order from ``seed`` and the epoch; no dropout in the tiny student);
+    ``stop_after`` ends the run after that many steps as if killed (a checkpoint is written first), and
+    calling :func:`train_lm` again resumes it to the same weights as an uninterrupted run. Under ``torchrun``
+    every process takes its slice of each batch (DDP), as in :func:`audit.train.train`.
+
+    Raises:
+        AuditError: bad settings or input (see :meth:`LMTrainSettings.validate`, :func:`build_student`,
+            :func:`training_windows`), all before ``out`` is created.
+    """
+    settings.validate()
+    out = Path(settings.out)
+    check_outputs([Output(out, "folder", "--out")], [settings.data, settings.model.partition("@")[0],
+                                                     settings.teacher.partition("@")[0]])
+    _check_folder(out, settings, overwrite)
+    if _same_run(out, settings) and (out / RECORD).exists():
+        return json.loads((out / RECORD).read_text())
+    device = resolve_device(settings.device)
+    group = process_group(device)
+    device = local_device(device, group)
+    progress = progress and group.is_main
+    # everything that can be refused is read before the output folder is made
+    teacher = load_causal_lm(settings.teacher, name="teacher")
+    student = build_student(settings.model, teacher, seed=settings.seed)
+    for lm in (teacher, student):
+        if lm.context is not None and settings.max_length > lm.context:
+            raise AuditError(f"expected --max-length at most the {lm.name}'s context of {lm.context} tokens, got "
+                             f"{settings.max_length}")
+    train_docs = read_documents(settings.data, split=settings.train_split, limit=settings.train_limit)
+    dev_docs = read_documents(settings.data, split=settings.eval_split, limit=settings.eval_limit)
+    windows = training_windows(train_docs, teacher.tokenizer, settings)
+    on_main(lambda: _claim_folder(out, settings, overwrite), group)
+
+    model = student.model.to(device)
+    teacher.model.to(device)
+    steps_per_epoch = math.ceil(len(windows) / settings.batch_size)
+    total_steps = settings.steps or max(1, round(settings.epochs * steps_per_epoch))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    schedule = get_linear_schedule_with_warmup(optimizer, int(settings.warmup * total_steps), total_steps)
+    step, wall = _resume(out, model, optimizer, schedule)
+    started = time.perf_counter() - wall
+    forward = _data_parallel(model, group)
+    first_step, losses, tokens, loop_started = step, [], 0, time.perf_counter()
+
+    model.train()
+    with progress_bar(progress) as bar:
+        task = bar.add_task(f"training {settings.loss}", total=total_steps, completed=step)
+        while step < total_steps:
+            epoch, index = divmod(step, steps_per_epoch)
+            order = torch.randperm(len(windows), generator=torch.Generator().manual_seed(settings.seed * 100_003 + epoch))
+            rows, weight = _my_slice(order[index * settings.batch_size:(index + 1) * settings.batch_size], group)
+            ids, mask = windows.input_ids[rows].to(device), windows.attention_mask[rows].to(device)
+            targets = windows.targets[rows].to(device)
+            keep = targets != IGNORE_INDEX
+            logits = forward(input_ids=ids, attention_mask=mask).logits[keep].float()  # (P, V)
+            teacher_logits = None
+            if settings.loss == "kd":
+                with torch.no_grad():
+                    teacher_logits = teacher.model(input_ids=ids, attention_mask=mask).logits[keep].float()
+            loss = lm_loss(settings, logits, targets[keep], teacher_logits)
+            optimizer.zero_grad(set_to_none=True)
+            (loss * weight).backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            schedule.step()
+            step += 1
+            losses.append(loss.item())
+            tokens += int(keep.sum())
+            rate = tokens / max(time.perf_counter() - loop_started, 1e-9)
+            bar.update(task, advance=1, description=f"training {settings.loss} loss {losses[-1]:.4f} "
+                                                    f"{rate:,.0f} tokens/s")
+            done = step == total_steps or step == stop_after
+            if (step % settings.checkpoint_every == 0 or done) and group.is_main:
+                _checkpoint(out, model, optimizer, schedule, step, time.perf_counter() - started)
+            if step == stop_after and step < total_steps:
+                return {"stopped_at": step, "losses": losses}
+    wall = time.perf_counter() - started
+
+    model.eval()
+    compare = CompareSettings(max_length=settings.max_length, device=settings.device, n_bootstrap=DEV_BOOTSTRAP,
+                              seed=settings.seed, progress=progress, cache=False)
+    report = compare_lm(teacher, [CausalLM("student", model, student.tokenizer, settings.model)], dev_docs,
+                        names=["teacher", "student"], settings=compare)
+    dev_windows = tokenize_windows(dev_docs, teacher.tokenizer, max_length=settings.max_length)
+    record = {
+        "settings": asdict(settings), "steps": total_steps, "windows": len(windows),
+        "tokens_per_step": settings.batch_size * (settings.max_length - 1), "wall_seconds": wall,
+        "device": str(device), "loss_history": {"first_step": first_step, "values": losses},
+        "dev": _brief(report["models"]["student"]), "dev_teacher": _brief(report["models"]["teacher"]),
+        "dev_pair": _brief(report["pairs"][0]),
+        "dev_unigram_perplexity": unigram_perplexity(windows, dev_windows, int(model.config.vocab_size)),
+        "dev_data": report["data"],
+    }
+    if group.is_main:
+        model.save_pretrained(out)
+        student.tokenizer.save_pretrained(out)
+        write_atomic(out / RECORD, lambda p: p.write_text(json.dumps(record, indent=2)))
+        (out / CHECKPOINT).unlink(missing_ok=True)
+    return record
+
+
+def _brief(stats: dict) -> dict:
+    """A report entry without its plotting data."""
+    return {k: v for k, v in stats.items() if k not in REPORT_ONLY}

@@ -1,0 +1,146 @@
+"""The causal-LM recipe on the tiny Shakespeare fixture teacher: every loss and divergence trains a tiny student on
+CPU (its loss falls), a seed gives the same weights, a killed run resumes to them, bad input is one line (exit 2)
+and writes nothing."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from audit.cli import main
+from audit.package import fixtures_path
+from audit.settings import LMTrainSettings
+from audit.train_lm import train_lm
+
+TEACHER = str(fixtures_path() / "lm-teacher")
+LINES = ["To be, or not to be, that is the question.", "Whether 'tis nobler in the mind to suffer",
+         "The slings and arrows of outrageous fortune,", "Or to take arms against a sea of troubles",
+         "And by opposing end them. To die, to sleep;", "No more; and by a sleep to say we end"]
+TINY = dict(model="tiny-llama:hidden=32,layers=1", teacher=TEACHER, max_length=16, batch_size=2, lr=1e-2,
+            warmup=0.0, device="cpu", eval_limit=1)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def text(tmp_path_factory):
+    """A table with a train split (6 short documents) and a dev split (2)."""
+    g = torch.Generator().manual_seed(0)
+    rows = []
+    for i in range(8):
+        order = torch.randperm(len(LINES), generator=g).tolist()
+        rows.append({"id": str(i), "text": " ".join(LINES[j] for j in order), "split": "train" if i < 6 else "dev"})
+    path = tmp_path_factory.mktemp("text") / "verse.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("KD_AUDIT_CACHE", str(tmp_path / "cache"))
+
+
+ARMS = {
+    "ce": dict(loss="ce"),
+    "ls": dict(loss="ls", label_smoothing=0.2),
+    "kd forward-kl": dict(loss="kd", kd_weight=0.5, temperature=2.0),
+    "kd reverse-kl": dict(loss="kd", divergence="reverse-kl", kd_weight=1.0, temperature=1.0),
+    "kd jsd": dict(loss="kd", divergence="jsd", beta=0.5, kd_weight=1.0, temperature=1.0),
+}
+
+
+@pytest.mark.parametrize("arm", ARMS)
+def test_each_loss_trains_and_its_loss_falls(arm, text, tmp_path):
+    record = train_lm(LMTrainSettings(data=text, out=str(tmp_path / "run"), steps=12, **TINY, **ARMS[arm]),
+                      progress=False)
+    losses = record["loss_history"]["values"]
+    assert len(losses) == 12 and sum(losses[-3:]) < 0.95 * sum(losses[:3]), losses
+    assert record["dev"]["role"] == "student" and record["dev"]["n"] > 0
+    assert 0 < record["dev"]["perplexity"] < 49_152 and record["dev_pair"]["kl"]["value"] > 0
+    saved = json.loads((tmp_path / "run" / "training_record.json").read_text())
+    assert saved["settings"]["loss"] == ARMS[arm]["loss"]
+    assert (tmp_path / "run" / "model.safetensors").exists() and not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def _weights(folder) -> dict:
+    return load_file(str(folder / "model.safetensors"))
+
+
+def test_same_seed_same_weights_and_resume_equals_uninterrupted(text, tmp_path):
+    settings = dict(data=text, steps=6, checkpoint_every=2, loss="kd", divergence="jsd", kd_weight=0.5, **TINY)
+    whole = train_lm(LMTrainSettings(out=str(tmp_path / "whole"), **settings), progress=False)
+    again = train_lm(LMTrainSettings(out=str(tmp_path / "again"), **settings), progress=False)
+    stopped = train_lm(LMTrainSettings(out=str(tmp_path / "cut"), **settings), progress=False, stop_after=3)
+    assert stopped["stopped_at"] == 3 and (tmp_path / "cut" / "checkpoint.pt").exists()
+    resumed = train_lm(LMTrainSettings(out=str(tmp_path / "cut"), **settings), progress=False)
+    assert whole["loss_history"]["values"] == again["loss_history"]["values"]
+    assert resumed["loss_history"] == {"first_step": 3, "values": whole["loss_history"]["values"][3:]}
+    a = _weights(tmp_path / "whole")
+    for other in (_weights(tmp_path / "again"), _weights(tmp_path / "cut")):
+        assert a.keys() == other.keys()
+        for key in a:
+            torch.testing.assert_close(a[key], other[key], rtol=0, atol=0, msg=key)
+    assert resumed["dev"]["nll"] == whole["dev"]["nll"]
+
+
+def test_a_cut_of_the_teacher_trains_through_the_cli(text, tmp_path, capsys):
+    code, out, err = _cli(capsys, "train", "--data", text, "--model", f"{TEACHER}@layers=1", "--teacher", TEACHER,
+                          "--out", str(tmp_path / "cut"), "--loss", "kd", "--divergence", "reverse-kl", "--steps", "3",
+                          "--max-length", "16", "--stride", "8", "--batch-size", "2", "--device", "cpu",
+                          "--no-progress")
+    assert code == 0, err
+    assert "dev perplexity" in out
+    record = json.loads((tmp_path / "cut" / "training_record.json").read_text())
+    assert record["settings"]["divergence"] == "reverse-kl" and record["settings"]["stride"] == 8
+    assert json.loads((tmp_path / "cut" / "config.json").read_text())["num_hidden_layers"] == 1
+
+
+def _cli(capsys, *args):
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as stop:
+        code = stop.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _other_tokenizer_lm(tmp_path):
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from audit.train import minilm_path
+
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path())
+    config = LlamaConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64)
+    folder = tmp_path / "other-lm"
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+def test_bad_input_is_one_line_and_writes_nothing(text, tmp_path, capsys):
+    short = tmp_path / "short.jsonl"
+    short.write_text("".join(json.dumps({"text": "To be.", "split": s}) + "\n" for s in ("train", "dev")))
+    tiny = ["--model", "tiny-llama:hidden=32,layers=1"]
+    cases = {
+        "other tokenizer": (["--model", _other_tokenizer_lm(tmp_path)], "share teacher's tokenizer"),
+        "divergence without kd": ([*tiny, "--divergence", "jsd"], "--divergence only with --loss kd"),
+        "beta above 1": ([*tiny, "--loss", "kd", "--divergence", "jsd", "--beta", "1.5"], "--beta in [0, 1]"),
+        "beta below 0": ([*tiny, "--loss", "kd", "--beta", "-0.1"], "--beta in [0, 1]"),
+        "layers beyond the model": (["--model", f"{TEACHER}@layers=3"], "1 <= k <= 2"),
+        "ls factor 1": ([*tiny, "--loss", "ls", "--label-smoothing", "1.0"], "--label-smoothing in [0, 1)"),
+        "ls factor negative": ([*tiny, "--loss", "ls", "--label-smoothing", "-0.1"], "--label-smoothing in [0, 1)"),
+        "text too short": ([*tiny, "--data", str(short)], "at least one window"),
+        "bad tiny spec": (["--model", "tiny-llama:hidden=30"], "multiple of 16"),
+        "no teacher": ([*tiny, "--teacher", ""], "expected --teacher"),
+    }
+    for case, (args, message) in cases.items():
+        base = ["--data", text, "--teacher", TEACHER]
+        code, _, err = _cli(capsys, "train", *base, *args, "--out", str(tmp_path / "out"), "--steps", "2",
+                            "--max-length", "16", "--device", "cpu", "--no-progress")
+        lines = [line for line in err.splitlines() if line.startswith("kd-audit: error:")]
+        assert code == 2 and len(lines) == 1 and message in lines[0], (case, err)
+        assert not (tmp_path / "out").exists(), case
