@@ -38,7 +38,7 @@ STATISTICS = ("mean", "pearson", "spearman", "ece")
 _N_VALUES = {"mean": 1, "pearson": 2, "spearman": 2, "ece": 2}
 # elements of the (B, G) draw matrix materialised at once: bounds memory for any G
 MAX_CHUNK_ELEMENTS = 4_000_000
-# positions folded into the group sums at once
+# positions folded into the group sums at once (bounds the float64 temporaries)
 _POSITION_CHUNK = 1 << 20
 
 
@@ -92,30 +92,45 @@ def average_ranks(x: torch.Tensor) -> torch.Tensor:
         0, order, run_rank.repeat_interleave(counts))
 
 
-def _columns(statistic: str, values: tuple[torch.Tensor, ...], n_bins: int) -> Iterator[tuple[slice, torch.Tensor]]:
-    """Per-position sufficient statistics, (rows, m) float64, chunk by chunk of positions."""
+def _group_sums(values: tuple[torch.Tensor, ...], dense: torch.Tensor, n_groups: int, statistic: str,
+                n_bins: int) -> torch.Tensor:
+    """(G, m) float64 per-group sums of the statistic's per-position terms (column 0: the count), from the
+    dense group index (N,). One 1-D index_add_ per term and chunk of positions: no (N, m) matrix."""
     if statistic == "spearman":
         values = (average_ranks(values[0]), average_ranks(values[1]))
-    centre = [v.double().mean() for v in values] if statistic in ("pearson", "spearman") else None
-    edges = _edges(n_bins, values[0].device) if statistic == "ece" else None
-    n = values[0].shape[0]
-    for start in range(0, n, _POSITION_CHUNK):
+    device = dense.device
+    # index_add_ of ones, not bincount: bincount reads its max back to the host on CUDA
+    ones = torch.ones(1, dtype=torch.float64, device=device).expand(dense.shape[0])
+    count = torch.zeros(n_groups, dtype=torch.float64, device=device).index_add_(0, dense, ones)
+    if statistic == "ece":
+        edges = _edges(n_bins, device)
+        slots = n_groups * n_bins  # slot g * n_bins + b: bin b of group g
+        sums = [torch.zeros(slots, dtype=torch.float64, device=device) for _ in range(2)]
+    else:
+        # correlations from centred terms: the one-pass formula of _evaluate does not cancel
+        centre = [v.double().mean() for v in values] if statistic != "mean" else None
+        width = 1 if statistic == "mean" else 5
+        sums = [torch.zeros(n_groups, dtype=torch.float64, device=device) for _ in range(width)]
+    for start in range(0, dense.shape[0], _POSITION_CHUNK):
         rows = slice(start, start + _POSITION_CHUNK)
-        if statistic == "mean":
-            x = values[0][rows].double()
-            yield rows, torch.stack([torch.ones_like(x), x], 1)
-        elif statistic in ("pearson", "spearman"):
-            x, y = values[0][rows].double() - centre[0], values[1][rows].double() - centre[1]
-            yield rows, torch.stack([torch.ones_like(x), x, y, x * x, y * y, x * y], 1)
+        index = dense[rows]
+        if statistic == "ece":
+            conf = values[0][rows]
+            _, bins = _scaled_bin_index(conf, edges)  # (rows,) bin of each confidence
+            slot = index * n_bins + bins
+            terms = (conf.double(), values[1][rows].double())  # C_b, A_b
+            index = slot
+        elif statistic == "mean":
+            terms = (values[0][rows].double(),)
         else:
-            conf, hit = values[0][rows], values[1][rows].double()
-            _, index = _scaled_bin_index(conf, edges)  # (rows,) bin of each confidence
-            out = torch.zeros(conf.shape[0], 1 + 2 * n_bins, dtype=torch.float64, device=conf.device)
-            out[:, 0] = 1.0
-            at = torch.arange(conf.shape[0], device=conf.device)
-            out[at, 1 + index] = conf.double()  # C_b
-            out[at, 1 + n_bins + index] = hit  # A_b
-            yield rows, out
+            x, y = values[0][rows].double() - centre[0], values[1][rows].double() - centre[1]
+            terms = (x, y, x * x, y * y, x * y)
+        for total, term in zip(sums, terms):
+            total.index_add_(0, index, term)
+    if statistic == "ece":
+        sums = [total.view(n_groups, n_bins) for total in sums]
+        return torch.cat([count[:, None], *sums], 1)
+    return torch.stack([count, *sums], 1)
 
 
 def _evaluate(statistic: str, sums: torch.Tensor, n_bins: int) -> torch.Tensor:
@@ -137,17 +152,6 @@ def _dense(groups: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         ids, dense = torch.unique_consecutive(groups, return_inverse=True)
         return ids, dense
     return torch.unique(groups, return_inverse=True)
-
-
-def _group_sums(values: tuple[torch.Tensor, ...], dense: torch.Tensor, n_groups: int, statistic: str,
-                n_bins: int) -> torch.Tensor:
-    """(G, m) float64 sums of the statistic's per-position columns over the dense group index (N,)."""
-    sums = None
-    for rows, columns in _columns(statistic, values, n_bins):
-        if sums is None:
-            sums = torch.zeros(n_groups, columns.shape[1], dtype=torch.float64, device=dense.device)
-        sums.index_add_(0, dense[rows], columns)
-    return sums
 
 
 def group_sums(
