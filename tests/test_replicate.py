@@ -166,11 +166,12 @@ def test_overall_verdict_is_the_weakest_check():
 
 @pytest.mark.slow
 def test_replicate_quick_profile(tmp_path):
-    """The quick profile on a real task (about 10 minutes on 2 cores)."""
+    """The quick profile on a real task learns with every arm (the README's table gives its time per task)."""
     result = CliRunner().invoke(app, ["replicate", "--task", "vader-tweets", "--out", str(tmp_path), "--no-progress"])
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["arms"][0]["accuracy"]["value"] > 0.6
+    assert summary["untrained_arms"] == []
+    assert min(a["accuracy"]["value"] for a in summary["arms"] if a["teacher_temperature"] == 1.0) > 0.72  # majority 0.706
 
 
 def test_untrained_arms_are_flagged():
