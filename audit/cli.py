@@ -30,6 +30,7 @@ FIXTURES = fixtures_path()
 DEFAULT_TEACHER = FIXTURES / "teacher"
 DEFAULT_STUDENTS = [FIXTURES / f"student-{loss}" for loss in ("ce", "ls", "kd")]
 DEFAULT_DATA = FIXTURES / "vader-movies-test.jsonl"
+DEFAULT_CALIBRATION_DATA = FIXTURES / "vader-movies-dev.jsonl"  # held out from the demo models' training
 
 
 def handles_errors(command):
@@ -98,6 +99,12 @@ def compare(
                                                            "scored).")] = CompareSettings.prompt_column,
     completion_column: Annotated[str | None, typer.Option(help="LM: completion column (the scored "
                                                                "tokens).")] = CompareSettings.completion_column,
+    model_cis: Annotated[bool, typer.Option(help="A bootstrap CI on every per-model number (every estimator "
+                                                  "recomputed per resample: slow on big data).")] = CompareSettings.model_cis,
+    calibrate: Annotated[bool, typer.Option(help="Fit a temperature per model on calibration data; report each "
+                                                 "model before/after and the student/teacher T* ratio.")] = CompareSettings.calibrate,
+    calibration_data: Annotated[str | None, typer.Option(help="Calibration data for --calibrate (default: the dev "
+                                                              "split of a built-in).")] = CompareSettings.calibration_data,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = CompareSettings.progress,
     cache: Annotated[bool, typer.Option(help="Keep logits in the prediction cache as they are computed "
                                              "(a killed run resumes; python -m audit cache list|clear).")] = CompareSettings.cache,
@@ -113,6 +120,8 @@ def compare(
             raise AuditError(f"expected the built-in fixtures in {FIXTURES}, found none; run from a source checkout "
                              "or pass --teacher, --student and --data")
         teacher, student, data = str(DEFAULT_TEACHER), [str(s) for s in DEFAULT_STUDENTS], str(DEFAULT_DATA)
+        if calibrate and calibration_data is None:
+            calibration_data = str(DEFAULT_CALIBRATION_DATA)
     if teacher is None or not student:
         raise AuditError("expected --teacher and at least one --student; run without options for the built-in demo")
     settings = CompareSettings(
@@ -122,12 +131,12 @@ def compare(
         max_length=max_length, n_bins=bins, n_bootstrap=bootstrap, seed=seed, allow_pickle=allow_pickle,
         trust_remote_code=trust_remote_code, tokenizer=tokenizer, allow_missing_weights=allow_missing_weights,
         kind=kind, stride=stride, prompt_column=prompt_column, completion_column=completion_column,
-        progress=progress, cache=cache,
+        model_cis=model_cis, calibrate=calibrate, calibration_data=calibration_data, progress=progress, cache=cache,
     )
     outputs = report_outputs(json_path, plots, html)
     if save_logits is not None:
         outputs.append(Output(save_logits, "folder", "--save-logits"))
-    check_outputs(outputs, [teacher, *student, data])
+    check_outputs(outputs, [teacher, *student, data, calibration_data])
     report, predictions = run_compare(teacher, student, data, names=name, settings=settings)
     if save_logits is not None and not predictions:
         raise AuditError("expected --save-logits only for classifiers, got a language-model audit: per-token logits "
@@ -280,6 +289,15 @@ def replicate(
     if task == ALL and (plots or html):
         raise AuditError("expected --plots/--html with one --task, got --task all; render a task's "
                          "OUT/TASK/summary.json with `python -m audit report`")
+    if task == "shakespeare":  # the language-model grid (audit.replicate_lm)
+        from audit.replicate_lm import LMReplicateSettings, replicate_lm
+
+        if eval_task:
+            raise AuditError("expected no --eval-task with --task shakespeare, got some; the LM grid has no shift audit")
+        summary = replicate_lm(LMReplicateSettings(task=task, out=str(out), profile=profile, seeds=seeds, device=device,
+                                                   n_bootstrap=bootstrap), progress=progress)
+        render_summary(summary)
+        return
     summary = run_replicate(ReplicateSettings(task=task, out=str(out), profile=profile, seeds=seeds, device=device,
                                               n_bootstrap=bootstrap, eval_tasks=tuple(eval_task or ())),
                             progress=progress)

@@ -34,6 +34,8 @@ from audit.settings import MAX_BINS, MAX_BOOTSTRAP, CompareSettings  # noqa: F40
 SCHEMA = "kd-audit/compare/1"
 BRIER_CONVENTION = "multiclass: mean over examples of sum_k (p_k - 1[k=y])^2, range [0, 2]"
 HISTOGRAM_BINS = 20
+CALIBRATION_EXTRAS = ("smece", "ece_debiased", "ece_sweep", "ece_toplabel", "ks")
+TEMPERATURE_RESAMPLES = 200  # each refits two temperatures: 200 cost about 2 s on 2k examples
 SCATTER_POINTS = 2000
 
 ModelLike = str | Predictions | TextClassifier
@@ -75,6 +77,8 @@ def summarize_model(logits: torch.Tensor, labels: torch.Tensor | None, *, n_bins
         "ece_adaptive": float(calibration["ece_adaptive"]),
         "ece_classwise": float(metrics.classwise_ece(probs, labels, n_bins=n_bins)),
         "n_bins": n_bins,
+        **{key: float(value) for key, value in metrics.calibration_extras(probs, labels, n_bins=n_bins).items()
+           if key in CALIBRATION_EXTRAS},
         "entropy_correct": _mean_or_none(entropy[correct]),
         "entropy_incorrect": _mean_or_none(entropy[~correct]),
         "maxprob_correct": _mean_or_none(maxprob[correct]),
@@ -199,6 +203,10 @@ def compare_predictions(teacher: Predictions, students: list[Predictions], label
     for s in students:
         models[s.name] = {"role": "student", "source": s.source,
                           **summarize_model(s.logits, labels, n_bins=settings.n_bins)}
+    if settings.model_cis and labels is not None:
+        for p in (teacher, *students):
+            models[p.name]["ci"] = metrics.model_cis(p.logits, labels, n_bins=settings.n_bins,
+                                                     n_resamples=settings.n_bootstrap, seed=settings.seed)
     boot = dict(n_bootstrap=settings.n_bootstrap, seed=settings.seed)
     pairs = []
     scatter_rows = torch.randperm(n, generator=torch.Generator().manual_seed(settings.seed))[:SCATTER_POINTS]
@@ -210,6 +218,10 @@ def compare_predictions(teacher: Predictions, students: list[Predictions], label
         pairs.append({"teacher": teacher.name, "student": s.name, **stats, "verdict": label, "verdict_reason": reason,
                       "scatter": {"teacher_maxprob": teacher_maxprob[scatter_rows].tolist(),
                                   "student_maxprob": student_maxprob[scatter_rows].tolist()}})
+        if settings.model_cis and labels is not None:  # positive: the student is better calibrated than its teacher
+            pairs[-1]["calibration_difference"] = metrics.paired_difference_cis(
+                teacher.logits, s.logits, labels, n_bins=settings.n_bins, n_resamples=settings.n_bootstrap,
+                seed=settings.seed)
     return {
         "schema": SCHEMA,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -284,6 +296,12 @@ def compare_with_predictions(teacher: ModelLike, students: list[ModelLike], data
         raise AuditError(f"expected at most {len(specs)} --name values (teacher, then students), got {len(names)}")
     names = list(names or []) + [None] * (len(specs) - len(names or []))
     loaded = _distinct_names([_load(spec, name, settings) for spec, name in zip(specs, names)])
+    if settings.calibrate:  # refused before any model runs
+        calibration_spec(data, settings)
+        files = [m.name for m in loaded if isinstance(m, Predictions)]
+        if files:
+            raise AuditError(f"expected models to run on the calibration data with --calibrate, got logits files "
+                             f"({', '.join(files)}); pass checkpoints, or audit without --calibrate")
     text_data = load_eval_data(data, settings) if isinstance(data, str) else data
     predictions = [_predictions(m, text_data, device, dtype, settings, group) for m in loaded]
     predictions, label_names = align_labels(predictions)
@@ -294,7 +312,88 @@ def compare_with_predictions(teacher: ModelLike, students: list[ModelLike], data
         data_info = {"name": text_data.name, **text_data.info}
     report = compare_predictions(predictions[0], predictions[1:], labels, settings=settings, data_info=data_info)
     report["settings"].update(device=str(device), dtype=str(dtype).removeprefix("torch."))
+    if settings.calibrate:
+        calibration = _calibration_predictions(loaded, data, text_data, label_names, device, dtype, settings, group)
+        add_calibration(report, predictions, labels, *calibration, settings=settings)
     return report, predictions
+
+
+def calibration_spec(data: str | TextData | None, settings: CompareSettings) -> str:
+    """The calibration data of ``--calibrate``: ``--calibration-data``, else the dev split of a built-in.
+
+    Raises:
+        AuditError: neither is available.
+    """
+    from audit.data import builtin_datasets
+
+    if settings.calibration_data is not None:
+        return settings.calibration_data
+    name = data.partition(":")[0] if isinstance(data, str) else None
+    if name in builtin_datasets():
+        return f"{name}:dev"
+    raise AuditError(f"expected --calibration-data (or a built-in data set, whose dev split is used) with --calibrate, "
+                     f"got {data if isinstance(data, str) else 'loaded data'}; pass held-out labelled data to fit "
+                     "the temperatures on")
+
+
+def _calibration_predictions(loaded: list, data, text_data: TextData | None, label_names: list[str] | None, device,
+                             dtype, settings: CompareSettings, group) -> tuple[list[Predictions], torch.Tensor]:
+    spec = calibration_spec(data, settings)
+    cal_data = load_data(spec, split=None, text_column=settings.text_column, text_pair_column=settings.text_pair_column,
+                         label_column=settings.label_column, id_column=settings.id_column)
+    if cal_data.labels is None:
+        raise AuditError(f"expected labelled calibration data, got no label column in {spec}; pass --label-column or "
+                         "other --calibration-data")
+    if text_data is not None and text_data.label_names and cal_data.label_names and \
+            not set(cal_data.label_names) <= set(text_data.label_names):
+        raise AuditError(f"expected calibration labels {sorted(text_data.label_names)} (those of the test data), got "
+                         f"{sorted(cal_data.label_names)} in {spec}; calibrate on data of the same task")
+    cal = [_predictions(m, cal_data, device, dtype, settings, group) for m in loaded]
+    cal, _ = align_labels(cal)
+    cal_labels = data_labels(cal_data, label_names, cal[0].num_classes)
+    if int(cal_labels.unique().numel()) < 2:
+        raise AuditError(f"expected at least 2 classes present in the calibration data {spec}, got "
+                         f"{int(cal_labels.unique().numel())}; pass more varied held-out data")
+    return cal, cal_labels
+
+
+def add_calibration(report: dict, test: list[Predictions], test_labels: torch.Tensor | None,
+                    calibration: list[Predictions], cal_labels: torch.Tensor, *, settings: CompareSettings) -> None:
+    """Temperature scaling of every model (fitted on the calibration data, measured on the test data), the ratio
+    T*_student / T*_teacher with a bootstrap CI, and whether each verdict survives calibration (in place).
+
+    Raises:
+        AuditError: test data without labels, or a fitted temperature at its search bound (degenerate logits).
+    """
+    from audit.calibrate import calibrated_metrics, scale_logits, temperature_ratio
+
+    if test_labels is None:
+        raise AuditError("expected labelled test data with --calibrate, got none; pass --data with labels")
+    temperatures = {}
+    for t, c in zip(test, calibration):
+        fitted = calibrated_metrics(c.logits, cal_labels, t.logits, test_labels, n_bins=settings.n_bins)
+        report["models"][t.name].update(temperature=fitted["temperature"], calibrated=fitted["calibrated"])
+        temperatures[t.name] = fitted["temperature"]
+    teacher = test[0]
+    scaled_teacher = scale_logits(teacher.logits, temperatures[teacher.name]).float()
+    for pair, student, cal_student in zip(report["pairs"], test[1:], calibration[1:]):
+        pair["temperature_ratio"] = temperature_ratio(calibration[0].logits, cal_student.logits, cal_labels,
+                                                      n_resamples=min(settings.n_bootstrap, TEMPERATURE_RESAMPLES),
+                                                      seed=settings.seed)
+        stats = pair_statistics(scaled_teacher, scale_logits(student.logits, temperatures[student.name]).float(),
+                                n_bootstrap=settings.n_bootstrap, seed=settings.seed)
+        label, reason = verdict(stats, float(metrics.entropy(torch.softmax(scaled_teacher, -1)).mean()), settings.rule)
+        pair["calibrated"] = {"entropy_shift": stats["entropy_shift"],
+                              "corr_entropy_spearman": stats["corr_entropy_spearman"],
+                              "verdict": label, "verdict_reason": reason,
+                              "verdict_survives": label == pair["verdict"]}
+    report["calibration"] = {"data": calibration_spec_label(settings, report), "n": int(cal_labels.numel()),
+                             "method": "one temperature per model minimising NLL on the calibration data "
+                                       "(audit.calibrate.fit_temperature); metrics after scaling on the test data"}
+
+
+def calibration_spec_label(settings: CompareSettings, report: dict) -> str:
+    return settings.calibration_data or f"{report['data'].get('name', 'data')} (dev split)"
 
 
 def _audits_language_models(teacher: ModelLike, settings: CompareSettings) -> bool:

@@ -55,6 +55,9 @@ class CompareSettings:
     stride: int | None = None  # LM windows: tokens a window advances (default max_length // 2)
     prompt_column: str | None = None  # LM data: score only the completion's tokens
     completion_column: str | None = None
+    model_cis: bool = False  # a bootstrap CI on every per-model number (all estimators recomputed per resample)
+    calibrate: bool = False  # fit a temperature per model on calibration data and report before/after
+    calibration_data: str | None = None  # default: the dev split of a built-in data set
     progress: bool = True
     cache: bool = True
     rule: VerdictRule = field(default_factory=VerdictRule)
@@ -180,6 +183,7 @@ class LMTrainSettings:
     label_smoothing: float = 0.1
     temperature: float = 2.0
     kd_weight: float = 0.5
+    teacher_temperature: float = 1.0  # the teacher's logits are divided by this first (a graded teacher)
     epochs: float = 1.0
     steps: int | None = None
     batch_size: int = 8
@@ -210,8 +214,9 @@ class LMTrainSettings:
             raise AuditError(f"expected --divergence in {', '.join(DIVERGENCES)}, got {self.divergence!r}")
         if not 0 <= self.beta <= 1:
             raise AuditError(f"expected --beta in [0, 1] (0: forward KL, 1: reverse KL), got {self.beta}")
-        if not self.temperature > 0:
-            raise AuditError(f"expected --temperature > 0, got {self.temperature}")
+        if not self.temperature > 0 or not self.teacher_temperature > 0:
+            raise AuditError(f"expected --temperature > 0 and a teacher temperature > 0, got {self.temperature} and "
+                             f"{self.teacher_temperature}")
         if not 0 <= self.label_smoothing < 1:
             raise AuditError(f"expected --label-smoothing in [0, 1), got {self.label_smoothing}")
         if not 0 <= self.kd_weight <= 1:

@@ -98,9 +98,10 @@ def _compare_body(report: dict) -> str:
             for key, label, fmt in MODEL_ROWS if any(key in m for m in models.values())]
     parts.append(_table("Confidence and calibration per model", ["metric"] + [f"{n} ({m['role']})" for n, m in
                                                                                models.items()], rows))
-    rows = [_cell(label) + "".join(_cell(with_ci(p[key], fmt), num=True) for p in pairs)
-            for key, label, fmt in PAIR_ROWS]
-    parts.append(_table("Teacher -> student (value [95% bootstrap CI])", ["statistic"] +
+    rows = [_cell(label) + "".join(_cell(with_ci(p.get(key), fmt), num=True) for p in pairs)
+            for key, label, fmt in PAIR_ROWS if any(key in p for p in pairs)]
+    method = "cluster bootstrap by sequence" if data.get("unit") == "token" else "bootstrap"
+    parts.append(_table(f"Teacher -> student (value [95% {method} CI])", ["statistic"] +
                         [f"{p['teacher']} -> {p['student']}" for p in pairs], rows))
     if len(pairs) > 1:
         moves = [(f"{p['student']} vs {p['teacher']} (teacher)", p["entropy_shift"]) for p in pairs]
@@ -109,6 +110,21 @@ def _compare_body(report: dict) -> str:
                 for label, stat in moves]
         parts.append(_table("Which way each student moved (mean entropy, nats; lower = more confident)",
                             ["comparison", "difference [95% CI]", "direction"], rows))
+    if "calibration" in report:
+        by_student = {p["student"]: p for p in pairs}
+        rows = []
+        for name, m in models.items():
+            pair = by_student.get(name)
+            ratio = with_ci({"value": pair["temperature_ratio"]["ratio"], "ci": pair["temperature_ratio"]["ci"]},
+                            "{:.3f}") if pair else "-"
+            rows.append(_cell(name) + _cell(f"{m['temperature']:.3f}", num=True)
+                        + "".join(_cell(f"{m[k]:.4f} -> {m['calibrated'][k]:.4f}", num=True)
+                                  for k in ("nll", "ece", "smece"))
+                        + _cell(ratio, num=True) + (f"<td>{_verdict(pair['calibrated']['verdict'])}</td>" if pair
+                                                    else _cell("-")))
+        parts.append(_table(f"Temperature scaling (T* fitted on {report['calibration']['data']}; before -> after)",
+                            ["model", "T*", "NLL", "ECE", "smooth ECE", "T* / teacher's [95% CI]", "verdict after"],
+                            rows))
     parts.append("<h2>Figures</h2>" + _figures(report, COMPARE_CAPTIONS))
     rows = [_cell(n) + _cell(m["role"]) + _cell(m.get("source", "-")) for n, m in models.items()]
     parts.append("<h2>Run</h2>" + _table("Models", ["name", "role", "source"], rows))

@@ -24,6 +24,11 @@ MODEL_ROWS = (
     ("ece_adaptive", "adaptive ECE (equal-mass)", "{:.4f}"),
     ("mce", "MCE", "{:.4f}"),
     ("ece_classwise", "class-wise ECE", "{:.4f}"),
+    ("smece", "smooth ECE (bin-free)", "{:.4f}"),
+    ("ece_debiased", "debiased L2 calibration error", "{:.4f}"),
+    ("ece_sweep", "ECE-sweep", "{:.4f}"),
+    ("ece_toplabel", "top-label ECE (per class)", "{:.4f}"),
+    ("ks", "KS calibration error", "{:.4f}"),
     ("entropy_correct", "entropy | correct", "{:.3f}"),
     ("entropy_incorrect", "entropy | incorrect", "{:.3f}"),
     ("maxprob_correct", "max prob | correct", "{:.3f}"),
@@ -69,6 +74,26 @@ def pairs_table(report: dict) -> Table:
     for key, label, fmt in PAIR_ROWS:
         if any(key in pair for pair in report["pairs"]):
             table.add_row(label, *(with_ci(pair.get(key), fmt) for pair in report["pairs"]))
+    return table
+
+
+def calibration_table(report: dict) -> Table:
+    """``--calibrate``: each model's fitted temperature and its numbers before -> after scaling; each pair's
+    T* ratio and whether its verdict survives."""
+    table = Table(title=f"Temperature scaling (T* fitted on {report['calibration']['data']}, "
+                        f"n={report['calibration']['n']}; before -> after on the test data)", title_justify="left")
+    for column in ("model", "T*", "NLL", "ECE", "smooth ECE", "T* / teacher's [95% CI]", "verdict after"):
+        table.add_column(column, justify="left" if column in ("model", "verdict after") else "right")
+    pairs = {p["student"]: p for p in report["pairs"]}
+    for name, m in report["models"].items():
+        after = m["calibrated"]
+        pair = pairs.get(name)
+        ratio = with_ci({"value": pair["temperature_ratio"]["ratio"], "ci": pair["temperature_ratio"]["ci"]},
+                        "{:.3f}") if pair else "-"
+        survives = "-" if pair is None else (f"{pair['calibrated']['verdict']}"
+                                              + ("" if pair["calibrated"]["verdict_survives"] else " (changed)"))
+        table.add_row(name, f"{m['temperature']:.3f}", *(f"{m[k]:.4f} -> {after[k]:.4f}" for k in ("nll", "ece", "smece")),
+                      ratio, survives)
     return table
 
 
@@ -123,6 +148,8 @@ def render_compare(report: dict, console: Console | None = None) -> None:
     console.print(pairs_table(report))
     if len(report["pairs"]) > 1:
         console.print(direction_table(report))
+    if "calibration" in report:
+        console.print(calibration_table(report))
     console.print(Panel(verdicts(report), title="Verdict: did the student inherit the teacher's confidence?",
                         expand=False))
     console.print(terminal_charts(report))
