@@ -117,13 +117,17 @@ def lm_loss(settings: LMTrainSettings, logits: torch.Tensor, targets: torch.Tens
 
 
 def train_lm(settings: LMTrainSettings, *, overwrite: bool = False, progress: bool = True,
-             stop_after: int | None = None) -> dict:
+             stop_after: int | None = None, teacher: CausalLM | None = None, audit_dev: bool = True) -> dict:
     """Train a causal-LM student; return its training record (also written to ``out/training_record.json``).
 
     Deterministic for a seed (window order from ``seed`` and the epoch; no dropout in the tiny student);
     ``stop_after`` ends the run after that many steps as if killed (a checkpoint is written first), and
     calling :func:`train_lm` again resumes it to the same weights as an uninterrupted run. Under ``torchrun``
     every process takes its slice of each batch (DDP), as in :func:`audit.train.train`.
+
+    ``teacher``: ``settings.teacher`` already loaded (a replication trains many students of one teacher).
+    ``audit_dev=False`` leaves out the dev audit (the record's ``dev`` entries are None; a replication audits
+    all its students together).
 
     Raises:
         AuditError: bad settings or input (see :meth:`LMTrainSettings.validate`, :func:`build_student`,
@@ -141,7 +145,7 @@ def train_lm(settings: LMTrainSettings, *, overwrite: bool = False, progress: bo
     device = local_device(device, group)
     progress = progress and group.is_main
     # everything that can be refused is read before the output folder is made
-    teacher = load_causal_lm(settings.teacher, name="teacher")
+    teacher = teacher or load_causal_lm(settings.teacher, name="teacher")
     student = build_student(settings.model, teacher, seed=settings.seed)
     for lm in (teacher, student):
         if lm.context is not None and settings.max_length > lm.context:
@@ -178,6 +182,7 @@ def train_lm(settings: LMTrainSettings, *, overwrite: bool = False, progress: bo
             if settings.loss == "kd":
                 with torch.no_grad():
                     teacher_logits = teacher.model(input_ids=ids, attention_mask=mask).logits[keep].float()
+                    teacher_logits = teacher_logits / settings.teacher_temperature
             loss = lm_loss(settings, logits, targets[keep], teacher_logits)
             optimizer.zero_grad(set_to_none=True)
             (loss * weight).backward()
@@ -198,26 +203,34 @@ def train_lm(settings: LMTrainSettings, *, overwrite: bool = False, progress: bo
     wall = time.perf_counter() - started
 
     model.eval()
-    compare = CompareSettings(max_length=settings.max_length, device=settings.device, n_bootstrap=DEV_BOOTSTRAP,
-                              seed=settings.seed, progress=progress, cache=False)
-    report = compare_lm(teacher, [CausalLM("student", model, student.tokenizer, settings.model)], dev_docs,
-                        names=["teacher", "student"], settings=compare)
-    dev_windows = tokenize_windows(dev_docs, teacher.tokenizer, max_length=settings.max_length)
     record = {
         "settings": asdict(settings), "steps": total_steps, "windows": len(windows),
         "tokens_per_step": settings.batch_size * (settings.max_length - 1), "wall_seconds": wall,
         "device": str(device), "loss_history": {"first_step": first_step, "values": losses},
-        "dev": _brief(report["models"]["student"]), "dev_teacher": _brief(report["models"]["teacher"]),
-        "dev_pair": _brief(report["pairs"][0]),
-        "dev_unigram_perplexity": unigram_perplexity(windows, dev_windows, int(model.config.vocab_size)),
-        "dev_data": report["data"],
+        "dev": None, "dev_teacher": None, "dev_pair": None, "dev_unigram_perplexity": None, "dev_data": None,
     }
+    if audit_dev:
+        record.update(_dev_audit(settings, teacher, CausalLM("student", model, student.tokenizer, settings.model),
+                                 windows, dev_docs, progress))
     if group.is_main:
         model.save_pretrained(out)
         student.tokenizer.save_pretrained(out)
         write_atomic(out / RECORD, lambda p: p.write_text(json.dumps(record, indent=2)))
         (out / CHECKPOINT).unlink(missing_ok=True)
     return record
+
+
+def _dev_audit(settings: LMTrainSettings, teacher: CausalLM, student: CausalLM, windows: TokenWindows,
+               dev_docs: Documents, progress: bool) -> dict:
+    """The record's dev entries: the student and teacher audited token by token on the dev documents, and the
+    perplexity of a unigram model of the training tokens there (the baseline a student must beat)."""
+    compare = CompareSettings(max_length=settings.max_length, device=settings.device, n_bootstrap=DEV_BOOTSTRAP,
+                              seed=settings.seed, progress=progress, cache=False)
+    report = compare_lm(teacher, [student], dev_docs, names=["teacher", "student"], settings=compare)
+    dev_windows = tokenize_windows(dev_docs, teacher.tokenizer, max_length=settings.max_length)
+    return {"dev": _brief(report["models"]["student"]), "dev_teacher": _brief(report["models"]["teacher"]),
+            "dev_pair": _brief(report["pairs"][0]), "dev_data": report["data"],
+            "dev_unigram_perplexity": unigram_perplexity(windows, dev_windows, int(student.model.config.vocab_size))}
 
 
 def _brief(stats: dict) -> dict:
