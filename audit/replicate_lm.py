@@ -85,20 +85,42 @@ class LMProfile:
     train_limit: int | None
     eval_limit: int | None
     seeds: int
+    eval_windows: int | None = None  # dev windows kept per document (None: all): many sequences, few tokens
 
 
 LM_PROFILES = {
     # 2 CPU cores: 200 steps of 2 x 47 tokens (18.8k per arm); SmolLM2 runs once per step for the 6 KD arms (its
     # float16 logits take 1.8 GB). Rates measured and the time this implies: README, "Distilling language models"
     "quick": LMProfile(teacher=SMOLLM2, student="tiny-llama:hidden=64,layers=2", steps=200, batch_size=2, lr=1e-2,
-                       max_length=48, train_limit=None, eval_limit=3, seeds=1),
+                       max_length=48, train_limit=None, eval_limit=40, seeds=1, eval_windows=1),
     # one GPU: SmolLM2's first 6 of 30 layers as the student, the whole corpus, 3 seeds
     "full": LMProfile(teacher=SMOLLM2, student=f"{SMOLLM2}@layers=6", steps=2000, batch_size=16, lr=3e-4,
                       max_length=256, train_limit=None, eval_limit=None, seeds=3),
     # tests only: the tiny fixture teacher, a handful of steps
     "tiny": LMProfile(teacher="lm-teacher", student="tiny-llama:hidden=16,layers=1", steps=4, batch_size=2,
-                      lr=1e-2, max_length=16, train_limit=3, eval_limit=2, seeds=1),
+                      lr=1e-2, max_length=16, train_limit=3, eval_limit=4, seeds=1, eval_windows=3),
 }
+
+
+def first_windows(windows: TokenWindows, per_document: int | None) -> TokenWindows:
+    """The first ``per_document`` windows of each document (all with None): the dev audit's cost is its tokens,
+    its cluster bootstrap's resolution its number of documents.
+
+    >>> w = TokenWindows(*(torch.zeros(4, 3, dtype=torch.int64),) * 4, torch.tensor([0, 0, 0, 1]), {})
+    >>> first_windows(w, 2).sequence_ids.tolist()
+    [0, 0, 1]
+    """
+    if per_document is None:
+        return windows
+    seq = windows.sequence_ids
+    row = torch.arange(len(seq))
+    starts = torch.cat([torch.ones(1, dtype=torch.bool), seq[1:] != seq[:-1]])
+    index = row - torch.cummax(torch.where(starts, row, 0), 0).values  # position of each window in its document
+    keep = index < per_document
+    parts = [x[keep] for x in (windows.input_ids, windows.attention_mask, windows.targets, windows.positions, seq)]
+    info = {**windows.info, "windows": int(keep.sum()), "windows_per_document": per_document,
+            "tokens_scored": int((parts[2] != IGNORE_INDEX).sum())}
+    return TokenWindows(*parts, info)
 
 
 def resolve_teacher(spec: str) -> str:
@@ -168,11 +190,12 @@ def token_columns(teacher: CausalLM, students: dict[str, CausalLM], windows: Tok
             targets = windows.targets[a:a + batch_size].to(device)
             keep = targets != IGNORE_INDEX
             t = teacher.model(input_ids=ids, attention_mask=mask).logits[keep].float()  # (P_batch, V)
-            logits = {"teacher": lambda: t, **{f"teacher/{tau:g}": (lambda tau=tau: t / tau) for tau in TEACHER_TEMPERATURES},
-                      **{n: (lambda s=s: s.model(input_ids=ids, attention_mask=mask).logits[keep].float())
-                         for n, s in students.items()}}
-            for name, make in logits.items():
-                columns = reduce_logits(make(), [], targets[keep]).models[0]
+            for name in names:
+                if name in students:
+                    logits = students[name].model(input_ids=ids, attention_mask=mask).logits[keep].float()
+                else:  # "teacher" or "teacher/T"
+                    logits = t / float(name.partition("/")[2] or 1.0)
+                columns = reduce_logits(logits, [], targets[keep]).models[0]
                 for key, value in (("entropy", columns["entropy"]), ("maxprob", columns["maxprob"]),
                                    ("correct", columns["correct"]), ("nll", -columns["target_logprob"])):
                     parts[name][key].append(value.double().cpu())
@@ -274,8 +297,8 @@ def replicate_lm(settings: LMReplicateSettings, *, progress: bool = True) -> dic
     teacher_spec = resolve_teacher(profile.teacher)
     teacher = load_causal_lm(teacher_spec, name="teacher")
     train_docs = read_documents(TASK, split="train", limit=profile.train_limit)
-    dev = tokenize_windows(read_documents(TASK, split="dev", limit=profile.eval_limit), teacher.tokenizer,
-                           max_length=profile.max_length)
+    dev = first_windows(tokenize_windows(read_documents(TASK, split="dev", limit=profile.eval_limit),
+                                         teacher.tokenizer, max_length=profile.max_length), profile.eval_windows)
     arms = lm_grid()
     seed_columns, per_seed = [], {arm.name: [] for arm in arms}
     for seed in seeds:
