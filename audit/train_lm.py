@@ -7,7 +7,7 @@ resumable checkpoints) -> save -> the dev audit of the student against its teach
 
 Why the teacher runs in every step instead of once into a cache: a full-vocabulary logit row is
 V x 4 bytes, 196 KB per token at SmolLM2's V = 49,152 (98 KB in bf16), so the Shakespeare train split's
-~1.1M tokens would need ~220 GB; a teacher forward costs less than the student's forward and backward.
+1.34M tokens would need 264 GB (132 GB in bf16).
 
 The maths lives in :mod:`audit.losses`; the folder handling, checkpoints and data parallelism are the
 classifier recipe's (:mod:`audit.train`).
@@ -15,6 +15,7 @@ classifier recipe's (:mod:`audit.train`).
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import time
@@ -28,7 +29,7 @@ from audit.atomic import write_atomic
 from audit.data.text import IGNORE_INDEX, Documents, TokenWindows, read_documents, tokenize_windows
 from audit.distributed import local_device, on_main, process_group
 from audit.errors import AuditError
-from audit.lm import CausalLM, check_same_tokenizer, compare_lm, load_causal_lm
+from audit.lm import CausalLM, _keep_first_layers, check_same_tokenizer, compare_lm, load_causal_lm
 from audit.losses import distillation_loss, label_smoothed_cross_entropy
 from audit.outputs import Output, check_outputs
 from audit.predict import progress_bar, resolve_device
@@ -77,7 +78,9 @@ def build_student(spec: str, teacher: CausalLM, *, seed: int) -> CausalLM:
     """The student of ``spec`` (see :class:`LMTrainSettings`), in train mode, on CPU, float32.
 
     ``tiny-llama[:hidden=H,layers=L]`` is a fresh Llama (H / 16 heads, 4H MLP, tied embeddings) over the
-    teacher's tokenizer; anything else is loaded by :func:`audit.lm.load_causal_lm` and must share it.
+    teacher's tokenizer; ``TEACHER@layers=k`` (the teacher's own spec) is a copy of the loaded teacher cut to
+    its first k layers (a GGUF teacher is not dequantised again); anything else is loaded by
+    :func:`audit.lm.load_causal_lm` and must share the teacher's tokenizer.
 
     Raises:
         AuditError: a bad spec, ``@layers=k`` above the model's layers, or a tokenizer other than the teacher's.
@@ -94,6 +97,10 @@ def build_student(spec: str, teacher: CausalLM, *, seed: int) -> CausalLM:
                              tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
                              eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
         student = CausalLM(spec, LlamaForCausalLM(config), tokenizer, spec)
+    elif "@" in spec and spec.partition("@")[0] == teacher.source.partition("@")[0]:
+        model = copy.deepcopy(teacher.model)
+        _keep_first_layers(model, spec.partition("@")[2], spec)
+        student = CausalLM("student", model, teacher.tokenizer, spec)
     else:
         student = load_causal_lm(spec, name="student")
     check_same_tokenizer([teacher, student])
