@@ -143,10 +143,12 @@ def test_kernel_reductions_and_grad_output(divergence, beta, reduction, device) 
 
 
 @pytest.mark.parametrize("divergence,beta", DIVERGENCES[:2])
-def test_kernel_bf16(divergence, beta, device) -> None:
-    s, t, _ = _logits(8, 300, 6, torch.bfloat16)
-    # one bf16 ulp (2^-7) of the stored gradient: the interpreter truncates, the GPU rounds
-    _check_kernel(s.to(device), t.to(device), None, grad_rtol=8e-3, divergence=divergence, beta=beta)
+@pytest.mark.parametrize("dtype,grad_rtol", [(torch.bfloat16, 8e-3), (torch.float16, 1e-3)])
+def test_kernel_half_precision(divergence, beta, dtype, grad_rtol, device) -> None:
+    s, t, _ = _logits(8, 300, 6, dtype)
+    # one ulp of the stored gradient (bf16: 2^-7, the interpreter truncates where the GPU rounds; fp16: 2^-10)
+    _check_kernel(s.to(device), t.to(device), None, grad_rtol=grad_rtol, grad_atol=1e-7, divergence=divergence,
+                  beta=beta)
 
 
 @pytest.mark.parametrize("divergence,beta", DIVERGENCES[:2])
