@@ -45,6 +45,7 @@ KD = {"temperature": 1.0, "kd_weight": 0.5}
 JSD_BETA = 0.5
 TEACHER_TEMPERATURES = (0.5, 2.0, 4.0)  # besides 1.0, the forward-KL arm
 LEARNED_MARGIN = 0.9  # a student learned when its dev perplexity is below 90% of the unigram model's
+SHARED_BYTES = 4 * 2**30  # the most memory the KD arms' shared float16 teacher logits may take
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,8 @@ class LMProfile:
 LM_PROFILES = {
     # 2 CPU cores: SmolLM2's first 2 layers (its embeddings and head: a student that starts above a unigram model;
     # a fresh tiny Llama needs > 50k tokens per arm to beat one, the fixture build found), 100 steps of 2 x 47
-    # tokens (9.4k per arm); SmolLM2 runs once per step for the 6 KD arms (its float16 logits take 0.9 GB).
+    # tokens (9.4k per arm); SmolLM2 runs once per step for the 6 KD arms (its float16 logits take 0.9 GB; in full,
+    # 750 GB, it runs per arm).
     # Rates measured and the time this implies: README, "Distilling language models"
     "quick": LMProfile(teacher=SMOLLM2, student=f"{SMOLLM2}@layers=2", steps=100, batch_size=2, lr=3e-4,
                        max_length=48, train_limit=None, eval_limit=40, seeds=1, eval_windows=1),
@@ -304,7 +306,8 @@ def replicate_lm(settings: LMReplicateSettings, *, progress: bool = True) -> dic
     arms = lm_grid()
     seed_columns, per_seed = [], {arm.name: [] for arm in arms}
     for seed in seeds:
-        students, shared = {}, TeacherLogits(teacher, share=True)  # the teacher runs once per step for all arms
+        # the teacher runs once per step for all arms while its kept logits fit SHARED_BYTES (quick), else per arm
+        students, shared = {}, TeacherLogits(teacher, share=_shared_bytes(profile, teacher) <= SHARED_BYTES)
         for arm in arms:
             folder = out / f"seed{seed}" / arm.name
             train_lm(_arm_settings(arm, profile, teacher_spec, str(folder), seed, settings.device), teacher=teacher,
@@ -359,6 +362,11 @@ def replicate_lm(settings: LMReplicateSettings, *, progress: bool = True) -> dic
     }
     write_json(summary, out / "summary.json")
     return summary
+
+
+def _shared_bytes(profile: LMProfile, teacher: CausalLM) -> int:
+    """Bytes of float16 teacher logits for every scored position of a run (full: 800 GB; quick: 0.9 GB)."""
+    return profile.steps * profile.batch_size * (profile.max_length - 1) * int(teacher.model.config.vocab_size) * 2
 
 
 def _arm_settings(arm: LMArm, profile: LMProfile, teacher: str, out: str, seed: int,
