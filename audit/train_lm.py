@@ -207,10 +207,13 @@ def train_lm(settings: LMTrainSettings, *, overwrite: bool = False, progress: bo
         while step < total_steps:
             epoch, index = divmod(step, steps_per_epoch)
             order = torch.randperm(len(windows), generator=torch.Generator().manual_seed(settings.seed * 100_003 + epoch))
-            rows, weight = _my_slice(order[index * settings.batch_size:(index + 1) * settings.batch_size], group)
+            batch = order[index * settings.batch_size:(index + 1) * settings.batch_size]
+            rows, weight = _my_slice(batch, group)
             ids, mask = windows.input_ids[rows].to(device), windows.attention_mask[rows].to(device)
             targets = windows.targets[rows].to(device)
             keep = targets != IGNORE_INDEX
+            if group.distributed and weight:  # the loss is a mean over tokens: weigh a slice by its share of them
+                weight = group.world_size * int(keep.sum()) / int((windows.targets[batch] != IGNORE_INDEX).sum())
             logits = forward(input_ids=ids, attention_mask=mask).logits[keep].float()  # (P, V)
             soft = None
             if settings.loss == "kd":

@@ -162,3 +162,26 @@ def test_shared_teacher_logits_run_the_teacher_once_per_step(text, tmp_path):
                      teacher=teacher, audit_dev=False, progress=False)
     # float16 teacher logits: the losses agree to ~1e-3, not bit for bit
     assert records[1]["loss_history"]["values"] == pytest.approx(alone["loss_history"]["values"], rel=1e-2)
+
+
+@pytest.mark.distributed
+def test_torchrun_follows_the_single_process_trajectory(text, tmp_path, monkeypatch):
+    """2 CPU processes (gloo), each a slice of every batch of 3 windows weighted by its tokens: the same weights."""
+    import os
+    import subprocess
+    import sys
+
+    options = ["--data", text, "--model", "tiny-llama:hidden=32,layers=1", "--teacher", TEACHER, "--loss", "kd",
+               "--divergence", "jsd", "--steps", "4", "--batch-size", "3", "--lr", "1e-2", "--max-length", "16",
+               "--device", "cpu", "--no-progress"]
+    env = {**os.environ, "KD_AUDIT_CACHE": str(tmp_path / "cache")}
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                             "-m", "audit", "train", *options, "--out", str(tmp_path / "ddp")],
+                            capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    single = LMTrainSettings(data=text, out=str(tmp_path / "one"), loss="kd", divergence="jsd", steps=4,
+                             **{**TINY, "batch_size": 3, "eval_limit": None})
+    train_lm(single, progress=False)
+    a, b = _weights(tmp_path / "one"), _weights(tmp_path / "ddp")
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], atol=1e-5, rtol=1e-4, msg=key)
