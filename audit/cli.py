@@ -290,13 +290,13 @@ def replicate(
         raise AuditError("expected --plots/--html with one --task, got --task all; render a task's "
                          "OUT/TASK/summary.json with `python -m audit report`")
     if task == "shakespeare":  # the language-model grid (audit.replicate_lm)
-        from audit.replicate_lm import LMReplicateSettings, replicate_lm
+        from audit.replicate_lm import LMReplicateSettings, render_lm_summary, replicate_lm
 
         if eval_task:
             raise AuditError("expected no --eval-task with --task shakespeare, got some; the LM grid has no shift audit")
         summary = replicate_lm(LMReplicateSettings(task=task, out=str(out), profile=profile, seeds=seeds, device=device,
                                                    n_bootstrap=bootstrap), progress=progress)
-        render_summary(summary)
+        render_lm_summary(summary)
         return
     summary = run_replicate(ReplicateSettings(task=task, out=str(out), profile=profile, seeds=seeds, device=device,
                                               n_bootstrap=bootstrap, eval_tasks=tuple(eval_task or ())),

@@ -378,3 +378,21 @@ def _arm_settings(arm: LMArm, profile: LMProfile, teacher: str, out: str, seed: 
                            steps=profile.steps, batch_size=profile.batch_size, lr=profile.lr,
                            max_length=profile.max_length, train_limit=profile.train_limit,
                            eval_limit=profile.eval_limit, seed=seed, device=device, **kd)
+
+
+def render_lm_summary(summary: dict, console=None) -> None:
+    """The replication's table and claims (:func:`audit.replicate.render_summary`), then what only the LM grid
+    has: perplexities against the unigram baseline, and the reverse- vs forward-KL comparison."""
+    from rich.console import Console
+
+    from audit.replicate import render_summary
+
+    console = console or Console()
+    render_summary(summary, console)
+    console.print(f"dev perplexity (unigram model {summary['unigram_perplexity']:.1f}, teacher "
+                  f"{summary['teacher']['perplexity']:.1f}): "
+                  + ", ".join(f"{a['arm']} {a['perplexity']:.1f}" for a in summary["arms"]))
+    fmt = lambda s: f"{s['value']:.4f} [{s['ci'][0]:.4f}, {s['ci'][1]:.4f}]"  # noqa: E731
+    ex = summary["exploratory"]
+    console.print(f"{ex['question']} reverse minus forward: entropy {fmt(ex['reverse minus forward entropy'])} nats, "
+                  f"ECE {fmt(ex['reverse minus forward ece'])}")

@@ -102,4 +102,4 @@ def test_tiny_grid_end_to_end(tmp_path, capsys, monkeypatch, one_thread):
     summary = json.loads((tmp_path / "rep" / "summary.json").read_text())
     assert [a["arm"] for a in summary["arms"]] == [a.name for a in lm_grid()]
     assert set(summary["claim_verdicts"]) == {"C1a", "C1b", "C2a", "C2b"}
-    assert "reverse minus forward entropy" in summary["exploratory"] and "C2a" in out
+    assert "reverse minus forward entropy" in summary["exploratory"] and "C2a" in out and "unigram model" in out
