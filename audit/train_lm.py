@@ -199,6 +199,7 @@ def train_lm(settings: LMTrainSettings, *, overwrite: bool = False, progress: bo
     started = time.perf_counter() - wall
     forward = _data_parallel(model, group)
     teacher_logits = teacher_logits or TeacherLogits(teacher)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     first_step, losses, tokens, loop_started = step, [], 0, time.perf_counter()
 
     model.train()
@@ -214,10 +215,11 @@ def train_lm(settings: LMTrainSettings, *, overwrite: bool = False, progress: bo
             keep = targets != IGNORE_INDEX
             if group.distributed and weight:  # the loss is a mean over tokens: weigh a slice by its share of them
                 weight = group.world_size * int(keep.sum()) / int((windows.targets[batch] != IGNORE_INDEX).sum())
-            logits = forward(input_ids=ids, attention_mask=mask).logits[keep].float()  # (P, V)
-            soft = None
-            if settings.loss == "kd":
-                soft = teacher_logits(step, ids, mask, keep) / settings.teacher_temperature
+            with autocast:  # bf16 logits on CUDA go to the fused kernels as they are (fp32 math inside)
+                logits = forward(input_ids=ids, attention_mask=mask).logits[keep]  # (P, V)
+                soft = None
+                if settings.loss == "kd":
+                    soft = teacher_logits(step, ids, mask, keep) / settings.teacher_temperature
             loss = lm_loss(settings, logits, targets[keep], soft)
             optimizer.zero_grad(set_to_none=True)
             (loss * weight).backward()
