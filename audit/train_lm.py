@@ -251,7 +251,9 @@ def train_lm(settings: LMTrainSettings, *, overwrite: bool = False, progress: bo
                                  windows, dev_docs, progress))
     if group.is_main:
         model.save_pretrained(out)
-        student.tokenizer.save_pretrained(out)
+        # the chat template inside tokenizer_config.json: a separate .jinja file is not one of audit.train's
+        # RUN_FILES, so --overwrite would take the folder for someone else's
+        student.tokenizer.save_pretrained(out, save_jinja_files=False)
         write_atomic(out / RECORD, lambda p: p.write_text(json.dumps(record, indent=2)))
         (out / CHECKPOINT).unlink(missing_ok=True)
     return record

@@ -185,3 +185,16 @@ def test_torchrun_follows_the_single_process_trajectory(text, tmp_path, monkeypa
     a, b = _weights(tmp_path / "one"), _weights(tmp_path / "ddp")
     for key in a:
         torch.testing.assert_close(b[key], a[key], atol=1e-5, rtol=1e-4, msg=key)
+
+
+def test_another_run_replaces_this_one_only_with_overwrite(text, tmp_path):
+    from audit.errors import AuditError
+
+    first = train_lm(LMTrainSettings(data=text, out=str(tmp_path / "run"), steps=2, **TINY), progress=False,
+                     audit_dev=False)
+    other = LMTrainSettings(data=text, out=str(tmp_path / "run"), steps=2, loss="ls", **TINY)
+    with pytest.raises(AuditError, match="--overwrite"):
+        train_lm(other, progress=False, audit_dev=False)
+    second = train_lm(other, overwrite=True, progress=False, audit_dev=False)
+    assert first["settings"]["loss"] == "ce" and second["settings"]["loss"] == "ls"
+    assert json.loads((tmp_path / "run" / "training_record.json").read_text())["settings"]["loss"] == "ls"
