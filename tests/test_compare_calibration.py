@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from audit_cli import cli
 from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax
 
@@ -24,14 +25,6 @@ def own_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("KD_AUDIT_CACHE", str(tmp_path / "cache"))
 
 
-def cli(capsys, *args):
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as stop:
-        code = stop.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def scipy_temperature(logits: np.ndarray, labels: np.ndarray) -> float:

@@ -17,9 +17,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from audit_cli import cli
 
 from audit.cache import MARKER, PredictionStore, cache_root, clear_cache, file_sha256
-from audit.cli import DEFAULT_DATA, FIXTURES, main
+from audit.cli import DEFAULT_DATA, FIXTURES
 from audit.compare import CompareSettings, compare
 from audit.errors import AuditError
 from audit.models import Predictions, save_predictions
@@ -38,15 +39,6 @@ def own_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("KD_AUDIT_CACHE", str(tmp_path / "cache"))
 
 
-def cli(capsys, *args: str) -> tuple[int, str, str]:
-    """``python -m audit ARGS`` in this process: (exit code, stdout, stderr)."""
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as stop:
-        code = stop.code if isinstance(stop.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def assert_refused(code: int, err: str, pattern: str) -> None:

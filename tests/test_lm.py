@@ -11,8 +11,8 @@ import sys
 
 import pytest
 import torch
+from audit_cli import cli
 
-from audit.cli import main
 from audit.errors import AuditError
 from audit.lm import SCHEMA, load_causal_lm
 from audit.package import fixtures_path
@@ -41,14 +41,6 @@ def docs(tmp_path):
     return str(folder)
 
 
-def cli(capsys, *args):
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as stop:
-        code = stop.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def run_compare(data, *students, **options):

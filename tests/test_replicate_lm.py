@@ -5,8 +5,8 @@ import json
 
 import pytest
 import torch
+from audit_cli import cli as _cli
 
-from audit.cli import main
 from audit.metrics.cluster import cluster_bootstrap_cis
 from audit.replicate_lm import INHERITANCE, decide_claims, lm_grid, resampled
 
@@ -70,14 +70,6 @@ def test_the_grid_has_every_arm_of_the_issue():
                      "kd-tau2", "kd-tau4"]
 
 
-def _cli(capsys, *args):
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as stop:
-        code = stop.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.mark.parametrize("args,message", [

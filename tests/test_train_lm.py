@@ -6,9 +6,9 @@ import json
 
 import pytest
 import torch
+from audit_cli import cli as _cli
 from safetensors.torch import load_file
 
-from audit.cli import main
 from audit.package import fixtures_path
 from audit.settings import LMTrainSettings
 from audit.train_lm import train_lm
@@ -96,14 +96,6 @@ def test_a_cut_of_the_teacher_trains_through_the_cli(text, tmp_path, capsys):
     assert json.loads((tmp_path / "cut" / "config.json").read_text())["num_hidden_layers"] == 1
 
 
-def _cli(capsys, *args):
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as stop:
-        code = stop.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def _other_tokenizer_lm(tmp_path):
