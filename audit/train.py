@@ -26,10 +26,18 @@ from audit.models import Predictions, TextClassifier, load_model, save_predictio
 from audit.outputs import Output, check_outputs
 from audit.predict import predict_text, progress_bar, resolve_device
 from audit.settings import TrainSettings
-
-RECORD = "training_record.json"
-CHECKPOINT = "checkpoint.pt"
-TEACHER_LOGITS = "teacher_logits.safetensors"
+from audit.training_run import (
+    CHECKPOINT,
+    RECORD,
+    TEACHER_LOGITS,
+    batch_slice,
+    check_folder,
+    claim_folder,
+    data_parallel,
+    resume,
+    same_run,
+    save_checkpoint,
+)
 
 
 def build_student(spec: str, label_names: list[str], *, seed: int) -> TextClassifier:
@@ -147,8 +155,8 @@ def train(settings: TrainSettings, *, overwrite: bool = False, progress: bool = 
     settings.validate()
     out = Path(settings.out)
     check_outputs([Output(out, "folder", "--out")], [settings.data, settings.model.partition("@")[0], settings.teacher])
-    _check_folder(out, settings, overwrite)
-    if _same_run(out, settings) and (out / RECORD).exists():
+    check_folder(out, settings.run_key(), overwrite)
+    if same_run(out, settings.run_key()) and (out / RECORD).exists():
         return json.loads((out / RECORD).read_text())
     device = resolve_device(settings.device)
     group = process_group(device)
@@ -165,7 +173,7 @@ def train(settings: TrainSettings, *, overwrite: bool = False, progress: bool = 
     teacher = None
     if settings.loss == "kd" and not (out / TEACHER_LOGITS).exists():
         teacher = load_model(settings.teacher, name="teacher")
-    on_main(lambda: _claim_folder(out, settings, overwrite), group)
+    on_main(lambda: claim_folder(out, settings.run_key()), group)
     model = student.model.to(device)
     targets = teacher_logits(settings, data, label_names, out, device, group, teacher) if settings.loss == "kd" else None
 
@@ -174,10 +182,10 @@ def train(settings: TrainSettings, *, overwrite: bool = False, progress: bool = 
     total_steps = max(1, round(settings.epochs * steps_per_epoch))
     optimizer = torch.optim.AdamW(_parameter_groups(model, settings), lr=settings.lr, weight_decay=settings.weight_decay)
     schedule = get_linear_schedule_with_warmup(optimizer, int(settings.warmup * total_steps), total_steps)
-    step, wall = _resume(out, model, optimizer, schedule)
+    step, wall = resume(out, model, optimizer, schedule)
     started = time.perf_counter() - wall
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
-    forward = _data_parallel(model, group)
+    forward = data_parallel(model, group)
 
     model.train()
     with progress_bar(progress) as bar:
@@ -186,7 +194,7 @@ def train(settings: TrainSettings, *, overwrite: bool = False, progress: bool = 
             epoch, index = divmod(step, steps_per_epoch)
             order = torch.randperm(len(data), generator=torch.Generator().manual_seed(settings.seed * 100_003 + epoch))
             rows = order[index * settings.batch_size:(index + 1) * settings.batch_size]
-            rows, weight = _my_slice(rows, group)
+            rows, weight = batch_slice(rows, group)
             batch = student.tokenizer.pad({"input_ids": [encodings[i] for i in rows]}, return_tensors="pt")
             with autocast:
                 logits = forward(**{k: v.to(device) for k, v in batch.items()}).logits.float()
@@ -200,7 +208,7 @@ def train(settings: TrainSettings, *, overwrite: bool = False, progress: bool = 
             bar.update(task, advance=1, description=f"training {settings.loss} loss {loss.item():.4f}")
             done = step == total_steps or step == stop_after
             if (step % settings.checkpoint_every == 0 or done) and group.is_main:
-                _checkpoint(out, model, optimizer, schedule, step, time.perf_counter() - started)
+                save_checkpoint(out, model, optimizer, schedule, step, time.perf_counter() - started)
             if step == stop_after and step < total_steps:
                 return {"stopped_at": step}
 
@@ -219,31 +227,6 @@ def train(settings: TrainSettings, *, overwrite: bool = False, progress: bool = 
     return record
 
 
-def _data_parallel(model: torch.nn.Module, group: ProcessGroup) -> torch.nn.Module:
-    """``model`` wrapped in DDP in a launched run (gradients averaged over the processes), else itself."""
-    if not group.distributed:
-        return model
-    from torch.nn.parallel import DistributedDataParallel
-
-    device_ids = [group.local_rank] if next(model.parameters()).is_cuda else None
-    return DistributedDataParallel(model, device_ids=device_ids)
-
-
-def _my_slice(rows: torch.Tensor, group: ProcessGroup) -> tuple[torch.Tensor, float]:
-    """This process's contiguous slice of a global batch, and the weight of its mean loss.
-
-    DDP averages gradients over the processes, so a slice's mean loss is weighted by
-    ``world_size * len(slice) / len(batch)``: the average is then the gradient of the whole batch's mean.
-    A process whose slice is empty (a last batch smaller than the world) runs one row at weight 0.
-    """
-    if not group.distributed:
-        return rows, 1.0
-    mine = rows.tensor_split(group.world_size)[group.rank]
-    if mine.numel() == 0:
-        return rows[:1], 0.0
-    return mine, group.world_size * mine.numel() / rows.numel()
-
-
 def _parameter_groups(model: torch.nn.Module, settings: TrainSettings) -> list[dict]:
     """The new head (pooler, classifier) at ``head_lr``: a pretrained encoder truncated to a few layers gives
     it small features, and at the encoder's learning rate it barely leaves its initialisation in a short run."""
@@ -259,56 +242,3 @@ def _loss(settings: TrainSettings, logits: torch.Tensor, labels: torch.Tensor, t
                        backend=settings.backend)
     smoothing = settings.label_smoothing if settings.loss == "ls" else 0.0
     return label_smoothed_cross_entropy(logits, labels, label_smoothing=smoothing, backend=settings.backend)
-
-
-RUN_FILES = ("run.json", CHECKPOINT, RECORD, TEACHER_LOGITS, "config.json", "model.safetensors", "tokenizer.json",
-             "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "generation_config.json")
-
-
-def _same_run(out: Path, settings: TrainSettings) -> bool:
-    try:
-        return json.loads((out / "run.json").read_text()) == settings.run_key()
-    except (OSError, ValueError):
-        return False
-
-
-def _check_folder(out: Path, settings: TrainSettings, overwrite: bool) -> None:
-    """Refuse an ``out`` that holds a different run (without ``overwrite``) or files kd-audit did not write."""
-    if not out.is_dir() or not any(out.iterdir()) or _same_run(out, settings):
-        return
-    foreign = sorted(p.name for p in out.iterdir() if p.name not in RUN_FILES and not p.name.startswith("."))
-    if foreign:
-        raise AuditError(f"expected an empty output folder or a kd-audit run, got {out} with other files "
-                         f"({', '.join(foreign[:3])}); pass another --out (--overwrite never deletes files it did "
-                         "not write)")
-    if not overwrite:
-        raise AuditError(f"expected an empty output folder or one of this same run, got {out} holding a "
-                         "different run; pass --overwrite or another --out")
-
-
-def _claim_folder(out: Path, settings: TrainSettings, overwrite: bool) -> None:
-    """Create ``out``, or accept it when it holds this same run (to resume); replace a different run's files
-    (checked by :func:`_check_folder`)."""
-    if not _same_run(out, settings) and out.is_dir():
-        for name in RUN_FILES:
-            (out / name).unlink(missing_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
-    write_atomic(out / "run.json", lambda p: p.write_text(json.dumps(settings.run_key(), indent=2)))
-
-
-def _checkpoint(out: Path, model, optimizer, schedule, step: int, wall: float) -> None:
-    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-             "step": step, "wall": wall, "rng": torch.get_rng_state()}
-    write_atomic(out / CHECKPOINT, lambda p: torch.save(state, p))
-
-
-def _resume(out: Path, model, optimizer, schedule) -> tuple[int, float]:
-    path = out / CHECKPOINT
-    if not path.exists():
-        return 0, 0.0
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    schedule.load_state_dict(state["schedule"])
-    torch.set_rng_state(state["rng"])  # dropout masks continue as in an uninterrupted run
-    return state["step"], state["wall"]

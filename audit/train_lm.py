@@ -9,8 +9,8 @@ Why the teacher runs in every step instead of once into a cache: a full-vocabula
 V x 4 bytes, 196 KB per token at SmolLM2's V = 49,152 (98 KB in bf16), so the Shakespeare train split's
 1.34M tokens would need 264 GB (132 GB in bf16).
 
-The maths lives in :mod:`audit.losses`; the folder handling, checkpoints and data parallelism are the
-classifier recipe's (:mod:`audit.train`).
+The maths lives in :mod:`audit.losses`; the folder handling, checkpoints and data parallelism are shared with
+the classifier recipe (:mod:`audit.training_run`).
 """
 
 from __future__ import annotations
@@ -34,16 +34,16 @@ from audit.losses import distillation_loss, label_smoothed_cross_entropy
 from audit.outputs import Output, check_outputs
 from audit.predict import progress_bar, resolve_device
 from audit.settings import TINY_LM, CompareSettings, LMTrainSettings, tiny_lm_sizes
-from audit.train import (
+from audit.training_run import (
     CHECKPOINT,
     RECORD,
-    _check_folder,
-    _checkpoint,
-    _claim_folder,
-    _data_parallel,
-    _my_slice,
-    _resume,
-    _same_run,
+    batch_slice,
+    check_folder,
+    claim_folder,
+    data_parallel,
+    resume,
+    same_run,
+    save_checkpoint,
 )
 
 DEV_BOOTSTRAP = 200  # resamples of the dev audit's cluster bootstrap (the record's CIs)
@@ -170,8 +170,8 @@ def train_lm(settings: LMTrainSettings, *, overwrite: bool = False, progress: bo
     out = Path(settings.out)
     check_outputs([Output(out, "folder", "--out")], [settings.data, settings.model.partition("@")[0],
                                                      settings.teacher.partition("@")[0]])
-    _check_folder(out, settings, overwrite)
-    if _same_run(out, settings) and (out / RECORD).exists():
+    check_folder(out, settings.run_key(), overwrite)
+    if same_run(out, settings.run_key()) and (out / RECORD).exists():
         return json.loads((out / RECORD).read_text())
     device = resolve_device(settings.device)
     group = process_group(device)
@@ -187,7 +187,7 @@ def train_lm(settings: LMTrainSettings, *, overwrite: bool = False, progress: bo
     train_docs = read_documents(settings.data, split=settings.train_split, limit=settings.train_limit)
     dev_docs = read_documents(settings.data, split=settings.eval_split, limit=settings.eval_limit)
     windows = training_windows(train_docs, teacher.tokenizer, settings)
-    on_main(lambda: _claim_folder(out, settings, overwrite), group)
+    on_main(lambda: claim_folder(out, settings.run_key()), group)
 
     model = student.model.to(device)
     teacher.model.to(device)
@@ -195,9 +195,9 @@ def train_lm(settings: LMTrainSettings, *, overwrite: bool = False, progress: bo
     total_steps = settings.steps or max(1, round(settings.epochs * steps_per_epoch))
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     schedule = get_linear_schedule_with_warmup(optimizer, int(settings.warmup * total_steps), total_steps)
-    step, wall = _resume(out, model, optimizer, schedule)
+    step, wall = resume(out, model, optimizer, schedule)
     started = time.perf_counter() - wall
-    forward = _data_parallel(model, group)
+    forward = data_parallel(model, group)
     teacher_logits = teacher_logits or TeacherLogits(teacher)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     first_step, losses, tokens, loop_started = step, [], 0, time.perf_counter()
@@ -209,7 +209,7 @@ def train_lm(settings: LMTrainSettings, *, overwrite: bool = False, progress: bo
             epoch, index = divmod(step, steps_per_epoch)
             order = torch.randperm(len(windows), generator=torch.Generator().manual_seed(settings.seed * 100_003 + epoch))
             batch = order[index * settings.batch_size:(index + 1) * settings.batch_size]
-            rows, weight = _my_slice(batch, group)
+            rows, weight = batch_slice(batch, group)
             ids, mask = windows.input_ids[rows].to(device), windows.attention_mask[rows].to(device)
             targets = windows.targets[rows].to(device)
             keep = targets != IGNORE_INDEX
@@ -234,7 +234,7 @@ def train_lm(settings: LMTrainSettings, *, overwrite: bool = False, progress: bo
                                                     f"{rate:,.0f} tokens/s")
             done = step == total_steps or step == stop_after
             if (step % settings.checkpoint_every == 0 or done) and group.is_main:
-                _checkpoint(out, model, optimizer, schedule, step, time.perf_counter() - started)
+                save_checkpoint(out, model, optimizer, schedule, step, time.perf_counter() - started)
             if step == stop_after and step < total_steps:
                 return {"stopped_at": step, "losses": losses}
     wall = time.perf_counter() - started
@@ -251,8 +251,8 @@ def train_lm(settings: LMTrainSettings, *, overwrite: bool = False, progress: bo
                                  windows, dev_docs, progress))
     if group.is_main:
         model.save_pretrained(out)
-        # the chat template inside tokenizer_config.json: a separate .jinja file is not one of audit.train's
-        # RUN_FILES, so --overwrite would take the folder for someone else's
+        # the chat template inside tokenizer_config.json: a separate .jinja file is not one of
+        # audit.training_run.RUN_FILES, so --overwrite would take the folder for someone else's
         student.tokenizer.save_pretrained(out, save_jinja_files=False)
         write_atomic(out / RECORD, lambda p: p.write_text(json.dumps(record, indent=2)))
         (out / CHECKPOINT).unlink(missing_ok=True)
