@@ -244,11 +244,8 @@ def temperature_ratio(teacher_logits: torch.Tensor, student_logits: torch.Tensor
     """``T*_student / T*_teacher`` on one calibration split, with a paired percentile bootstrap CI that
     refits both temperatures on each resample.
 
-    Resample b draws N example indices with replacement (``torch.randint`` from a generator on the
-    logits' device seeded with ``seed``, as :func:`audit.metrics.bootstrap_ci`); both models are refitted
-    on the same indices, as example weights (the counts of each index), so no resampled copy of the logits
-    is made. A resample whose fit lands on a bound (e.g. every drawn example right) keeps the bound as its
-    temperature and is counted in ``degenerate_resamples``.
+    Both models are refitted on the same resamples (:func:`bootstrap_temperatures`); fits at a bound are
+    counted in ``degenerate_resamples``.
 
     Args:
         teacher_logits, student_logits: (N, K) floating logits of the same examples (K may differ).
@@ -284,22 +281,42 @@ def temperature_ratio(teacher_logits: torch.Tensor, student_logits: torch.Tensor
         raise AuditError(f"expected level in (0, 1), got {level!r}; pass e.g. 0.95")
     teacher = fit_temperature(teacher_logits, labels)
     student = fit_temperature(student_logits, labels)
-    n, device = labels.shape[0], labels.device
-    generator = torch.Generator(device=device).manual_seed(seed)
-    ratios, degenerate = [], 0
-    for _ in range(n_resamples):
-        index = torch.randint(0, n, (n,), generator=generator, device=device)
-        weights = torch.bincount(index, minlength=n).to(torch.float64)
-        fitted = []
-        for z in (teacher_logits, student_logits):
-            try:
-                fitted.append(math.exp(_fit_log_temperature(z, labels, weights)))
-            except TemperatureError as error:
-                degenerate += 1
-                fitted.append(error.bound)
-        ratios.append(fitted[1] / fitted[0])
+    resampled, degenerate = bootstrap_temperatures([teacher_logits, student_logits], labels,
+                                                   n_resamples=n_resamples, seed=seed)
     alpha = (1.0 - level) / 2
-    low, high = torch.quantile(torch.tensor(ratios, dtype=torch.float64),
+    low, high = torch.quantile(resampled[:, 1] / resampled[:, 0],
                                torch.tensor([alpha, 1.0 - alpha], dtype=torch.float64)).tolist()
     return {"teacher": teacher, "student": student, "ratio": student / teacher, "ci": [low, high], "level": level,
             "n_resamples": n_resamples, "degenerate_resamples": degenerate}
+
+
+def bootstrap_temperatures(logits: list[torch.Tensor], labels: torch.Tensor, *, n_resamples: int,
+                           seed: int = 0) -> tuple[torch.Tensor, int]:
+    """T* of every model refitted on the same bootstrap resamples of the examples.
+
+    Resample b draws N example indices with replacement (``torch.randint`` from a generator on the labels'
+    device seeded with ``seed``, as :func:`audit.metrics.bootstrap_ci`); every model is refitted on them as
+    example weights (the counts of each index), so no resampled copy of the logits is made. A fit that lands
+    on a bound (e.g. every drawn example right) keeps the bound as its temperature and is counted.
+
+    Args:
+        logits: M tensors (N, K_m) of the same N examples, checked by the caller (finite, N > 0).
+        labels: (N,) class indices.
+        n_resamples: bootstrap resamples B >= 1.
+
+    Returns:
+        ``(temperatures, degenerate)``: a (B, M) float64 CPU tensor, and the number of fits at a bound.
+    """
+    n, device = labels.shape[0], labels.device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    temperatures, degenerate = torch.empty(n_resamples, len(logits), dtype=torch.float64), 0
+    for b in range(n_resamples):
+        index = torch.randint(0, n, (n,), generator=generator, device=device)
+        weights = torch.bincount(index, minlength=n).to(torch.float64)
+        for m, z in enumerate(logits):
+            try:
+                temperatures[b, m] = math.exp(_fit_log_temperature(z, labels, weights))
+            except TemperatureError as error:
+                degenerate += 1
+                temperatures[b, m] = error.bound
+    return temperatures, degenerate

@@ -8,6 +8,8 @@ Two kinds of claim, kept apart:
   statistic with a confidence interval and :func:`verdict` turns it into negligible / holds / fails /
   inconclusive, given the smallest effect worth reporting (``delta``, :func:`entropy_delta`,
   :data:`CORRELATION_DELTA`, :data:`RANK_CORRELATION_DELTA`).
+- ``"exploratory"`` (X1): a question the paper did not ask, decided like an empirical claim but not one
+  of C1-C2; it appears in a table only where a check recorded it.
 
 The test suite and the replication recipe both report through :class:`ClaimResult`, and both print
 :func:`format_table` of :func:`table_rows`.
@@ -59,7 +61,7 @@ class Claim:
 
     id: str
     statement: str
-    kind: Literal["math", "empirical"]
+    kind: Literal["math", "empirical", "exploratory"]
     tolerance: str = ""
 
 
@@ -82,10 +84,11 @@ _CATALOGUE = (
     Claim("C1c", "reversed KD raises entropy over ERM, by less than LS", "empirical"),
     Claim("C2a", "KD student's mean entropy increases with the teacher's (rank corr. > 0)", "empirical"),
     Claim("C2b", "per-example student/teacher confidence correlation, higher under KD", "empirical"),
+    Claim("X1", "KD student's fitted temperature T* rises with its teacher's (rank corr. > 0)", "exploratory"),
 )
 
 CLAIMS: Mapping[str, Claim] = {claim.id: claim for claim in _CATALOGUE}
-"""Every claim of CLAIMS.md by id, in the document's order."""
+"""Every claim of CLAIMS.md by id, in the document's order, then the exploratory ones."""
 
 
 def _check_claim_id(claim_id: str) -> None:
@@ -291,6 +294,8 @@ def table_rows(
         test_cell = "" if not tests else tests[0] + (f" (+{len(tests) - 1})" if len(tests) > 1 else "")
         if claim.id in recorded:
             rows += [TableRow(claim.id, claim.statement, test, r.verdict, r.figure) for test, r in recorded[claim.id]]
+            continue
+        if claim.kind == "exploratory":
             continue
         if "failed" in status:
             verdict_cell = "error" if claim.kind == "empirical" else "fails"

@@ -17,6 +17,8 @@ from audit.replicate import (
     direction_survives,
     grid,
     overall_verdicts,
+    temperature_claim,
+    temperature_statistics,
     untrained_arms,
 )
 
@@ -30,8 +32,14 @@ def test_replicate_tiny_profile_end_to_end(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["schema"] == "kd-audit/replicate/1"
     assert [a["arm"] for a in summary["arms"]] == [arm.name for arm in grid()]
-    assert {c["claim"] for c in summary["claims"]} == {"C1a", "C1b", "C1c", "C2a", "C2b"}
+    assert {c["claim"] for c in summary["claims"]} == {"C1a", "C1b", "C1c", "C2a", "C2b", "X1"}
     assert all(c["verdict"] in VERDICTS and c["delta"] > 0 for c in summary["claims"])
+    for arm in summary["arms"]:  # T* per arm, with its CI; one seed: the seed's fit is the arm's
+        low, high = arm["temperature"]["ci"]
+        assert low <= arm["temperature"]["value"] <= high
+        assert arm["per_seed"][0]["temperature"] == pytest.approx(arm["temperature"]["value"], rel=1e-12)
+    assert set(summary["temperature_inheritance"]["temperature"]) == {n for pair in INHERITANCE for n in pair}
+    assert "T*" in result.stdout and "X1" in result.stdout
     assert "C2a" in result.stdout and "small-kd" in result.stdout
     compare_report = json.loads((out / "seed0" / "compare-big-erm.json").read_text())
     assert compare_report["schema"] == "kd-audit/compare/1" and "small-kd" in compare_report["models"]
@@ -223,6 +231,43 @@ def test_replicate_out_that_is_a_file_is_refused(tmp_path, where):
     out = existing if where == "out" else existing / "rep"
     _assert_refused(_replicate_cli(["--out", str(out)]), "--out")
     assert existing.read_text() == "keep me" and list(tmp_path.iterdir()) == [existing]
+
+
+def _graded_logits(student_scales: list[float]) -> tuple[dict[str, list[torch.Tensor]], torch.Tensor]:
+    """Logits of the five graded teachers (INHERITANCE order) as z / a for a base z drawn with calibrated
+    labels, and of their KD students as z / b: T*(z / c) = T*(z) / c, so the fitted temperatures are
+    ranked by 1/a and 1/b whatever T*(z) is."""
+    g = torch.Generator().manual_seed(3)
+    z = 2.0 * torch.randn(600, 3, generator=g, dtype=torch.float64)
+    labels = torch.multinomial(torch.softmax(z, -1), 1, generator=g).squeeze(1)
+    teacher_scales = [1.0, 0.5, 2.0, 4.0, 1.5]
+    logits = {t: [z / a] for (t, _), a in zip(INHERITANCE, teacher_scales)}
+    logits.update({s: [z / b] for (_, s), b in zip(INHERITANCE, student_scales)})
+    return logits, labels
+
+
+def test_fitted_temperatures_scale_with_the_logits():
+    logits, labels = _graded_logits([1.0, 0.5, 2.0, 4.0, 1.5])
+    temperatures = temperature_statistics(logits, labels, n_bootstrap=50)
+    base = temperatures["models"]["big-erm"]["value"]
+    assert 0.7 < base < 1.4  # labels drawn from softmax(z): z is about calibrated
+    for (teacher, _), a in zip(INHERITANCE, [1.0, 0.5, 2.0, 4.0, 1.5]):
+        fitted = temperatures["models"][teacher]
+        assert fitted["value"] * a == pytest.approx(base, rel=1e-6)  # T*(z / a) = T*(z) / a
+        assert fitted["ci"][0] <= fitted["value"] <= fitted["ci"][1] and fitted["at_bound"] == 0
+    assert temperatures["resamples"].shape == (50, 10) and temperatures["degenerate_resamples"] == 0
+
+
+@pytest.mark.parametrize(("student_scales", "expected"), [
+    ([1.1, 0.55, 2.2, 4.4, 1.65], "holds"),   # each student 10% flatter than its teacher: same ranks
+    ([1.0, 2.0, 0.5, 0.25, 2 / 3], "fails"),  # reciprocal scales: ranks reversed
+    ([1.0, 1.0, 1.0, 1.0, 1.0], "negligible"),  # every student the same model: no rank correlation
+])
+def test_temperature_claim_can_hold_fail_and_be_negligible(student_scales, expected):
+    logits, labels = _graded_logits(student_scales)
+    result = temperature_claim(temperature_statistics(logits, labels, n_bootstrap=50))
+    assert result.claim_id == "X1" and result.verdict == expected
+    assert result.value == {"holds": 1.0, "fails": -1.0, "negligible": 0.0}[expected]
 
 
 def _task_summary(task: str, verdicts: dict[str, str], seed_verdicts: list[dict[str, str]], entropy: float,
