@@ -216,6 +216,9 @@ def train(
     kd_weight: Annotated[float, typer.Option(help="KD weight w of the soft term.")] = TrainSettings.kd_weight,
     divergence: Annotated[str | None, typer.Option(help="LM KD soft term: forward-kl | reverse-kl | jsd.")] = None,
     beta: Annotated[float | None, typer.Option(help="JSD beta (0: forward KL, 1: reverse KL; LMs).")] = None,
+    teacher_topk: Annotated[Path | None, typer.Option(help="LM KD targets from this top-k logits file of the teacher "
+                                                           "(audit.topk) at the training windows, instead of its "
+                                                           "forward; forward KL, --temperature 1.")] = None,
     epochs: Annotated[float | None, typer.Option(help="Epochs (classifier 3, LM 1).")] = None,
     steps: Annotated[int | None, typer.Option(help="Optimiser steps, instead of --epochs (LMs).")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Examples or windows per step (classifier 32, LM 8).")] = None,
@@ -244,8 +247,9 @@ def train(
     if model.startswith(TINY_LM) or is_causal_lm_spec(model.partition("@")[0]):
         from audit.train_lm import train_lm
 
-        lm_only = {k: v for k, v in dict(divergence=divergence, beta=beta, steps=steps, stride=stride).items()
-                   if v is not None}
+        topk = None if teacher_topk is None else str(teacher_topk)
+        lm_only = {k: v for k, v in dict(divergence=divergence, beta=beta, steps=steps, stride=stride,
+                                         teacher_topk=topk).items() if v is not None}
         record = train_lm(LMTrainSettings(**shared, **given, **lm_only), overwrite=overwrite, progress=progress)
         if is_main_process():
             dev = record["dev"]
@@ -253,7 +257,8 @@ def train(
                             f"{dev['perplexity']:.1f} (unigram {record['dev_unigram_perplexity']:.1f}), entropy "
                             f"{dev['entropy_mean']:.3f} nats, ECE {dev['ece']:.4f}")
         return
-    for option, value in (("--divergence", divergence), ("--beta", beta), ("--steps", steps), ("--stride", stride)):
+    for option, value in (("--divergence", divergence), ("--beta", beta), ("--steps", steps), ("--stride", stride),
+                          ("--teacher-topk", teacher_topk)):
         if value is not None:
             raise AuditError(f"expected {option} only for causal-LM students, got it with --model {model}; drop it")
     from audit.train import train as run_train

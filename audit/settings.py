@@ -171,6 +171,10 @@ class LMTrainSettings:
     reference. ``data`` is a text spec of :func:`audit.data.text.read_documents` with ``train_split`` and
     ``eval_split``. ``steps`` (when set) replaces ``epochs``. ``stride`` of the training windows defaults to
     ``max_length - 1`` (every token a target once); the dev audit's windows advance by ``max_length // 2``.
+    ``teacher_topk`` (KD only): a top-k logits file (:mod:`audit.topk`) of the teacher at exactly the training
+    windows' scored positions, whose tail-bucket forward KL (:func:`audit.topk.topk_kd_loss`) replaces running
+    the teacher in each step; at temperature 1 only (the file's log-probabilities cannot be re-tempered without
+    the tail's shape).
     """
 
     data: str
@@ -184,6 +188,7 @@ class LMTrainSettings:
     temperature: float = 2.0
     kd_weight: float = 0.5
     teacher_temperature: float = 1.0  # the teacher's logits are divided by this first (a graded teacher)
+    teacher_topk: str | None = None  # KD targets from this top-k logits file (audit.topk), not the teacher's forward
     epochs: float = 1.0
     steps: int | None = None
     batch_size: int = 8
@@ -233,6 +238,21 @@ class LMTrainSettings:
                 raise AuditError(f"expected {option} >= 1 (documents), got {limit}")
         if self.model.startswith(TINY_LM):
             tiny_lm_sizes(self.model)
+        if self.teacher_topk is not None:
+            self._validate_topk()
+
+    def _validate_topk(self) -> None:
+        if self.loss != "kd":
+            raise AuditError(f"expected --teacher-topk only with --loss kd, got --loss {self.loss}; drop it or pass "
+                             "--loss kd")
+        if self.divergence not in (None, "forward-kl"):
+            raise AuditError(f"expected --divergence forward-kl with --teacher-topk, got {self.divergence}; the "
+                             "reverse KL's and JSD's tail-bucket error grows with the student's own tail mass, "
+                             "which the file does not bound: run the teacher instead (drop --teacher-topk)")
+        if self.temperature != 1 or self.teacher_temperature != 1:
+            raise AuditError(f"expected --temperature 1 with --teacher-topk, got {self.temperature} (teacher "
+                             f"{self.teacher_temperature}); a top-k file holds log-probabilities at T = 1 and "
+                             "re-tempering them needs the unseen tail: pass --temperature 1")
 
     def run_key(self) -> dict:
         """What makes two runs the same run (a resumable folder must match it)."""

@@ -21,18 +21,25 @@ near its teacher): a peaked teacher whose tail holds 0.4% of the mass gives a me
 a reverse KL 13% low (the student's tail mass is larger, and it weighs the reverse error); a near-uniform
 teacher (tail 95%) loses over 80% of the KL: top-k files suit peaked teachers, i.e. LMs, only.
 
+The same coarse-graining gives a training loss (:func:`topk_kd_loss`, ``audit train --teacher-topk``): forward
+KL only, whose error the teacher's tail mass bounds; the reverse KL's error is weighed by the student's tail
+mass, which training itself moves.
+
 The file format (safetensors, written by :func:`write_topk_logits`):
 
 - ``topk_ids`` (P, k) int32/int64: token ids, each in [0, V);
 - ``topk_logprobs`` (P, k) float: log-probabilities (<= 0, finite, summing in probability to <= 1);
 - ``sequence_ids`` (P,) int64 and ``positions`` (P,) int64: the document and the token position of the
   predicted token (position t: the distribution over token t given tokens < t), the keys that match the
-  file to the data's scored positions.
+  file to the data's scored positions;
+- metadata (strings, optional for an audit, required for training): ``max_length`` and ``stride`` of the windows
+  the teacher saw. Windows of any length and stride score each token once, so the keys alone cannot tell
+  which context a stored distribution was conditioned on.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -46,16 +53,19 @@ SUM_TOLERANCE = 1e-3
 # the smallest teacher tail mass: about the float32 resolution of a sum of probabilities near 1, below
 # which stored log-probabilities cannot tell a tail from none (a tail of 0 would make KL(p||q) infinite)
 TAIL_FLOOR = 2.0**-24
+WINDOW_METADATA = ("max_length", "stride")  # the windows the teacher saw (metadata strings)
 
 
 @dataclass(frozen=True)
 class TopkLogits:
-    """A teacher's top-k log-probabilities at P positions (see the module docstring for shapes)."""
+    """A teacher's top-k log-probabilities at P positions (see the module docstring for shapes), and the file's
+    metadata."""
 
     ids: torch.Tensor
     logprobs: torch.Tensor
     sequence_ids: torch.Tensor
     positions: torch.Tensor
+    metadata: dict[str, str] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return self.ids.shape[0]
@@ -92,6 +102,24 @@ def _tail_kl(log_a: torch.Tensor, log_a_tail: torch.Tensor, log_b: torch.Tensor,
     return body + torch.where(a_tail > 0, a_tail * (log_a_tail - log_b_tail), torch.zeros_like(a_tail))
 
 
+def _check_pair(topk_ids: torch.Tensor, topk_logprobs: torch.Tensor, student_logits: torch.Tensor) -> None:
+    if topk_ids.ndim != 2 or topk_logprobs.shape != topk_ids.shape or student_logits.ndim != 2 \
+            or student_logits.shape[0] != topk_ids.shape[0] or topk_ids.shape[1] > student_logits.shape[1] \
+            or len({topk_ids.device, topk_logprobs.device, student_logits.device}) != 1:
+        raise AuditError(f"expected topk_ids and topk_logprobs (P, k) and student logits (P, V >= k) on one device, "
+                         f"got {tuple(topk_ids.shape)}, {tuple(topk_logprobs.shape)} and "
+                         f"{tuple(student_logits.shape)}; match the top-k file to the scored positions")
+
+
+def _student_buckets(topk_ids: torch.Tensor, student_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The student's (P, k) log-probabilities of the teacher's top-k ids and (P,) log tail mass off them, float32
+    (the tail a log-sum-exp of the other logits, so it does not cancel; -inf when k = V)."""
+    log_p_all = torch.log_softmax(student_logits.float(), -1)  # (P, V)
+    ids = topk_ids.long()
+    log_p = log_p_all.gather(1, ids)  # (P, k)
+    return log_p, torch.logsumexp(log_p_all.scatter(1, ids, float("-inf")), -1)
+
+
 def topk_tail_kl(
     topk_ids: torch.Tensor, topk_logprobs: torch.Tensor, student_logits: torch.Tensor,
 ) -> dict[str, torch.Tensor]:
@@ -114,21 +142,69 @@ def topk_tail_kl(
     >>> abs(float(topk_tail_kl(ids, lp, s)["kl"])) < 1e-6  # the student is the teacher
     True
     """
-    if topk_ids.ndim != 2 or topk_logprobs.shape != topk_ids.shape or student_logits.ndim != 2 \
-            or student_logits.shape[0] != topk_ids.shape[0] or topk_ids.shape[1] > student_logits.shape[1] \
-            or len({topk_ids.device, topk_logprobs.device, student_logits.device}) != 1:
-        raise AuditError(f"expected topk_ids and topk_logprobs (P, k) and student logits (P, V >= k) on one device, "
-                         f"got {tuple(topk_ids.shape)}, {tuple(topk_logprobs.shape)} and "
-                         f"{tuple(student_logits.shape)}; match the top-k file to the scored positions")
-    log_p_all = torch.log_softmax(student_logits.float(), -1)  # (P, V)
-    ids = topk_ids.long()
-    log_p = log_p_all.gather(1, ids)  # (P, k)
-    log_p_tail = torch.logsumexp(log_p_all.scatter(1, ids, float("-inf")), -1)  # the student's mass off the ids
+    _check_pair(topk_ids, topk_logprobs, student_logits)
+    log_p, log_p_tail = _student_buckets(topk_ids, student_logits)
     log_q = topk_logprobs.float()
     log_q_tail = _log_tail(log_q, student_logits.shape[1])
     return {"kl": _tail_kl(log_q, log_q_tail, log_p, log_p_tail),
             "kl_reverse": _tail_kl(log_p, log_p_tail, log_q, log_q_tail),
             "teacher_tail": log_q_tail.exp()}
+
+
+def topk_kd_loss(
+    student_logits: torch.Tensor, topk_ids: torch.Tensor, topk_logprobs: torch.Tensor,
+    labels: torch.Tensor | None = None, *, kd_weight: float = 1.0, ignore_index: int = -100,
+    reduction: str = "mean", backend: str = "auto",
+) -> torch.Tensor:
+    """``(1-w) CE(s, y) + w KL_k(q || p)``: forward-KL distillation from a teacher's top k with one tail bucket.
+
+    ``KL_k`` is the tail-bucket forward KL of the module docstring: the student is asked to give each top-k id
+    the teacher's probability and to leave the teacher's tail mass ``q_tail`` outside them, the shape of its tail
+    left to the CE term (bucketing, not spreading ``q_tail`` evenly over the V - k other ids, which would teach
+    a flat tail no LM teacher has). It is the full forward KL when k = V, and below it by
+    ``q_tail * KL(q(. | tail) || p(. | tail))`` otherwise. At temperature 1 only: the file holds the teacher's
+    log-probabilities, and re-tempering them needs the tail's unseen shape. The soft term is eager torch on every
+    device (gather, scatter and log-sum-exp over a (P, V) float32 copy); the CE term goes through
+    :func:`audit.losses.label_smoothed_cross_entropy` (fused on CUDA).
+
+    Args:
+        student_logits: (P, V) float student logits (any float dtype; math in float32); the gradient flows here.
+        topk_ids, topk_logprobs: (P, k) as in :func:`topk_tail_kl`.
+        labels: (P,) int next tokens or ``ignore_index``; ``None`` for the pure soft loss over every row.
+        kd_weight: w in [0, 1]. reduction: "mean" over kept rows (0 if none), "sum", or "none" ((P,), 0 for
+            ignored rows). backend: that of the CE term (:mod:`audit.losses`).
+
+    Returns:
+        a float32 scalar, or (P,) for "none".
+
+    Raises:
+        AuditError: shapes or devices that do not match, w outside [0, 1], an unknown reduction, labels out of
+            range.
+
+    >>> s = torch.tensor([[2.0, 1.0, 0.0, -1.0]])
+    >>> ids, lp = topk_from_logits(s, 2)
+    >>> abs(float(topk_kd_loss(s, ids, lp))) < 1e-6  # the student is the teacher
+    True
+    """
+    from audit.losses import REDUCTIONS, label_smoothed_cross_entropy
+
+    _check_pair(topk_ids, topk_logprobs, student_logits)
+    if not 0.0 <= kd_weight <= 1.0:
+        raise AuditError(f"expected kd_weight in [0, 1], got {kd_weight}")
+    if reduction not in REDUCTIONS:
+        raise AuditError(f"expected reduction in {REDUCTIONS}, got {reduction!r}")
+    log_p, log_p_tail = _student_buckets(topk_ids, student_logits)
+    log_q = topk_logprobs.detach().float()
+    rows = _tail_kl(log_q, _log_tail(log_q, student_logits.shape[1]), log_p, log_p_tail)  # (P,)
+    keep = torch.ones_like(rows, dtype=torch.bool)
+    if labels is not None:
+        ce = label_smoothed_cross_entropy(student_logits, labels, ignore_index=ignore_index, reduction="none",
+                                          backend=backend).float()
+        rows, keep = (1.0 - kd_weight) * ce + kd_weight * rows, labels != ignore_index
+    rows = torch.where(keep, rows, torch.zeros_like(rows))
+    if reduction == "none":
+        return rows
+    return rows.sum() if reduction == "sum" else rows.sum() / keep.sum().clamp(min=1)
 
 
 def topk_teacher_columns(
@@ -233,19 +309,21 @@ def read_topk_logits(
             positive log-probabilities; top-k probabilities summing above 1; repeated ids in a row;
             sequence ids or positions that do not match the data.
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    from safetensors import SafetensorError, safe_open
 
     path = Path(path)
     if not path.is_file():
         raise AuditError(f"expected a top-k logits file at {path}, got no such file; check the path")
     try:
-        tensors = load_file(path)
+        with safe_open(str(path), framework="pt") as f:
+            tensors = {key: f.get_tensor(key) for key in f.keys()}
+            metadata = dict(f.metadata() or {})
     except (SafetensorError, OSError) as e:
         raise AuditError(f"expected a safetensors file at {path}, got one that does not parse ({e}); "
                          "write it with audit.topk.write_topk_logits") from e
     _check_file(tensors, path, vocab_size, sequence_ids, positions)
-    return TopkLogits(tensors["topk_ids"], tensors["topk_logprobs"], tensors["sequence_ids"], tensors["positions"])
+    return TopkLogits(tensors["topk_ids"], tensors["topk_logprobs"], tensors["sequence_ids"], tensors["positions"],
+                      metadata)
 
 
 def write_topk_logits(

@@ -7,7 +7,9 @@ resumable checkpoints) -> save -> the dev audit of the student against its teach
 
 Why the teacher runs in every step instead of once into a cache: a full-vocabulary logit row is
 V x 4 bytes, 196 KB per token at SmolLM2's V = 49,152 (98 KB in bf16), so the Shakespeare train split's
-1.34M tokens would need 264 GB (132 GB in bf16).
+1.34M tokens would need 264 GB (132 GB in bf16). A teacher's top k per token is the cache that fits (k = 20:
+160 bytes a token, 214 MB for that split): with ``teacher_topk`` the KD targets come from such a file
+(:class:`TopkTargets`, :func:`audit.topk.topk_kd_loss`) and the teacher runs only for the dev audit.
 
 The maths lives in :mod:`audit.losses`; the folder handling, checkpoints and data parallelism are shared with
 the classifier recipe (:mod:`audit.training_run`).
@@ -34,6 +36,7 @@ from audit.losses import distillation_loss, label_smoothed_cross_entropy
 from audit.outputs import Output, check_outputs
 from audit.predict import progress_bar, resolve_device
 from audit.settings import TINY_LM, CompareSettings, LMTrainSettings, tiny_lm_sizes
+from audit.topk import WINDOW_METADATA, read_topk_logits, topk_kd_loss
 from audit.training_run import (
     CHECKPOINT,
     RECORD,
@@ -72,6 +75,39 @@ class TeacherLogits:
             self.kept[step] = logits.half().cpu()
             return self.kept[step].to(ids.device).float()
         return logits
+
+
+class TopkTargets:
+    """A teacher's top-k log-probabilities (:mod:`audit.topk`) at the scored positions of the training windows,
+    handed out per batch in the order of ``logits[targets != ignore_index]``.
+
+    The file must hold exactly the windows' scored positions, in order (same data, limit and tokenizer), and name
+    their ``max_length`` and ``stride`` in its metadata (:data:`audit.topk.WINDOW_METADATA`): every window length
+    and stride scores each token once, so only the metadata tells which context the teacher saw.
+
+    Raises (on construction):
+        AuditError: the file fails :func:`audit.topk.read_topk_logits` against ``windows`` (positions of other
+            data or tokenizer, ids outside ``[0, vocab_size)``, NaN log-probabilities), or its metadata names
+            other windows or none.
+    """
+
+    def __init__(self, path: str, windows: TokenWindows, vocab_size: int) -> None:
+        sequence_ids, positions = windows.scored()
+        self.file = read_topk_logits(path, vocab_size=vocab_size, sequence_ids=sequence_ids, positions=positions)
+        expected = {key: str(windows.info[key]) for key in WINDOW_METADATA}
+        got = {key: self.file.metadata.get(key) for key in WINDOW_METADATA}
+        if got != expected:
+            raise AuditError(f"expected a top-k file of windows with max_length {expected['max_length']} and stride "
+                             f"{expected['stride']} (its metadata), got {got} in {path}; write it from the training "
+                             "windows with write_topk_logits(..., metadata={'max_length': ..., 'stride': ...})")
+        self.counts = (windows.targets != IGNORE_INDEX).sum(1)  # (W,) scored positions per window
+        self.starts = self.counts.cumsum(0) - self.counts  # (W,) each window's first row in the file
+
+    def __call__(self, rows: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(P, k) int64 ids and (P, k) float32 log-probabilities of windows ``rows``, on ``device``."""
+        index = torch.cat([torch.arange(start, start + count)
+                           for start, count in zip(self.starts[rows].tolist(), self.counts[rows].tolist())])
+        return self.file.ids[index].long().to(device), self.file.logprobs[index].float().to(device)
 
 
 def build_student(spec: str, teacher: CausalLM, *, seed: int) -> CausalLM:
@@ -137,8 +173,12 @@ def unigram_perplexity(train: TokenWindows, test: TokenWindows, vocab_size: int)
 
 
 def lm_loss(settings: LMTrainSettings, logits: torch.Tensor, targets: torch.Tensor,
-            teacher_logits: torch.Tensor | None) -> torch.Tensor:
-    """The training loss of (P, V) student logits at P scored positions with (P,) next tokens."""
+            teacher_logits: torch.Tensor | None = None,
+            teacher_topk: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """The training loss of (P, V) student logits at P scored positions with (P,) next tokens; KD's targets
+    are the teacher's (P, V) logits or its (P, k) top-k ids and log-probabilities (``settings.teacher_topk``)."""
+    if settings.loss == "kd" and teacher_topk is not None:
+        return topk_kd_loss(logits, *teacher_topk, targets, kd_weight=settings.kd_weight, backend=settings.backend)
     if settings.loss == "kd":
         return distillation_loss(logits, teacher_logits, targets, divergence=settings.divergence or "forward-kl",
                                  beta=settings.beta, temperature=settings.temperature, kd_weight=settings.kd_weight,
@@ -169,7 +209,7 @@ def train_lm(settings: LMTrainSettings, *, overwrite: bool = False, progress: bo
     settings.validate()
     out = Path(settings.out)
     check_outputs([Output(out, "folder", "--out")], [settings.data, settings.model.partition("@")[0],
-                                                     settings.teacher.partition("@")[0]])
+                                                     settings.teacher.partition("@")[0], settings.teacher_topk])
     check_folder(out, settings.run_key(), overwrite)
     if same_run(out, settings.run_key()) and (out / RECORD).exists():
         return json.loads((out / RECORD).read_text())
@@ -187,6 +227,9 @@ def train_lm(settings: LMTrainSettings, *, overwrite: bool = False, progress: bo
     train_docs = read_documents(settings.data, split=settings.train_split, limit=settings.train_limit)
     dev_docs = read_documents(settings.data, split=settings.eval_split, limit=settings.eval_limit)
     windows = training_windows(train_docs, teacher.tokenizer, settings)
+    topk = None
+    if settings.teacher_topk is not None:
+        topk = TopkTargets(settings.teacher_topk, windows, int(student.model.config.vocab_size))
     on_main(lambda: claim_folder(out, settings.run_key()), group)
 
     model = student.model.to(device)
@@ -218,9 +261,9 @@ def train_lm(settings: LMTrainSettings, *, overwrite: bool = False, progress: bo
             with autocast:  # bf16 logits on CUDA go to the fused kernels as they are (fp32 math inside)
                 logits = forward(input_ids=ids, attention_mask=mask).logits[keep]  # (P, V)
                 soft = None
-                if settings.loss == "kd":
+                if settings.loss == "kd" and topk is None:
                     soft = teacher_logits(step, ids, mask, keep) / settings.teacher_temperature
-            loss = lm_loss(settings, logits, targets[keep], soft)
+            loss = lm_loss(settings, logits, targets[keep], soft, None if topk is None else topk(rows, device))
             optimizer.zero_grad(set_to_none=True)
             (loss * weight).backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

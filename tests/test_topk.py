@@ -11,6 +11,7 @@ from audit.errors import AuditError
 from audit.topk import (
     read_topk_logits,
     topk_from_logits,
+    topk_kd_loss,
     topk_tail_kl,
     topk_teacher_columns,
     write_topk_logits,
@@ -140,3 +141,67 @@ def test_teacher_columns_from_its_top_k():
     assert torch.isnan(cols["target_logprob"][~in_topk]).all() and in_topk.sum() >= 10
     assert (cols["entropy"] <= full["entropy"] + 1e-5).all()  # coarse-grained: a lower bound
     np.testing.assert_allclose(cols["entropy"].numpy(), full["entropy"].numpy(), rtol=0.2)  # a peaked teacher
+
+
+def kd_reference(t: torch.Tensor, s: torch.Tensor, y: torch.Tensor, w: float, k: int) -> tuple[float, np.ndarray]:
+    """Mean over kept rows of (1-w) CE + w (KL(q || p) - the tail gap), float64, and its gradient w.r.t. s for
+    k = V: per row ((1-w)(p - e_y) + w (p - q)) / kept (the softmax's Jacobian applied by hand)."""
+    log_q, log_p = (log_softmax(x.double().numpy(), -1) for x in (t, s))
+    keep = y.numpy() != -100
+    ce = -log_p[np.arange(len(y)), np.where(keep, y.numpy(), 0)]
+    kl = rel_entr(np.exp(log_q), np.exp(log_p)).sum(-1) - tail_kl_error_bound(t, s, k)
+    rows = np.where(keep, (1 - w) * ce + w * kl, 0.0)
+    onehot = np.eye(s.shape[1])[np.where(keep, y.numpy(), 0)]
+    grad = ((1 - w) * (np.exp(log_p) - onehot) + w * (np.exp(log_p) - np.exp(log_q))) * keep[:, None] / keep.sum()
+    return rows.sum() / keep.sum(), grad
+
+
+@pytest.mark.parametrize("w", [0.0, 0.5, 1.0])
+def test_kd_loss_at_k_equal_to_the_vocabulary_is_the_full_kd_loss(w):
+    t, s = pair("random", p=24, v=40, seed=4)
+    y = torch.randint(0, 40, (24,), generator=torch.Generator().manual_seed(5))
+    y[:4] = -100
+    ids, lp = topk_from_logits(t, 40)
+    s = s.requires_grad_()
+    loss = topk_kd_loss(s, ids, lp, y, kd_weight=w, backend="torch")
+    loss.backward()
+    value, grad = kd_reference(t, s.detach(), y, w, 40)
+    assert loss.dtype == torch.float32 and abs(loss.item() - value) < 1e-5 * value
+    np.testing.assert_allclose(s.grad.double().numpy(), grad, atol=1e-7)
+
+
+@pytest.mark.parametrize("k", [1, 5, 20])
+def test_kd_loss_with_a_tail_bucket_is_the_full_loss_less_the_stated_gap(k):
+    t, s = pair("peaked", p=32, v=200, seed=6)
+    y = torch.randint(0, 200, (32,), generator=torch.Generator().manual_seed(7))
+    y[-2:] = -100
+    ids, lp = topk_from_logits(t, k)
+    s = s.requires_grad_()
+    loss = topk_kd_loss(s, ids, lp.half(), y, kd_weight=0.5, backend="torch")  # half: as a file may store them
+    loss.backward()
+    value, _ = kd_reference(t, s.detach(), y, 0.5, k)
+    assert abs(loss.item() - value) < 2e-3 * value  # the fp16 log-probabilities' rounding
+    assert torch.isfinite(s.grad).all() and s.grad[-2:].abs().max() == 0  # ignored rows get nothing
+    rows = topk_kd_loss(s.detach(), ids, lp, y, kd_weight=0.5, reduction="none", backend="torch")
+    assert rows.shape == (32,) and (rows[-2:] == 0).all()
+    torch.testing.assert_close(topk_kd_loss(s.detach(), ids, lp, y, kd_weight=0.5, reduction="sum",
+                                            backend="torch"), rows.sum())
+
+
+def test_kd_loss_without_labels_is_the_mean_tail_bucket_kl():
+    t, s = pair("peaked", p=10, v=60, seed=8)
+    ids, lp = topk_from_logits(t, 6)
+    kl, _ = full_kl(t, s)
+    expected = (kl - tail_kl_error_bound(t, s, 6)).mean()
+    assert abs(topk_kd_loss(s, ids, lp).item() - expected) < 1e-5 * expected
+
+
+def test_kd_loss_refuses_bad_arguments():
+    t, s = pair("random", p=4, v=20)
+    ids, lp = topk_from_logits(t, 3)
+    with pytest.raises(AuditError, match=r"kd_weight in \[0, 1\]"):
+        topk_kd_loss(s, ids, lp, kd_weight=1.5)
+    with pytest.raises(AuditError, match="reduction"):
+        topk_kd_loss(s, ids, lp, reduction="max")
+    with pytest.raises(AuditError, match=r"\(P, k\) and student logits"):
+        topk_kd_loss(s[:3], ids, lp)

@@ -4,6 +4,7 @@ and writes nothing."""
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from audit_cli import cli as _cli
@@ -190,3 +191,111 @@ def test_another_run_replaces_this_one_only_with_overwrite(text, tmp_path):
     second = train_lm(other, overwrite=True, progress=False, audit_dev=False)
     assert first["settings"]["loss"] == "ce" and second["settings"]["loss"] == "ls"
     assert json.loads((tmp_path / "run" / "training_record.json").read_text())["settings"]["loss"] == "ls"
+
+
+def write_teacher_topk(path, text: str, k: int, *, max_length: int = 16, stride: int = 15, limit: int | None = None,
+                       metadata: dict | None = None) -> str:
+    """The fixture teacher's top k at the scored positions of the train split's windows, as a top-k file."""
+    from audit.data.text import read_documents, tokenize_windows
+    from audit.lm import load_causal_lm
+    from audit.topk import topk_from_logits, write_topk_logits
+
+    teacher = load_causal_lm(TEACHER, name="teacher")
+    windows = tokenize_windows(read_documents(text, split="train", limit=limit), teacher.tokenizer,
+                               max_length=max_length, stride=stride)
+    with torch.no_grad():
+        logits = teacher.model(input_ids=windows.input_ids, attention_mask=windows.attention_mask).logits
+    ids, logprobs = topk_from_logits(logits[windows.targets != -100], k)
+    if metadata is None:
+        metadata = {"max_length": str(max_length), "stride": str(stride)}
+    return str(write_topk_logits(path, ids.int(), logprobs, *windows.scored(), metadata=metadata))
+
+
+@pytest.fixture(scope="module")
+def topk8(text, tmp_path_factory):
+    return write_teacher_topk(tmp_path_factory.mktemp("topk") / "teacher-top8.safetensors", text, 8)
+
+
+def test_a_top_k_file_over_the_whole_vocabulary_gives_the_full_kd_loss(text, tmp_path):
+    """k = V: the first step's loss is the float64 full-logits KD loss of the initial student, the teacher never
+    runs in training, and the trajectory is that of a run that runs it."""
+    from scipy.special import log_softmax, rel_entr
+
+    from audit.data.text import read_documents, tokenize_windows
+    from audit.lm import load_causal_lm
+    from audit.train_lm import build_student
+
+    teacher = load_causal_lm(TEACHER, name="teacher")
+    vocab = teacher.model.config.vocab_size
+    path = write_teacher_topk(tmp_path / "teacher-all.safetensors", text, vocab, limit=1)
+    windows = tokenize_windows(read_documents(text, split="train", limit=1), teacher.tokenizer, max_length=16,
+                               stride=15)
+    # one batch of every window: each step sees the same positions, whatever the order
+    settings = dict(data=text, steps=3, loss="kd", kd_weight=0.5, temperature=1.0, train_limit=1,
+                    **{**TINY, "batch_size": len(windows)})
+    calls = []
+    hook = teacher.model.register_forward_hook(lambda *_: calls.append(1))
+    record = train_lm(LMTrainSettings(out=str(tmp_path / "topk"), teacher_topk=path, **settings), teacher=teacher,
+                      audit_dev=False, progress=False)
+    hook.remove()
+    assert calls == []
+
+    student = build_student(TINY["model"], teacher, seed=0)
+    keep = windows.targets != -100
+    with torch.no_grad():
+        s, t = (m(input_ids=windows.input_ids, attention_mask=windows.attention_mask).logits[keep].double().numpy()
+                for m in (student.model, teacher.model))
+    log_p, log_q = log_softmax(s, -1), log_softmax(t, -1)
+    ce = -log_p[np.arange(len(log_p)), windows.targets[keep].numpy()]
+    kl = rel_entr(np.exp(log_q), np.exp(log_p)).sum(-1)
+    expected = float((0.5 * ce + 0.5 * kl).mean())
+    assert record["loss_history"]["values"][0] == pytest.approx(expected, rel=1e-5)
+
+    full = train_lm(LMTrainSettings(out=str(tmp_path / "full"), **settings), teacher=teacher, audit_dev=False,
+                    progress=False)
+    assert record["loss_history"]["values"] == pytest.approx(full["loss_history"]["values"], rel=1e-4)
+
+
+def test_a_top_8_file_trains_through_the_cli(text, topk8, tmp_path, capsys):
+    code, out, err = _cli(capsys, "train", "--data", text, "--model", "tiny-llama:hidden=32,layers=1", "--teacher",
+                          TEACHER, "--teacher-topk", topk8, "--loss", "kd", "--temperature", "1", "--kd-weight", "0.5",
+                          "--steps", "12", "--max-length", "16", "--batch-size", "2", "--lr", "1e-2", "--device",
+                          "cpu", "--out", str(tmp_path / "run"), "--no-progress")
+    assert code == 0, err
+    record = json.loads((tmp_path / "run" / "training_record.json").read_text())
+    losses = record["loss_history"]["values"]
+    assert record["settings"]["teacher_topk"] == topk8
+    assert all(np.isfinite(losses)) and sum(losses[-3:]) < 0.95 * sum(losses[:3]), losses
+
+
+def test_a_bad_top_k_file_is_one_line_and_writes_nothing(text, topk8, tmp_path, capsys):
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(topk8)
+    nan, wide, bare = (str(tmp_path / f"{name}.safetensors") for name in ("nan", "wide", "bare"))
+    save_file({**tensors, "topk_logprobs": tensors["topk_logprobs"].index_fill(0, torch.tensor([3]), float("nan"))},
+              nan, metadata={"max_length": "16", "stride": "15"})
+    save_file({**tensors, "topk_ids": tensors["topk_ids"].index_fill(0, torch.tensor([5]), 49_152 + 7)}, wide,
+              metadata={"max_length": "16", "stride": "15"})
+    save_file(tensors, bare)
+    kd = ["--loss", "kd", "--temperature", "1"]
+    cases = {
+        "other max-length": ([*kd, "--teacher-topk", topk8, "--max-length", "12"], "max_length 12 and stride 11"),
+        "other stride": ([*kd, "--teacher-topk", topk8, "--stride", "8"], "max_length 16 and stride 8"),
+        "no window metadata": ([*kd, "--teacher-topk", bare], "(its metadata), got {'max_length': None"),
+        "other documents": ([*kd, "--teacher-topk", topk8, "--train-limit", "3"], "matching the data's scored"),
+        "ids beyond the vocabulary": ([*kd, "--teacher-topk", wide], "expected token ids in [0, 49152)"),
+        "nan": ([*kd, "--teacher-topk", nan], "expected finite log-probabilities"),
+        "missing file": ([*kd, "--teacher-topk", str(tmp_path / "none.safetensors")], "no such file"),
+        "reverse kl": ([*kd, "--teacher-topk", topk8, "--divergence", "reverse-kl"], "--divergence forward-kl with"),
+        "jsd": ([*kd, "--teacher-topk", topk8, "--divergence", "jsd"], "--divergence forward-kl with"),
+        "temperature 2": (["--loss", "kd", "--teacher-topk", topk8], "--temperature 1 with --teacher-topk"),
+        "without kd": (["--loss", "ce", "--teacher-topk", topk8], "--teacher-topk only with --loss kd"),
+    }
+    for case, (args, message) in cases.items():
+        base = ["--data", text, "--teacher", TEACHER, "--model", "tiny-llama:hidden=32,layers=1", "--max-length", "16"]
+        code, _, err = _cli(capsys, "train", *base, *args, "--out", str(tmp_path / "out"), "--steps", "2",
+                            "--device", "cpu", "--no-progress")
+        lines = [line for line in err.splitlines() if line.startswith("kd-audit: error:")]
+        assert code == 2 and len(lines) == 1 and message in lines[0], (case, err)
+        assert not (tmp_path / "out").exists(), case
