@@ -325,6 +325,9 @@ def report(
 
     check_outputs(report_outputs(None, plots, html), [run])
     saved = load_report(run)
+    if kind_of(saved) == "replicate-all" and (plots or html):
+        raise AuditError(f"expected --plots/--html with a compare or one-task replicate report, got {run}, a summary "
+                         "over tasks; render a task's OUT/TASK/summary.json with them")
     (render_compare if kind_of(saved) == "compare" else render_summary)(saved)
     write_outputs(saved, None, plots, html)
 

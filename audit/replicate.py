@@ -34,10 +34,10 @@ from audit.data import TextData, builtin_datasets, load_data
 from audit.errors import AuditError
 from audit.models import Predictions, load_predictions, save_predictions
 from audit.predict import resolve_device
+from audit.report.schema import REPLICATE as SCHEMA
+from audit.report.schema import REPLICATE_ALL as ALL_SCHEMA
 from audit.train import TrainSettings, train
 
-SCHEMA = "kd-audit/replicate/1"
-ALL_SCHEMA = "kd-audit/replicate-all/1"
 ALL = "all"
 SMOOTHING = (0.1, 0.3)
 KD = {"temperature": 2.0, "kd_weight": 0.5}

@@ -326,3 +326,14 @@ def test_replicate_all_tasks_end_to_end(tmp_path, monkeypatch):
     assert all(sum(entry["tasks"].values()) == 2 and sum(entry["runs"].values()) == 2
                for entry in summary["claims"].values())
     assert "vader-amazon" in result.stdout and "C2b" in result.stdout
+    # the saved summary re-renders through `report`, which refuses figures for it (they are per task)
+    shown = CliRunner().invoke(app, ["report", str(out / "summary.json")], env={"COLUMNS": "200"})
+    assert shown.exit_code == 0, shown.output
+    assert "vader-amazon" in shown.stdout and "X1" in shown.stdout
+    refused = CliRunner().invoke(app, ["report", str(out / "summary.json"), "--html", str(tmp_path / "r.html")])
+    assert refused.exit_code == 2 and "one-task replicate report" in refused.output
+    assert not (tmp_path / "r.html").exists()
+    broken = {**summary, "claims": {"C1a": {**summary["claims"]["C1a"], "tasks": {"holds": -1}}}}
+    (tmp_path / "broken.json").write_text(json.dumps(broken))
+    result = CliRunner().invoke(app, ["report", str(tmp_path / "broken.json")])
+    assert result.exit_code == 2 and "claims/C1a/tasks/holds" in result.output

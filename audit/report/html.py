@@ -155,8 +155,10 @@ def _replicate_body(report: dict) -> str:
         parts.append(_table("Overall verdicts", header, rows))
     rows = [_cell(a["arm"]) + _cell(a["method"]) + _cell(a["setup"]) + _cell(_teacher(a))
             + _cell(with_ci(a["entropy"], "{:.4f}"), num=True)
-            + _cell(with_ci(a["accuracy"], "{:.3f}"), num=True) + _cell(len(a["per_seed"]), num=True) for a in arms]
-    header = ["arm", "method", "setup", "teacher", "entropy (nats)", "accuracy", "seeds"]
+            + _cell(with_ci(a["accuracy"], "{:.3f}"), num=True)
+            + _cell(with_ci(a["temperature"], "{:.3f}") if "temperature" in a else "-", num=True)
+            + _cell(len(a["per_seed"]), num=True) for a in arms]
+    header = ["arm", "method", "setup", "teacher", "entropy (nats)", "accuracy", "T* (fitted on dev)", "seeds"]
     parts.append("<h2>Arms</h2>" + _table("Mean over seeds [95% bootstrap CI over dev examples]", header, rows))
     parts.append("<h2>Figures</h2>" + _figures(report, REPLICATE_CAPTIONS))
     inheritance = report.get("inheritance")
@@ -168,8 +170,9 @@ def _replicate_body(report: dict) -> str:
     rows = [_cell(a["arm"]) + _cell(s["seed"], num=True) + _cell(format_value(s.get("entropy"), "{:.4f}"), num=True)
             + _cell(format_value(s.get("accuracy"), "{:.3f}"), num=True)
             + _cell(format_value(s.get("ece"), "{:.4f}"), num=True)
+            + _cell(format_value(s.get("temperature"), "{:.3f}"), num=True)
             for a in arms for s in a["per_seed"]]
-    parts.append(_table("Per seed", ["arm", "seed", "entropy (nats)", "accuracy", "ECE"], rows))
+    parts.append(_table("Per seed", ["arm", "seed", "entropy (nats)", "accuracy", "ECE", "T*"], rows))
     parts.append("<h2>Run</h2>" + _key_values("Settings", report["settings"])
                  + _key_values("Versions", report["versions"]))
     return "".join(parts)

@@ -15,7 +15,8 @@ from audit.errors import AuditError
 COMPARE = "kd-audit/compare/1"
 COMPARE_LM = "kd-audit/compare/2"
 REPLICATE = "kd-audit/replicate/1"
-KINDS = {COMPARE: "compare", COMPARE_LM: "compare", REPLICATE: "replicate"}
+REPLICATE_ALL = "kd-audit/replicate-all/1"
+KINDS = {COMPARE: "compare", COMPARE_LM: "compare", REPLICATE: "replicate", REPLICATE_ALL: "replicate-all"}
 
 _NUMBER = {"type": "number"}
 _MAYBE_NUMBER = {"type": ["number", "null"]}
@@ -95,6 +96,24 @@ SCHEMAS: dict[str, dict] = {
             "untrained_arms": {"type": "array", "items": _STRING},
         },
     },
+    REPLICATE_ALL: {
+        "type": "object",
+        "required": ["schema", "tasks", "profile", "seeds", "versions", "entropy", "claims", "untrained_arms"],
+        "properties": {
+            **_COMMON,
+            "schema": {"const": REPLICATE_ALL},
+            "tasks": {"type": "array", "items": _STRING, "minItems": 1}, "profile": _STRING,
+            "seeds": {"type": "array", "items": {"type": "integer"}, "minItems": 1},
+            "entropy": {"type": "array", "items": {
+                "type": "object", "required": ["arm", "by_task"],
+                "properties": {"arm": _STRING, "by_task": {"type": "object", "additionalProperties": _STAT}}}},
+            "claims": {"type": "object", "additionalProperties": {
+                "type": "object", "required": ["tasks", "runs", "by_task", "survives"],
+                "properties": {k: {"type": "object", "additionalProperties": {"type": "integer", "minimum": 0}}
+                               for k in ("tasks", "runs")}}},
+            "untrained_arms": {"type": "object", "additionalProperties": {"type": "array", "items": _STRING}},
+        },
+    },
 }
 
 
@@ -115,7 +134,8 @@ SCHEMAS[COMPARE_LM] = _token_level(SCHEMAS[COMPARE])
 
 
 def kind_of(report: object) -> str:
-    """``"compare"`` or ``"replicate"``: which renderers a report takes (by its schema string alone).
+    """``"compare"``, ``"replicate"`` or ``"replicate-all"``: which renderers a report takes (by its schema
+    string alone).
 
     Raises:
         AuditError: not a dict, or a schema kd-audit does not know.

@@ -138,12 +138,13 @@ def test_replicate_page(replicate_report: dict, pages: dict[str, Path]) -> None:
                           for c in replicate_report["claims"]]
     rows = page.rows("Mean over seeds")
     for a in replicate_report["arms"]:
-        (h_lo, h_hi), (a_lo, a_hi) = a["entropy"]["ci"], a["accuracy"]["ci"]
+        (h_lo, h_hi), (a_lo, a_hi), (t_lo, t_hi) = a["entropy"]["ci"], a["accuracy"]["ci"], a["temperature"]["ci"]
         teacher = "-" if a["teacher"] is None else a["teacher"] + (
             f" / {a['teacher_temperature']:g}" if a["teacher_temperature"] != 1.0 else "")
         assert rows[a["arm"]] == [a["method"], a["setup"], teacher,
                                   f"{a['entropy']['value']:.4f} [{h_lo:.4f}, {h_hi:.4f}]",
-                                  f"{a['accuracy']['value']:.3f} [{a_lo:.3f}, {a_hi:.3f}]", str(len(a["per_seed"]))]
+                                  f"{a['accuracy']['value']:.3f} [{a_lo:.3f}, {a_hi:.3f}]",
+                                  f"{a['temperature']['value']:.3f} [{t_lo:.3f}, {t_hi:.3f}]", str(len(a["per_seed"]))]
     assert rows["small-kd-tau2"][2] == "big-erm / 2"
     assert page.rows("Overall") == {"claim": ["verdict (its weakest check: fails, inconclusive, negligible, holds)"],
                                     **{c: [v] for c, v in
