@@ -1,8 +1,11 @@
 """The auditor: teacher and students + data -> a confidence/calibration report (a JSON-ready dict).
 
-Data flows one way: specs -> :mod:`audit.models` / :mod:`audit.data` -> :mod:`audit.predict` (logits) ->
-label alignment -> :func:`summarize_model` and :mod:`audit.inheritance` -> the report dict, which
-:mod:`audit.report` renders. :func:`compare_predictions` is the pure core; :func:`compare` loads and runs.
+Data flows one way: specs -> :func:`audit.adapters.set_up` (one adapter per model, the audit picked by the
+teacher's kind) -> for classifiers, :mod:`audit.data` -> :mod:`audit.predict` (every model's full (N, K) logits)
+-> label alignment -> :func:`summarize_model` and :mod:`audit.inheritance` -> the report dict, which
+:mod:`audit.report` renders; causal LMs go to :func:`audit.lm.audit_tokens` instead.
+:func:`compare_predictions` is the pure core; :func:`compare` loads and runs; :func:`compare_callable` audits
+callables over a DataLoader (a notebook's teacher and student, no checkpoints).
 
 The report's JSON schema (``"kd-audit/compare/1"``) is documented in the README.
 """
@@ -20,15 +23,17 @@ from pathlib import Path
 import torch
 
 from audit import metrics
+from audit.adapters import Adapter, Setup, load_adapter, resolve_run, set_up
 from audit.atomic import write_atomic
 from audit.cache import CacheUnavailable, PredictionStore, prediction_key
 from audit.data import TextData, load_data
-from audit.distributed import ProcessGroup, is_main_process, local_device, process_group
+from audit.distributed import ProcessGroup, is_main_process
 from audit.errors import AuditError, warn
 from audit.inheritance import pair_statistics, student_differences, verdict
-from audit.models import Predictions, TextClassifier, check_label_names, load_model, predictions_bytes
+from audit.lm import CausalLM
+from audit.models import Predictions, TextClassifier, check_label_names, predictions_bytes
 from audit.outputs import Output, check_outputs, write_files
-from audit.predict import predict_text, resolve_batch_size, resolve_device, resolve_dtype
+from audit.predict import predict_text, resolve_batch_size
 from audit.settings import MAX_BINS, MAX_BOOTSTRAP, CompareSettings  # noqa: F401 (re-exported)
 
 SCHEMA = "kd-audit/compare/1"
@@ -38,7 +43,7 @@ CALIBRATION_EXTRAS = ("smece", "ece_debiased", "ece_sweep", "ece_toplabel", "ks"
 TEMPERATURE_RESAMPLES = 200  # each refits two temperatures: 200 cost about 2 s on 2k examples
 SCATTER_POINTS = 2000
 
-ModelLike = str | Predictions | TextClassifier
+ModelLike = str | Predictions | TextClassifier | CausalLM | Adapter
 
 
 def summarize_model(logits: torch.Tensor, labels: torch.Tensor | None, *, n_bins: int = 15) -> dict:
@@ -276,29 +281,28 @@ def compare_with_predictions(teacher: ModelLike, students: list[ModelLike], data
                              settings: CompareSettings | None = None) -> tuple[dict, list[Predictions]]:
     """:func:`compare`'s report and every model's logits (teacher first), for callers that keep them.
 
-    A causal-LM teacher (``settings.kind`` "lm", or "auto" and the teacher is one) is audited token by token by
-    :func:`audit.lm.compare_lm`; its per-token logits are never kept, so the list is empty then.
+    The audit follows the teacher's kind (:func:`audit.adapters.set_up`): causal LMs are audited token by token
+    by :func:`audit.lm.audit_tokens`, whose per-token logits are never kept, so the list is empty then.
     """
     settings = settings or CompareSettings()
-    settings.validate()
-    if _audits_language_models(teacher, settings):
-        from audit.lm import compare_lm
+    setup = set_up(teacher, students, names, settings)
+    if setup.kind == "lm":
+        from audit.lm import audit_tokens
 
-        return compare_lm(teacher, students, data, names=names, settings=settings), []
-    if not students:
-        raise AuditError("expected at least one --student, got none")
-    device = resolve_device(settings.device)
-    group = process_group(device)
-    device = local_device(device, group)
-    dtype = resolve_dtype(settings.dtype, device)
-    specs = [teacher, *students]
-    if names is not None and len(names) > len(specs):
-        raise AuditError(f"expected at most {len(specs)} --name values (teacher, then students), got {len(names)}")
-    names = list(names or []) + [None] * (len(specs) - len(names or []))
-    loaded = _distinct_names([_load(spec, name, settings) for spec, name in zip(specs, names)])
+        return audit_tokens(setup, data, settings), []
+    if setup.kind == "callable":
+        raise AuditError("expected model specs or loaded models, got a callable; audit callables with "
+                         "audit.compare_callable and their DataLoader")
+    return audit_classifiers(setup, data, settings)
+
+
+def audit_classifiers(setup: Setup, data: str | TextData | None,
+                      settings: CompareSettings) -> tuple[dict, list[Predictions]]:
+    """The classifier audit of :func:`compare_with_predictions` (every model's full (N, K) logits kept)."""
+    device, dtype, group, loaded = setup.device, setup.dtype, setup.group, setup.models
     if settings.calibrate:  # refused before any model runs
         calibration_spec(data, settings)
-        files = [m.name for m in loaded if isinstance(m, Predictions)]
+        files = [m.name for m in loaded if m.saved]
         if files:
             raise AuditError(f"expected models to run on the calibration data with --calibrate, got logits files "
                              f"({', '.join(files)}); pass checkpoints, or audit without --calibrate")
@@ -336,7 +340,7 @@ def calibration_spec(data: str | TextData | None, settings: CompareSettings) -> 
                      "the temperatures on")
 
 
-def _calibration_predictions(loaded: list, data, text_data: TextData | None, label_names: list[str] | None, device,
+def _calibration_predictions(loaded: list[Adapter], data, text_data: TextData | None, label_names: list[str] | None, device,
                              dtype, settings: CompareSettings, group) -> tuple[list[Predictions], torch.Tensor]:
     spec = calibration_spec(data, settings)
     cal_data = load_data(spec, split=None, text_column=settings.text_column, text_pair_column=settings.text_pair_column,
@@ -396,16 +400,6 @@ def calibration_spec_label(settings: CompareSettings, report: dict) -> str:
     return settings.calibration_data or f"{report['data'].get('name', 'data')} (dev split)"
 
 
-def _audits_language_models(teacher: ModelLike, settings: CompareSettings) -> bool:
-    from audit.lm import CausalLM, is_causal_lm_spec
-
-    lm = isinstance(teacher, CausalLM) or (isinstance(teacher, str) and is_causal_lm_spec(teacher))
-    if settings.kind == "classifier" and lm:
-        raise AuditError(f"expected a sequence classifier with --kind classifier, got the causal LM {teacher}; drop "
-                         "--kind or pass --kind lm")
-    return settings.kind == "lm" or (settings.kind == "auto" and lm)
-
-
 def load_eval_data(spec: str, settings: CompareSettings) -> TextData:
     """The data a comparison runs on: ``spec`` with the settings' split, columns and limit."""
     data = load_data(spec, split=settings.split, text_column=settings.text_column,
@@ -421,40 +415,23 @@ def predict(model: ModelLike, data: str | TextData | None, *, name: str | None =
     """One model's logits on ``data``, loaded and run as :func:`compare` does (for reuse across comparisons)."""
     settings = settings or CompareSettings()
     settings.validate()
-    device = resolve_device(settings.device)
-    group = process_group(device)
-    device = local_device(device, group)
+    device, group, dtype = resolve_run(settings)
     text_data = load_eval_data(data, settings) if isinstance(data, str) else data
-    return _predictions(_load(model, name, settings), text_data, device, resolve_dtype(settings.dtype, device),
+    return _predictions(load_adapter(model, name, "classifier", settings, teacher=True), text_data, device, dtype,
                         settings, group)
 
 
-def _load(spec: ModelLike, name: str | None, settings: CompareSettings) -> Predictions | TextClassifier:
-    if isinstance(spec, str):
-        return load_model(spec, name=name, allow_pickle=settings.allow_pickle,
-                          trust_remote_code=settings.trust_remote_code, tokenizer=settings.tokenizer,
-                          allow_missing_weights=settings.allow_missing_weights)
-    return spec if name is None else dataclasses.replace(spec, name=name)
-
-
-def _distinct_names(models: list) -> list:
-    """Copies with ``#2``, ``#3`` appended to repeated names (the same checkpoint compared with itself)."""
-    out, seen = [], {}
-    for model in models:
-        seen[model.name] = seen.get(model.name, 0) + 1
-        out.append(model if seen[model.name] == 1 else dataclasses.replace(model, name=f"{model.name}#{seen[model.name]}"))
-    return out
-
-
-def _predictions(model: Predictions | TextClassifier, data: TextData | None, device, dtype,
-                 settings: CompareSettings, group: ProcessGroup | None = None) -> Predictions:
-    if data is None and isinstance(model, TextClassifier):
+def _predictions(model: Adapter, data: TextData | None, device, dtype, settings: CompareSettings,
+                 group: ProcessGroup | None = None) -> Predictions:
+    """A classifier adapter's (N, K) logits on ``data``: saved ones matched to it, or the model run over it."""
+    if model.saved:
+        return model.model if data is None else match_to_data(model.model, data)
+    if data is None:
         raise AuditError("expected --data for Hugging Face models, got none; pass a data file or a built-in name")
-    if isinstance(model, Predictions):
-        return model if data is None else match_to_data(model, data)
-    settings = dataclasses.replace(settings, max_length=_max_length(model, settings.max_length))
-    store = _store(model, data, device, dtype, settings) if settings.cache else None
-    predictions = predict_text(model, data, device=device, dtype=dtype, batch_size=settings.batch_size,
+    classifier = model.model
+    settings = dataclasses.replace(settings, max_length=_max_length(classifier, settings.max_length))
+    store = _store(classifier, data, device, dtype, settings) if settings.cache else None
+    predictions = predict_text(classifier, data, device=device, dtype=dtype, batch_size=settings.batch_size,
                                max_length=settings.max_length, progress=settings.progress, store=store, group=group)
     bad = ~torch.isfinite(predictions.logits).all(-1)
     if bad.any():

@@ -17,7 +17,6 @@ batches and every process gets all columns back (:func:`audit.distributed.gather
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import datetime
 import hashlib
 import io
@@ -25,17 +24,21 @@ import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from audit import metrics
 from audit.data.text import IGNORE_INDEX, Documents, TokenWindows, read_documents, tokenize_windows
-from audit.distributed import ProcessGroup, gather_rows, local_device, process_group
+from audit.distributed import ProcessGroup, gather_rows
 from audit.errors import AuditError, warn
 from audit.inheritance import undefined, verdict
 from audit.metrics.cluster import cluster_bootstrap_cis
-from audit.reduce import MODEL_KEYS, PAIR_KEYS, reduce_logits
+from audit.reduce import MODEL_KEYS, PAIR_KEYS, Reduction, reduce_logits
 from audit.settings import CompareSettings
+
+if TYPE_CHECKING:
+    from audit.adapters import Setup
 
 SCHEMA = "kd-audit/compare/2"
 SCHEMA_CHANGES = ("compare/2 = compare/1 for token-level audits of causal LMs: n counts scored tokens; adds "
@@ -197,45 +200,55 @@ def _forward_logits(lm: CausalLM, input_ids: torch.Tensor, attention_mask: torch
     return lm.model(input_ids=input_ids, attention_mask=attention_mask).logits
 
 
-def _reduce_batch(models: list, logits: list[torch.Tensor], targets: torch.Tensor, topk=None):
-    """The reduction of one batch; with a top-k teacher (``logits[0]`` None) its columns come from the file."""
-    if topk is None:
-        return reduce_logits(logits[0], logits[1:], targets)
-    from audit.reduce import Reduction, topk_overlap
+def reduce_batches(batches: list) -> Reduction:
+    """The reduction of one batch of every model (:class:`audit.adapters.Batch`, teacher first, on the same
+    positions); a top-k teacher's columns and KLs come from its file."""
+    teacher, students = batches[0], [b.logits for b in batches[1:]]
+    if teacher.topk is None:
+        return reduce_logits(teacher.logits, students, teacher.targets)
+    from audit.reduce import topk_overlap
     from audit.topk import topk_tail_kl, topk_teacher_columns
 
-    ids, logprobs = topk
-    vocab = logits[1].shape[1]
-    teacher = topk_teacher_columns(ids, logprobs, targets, vocab_size=vocab)
-    students = reduce_logits(logits[1], logits[2:], targets).models if len(logits) > 2 else \
-        reduce_logits(logits[1], [], targets).models
+    ids, logprobs = teacher.topk
+    vocab = students[0].shape[1]
+    columns = topk_teacher_columns(ids, logprobs, teacher.targets, vocab_size=vocab)
     # the teacher's top ids as logits that rank them first, for the overlap with the student's top 5
-    ranked = torch.full_like(logits[1][:, :1].expand(-1, vocab), float("-inf")).scatter(1, ids.long(), logprobs.float())
+    ranked = torch.full_like(students[0][:, :1].expand(-1, vocab), float("-inf")).scatter(1, ids.long(),
+                                                                                           logprobs.float())
     pairs = [{**{k: v for k, v in topk_tail_kl(ids, logprobs, s).items() if k in PAIR_KEYS},
-              "topk_overlap": topk_overlap(ranked, s, min(5, ids.shape[1]))} for s in logits[1:]]
-    return Reduction([teacher, *students], pairs)
+              "topk_overlap": topk_overlap(ranked, s, min(5, ids.shape[1]))} for s in students]
+    return Reduction([columns, *reduce_logits(students[0], students[1:], teacher.targets).models], pairs)
+
+
+def reduction_block(reduction: Reduction) -> torch.Tensor:
+    """(P, C) float32 CPU columns of one batch, in the order of :func:`_columns_of`."""
+    return torch.stack([model[k].float() for model in reduction.models for k in MODEL_KEYS]
+                       + [pair[k].float() for pair in reduction.pairs for k in PAIR_KEYS], 1).cpu()
 
 
 def evaluate_tokens(models: list, windows: TokenWindows, *, device: torch.device, dtype: torch.dtype,
-                    batch_size: int, progress: bool = False, store=None, group: ProcessGroup | None = None,
-                    topk=None) -> dict[str, torch.Tensor]:
+                    batch_size: int, progress: bool = False, store=None,
+                    group: ProcessGroup | None = None) -> dict[str, torch.Tensor]:
     """Per-position columns of the teacher (``models[0]``) and its students on every scored token.
 
-    With ``topk`` (a :class:`audit.topk.TopkLogits` of every scored position, in order) the teacher is that
-    file: its columns and the KLs use the tail bucket of :mod:`audit.topk` (approximations stated there).
+    ``models`` are :class:`CausalLM` or adapters (:mod:`audit.adapters`); a top-k teacher
+    (:class:`audit.adapters.TopkFileAdapter`, read for these windows) stands in with its file, and its columns
+    and KLs use the tail bucket of :mod:`audit.topk` (approximations stated there). Per batch every model's
+    adapter yields its logits of the same positions and :func:`reduce_batches` turns them into columns.
 
     Returns:
         ``{"0.entropy": (P,), ..., "pair0.kl": (P,), ..., "sequence": (P,) int64}`` float32 CPU columns in the
         row-major order of ``windows.targets != -100``.
     """
+    from audit.adapters import adapter_of
     from audit.predict import progress_bar
 
+    adapters = [adapter_of(m) for m in models]
     group = group or ProcessGroup()
     scored = (windows.targets != IGNORE_INDEX).sum(1)
     offsets = torch.cat([torch.zeros(1, dtype=torch.int64), scored.cumsum(0)])
     total = int(offsets[-1])
-    names = [m.name for m in models]
-    columns = _columns_of(names, len(models) - 1)
+    columns = _columns_of([m.name for m in adapters], len(adapters) - 1)
     plan = _batches(windows, batch_size)
     mine = set(range(group.rank, len(plan), group.world_size))
     cached = mine & store.cached_batches() if store is not None else set()
@@ -244,26 +257,15 @@ def evaluate_tokens(models: list, windows: TokenWindows, *, device: torch.device
         done_rows, done_values = store.load(cached)
         rows.append(done_rows)
         values.append(done_values)
-    for lm in models:
-        if isinstance(lm, CausalLM):
-            lm.model.to(device=device, dtype=dtype)
+    streams = [m.batches(windows, plan, mine - cached, device=device, dtype=dtype) for m in adapters]
     with progress_bar(progress and group.is_main) as bar, torch.inference_mode():
         task = bar.add_task("evaluating tokens", total=int(sum(offsets[plan[i][1]] - offsets[plan[i][0]] for i in mine)))
         bar.advance(task, sum(r.numel() for r in rows))
-        for index in sorted(mine - cached):
+        for batches in zip(*streams):  # each model's batch of the same windows, teacher first
+            index = batches[0].index
+            block = reduction_block(reduce_batches(list(batches)))
+            del batches
             a, b = plan[index]
-            ids, mask = windows.input_ids[a:b].to(device), windows.attention_mask[a:b].to(device)
-            targets = windows.targets[a:b].to(device)
-            keep = targets != IGNORE_INDEX
-            # each (P_batch, V); a top-k teacher has no logits, its rows of the file stand in
-            logits = [_forward_logits(lm, ids, mask)[keep] if isinstance(lm, CausalLM) else None for lm in models]
-            rows_of_file = slice(int(offsets[a]), int(offsets[b]))
-            batch_topk = None if topk is None else (topk.ids[rows_of_file].to(device),
-                                                     topk.logprobs[rows_of_file].to(device))
-            reduction = _reduce_batch(models, logits, targets[keep], batch_topk)
-            del logits
-            block = torch.stack([reduction.models[m][k].float() for m in range(len(models)) for k in MODEL_KEYS]
-                                + [pair[k].float() for pair in reduction.pairs for k in PAIR_KEYS], 1).cpu()
             batch_rows = torch.arange(int(offsets[a]), int(offsets[b]))
             rows.append(batch_rows)
             values.append(block)
@@ -431,9 +433,10 @@ def compare_lm(teacher: str | CausalLM, students: list[str | CausalLM], data: st
     """Audit a causal-LM teacher and its students token by token on ``data`` (text documents).
 
     Args:
-        teacher, students: specs for :func:`load_causal_lm`, or loaded :class:`CausalLM`.
+        teacher, students: specs for :func:`load_causal_lm` (the teacher also a top-k logits file), or loaded
+            :class:`CausalLM`.
         data: a spec for :func:`audit.data.text.read_documents`, or loaded :class:`Documents`.
-        names: report names, teacher first.
+        names: report names, teacher first (they replace loaded models' own names).
         settings: ``max_length`` (window length), ``stride``, ``split``, ``text_column``, ``prompt_column``,
             ``completion_column``, ``limit`` (documents), device, dtype, batch size, bins, bootstrap, seed, cache.
 
@@ -441,31 +444,18 @@ def compare_lm(teacher: str | CausalLM, students: list[str | CausalLM], data: st
         AuditError: any bad input (different tokenizers, a window longer than a model's context, text too short),
             before the models run.
     """
-    from audit.compare import versions
-    from audit.predict import resolve_device, resolve_dtype
+    from audit.adapters import set_up
 
     settings = settings or CompareSettings()
-    settings.validate()
-    if not students:
-        raise AuditError("expected at least one --student, got none")
-    device = resolve_device(settings.device)
-    group = process_group(device)
-    device = local_device(device, group)
-    dtype = resolve_dtype(settings.dtype, device)
-    specs = [teacher, *students]
-    if names is not None and len(names) > len(specs):
-        raise AuditError(f"expected at most {len(specs)} --name values (teacher, then students), got {len(names)}")
-    names = list(names or []) + [None] * (len(specs) - len(names or []))
-    models: list = [s if isinstance(s, CausalLM) else
-                    TopkTeacher(n or Path(s).stem, s) if i == 0 and is_topk_file(s) else
-                    load_causal_lm(s, name=n, trust_remote_code=settings.trust_remote_code)
-                    for i, (s, n) in enumerate(zip(specs, names))]
-    seen: dict[str, int] = {}
-    for i, m in enumerate(models):
-        seen[m.name] = seen.get(m.name, 0) + 1
-        if seen[m.name] > 1:
-            models[i] = dataclasses.replace(m, name=f"{m.name}#{seen[m.name]}")
-    lms = [m for m in models if isinstance(m, CausalLM)]
+    return audit_tokens(set_up(teacher, students, names, settings, kind="lm"), data, settings)
+
+
+def audit_tokens(setup: Setup, data: str | Documents, settings: CompareSettings) -> dict:
+    """:func:`compare_lm` on models already set up (:func:`audit.adapters.set_up`, kind "lm")."""
+    from audit.adapters import TopkFileAdapter
+
+    models = list(setup.models)
+    lms = [m.model for m in models if not m.saved]
     check_same_tokenizer(lms)
     for m in lms:
         if m.context is not None and settings.max_length > m.context:
@@ -477,19 +467,31 @@ def compare_lm(teacher: str | CausalLM, students: list[str | CausalLM], data: st
     windows = tokenize_windows(documents, lms[0].tokenizer, max_length=settings.max_length, stride=settings.stride)
     vocab_size = int(lms[0].model.config.vocab_size)
     topk = None
-    if isinstance(models[0], TopkTeacher):
-        from audit.topk import read_topk_logits
-
-        sequence_ids, positions = windows.scored()
-        topk = read_topk_logits(models[0].source, vocab_size=vocab_size, sequence_ids=sequence_ids,
-                                positions=positions)
+    if isinstance(models[0], TopkFileAdapter):
+        models[0] = models[0].read(windows, vocab_size)
+        topk = models[0].k
+    device, dtype = setup.device, setup.dtype
     batch_size = AUTO_BATCH.get(device.type, 4) if settings.batch_size == "auto" else int(settings.batch_size)
     n_columns = len(_columns_of([m.name for m in models], len(models) - 1))
-    store = _store(models, documents, windows, n_columns, settings, dtype, device, batch_size) if settings.cache else None
+    store = _store([m.model for m in models], documents, windows, n_columns, settings, dtype, device,
+                   batch_size) if settings.cache else None
     columns = evaluate_tokens(models, windows, device=device, dtype=dtype, batch_size=batch_size,
-                              progress=settings.progress, store=store, group=group, topk=topk)
+                              progress=settings.progress, store=store, group=setup.group)
+    data_info = {"name": documents.name, **documents.info, "unit": "token", "n": int(columns["sequence"].numel()),
+                 "n_sequences": len(documents), "windows": windows.info, "label_names": None}
+    return token_report(columns, models, vocab_size, settings=settings, data_info=data_info, topk=topk,
+                        run={"device": str(device), "dtype": str(dtype).removeprefix("torch."),
+                             "batch_size": batch_size})
+
+
+def token_report(columns: dict[str, torch.Tensor], models: list, vocab_size: int, *, settings: CompareSettings,
+                 data_info: dict, run: dict, topk: int | None = None) -> dict:
+    """The compare/2 report dict of per-position ``columns`` (:func:`evaluate_tokens`) of ``models`` (anything
+    with ``name`` and ``source``, teacher first); ``run`` records how they ran (device, dtype, batch size)."""
+    from audit.compare import versions
+
     model_stats, pairs, differences = summarize_tokens(columns, [m.name for m in models], vocab_size, settings=settings,
-                                                       topk=None if topk is None else topk.ids.shape[1])
+                                                       topk=topk)
     for m in models:
         model_stats[m.name]["source"] = m.source
     return {
@@ -497,11 +499,9 @@ def compare_lm(teacher: str | CausalLM, students: list[str | CausalLM], data: st
         "schema_changes": SCHEMA_CHANGES,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "versions": versions(),
-        "settings": {**{k: v for k, v in asdict(settings).items() if k not in ("progress", "cache")},
-                     "device": str(device), "dtype": str(dtype).removeprefix("torch."), "batch_size": batch_size,
+        "settings": {**{k: v for k, v in asdict(settings).items() if k not in ("progress", "cache")}, **run,
                      "ci_method": "percentile cluster bootstrap by sequence (document)"},
-        "data": {"name": documents.name, **documents.info, "unit": "token", "n": int(columns["sequence"].numel()),
-                 "n_sequences": len(documents), "windows": windows.info, "label_names": None},
+        "data": data_info,
         "models": model_stats,
         "pairs": pairs,
         "students": differences,

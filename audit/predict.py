@@ -8,12 +8,12 @@ instead of failing. Hooks: a :class:`audit.cache.PredictionStore` makes a run re
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from audit.adapters import CallableAdapter, ClassifierAdapter, callable_batches
 from audit.cache import PredictionStore
 from audit.data import TextData
 from audit.distributed import ProcessGroup, gather_rows
@@ -71,44 +71,6 @@ def batch_plan(n: int, size: int, window: int = WINDOW) -> list[tuple[int, int]]
             for lo in range(0, n, window) for start in range(0, min(window, n - lo), size)]
 
 
-def _planned_batches(classifier: TextClassifier, data: TextData, plan: list[tuple[int, int]], wanted: set[int],
-                     max_length: int, window: int) -> Iterator[tuple[int, list[int], list[list[int]]]]:
-    """``(batch index, data rows, input ids)`` of the ``wanted`` batches of ``plan``, tokenizing window by window."""
-    for lo, span in itertools.groupby(range(len(plan)), key=lambda b: plan[b][0]):
-        span = list(span)
-        if not wanted.intersection(span):
-            continue
-        hi = min(lo + window, len(data))
-        encodings = classifier.tokenizer(data.texts[lo:hi], data.text_pairs[lo:hi] if data.text_pairs else None,
-                                         truncation=True, max_length=max_length, padding=False)["input_ids"]
-        order = sorted(range(hi - lo), key=lambda i: len(encodings[i]), reverse=True)
-        start = 0
-        for b in span:
-            rows = order[start:start + plan[b][1]]
-            start += plan[b][1]
-            if b in wanted:
-                yield b, [lo + i for i in rows], [encodings[i] for i in rows]
-
-
-def _forward(classifier: TextClassifier, model: torch.nn.Module, input_ids: list[list[int]], device: torch.device,
-             micro: int, halving: bool) -> tuple[torch.Tensor, int]:
-    """(B, K) float32 CPU logits of one batch, run ``micro`` rows at a time; on CUDA out-of-memory with
-    ``halving``, halve ``micro`` and retry. Returns the logits and the ``micro`` that fitted."""
-    while True:
-        try:
-            parts = []
-            for start in range(0, len(input_ids), micro):
-                batch = classifier.tokenizer.pad({"input_ids": input_ids[start:start + micro]}, return_tensors="pt")
-                parts.append(model(**{k: v.to(device) for k, v in batch.items()}).logits.float().cpu())
-            return torch.cat(parts), micro
-        except torch.cuda.OutOfMemoryError:
-            if not halving or micro == 1:
-                raise AuditError(f"expected the batch to fit in GPU memory, got out of memory at batch size "
-                                 f"{micro}; pass a smaller --batch-size or --batch-size auto") from None
-            micro //= 2
-            torch.cuda.empty_cache()
-
-
 def predict_text(
     classifier: TextClassifier, data: TextData, *, device: torch.device, dtype: torch.dtype,
     batch_size: int | str = "auto", max_length: int = 256, progress: bool = True,
@@ -135,18 +97,17 @@ def predict_text(
     done_rows, done_logits = (store.load(cached) if store is not None
                               else (torch.empty(0, dtype=torch.int64), torch.empty(0, classifier.num_classes)))
     rows, logits = [done_rows], [done_logits]
-    model = classifier.model.to(device=device, dtype=dtype)
-    micro = size
     with progress_bar(progress and group.is_main) as bar, torch.inference_mode():
         task = bar.add_task(f"evaluating {classifier.name}", total=sum(plan[b][1] for b in mine))
         bar.advance(task, done_rows.numel())
-        for index, batch_rows, input_ids in _planned_batches(classifier, data, plan, mine - cached, max_length, WINDOW):
-            out, micro = _forward(classifier, model, input_ids, device, micro, halving=batch_size == "auto")
-            rows.append(torch.tensor(batch_rows, dtype=torch.int64))
-            logits.append(out)
+        for batch in ClassifierAdapter(classifier).batches(data, plan, mine - cached, device=device, dtype=dtype,
+                                                           max_length=max_length, batch_size=size,
+                                                           halving=batch_size == "auto", window=WINDOW):
+            rows.append(batch.groups)
+            logits.append(batch.logits.float().cpu())
             if store is not None:
-                store.add(index, rows[-1], out)
-            bar.advance(task, len(batch_rows))
+                store.add(batch.index, rows[-1], logits[-1])
+            bar.advance(task, rows[-1].numel())
     if store is not None:
         store.flush()
     all_logits = gather_rows(torch.cat(rows), torch.cat(logits), len(data), group)
@@ -172,20 +133,11 @@ def predict_module(
         (Predictions, labels) with float32 CPU logits and int64 labels.
     """
     device = resolve_device(device if isinstance(device, str) or device is None else str(device))
-    if isinstance(model, torch.nn.Module):
-        model = model.to(device).eval()
+    adapter = CallableAdapter(model, name)
+    adapter.to(device)
     outputs, labels = [], []
     with torch.inference_mode():
-        for batch in batches:
-            if isinstance(batch, dict):
-                batch = dict(batch)
-                labels.append(torch.as_tensor(batch.pop("labels")))
-                out = model(**{k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()})
-            else:
-                inputs, batch_labels = batch
-                labels.append(torch.as_tensor(batch_labels))
-                out = model(inputs.to(device) if torch.is_tensor(inputs) else inputs)
-            outputs.append(getattr(out, "logits", out).float().cpu())
-    if not outputs:
-        raise AuditError("expected at least one batch, got an empty DataLoader; check the data")
-    return Predictions(name=name, logits=torch.cat(outputs), label_names=label_names), torch.cat(labels).long()
+        for [batch] in callable_batches([adapter], batches, device):
+            outputs.append(batch.logits.float().cpu())
+            labels.append(batch.targets.cpu())
+    return Predictions(name=name, logits=torch.cat(outputs), label_names=label_names), torch.cat(labels)
