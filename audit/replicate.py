@@ -473,7 +473,9 @@ def _replicate_task(settings: ReplicateSettings, profile: Profile, progress: boo
                 "survives": direction_survives(verdicts, shifted_verdicts),
                 "arms": [{"arm": a.name, "entropy": _mean_ci(h[a.name], settings.n_bootstrap),
                           "accuracy": _mean_ci(acc[a.name], settings.n_bootstrap)} for a in arms],
-                "untrained_arms": untrained_arms(h, acc, shifted_labels, checked),
+                # trained in-domain (``untrained_arms`` says which were not); here only whether the shift left
+                # them at or below the eval split's majority class, which on an imbalanced split is no failure to learn
+                "at_majority_arms": [n for n in checked if float(acc[n].mean()) <= _majority(shifted_labels) + 0.01],
             }
     write_json(summary, out / "summary.json")
     return summary
@@ -529,9 +531,13 @@ def untrained_arms(entropy: dict[str, torch.Tensor], accuracy: dict[str, torch.T
                    names: list[str]) -> list[str]:
     """Arms that did not learn: near-uniform predictions (mean entropy >= 97% of log K) or dev accuracy no
     better than always answering the majority class (+1 point). Claims about them are not evidence."""
-    counts = torch.bincount(labels)
-    log_k, majority = math.log(len(counts)), float(counts.max()) / len(labels)
+    log_k, majority = math.log(len(torch.bincount(labels))), _majority(labels)
     return [n for n in names if float(entropy[n].mean()) >= 0.97 * log_k or float(accuracy[n].mean()) <= majority + 0.01]
+
+
+def _majority(labels: torch.Tensor) -> float:
+    """The accuracy of always answering the most frequent class."""
+    return float(torch.bincount(labels).max()) / len(labels)
 
 
 def overall_verdicts(results: list[ClaimResult]) -> dict[str, str]:
@@ -589,6 +595,8 @@ def render_summary(summary: dict, console=None) -> None:
     for task, shift in summary.get("shift", {}).items():
         console.print(f"audited on {task} ({shift['split']}): " + ", ".join(
             f"{c} {v} ({survival[shift['survives'][c]]})" for c, v in shift["claim_verdicts"].items()))
+        if shift.get("at_majority_arms"):
+            console.print(f"  on {task}, no better than its majority class: {', '.join(shift['at_majority_arms'])}")
     console.print(terminal_charts(summary))
 
 

@@ -9,6 +9,7 @@ from typer.testing import CliRunner
 
 from audit.claims import VERDICTS, ClaimResult, verdict
 from audit.cli import app
+from audit.data import load_data
 from audit.errors import AuditError
 from audit.replicate import (
     INHERITANCE,
@@ -53,6 +54,12 @@ def test_replicate_tiny_profile_end_to_end(tmp_path):
         after = shift["claim_verdicts"][claim]
         assert shift["survives"][claim] == (after == before if before in ("holds", "fails") else None)
     assert "vader-tweets" in result.stdout
+    # accuracy at or below vader-tweets' majority class is reported as that, not as untrained
+    tweets = load_data("vader-tweets", split="test", limit=shifted["data"]["n"]).labels
+    majority = max(tweets.count(c) for c in set(tweets)) / len(tweets)
+    assert "untrained_arms" not in shift
+    assert shift["at_majority_arms"] == [a["arm"] for a, arm in zip(shift["arms"], grid(), strict=True)
+                                         if arm.teacher_temperature == 1.0 and a["accuracy"]["value"] <= majority + 0.01]
     # a second call reuses every run and gives the same numbers
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 0
