@@ -15,7 +15,7 @@ import types
 from audit.errors import AuditError
 
 __version__ = "0.1.0"
-__all__ = ["AuditError", "CompareSettings", "compare", "compare_predictions", "__version__"]
+__all__ = ["AuditError", "CompareSettings", "compare", "compare_callable", "compare_predictions", "__version__"]
 
 
 class _LazyFace(types.ModuleType):
@@ -37,6 +37,12 @@ class _LazyFace(types.ModuleType):
         from audit.compare import CompareSettings
 
         return CompareSettings
+
+    @property
+    def compare_callable(self):
+        from audit.compare import compare_callable
+
+        return compare_callable
 
     @property
     def compare_predictions(self):

@@ -26,6 +26,7 @@ picked by the teacher adapter's ``kind``, never by re-parsing specs.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,8 +131,6 @@ class ClassifierAdapter(_Wrapper):
     def _planned(self, data: TextData, plan: list[tuple[int, int]], wanted: set[int], max_length: int,
                  window: int) -> Iterator[tuple[int, list[int], list[list[int]]]]:
         """``(batch index, data rows, input ids)`` of the ``wanted`` batches, tokenizing window by window."""
-        import itertools
-
         for lo, span in itertools.groupby(range(len(plan)), key=lambda b: plan[b][0]):
             span = list(span)
             if not wanted.intersection(span):
@@ -350,6 +349,9 @@ def load_adapter(spec: Any, name: str | None, kind: str, settings: CompareSettin
     Raises:
         AuditError: what the loader raises, or a loaded model of another kind.
     """
+    if isinstance(spec, str) and kind == "callable":
+        raise AuditError(f"expected a callable (a torch module or a function returning logits), got {spec!r}; pass "
+                         "checkpoints to audit.compare")
     if isinstance(spec, str) and kind == "lm":
         if teacher and is_topk_file(spec):
             return TopkFileAdapter(TopkTeacher(name or Path(spec).stem, spec))

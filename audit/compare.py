@@ -14,16 +14,18 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import itertools
 import json
 import math
 import platform
+from collections.abc import Callable, Iterable
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 from audit import metrics
-from audit.adapters import Adapter, Setup, load_adapter, resolve_run, set_up
+from audit.adapters import Adapter, Setup, callable_batches, load_adapter, resolve_run, set_up, split_batch
 from audit.atomic import write_atomic
 from audit.cache import CacheUnavailable, PredictionStore, prediction_key
 from audit.data import TextData, load_data
@@ -322,6 +324,77 @@ def audit_classifiers(setup: Setup, data: str | TextData | None,
     return report, predictions
 
 
+def compare_callable(teacher: Callable, students: list[Callable], batches: Iterable, *,
+                     names: list[str] | None = None, settings: CompareSettings | None = None,
+                     label_names: list[str] | None = None) -> dict:
+    """Audit callables (torch modules, functions) over the batches of a DataLoader: a notebook's teacher and
+    students, no checkpoints.
+
+    The loader is iterated once and every callable runs on each batch, so a shuffling loader gives all of them
+    the same inputs (batch and output shapes: :class:`audit.adapters.CallableAdapter`). (B, K) logits with (B,)
+    labels get the classifier audit of :func:`compare` (every model's full logits kept; schema compare/1);
+    (B, T, V) logits with (B, T) labels (-100 where unscored) get the token audit of causal LMs (per-position
+    scalars only, each row of the loader one cluster of the bootstrap; schema compare/2). It runs in this
+    process alone (under torchrun every rank runs the whole loader) and caches nothing.
+
+    Args:
+        teacher, students: callables returning logits (or an object with ``.logits``) for a batch's inputs;
+            torch modules are moved to ``settings.device`` in eval mode.
+        batches: a DataLoader, or any iterable of ``(inputs, labels)`` or dicts with a ``labels`` key.
+        names: report names, teacher first (default "teacher", "student", "student#2", ...).
+        settings: bins, bootstrap, seed, verdict rule, ``model_cis``, device.
+        label_names: class names of (B, K) logits, for the report.
+
+    Raises:
+        AuditError: no students, a spec instead of a callable, an empty loader, a batch without labels, outputs
+            whose shape does not fit the labels, labels outside the classes, non-finite logits.
+
+    >>> x, y = torch.randn(64, 4), torch.randint(0, 3, (64,))
+    >>> settings = CompareSettings(n_bootstrap=20, progress=False, device="cpu")
+    >>> report = compare_callable(torch.nn.Linear(4, 3), [torch.nn.Linear(4, 3)], [(x, y)], settings=settings)
+    >>> report["models"]["student"]["n"], report["pairs"][0]["verdict"] in ("inherits", "moves_away", "inconclusive")
+    (64, True)
+    """
+    settings = settings or CompareSettings()
+    setup = set_up(teacher, students, names, settings, kind="callable")
+    for model in setup.models:
+        model.to(setup.device)
+    loader = iter(batches)
+    first = next(loader, None)
+    if first is None:
+        raise AuditError("expected at least one batch, got an empty DataLoader; check the data")
+    tokens = split_batch(first)[1].ndim == 2
+    with torch.inference_mode():
+        stream = callable_batches(setup.models, itertools.chain([first], loader), setup.device)
+        if tokens:
+            from audit.lm import token_columns, token_report
+
+            columns, vocab_size = token_columns(stream, [m.name for m in setup.models])
+            data_info = {"name": "dataloader", "kind": "python", "unit": "token", "n": int(columns["sequence"].numel()),
+                         "n_sequences": int(columns["sequence"].unique().numel()), "label_names": None}
+            return token_report(columns, setup.models, vocab_size, settings=settings, data_info=data_info,
+                                run={"device": str(setup.device), "dtype": "as the callables return",
+                                     "batch_size": "the DataLoader's"})
+        logits: list[list[torch.Tensor]] = [[] for _ in setup.models]
+        labels = []
+        for batch in stream:
+            for out, model_batch in zip(logits, batch):
+                out.append(model_batch.logits.float().cpu())
+            labels.append(batch[0].targets.cpu())
+    predictions = [_finite(Predictions(m.name, torch.cat(out), label_names=label_names, source=m.source))
+                   for m, out in zip(setup.models, logits)]
+    predictions, label_names = align_labels(predictions)
+    labels = torch.cat(labels)
+    k = predictions[0].num_classes
+    if int(labels.min()) < 0 or int(labels.max()) >= k:
+        raise AuditError(f"expected labels in [0, {k}) for {k}-class logits, got values in [{int(labels.min())}, "
+                         f"{int(labels.max())}]; map the labels to class ids")
+    report = compare_predictions(predictions[0], predictions[1:], labels, settings=settings,
+                                 data_info={"name": "dataloader", "kind": "python"})
+    report["settings"].update(device=str(setup.device), dtype="as the callables return")
+    return report
+
+
 def calibration_spec(data: str | TextData | None, settings: CompareSettings) -> str:
     """The calibration data of ``--calibrate``: ``--calibration-data``, else the dev split of a built-in.
 
@@ -433,10 +506,16 @@ def _predictions(model: Adapter, data: TextData | None, device, dtype, settings:
     store = _store(classifier, data, device, dtype, settings) if settings.cache else None
     predictions = predict_text(classifier, data, device=device, dtype=dtype, batch_size=settings.batch_size,
                                max_length=settings.max_length, progress=settings.progress, store=store, group=group)
+    return _finite(predictions)
+
+
+def _finite(predictions: Predictions) -> Predictions:
+    """``predictions``, refused when a row holds NaN or inf (the model's weights do)."""
     bad = ~torch.isfinite(predictions.logits).all(-1)
     if bad.any():
-        raise AuditError(f"expected finite logits from {model.name} ({model.source}), got NaN or inf on {int(bad.sum())} "
-                         f"of {len(bad)} examples; its weights hold NaN or inf: check or re-save the checkpoint")
+        raise AuditError(f"expected finite logits from {predictions.name} ({predictions.source}), got NaN or inf on "
+                         f"{int(bad.sum())} of {len(bad)} examples; its weights hold NaN or inf: check or re-save the "
+                         "checkpoint")
     return predictions
 
 

@@ -1,9 +1,10 @@
 """The language-model audit: a causal-LM teacher and its students, token by token.
 
-Data flows one way: specs -> :func:`load_causal_lm` (a Hugging Face folder or hub id, a GGUF file, or
-``SPEC@layers=k``) and :func:`audit.data.text.read_documents` -> :func:`audit.data.text.tokenize_windows` ->
-per batch of windows, the teacher and every student run on the same tokens and :func:`audit.reduce.reduce_logits`
-turns their logits into a few scalars per scored position (only those leave the device) -> the columns of every
+Data flows one way: specs -> :func:`audit.adapters.set_up` (:func:`load_causal_lm`: a Hugging Face folder or
+hub id, a GGUF file, or ``SPEC@layers=k``; or a top-k logits file as teacher) and
+:func:`audit.data.text.read_documents` -> :func:`audit.data.text.tokenize_windows` -> per batch of windows, every
+model's adapter yields its logits of the same scored positions and :func:`audit.reduce.reduce_logits` turns them
+into a few scalars per position (only those leave the device) -> the columns of every
 position -> :func:`summarize_tokens`, with confidence intervals from a cluster bootstrap by sequence (the tokens
 of one document are not independent) -> the report dict (schema ``kd-audit/compare/2``: the classifier report's
 field names where the quantity is the same, plus ``n_sequences``, ``perplexity``, ``kl_reverse`` and
@@ -22,6 +23,7 @@ import hashlib
 import io
 import json
 import math
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -186,7 +188,7 @@ def check_same_tokenizer(models: list[CausalLM]) -> None:
                          f"({vocab.get(first)!r} vs {reference.get(first)!r}); audit students of the same tokenizer")
 
 
-def _columns_of(names: list[str], n_students: int) -> list[str]:
+def column_names(names: list[str], n_students: int) -> list[str]:
     """Names of the per-position columns: every model's :data:`MODEL_KEYS`, then every pair's :data:`PAIR_KEYS`."""
     return ([f"{m}.{k}" for m in range(len(names)) for k in MODEL_KEYS]
             + [f"pair{j}.{k}" for j in range(n_students) for k in PAIR_KEYS])
@@ -226,6 +228,27 @@ def reduction_block(reduction: Reduction) -> torch.Tensor:
                        + [pair[k].float() for pair in reduction.pairs for k in PAIR_KEYS], 1).cpu()
 
 
+def token_columns(stream: Iterable[list], names: list[str]) -> tuple[dict[str, torch.Tensor], int]:
+    """The columns of :func:`evaluate_tokens` (``"sequence"`` = each position's group) from a stream of
+    per-batch lists of :class:`audit.adapters.Batch` (teacher first), and the vocabulary size.
+
+    Raises:
+        AuditError: no scored position in the stream.
+    """
+    blocks, groups, vocab_size = [], [], 0
+    for batches in stream:
+        blocks.append(reduction_block(reduce_batches(batches)))
+        groups.append(batches[0].groups)
+        vocab_size = batches[-1].logits.shape[1]
+    values = torch.cat(blocks)
+    if values.shape[0] == 0:
+        raise AuditError("expected at least one scored position, got labels that are all -100; label the tokens "
+                         "to score")
+    columns = {c: values[:, i] for i, c in enumerate(column_names(names, len(names) - 1))}
+    columns["sequence"] = torch.cat(groups)
+    return columns, vocab_size
+
+
 def evaluate_tokens(models: list, windows: TokenWindows, *, device: torch.device, dtype: torch.dtype,
                     batch_size: int, progress: bool = False, store=None,
                     group: ProcessGroup | None = None) -> dict[str, torch.Tensor]:
@@ -248,7 +271,7 @@ def evaluate_tokens(models: list, windows: TokenWindows, *, device: torch.device
     scored = (windows.targets != IGNORE_INDEX).sum(1)
     offsets = torch.cat([torch.zeros(1, dtype=torch.int64), scored.cumsum(0)])
     total = int(offsets[-1])
-    columns = _columns_of([m.name for m in adapters], len(adapters) - 1)
+    columns = column_names([m.name for m in adapters], len(adapters) - 1)
     plan = _batches(windows, batch_size)
     mine = set(range(group.rank, len(plan), group.world_size))
     cached = mine & store.cached_batches() if store is not None else set()
@@ -472,7 +495,7 @@ def audit_tokens(setup: Setup, data: str | Documents, settings: CompareSettings)
         topk = models[0].k
     device, dtype = setup.device, setup.dtype
     batch_size = AUTO_BATCH.get(device.type, 4) if settings.batch_size == "auto" else int(settings.batch_size)
-    n_columns = len(_columns_of([m.name for m in models], len(models) - 1))
+    n_columns = len(column_names([m.name for m in models], len(models) - 1))
     store = _store([m.model for m in models], documents, windows, n_columns, settings, dtype, device,
                    batch_size) if settings.cache else None
     columns = evaluate_tokens(models, windows, device=device, dtype=dtype, batch_size=batch_size,
