@@ -355,6 +355,8 @@ def compare_callable(teacher: Callable, students: list[Callable], batches: Itera
     >>> report["models"]["student"]["n"], report["pairs"][0]["verdict"] in ("inherits", "moves_away", "inconclusive")
     (64, True)
     """
+    if callable(students):
+        raise AuditError("expected a list of students, got one callable; pass [student]")
     settings = settings or CompareSettings()
     setup = set_up(teacher, students, names, settings, kind="callable")
     for model in setup.models:

@@ -136,6 +136,7 @@ def test_bad_callable_input_is_one_audit_error():
         "a 'labels' key": ([{"x": x}], [net]),
         "pass checkpoints to audit.compare": ([(x, y)], ["student/"]),
         "at least one --student": ([(x, y)], []),
+        "a list of students": ([(x, y)], net),
     }
     for message, (batches, students) in cases.items():
         with pytest.raises(AuditError, match=re.escape(message)):
