@@ -27,6 +27,28 @@ def _math_dtype(*tensors: torch.Tensor) -> torch.dtype:
     return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
 
 
+# On CPU these functions are the training loss, and they are bound by memory: an op on (N, K) (504 x 49,152
+# float32 logits are 99 MB) costs a pass over it, and a new (N, K) tensor costs about three more (the pages
+# of each fresh allocation are faulted in and zeroed). So no op is spent where it cannot change a value, and
+# temporaries that need no gradient are overwritten in place. Each shortcut gives the loss and gradient of the
+# plain formula bit for bit: dividing by T = 1 is exact, so is a mask that keeps every entry (which _all_above
+# finds out in one read and a host sync, as the label check of audit.losses does), and so is the order of a
+# product's factors.
+
+
+def _log_softmax(logits: torch.Tensor, dtype: torch.dtype, temperature: float = 1.0) -> torch.Tensor:
+    """log_softmax(logits / T) computed in ``dtype``, (N, K)."""
+    x = logits.to(dtype)
+    if temperature != 1:
+        x = x / temperature if x is logits else x.div_(temperature)  # a converted copy is ours to divide
+    return torch.log_softmax(x, dim=-1)
+
+
+def _all_above(x: torch.Tensor, bound: float) -> bool:
+    """Whether every entry of ``x`` is > ``bound`` (False for a NaN, or for no entries)."""
+    return x.numel() > 0 and bool(x.detach().amin() > bound)
+
+
 def _reduce(per_row: torch.Tensor, keep: torch.Tensor, reduction: str) -> torch.Tensor:
     per_row = torch.where(keep, per_row, torch.zeros_like(per_row))
     if reduction == "none":
@@ -42,18 +64,18 @@ def label_smoothed_cross_entropy_rows(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row H(q', softmax(logits)) in float32 (float64 for float64 logits) and the mask of kept rows.
     Shapes (N, K), (N,)."""
-    logp = torch.log_softmax(logits.to(_math_dtype(logits)), dim=-1)
+    logp = _log_softmax(logits, _math_dtype(logits))
     keep = labels != ignore_index
     safe = torch.where(keep, labels, torch.zeros_like(labels)).long()
     nll = -logp.gather(1, safe[:, None]).squeeze(1)
-    # -inf logits (masked classes) give logp = -inf; their smoothing mass is defined as 0 * -inf = 0
-    finite_logp = torch.where(torch.isfinite(logp), logp, torch.zeros_like(logp))
     if weight is not None:
-        w = weight.to(logp.dtype)
-        nll = nll * w[safe]
-        smooth = -(finite_logp * w).sum(-1)
-    else:
-        smooth = -finite_logp.sum(-1)
+        nll = nll * weight.to(logp.dtype)[safe]
+    if label_smoothing == 0:  # the smoothing term would be multiplied by 0
+        return nll, keep
+    # -inf logits (masked classes) give logp = -inf; their smoothing mass is defined as 0 * -inf = 0
+    if not _all_above(logp, -math.inf):
+        logp = torch.where(torch.isfinite(logp), logp, torch.zeros_like(logp))
+    smooth = -(logp if weight is None else logp * weight.to(logp.dtype)).sum(-1)
     k = logits.shape[-1]
     rows = (1.0 - label_smoothing) * nll + (label_smoothing / k) * smooth
     return rows, keep
@@ -73,28 +95,37 @@ def label_smoothed_cross_entropy(
     return _reduce(rows, keep, reduction)
 
 
+def _kl(log_a: torch.Tensor, log_b: torch.Tensor) -> torch.Tensor:
+    """Per-row KL(a || b) from (N, K) log-probabilities, 0 log 0 = 0 (where a = 0 the log-ratio is zeroed before
+    the product, so a masked class's -inf - -inf sends no NaN into the gradient). ``log_a`` is overwritten
+    when it needs no gradient (the callers pass temporaries)."""
+    # with only log b needing a gradient (the student, in forward KL) -sum a (log b - log a) is computed: the
+    # same number, and backward then passes the gradient to log b without negating an (N, K) tensor
+    flip = log_b.requires_grad and not log_a.requires_grad
+    ratio = log_b - log_a if flip else log_a - log_b
+    a = log_a.exp() if log_a.requires_grad else log_a.exp_()
+    if not _all_above(a, 0.0):
+        ratio = torch.where(a > 0, ratio, torch.zeros_like(ratio))
+    terms = ratio * a if a.requires_grad else ratio.mul_(a)
+    return -terms.sum(-1) if flip else terms.sum(-1)
+
+
+def _log_probs(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+               temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log softmax(s/T), log softmax(t/T)), (N, K) each, in float32 (float64 if either input is)."""
+    dtype = _math_dtype(student_logits, teacher_logits)
+    return _log_softmax(student_logits, dtype, temperature), _log_softmax(teacher_logits, dtype, temperature)
+
+
 def soft_kl_rows(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """Per-row T^2 KL(softmax(t/T) || softmax(s/T)) in float32 (float64 if either input is), 0 log 0 = 0."""
-    dtype = _math_dtype(student_logits, teacher_logits)
-    log_q = torch.log_softmax(teacher_logits.to(dtype) / temperature, dim=-1)
-    log_p = torch.log_softmax(student_logits.to(dtype) / temperature, dim=-1)
-    q = log_q.exp()
-    terms = torch.where(q > 0, q * (log_q - log_p), torch.zeros_like(q))
-    return temperature**2 * terms.sum(-1)
-
-
-def _kl(log_a: torch.Tensor, log_b: torch.Tensor) -> torch.Tensor:
-    """Per-row KL(a || b) from log-probabilities, 0 log 0 = 0 (the log-ratio is zeroed before the product, so a
-    masked class's -inf - -inf sends no NaN into the gradient)."""
-    a = log_a.exp()
-    return (a * torch.where(a > 0, log_a - log_b, torch.zeros_like(a))).sum(-1)
+    log_p, log_q = _log_probs(student_logits, teacher_logits, temperature)
+    return temperature**2 * _kl(log_q, log_p)
 
 
 def reverse_kl_rows(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """Per-row T^2 KL(softmax(s/T) || softmax(t/T)) in float32 (float64 if either input is), 0 log 0 = 0."""
-    dtype = _math_dtype(student_logits, teacher_logits)
-    log_q = torch.log_softmax(teacher_logits.to(dtype) / temperature, dim=-1)
-    log_p = torch.log_softmax(student_logits.to(dtype) / temperature, dim=-1)
+    log_p, log_q = _log_probs(student_logits, teacher_logits, temperature)
     return temperature**2 * _kl(log_p, log_q)
 
 
@@ -105,13 +136,14 @@ def jsd_rows(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tempera
         return soft_kl_rows(student_logits, teacher_logits, temperature)
     if beta == 1:
         return reverse_kl_rows(student_logits, teacher_logits, temperature)
-    dtype = _math_dtype(student_logits, teacher_logits)
-    log_q = torch.log_softmax(teacher_logits.to(dtype) / temperature, dim=-1)
-    log_p = torch.log_softmax(student_logits.to(dtype) / temperature, dim=-1)
+    log_p, log_q = _log_probs(student_logits, teacher_logits, temperature)
     # -inf (masked classes) clamped to the lowest finite value: logsumexp's gradient stays finite, m stays 0
-    lowest = torch.finfo(dtype).min
-    log_m = torch.logsumexp(torch.stack([log_q.clamp(min=lowest) + math.log(beta),
-                                         log_p.clamp(min=lowest) + math.log1p(-beta)]), dim=0)
+    lowest = torch.finfo(log_p.dtype).min
+
+    def finite(log_x: torch.Tensor) -> torch.Tensor:
+        return log_x if _all_above(log_x, -math.inf) else log_x.clamp(min=lowest)
+
+    log_m = torch.logsumexp(torch.stack([finite(log_q) + math.log(beta), finite(log_p) + math.log1p(-beta)]), dim=0)
     return temperature**2 * (beta * _kl(log_q, log_m) + (1.0 - beta) * _kl(log_p, log_m))
 
 
