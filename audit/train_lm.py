@@ -136,6 +136,10 @@ def build_student(spec: str, teacher: CausalLM, *, seed: int) -> CausalLM:
     elif "@" in spec and spec.partition("@")[0] == teacher.source.partition("@")[0]:
         model = copy.deepcopy(teacher.model)
         _keep_first_layers(model, spec.partition("@")[2], spec)
+        # a GGUF teacher's weights were dequantised to float on load, but transformers keeps its GGUF marker,
+        # which makes save_pretrained refuse the copy: the student is a plain float model
+        model.hf_quantizer = None
+        model.config.__dict__.pop("quantization_config", None)
         student = CausalLM("student", model, teacher.tokenizer, spec)
     else:
         student = load_causal_lm(spec, name="student")
