@@ -213,7 +213,8 @@ def make_setup(loss: str, n: int, v: int, dtype: torch.dtype) -> Setup:
     s = (3 * torch.randn(n, v, generator=g, device=DEVICE)).to(dtype)
     t = (3 * torch.randn(n, v, generator=g, device=DEVICE)).to(dtype)
     y = torch.randint(0, v, (n,), generator=g, device=DEVICE)
-    loss64, grad64 = loss_and_grad(lambda a, b, c: eager(loss, a, b, c, torch.float64), s, t, y)
+    # float64 copies: a bf16 leaf would round the reference gradient back to bf16
+    loss64, grad64 = loss_and_grad(lambda a, b, c: eager(loss, a, b, c, torch.float64), s.double(), t.double(), y)
     setup = Setup(loss, s, t, y, loss64, grad64, 0.0, 0.0)
     own_value, own_grad = loss_and_grad(lambda a, b, c: eager(loss, a, b, c, dtype), s, t, y)
     setup.own_loss_error, setup.own_grad_error = errors(setup, own_value, own_grad)
