@@ -34,7 +34,6 @@ from typing import Any, ClassVar
 
 import torch
 
-from audit import lm
 from audit.data import TextData
 from audit.data.text import IGNORE_INDEX, TokenWindows
 from audit.distributed import ProcessGroup, local_device, process_group
@@ -103,16 +102,14 @@ class _Wrapper(Adapter):
 
 @dataclass(frozen=True)
 class ClassifierAdapter(_Wrapper):
-    """A Hugging Face sequence classifier: one scored position per example, targets ``IGNORE_INDEX`` unless
-    the caller passes labels (the classifier audit maps the data's labels once every model's class order is
-    known)."""
+    """A Hugging Face sequence classifier: one scored position per example, targets ``IGNORE_INDEX`` (the
+    classifier audit maps the data's labels itself, once every model's class order is known)."""
 
     model: TextClassifier
     kind: ClassVar[str] = "classifier"
 
     def batches(self, data: TextData, plan: list[tuple[int, int]], wanted: set[int], *, device: torch.device,
-                dtype: torch.dtype, max_length: int, batch_size: int, halving: bool, window: int,
-                labels: torch.Tensor | None = None) -> Iterator[Batch]:
+                dtype: torch.dtype, max_length: int, batch_size: int, halving: bool, window: int) -> Iterator[Batch]:
         """The ``wanted`` batches of ``plan`` (:func:`audit.predict.batch_plan`), in plan order, tokenizing
         ``window`` rows at a time. Each batch runs ``batch_size`` rows at a time; with ``halving``, a CUDA
         out-of-memory error halves that and retries (the smaller size then holds for later batches).
@@ -125,8 +122,8 @@ class ClassifierAdapter(_Wrapper):
         for index, rows, input_ids in self._planned(data, plan, wanted, max_length, window):
             logits, micro = self._forward(model, input_ids, device, micro, halving)
             groups = torch.tensor(rows, dtype=torch.int64)
-            targets = (labels[groups] if labels is not None else torch.full_like(groups, IGNORE_INDEX)).to(device)
-            yield Batch(index, logits, targets, torch.ones(len(rows), 1, dtype=torch.bool), groups)
+            yield Batch(index, logits, torch.full_like(groups, IGNORE_INDEX).to(device),
+                        torch.ones(len(rows), 1, dtype=torch.bool), groups)
 
     def _planned(self, data: TextData, plan: list[tuple[int, int]], wanted: set[int], max_length: int,
                  window: int) -> Iterator[tuple[int, list[int], list[list[int]]]]:
@@ -183,6 +180,10 @@ class CausalLMAdapter(_Wrapper):
     model: CausalLM
     kind: ClassVar[str] = "lm"
 
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B, L, V) logits of (B, L) token windows, on the model's device (the one model call of the audit)."""
+        return self.model.model(input_ids=input_ids, attention_mask=attention_mask).logits
+
     def batches(self, windows: TokenWindows, plan: list[tuple[int, int]], wanted: set[int], *,
                 device: torch.device, dtype: torch.dtype) -> Iterator[Batch]:
         """The ``wanted`` batches of ``plan`` (window ranges ``(start, end)``), in index order."""
@@ -192,8 +193,8 @@ class CausalLMAdapter(_Wrapper):
             keep = windows.targets[a:b] != IGNORE_INDEX  # (B, L)
             # the (B, L, V) logits are dropped as soon as their scored rows are taken: no frame keeps them
             yield Batch(index,
-                        lm._forward_logits(self.model, windows.input_ids[a:b].to(device),
-                                           windows.attention_mask[a:b].to(device))[keep.to(device)],
+                        self.forward(windows.input_ids[a:b].to(device),
+                                     windows.attention_mask[a:b].to(device))[keep.to(device)],
                         windows.targets[a:b][keep].to(device), keep,
                         windows.sequence_ids[a:b, None].expand_as(keep)[keep])
 

@@ -12,7 +12,7 @@ field names where the quantity is the same, plus ``n_sequences``, ``perplexity``
 
 Per-batch columns go to the prediction cache as they are computed (keyed by every model, the data and the
 settings), so a killed run resumes with identical numbers; under ``torchrun`` each process runs its share of the
-batches and every process gets all columns back (:func:`audit.distributed.gather_rows`).
+batches and every process gets all columns back (both through :func:`audit.evaluate.evaluate_plan`).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import hashlib
 import io
 import json
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -32,8 +32,9 @@ import torch
 
 from audit import metrics
 from audit.data.text import IGNORE_INDEX, Documents, TokenWindows, read_documents, tokenize_windows
-from audit.distributed import ProcessGroup, gather_rows
+from audit.distributed import ProcessGroup
 from audit.errors import AuditError, warn
+from audit.evaluate import evaluate_plan
 from audit.inheritance import undefined, verdict
 from audit.metrics.cluster import cluster_bootstrap_cis
 from audit.reduce import MODEL_KEYS, PAIR_KEYS, Reduction, reduce_logits
@@ -41,6 +42,7 @@ from audit.settings import CompareSettings
 
 if TYPE_CHECKING:
     from audit.adapters import Setup
+    from audit.cache import PredictionStore
 
 SCHEMA = "kd-audit/compare/2"
 SCHEMA_CHANGES = ("compare/2 = compare/1 for token-level audits of causal LMs: n counts scored tokens; adds "
@@ -198,10 +200,6 @@ def _batches(windows: TokenWindows, size: int) -> list[tuple[int, int]]:
     return [(start, min(start + size, len(windows))) for start in range(0, len(windows), size)]
 
 
-def _forward_logits(lm: CausalLM, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    return lm.model(input_ids=input_ids, attention_mask=attention_mask).logits
-
-
 def reduce_batches(batches: list) -> Reduction:
     """The reduction of one batch of every model (:class:`audit.adapters.Batch`, teacher first, on the same
     positions); a top-k teacher's columns and KLs come from its file."""
@@ -250,7 +248,7 @@ def token_columns(stream: Iterable[list], names: list[str]) -> tuple[dict[str, t
 
 
 def evaluate_tokens(models: list, windows: TokenWindows, *, device: torch.device, dtype: torch.dtype,
-                    batch_size: int, progress: bool = False, store=None,
+                    batch_size: int, progress: bool = False, store: PredictionStore | None = None,
                     group: ProcessGroup | None = None) -> dict[str, torch.Tensor]:
     """Per-position columns of the teacher (``models[0]``) and its students on every scored token.
 
@@ -264,41 +262,25 @@ def evaluate_tokens(models: list, windows: TokenWindows, *, device: torch.device
         row-major order of ``windows.targets != -100``.
     """
     from audit.adapters import adapter_of
-    from audit.predict import progress_bar
 
     adapters = [adapter_of(m) for m in models]
-    group = group or ProcessGroup()
     scored = (windows.targets != IGNORE_INDEX).sum(1)
     offsets = torch.cat([torch.zeros(1, dtype=torch.int64), scored.cumsum(0)])
-    total = int(offsets[-1])
     columns = column_names([m.name for m in adapters], len(adapters) - 1)
     plan = _batches(windows, batch_size)
-    mine = set(range(group.rank, len(plan), group.world_size))
-    cached = mine & store.cached_batches() if store is not None else set()
-    rows, values = [], []
-    if cached:
-        done_rows, done_values = store.load(cached)
-        rows.append(done_rows)
-        values.append(done_values)
-    streams = [m.batches(windows, plan, mine - cached, device=device, dtype=dtype) for m in adapters]
-    with progress_bar(progress and group.is_main) as bar, torch.inference_mode():
-        task = bar.add_task("evaluating tokens", total=int(sum(offsets[plan[i][1]] - offsets[plan[i][0]] for i in mine)))
-        bar.advance(task, sum(r.numel() for r in rows))
+
+    def blocks(wanted: set[int]) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+        streams = [m.batches(windows, plan, wanted, device=device, dtype=dtype) for m in adapters]
         for batches in zip(*streams):  # each model's batch of the same windows, teacher first
             index = batches[0].index
             block = reduction_block(reduce_batches(list(batches)))
-            del batches
+            del batches  # no frame keeps the logits while the caller stores the block
             a, b = plan[index]
-            batch_rows = torch.arange(int(offsets[a]), int(offsets[b]))
-            rows.append(batch_rows)
-            values.append(block)
-            if store is not None:
-                store.add(index, batch_rows, block)
-            bar.advance(task, block.shape[0])
-    if store is not None:
-        store.flush()
-    all_values = gather_rows(torch.cat(rows) if rows else torch.empty(0, dtype=torch.int64),
-                             torch.cat(values) if values else torch.empty(0, len(columns)), total, group)
+            yield index, torch.arange(int(offsets[a]), int(offsets[b])), block
+
+    all_values = evaluate_plan([int(offsets[b] - offsets[a]) for a, b in plan], blocks, total=int(offsets[-1]),
+                               width=len(columns), description="evaluating tokens", store=store, group=group,
+                               progress=progress)
     out = {c: all_values[:, i] for i, c in enumerate(columns)}
     out["sequence"] = windows.sequence_ids[:, None].expand_as(windows.targets)[windows.targets != IGNORE_INDEX]
     return out

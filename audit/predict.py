@@ -3,21 +3,23 @@
 Batches are sorted by token length within windows of rows (less padding, bounded memory), run under
 ``torch.inference_mode``; with ``batch_size="auto"`` a CUDA out-of-memory error halves the batch and retries
 instead of failing. Hooks: a :class:`audit.cache.PredictionStore` makes a run resumable, and an
-:class:`audit.distributed.ProcessGroup` splits the batches over the processes of a launched run.
+:class:`audit.distributed.ProcessGroup` splits the batches over the processes of a launched run (both through
+:func:`audit.evaluate.evaluate_plan`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from audit.adapters import CallableAdapter, ClassifierAdapter, callable_batches
 from audit.cache import PredictionStore
 from audit.data import TextData
-from audit.distributed import ProcessGroup, gather_rows
+from audit.distributed import ProcessGroup
 from audit.errors import AuditError
+from audit.evaluate import evaluate_plan
+from audit.evaluate import progress_bar as progress_bar  # re-exported: the recipes import it from here
 from audit.models import Predictions, TextClassifier
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -48,12 +50,6 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     if dtype not in DTYPES:
         raise AuditError(f"expected --dtype auto, fp32, bf16 or fp16, got {dtype!r}")
     return DTYPES[dtype]
-
-
-def progress_bar(enabled: bool) -> Progress:
-    """A transient rich progress bar on stderr; rich only draws it when the task outlives its refresh."""
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                    transient=True, disable=not enabled)
 
 
 def batch_plan(n: int, size: int, window: int = WINDOW) -> list[tuple[int, int]]:
@@ -89,30 +85,19 @@ def predict_text(
     Raises:
         AuditError: a batch that does not fit in GPU memory even at batch size 1 (or at a fixed batch size).
     """
-    group = group or ProcessGroup()
     size = resolve_batch_size(batch_size, device)
     plan = batch_plan(len(data), size)
-    mine = set(range(group.rank, len(plan), group.world_size))
-    cached = mine & store.cached_batches() if store is not None else set()
-    done_rows, done_logits = (store.load(cached) if store is not None
-                              else (torch.empty(0, dtype=torch.int64), torch.empty(0, classifier.num_classes)))
-    rows, logits = [done_rows], [done_logits]
-    with progress_bar(progress and group.is_main) as bar, torch.inference_mode():
-        task = bar.add_task(f"evaluating {classifier.name}", total=sum(plan[b][1] for b in mine))
-        bar.advance(task, done_rows.numel())
-        for batch in ClassifierAdapter(classifier).batches(data, plan, mine - cached, device=device, dtype=dtype,
-                                                           max_length=max_length, batch_size=size,
-                                                           halving=batch_size == "auto", window=WINDOW):
-            rows.append(batch.groups)
-            logits.append(batch.logits.float().cpu())
-            if store is not None:
-                store.add(batch.index, rows[-1], logits[-1])
-            bar.advance(task, rows[-1].numel())
-    if store is not None:
-        store.flush()
-    all_logits = gather_rows(torch.cat(rows), torch.cat(logits), len(data), group)
-    return Predictions(name=classifier.name, logits=all_logits, ids=list(data.ids),
-                       label_names=classifier.label_names, source=classifier.source)
+    adapter = ClassifierAdapter(classifier)
+
+    def logits_of(wanted: set[int]) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+        for batch in adapter.batches(data, plan, wanted, device=device, dtype=dtype, max_length=max_length,
+                                     batch_size=size, halving=batch_size == "auto", window=WINDOW):
+            yield batch.index, batch.groups, batch.logits.float().cpu()
+
+    logits = evaluate_plan([rows for _, rows in plan], logits_of, total=len(data), width=classifier.num_classes,
+                           description=f"evaluating {classifier.name}", store=store, group=group, progress=progress)
+    return Predictions(name=classifier.name, logits=logits, ids=list(data.ids), label_names=classifier.label_names,
+                       source=classifier.source)
 
 
 def resolve_batch_size(batch_size: int | str, device: torch.device) -> int:

@@ -104,12 +104,14 @@ def test_a_teacher_against_itself_and_against_a_cut_of_itself(docs):
 
 
 def test_a_killed_run_resumes_from_the_cache_with_identical_numbers(docs, monkeypatch):
-    first = run_compare(docs, cache=True, batch_size=1)
-    import audit.lm
+    from audit.adapters import CausalLMAdapter
 
     calls = []
-    original = audit.lm._forward_logits
-    monkeypatch.setattr(audit.lm, "_forward_logits", lambda *a: calls.append(1) or original(*a))
+    original = CausalLMAdapter.forward
+    monkeypatch.setattr(CausalLMAdapter, "forward", lambda self, *a: calls.append(1) or original(self, *a))
+    first = run_compare(docs, cache=True, batch_size=1)
+    assert calls  # the first run calls the models
+    calls.clear()
     second = run_compare(docs, cache=True, batch_size=1)
     assert calls == []  # every batch came from the cache
     assert second["models"] == first["models"] and second["pairs"] == first["pairs"]
