@@ -19,7 +19,6 @@ from audit.data import TextData
 from audit.distributed import ProcessGroup
 from audit.errors import AuditError
 from audit.evaluate import evaluate_plan
-from audit.evaluate import progress_bar as progress_bar  # re-exported: the recipes import it from here
 from audit.models import Predictions, TextClassifier
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}

@@ -29,10 +29,11 @@ from audit.claims import CORRELATION_DELTA, RANK_CORRELATION_DELTA, ClaimResult,
 from audit.compare import MAX_BOOTSTRAP, versions, write_json
 from audit.data.text import IGNORE_INDEX, TokenWindows, read_documents, tokenize_windows
 from audit.errors import AuditError
+from audit.evaluate import progress_bar
 from audit.lm import CausalLM, load_causal_lm
 from audit.metrics.cluster import _evaluate, group_sums, resample_counts
 from audit.package import fixtures_path
-from audit.predict import progress_bar, resolve_device
+from audit.predict import resolve_device
 from audit.reduce import reduce_logits
 from audit.replicate import SCHEMA, _claim_rows, overall_verdicts
 from audit.settings import LMTrainSettings

@@ -21,10 +21,11 @@ from audit.compare import data_labels, in_class_order, match_to_data, summarize_
 from audit.data import TextData, load_data
 from audit.distributed import ProcessGroup, local_device, on_main, process_group
 from audit.errors import AuditError
+from audit.evaluate import progress_bar
 from audit.losses import kd_loss, label_smoothed_cross_entropy
 from audit.models import Predictions, TextClassifier, load_model, save_predictions
 from audit.outputs import Output, check_outputs
-from audit.predict import predict_text, progress_bar, resolve_device
+from audit.predict import predict_text, resolve_device
 from audit.settings import TrainSettings
 from audit.training_run import (
     CHECKPOINT,

@@ -31,10 +31,11 @@ from audit.atomic import write_atomic
 from audit.data.text import IGNORE_INDEX, Documents, TokenWindows, read_documents, tokenize_windows
 from audit.distributed import local_device, on_main, process_group
 from audit.errors import AuditError
+from audit.evaluate import progress_bar
 from audit.lm import CausalLM, _keep_first_layers, check_same_tokenizer, compare_lm, load_causal_lm
 from audit.losses import distillation_loss, label_smoothed_cross_entropy
 from audit.outputs import Output, check_outputs
-from audit.predict import progress_bar, resolve_device
+from audit.predict import resolve_device
 from audit.settings import TINY_LM, CompareSettings, LMTrainSettings, tiny_lm_sizes
 from audit.topk import WINDOW_METADATA, read_topk_logits, topk_kd_loss
 from audit.training_run import (
