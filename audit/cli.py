@@ -219,6 +219,8 @@ def train(
     teacher_topk: Annotated[Path | None, typer.Option(help="LM KD targets from this top-k logits file of the teacher "
                                                            "(audit.topk) at the training windows, instead of its "
                                                            "forward; forward KL, --temperature 1.")] = None,
+    freeze_embeddings: Annotated[bool, typer.Option(help="Train an LM student's decoder layers only: its input "
+                                                         "embeddings and output head stay as they start.")] = False,
     epochs: Annotated[float | None, typer.Option(help="Epochs (classifier 3, LM 1).")] = None,
     steps: Annotated[int | None, typer.Option(help="Optimiser steps, instead of --epochs (LMs).")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Examples or windows per step (classifier 32, LM 8).")] = None,
@@ -249,7 +251,7 @@ def train(
 
         topk = None if teacher_topk is None else str(teacher_topk)
         lm_only = {k: v for k, v in dict(divergence=divergence, beta=beta, steps=steps, stride=stride,
-                                         teacher_topk=topk).items() if v is not None}
+                                         teacher_topk=topk, freeze_embeddings=freeze_embeddings).items() if v is not None}
         record = train_lm(LMTrainSettings(**shared, **given, **lm_only), overwrite=overwrite, progress=progress)
         if is_main_process():
             dev = record["dev"]
@@ -258,7 +260,7 @@ def train(
                             f"{dev['entropy_mean']:.3f} nats, ECE {dev['ece']:.4f}")
         return
     for option, value in (("--divergence", divergence), ("--beta", beta), ("--steps", steps), ("--stride", stride),
-                          ("--teacher-topk", teacher_topk)):
+                          ("--teacher-topk", teacher_topk), ("--freeze-embeddings", freeze_embeddings or None)):
         if value is not None:
             raise AuditError(f"expected {option} only for causal-LM students, got it with --model {model}; drop it")
     from audit.train import train as run_train

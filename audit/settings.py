@@ -174,7 +174,8 @@ class LMTrainSettings:
     ``teacher_topk`` (KD only): a top-k logits file (:mod:`audit.topk`) of the teacher at exactly the training
     windows' scored positions, whose tail-bucket forward KL (:func:`audit.topk.topk_kd_loss`) replaces running
     the teacher in each step; at temperature 1 only (the file's log-probabilities cannot be re-tempered without
-    the tail's shape).
+    the tail's shape). ``freeze_embeddings`` trains the decoder layers only: the input embeddings and the output
+    head (for ``@layers=k``, the teacher's; one matrix when tied) stay as they start.
     """
 
     data: str
@@ -189,6 +190,7 @@ class LMTrainSettings:
     kd_weight: float = 0.5
     teacher_temperature: float = 1.0  # the teacher's logits are divided by this first (a graded teacher)
     teacher_topk: str | None = None  # KD targets from this top-k logits file (audit.topk), not the teacher's forward
+    freeze_embeddings: bool = False  # the input embeddings and the output head keep their first weights
     epochs: float = 1.0
     steps: int | None = None
     batch_size: int = 8

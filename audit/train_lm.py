@@ -241,7 +241,11 @@ def train_lm(settings: LMTrainSettings, *, overwrite: bool = False, progress: bo
     teacher.model.to(device)
     steps_per_epoch = math.ceil(len(windows) / settings.batch_size)
     total_steps = settings.steps or max(1, round(settings.epochs * steps_per_epoch))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    if settings.freeze_embeddings:
+        for module in (model.get_input_embeddings(), model.get_output_embeddings()):
+            module.requires_grad_(False)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=settings.lr, weight_decay=settings.weight_decay)
     schedule = get_linear_schedule_with_warmup(optimizer, int(settings.warmup * total_steps), total_steps)
     step, wall = resume(out, model, optimizer, schedule)
     started = time.perf_counter() - wall

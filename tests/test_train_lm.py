@@ -97,6 +97,22 @@ def test_a_cut_of_the_teacher_trains_through_the_cli(text, tmp_path, capsys):
     assert json.loads((tmp_path / "cut" / "config.json").read_text())["num_hidden_layers"] == 1
 
 
+@pytest.mark.parametrize("freeze", [True, False])
+def test_freeze_embeddings_trains_the_layers_only(text, tmp_path, capsys, freeze):
+    args = ["train", "--data", text, "--model", f"{TEACHER}@layers=1", "--teacher", TEACHER, "--out",
+            str(tmp_path / "cut"), "--steps", "3", "--max-length", "16", "--batch-size", "2", "--lr", "1e-2",
+            "--device", "cpu", "--no-progress"]
+    code, _, err = _cli(capsys, *args, *(["--freeze-embeddings"] if freeze else []))
+    assert code == 0, err
+    teacher = load_file(f"{TEACHER}/model.safetensors")
+    student = load_file(str(tmp_path / "cut" / "model.safetensors"))
+    embeddings, layer = "model.embed_tokens.weight", "model.layers.0.mlp.down_proj.weight"
+    assert torch.equal(student[embeddings], teacher[embeddings]) == freeze
+    assert not torch.equal(student[layer], teacher[layer])
+    record = json.loads((tmp_path / "cut" / "training_record.json").read_text())
+    assert record["settings"]["freeze_embeddings"] == freeze
+
+
 
 
 def _other_tokenizer_lm(tmp_path):
