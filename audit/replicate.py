@@ -565,7 +565,8 @@ def render_summary(summary: dict, console=None) -> None:
     seeds = len(summary["seeds"])
     table = Table(title=f"{summary['task']} ({summary['profile']} profile, {seeds} seed{'s' * (seeds > 1)}): "
                         "mean dev entropy and accuracy, 95% bootstrap CI", title_justify="left")
-    numbers = ("entropy (nats)", "accuracy", "T* (fitted on dev)")
+    fitted = all("temperature" in arm for arm in summary["arms"])  # T* per arm: the classifier grid
+    numbers = ("entropy (nats)", "accuracy", *(("T* (fitted on dev)",) if fitted else ()))
     for column in ("arm", "method", "setup", "teacher", *numbers):
         table.add_column(column, justify="right" if column in numbers else "left")
     fmt = lambda s: f"{s['value']:.3f} [{s['ci'][0]:.3f}, {s['ci'][1]:.3f}]"  # noqa: E731
@@ -573,12 +574,12 @@ def render_summary(summary: dict, console=None) -> None:
         teacher = arm["teacher"] or "-"
         if arm["teacher_temperature"] != 1.0:
             teacher += f" / {arm['teacher_temperature']:g}"
-        temperature = fmt(arm["temperature"]) if "temperature" in arm else "-"
         table.add_row(arm["arm"], arm["method"], arm["setup"], teacher, fmt(arm["entropy"]), fmt(arm["accuracy"]),
-                      temperature)
+                      *((fmt(arm["temperature"]),) if fitted else ()))
     console.print(table)
-    claims = Table(title="Claims (../shared/CLAIMS.md; X1 is exploratory, a question the paper did not ask)",
-                   title_justify="left")
+    exploratory = any(c["claim"] == "X1" for c in summary["claims"])
+    claims = Table(title="Claims (../shared/CLAIMS.md" + ("; X1 is exploratory, a question the paper did not ask)"
+                                                        if exploratory else ")"), title_justify="left")
     for column in ("claim", "statistic", "value [95% CI]", "verdict"):
         claims.add_column(column)
     style = {"holds": "green", "fails": "red", "inconclusive": "yellow", "negligible": "dim"}
