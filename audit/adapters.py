@@ -26,6 +26,7 @@ picked by the teacher adapter's ``kind``, never by re-parsing specs.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import itertools
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -180,9 +181,14 @@ class CausalLMAdapter(_Wrapper):
     model: CausalLM
     kind: ClassVar[str] = "lm"
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """(B, L, V) logits of (B, L) token windows, on the model's device (the one model call of the audit)."""
-        return self.model.model(input_ids=input_ids, attention_mask=attention_mask).logits
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, last: int = 0) -> torch.Tensor:
+        """(B, L, V) logits of (B, L) token windows, on the model's device (the one model call of the audit);
+        (B, last, V) for the last ``last`` positions only, where the model takes transformers' ``logits_to_keep``
+        (the output layer then runs on those rows alone)."""
+        if last and "logits_to_keep" in inspect.signature(self.model.model.forward).parameters:
+            return self.model.model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=last).logits
+        logits = self.model.model(input_ids=input_ids, attention_mask=attention_mask).logits
+        return logits[:, -last:] if last else logits
 
     def batches(self, windows: TokenWindows, plan: list[tuple[int, int]], wanted: set[int], *,
                 device: torch.device, dtype: torch.dtype) -> Iterator[Batch]:
@@ -191,10 +197,13 @@ class CausalLMAdapter(_Wrapper):
         for index in sorted(wanted):
             a, b = plan[index]
             keep = windows.targets[a:b] != IGNORE_INDEX  # (B, L)
-            # the (B, L, V) logits are dropped as soon as their scored rows are taken: no frame keeps them
-            yield Batch(index,
-                        self.forward(windows.input_ids[a:b].to(device),
-                                     windows.attention_mask[a:b].to(device))[keep.to(device)],
+            # a window after a document's first scores only its last L - overlap positions: logits for those
+            scored = keep.any(0).nonzero()
+            last = keep.shape[1] - int(scored[0]) if len(scored) else keep.shape[1]
+            rows = keep[:, -last:].reshape(-1).nonzero().squeeze(1).to(device)
+            logits = self.forward(windows.input_ids[a:b].to(device), windows.attention_mask[a:b].to(device), last)
+            # the (B, last, V) logits are dropped as soon as their scored rows are taken: no frame keeps them
+            yield Batch(index, logits.reshape(-1, logits.shape[-1]).index_select(0, rows),
                         windows.targets[a:b][keep].to(device), keep,
                         windows.sequence_ids[a:b, None].expand_as(keep)[keep])
 

@@ -108,7 +108,7 @@ def test_a_killed_run_resumes_from_the_cache_with_identical_numbers(docs, monkey
 
     calls = []
     original = CausalLMAdapter.forward
-    monkeypatch.setattr(CausalLMAdapter, "forward", lambda self, *a: calls.append(1) or original(self, *a))
+    monkeypatch.setattr(CausalLMAdapter, "forward", lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
     first = run_compare(docs, cache=True, batch_size=1)
     assert calls  # the first run calls the models
     calls.clear()
