@@ -315,3 +315,13 @@ def test_a_bad_top_k_file_is_one_line_and_writes_nothing(text, topk8, tmp_path, 
         lines = [line for line in err.splitlines() if line.startswith("kd-audit: error:")]
         assert code == 2 and len(lines) == 1 and message in lines[0], (case, err)
         assert not (tmp_path / "out").exists(), case
+
+
+@pytest.mark.parametrize("option", [["--divergence", "jsd"], ["--beta", "0.5"], ["--steps", "3"], ["--stride", "8"],
+                                    ["--teacher-topk", "topk.safetensors"], ["--freeze-embeddings"]])
+def test_lm_only_options_are_refused_for_a_classifier(text, tmp_path, capsys, option):
+    code, _, err = _cli(capsys, "train", "--data", text, "--model", "tiny:hidden=32,layers=1", "--out",
+                        str(tmp_path / "out"), *option)
+    assert code == 2 and err.count("\n") == 1
+    assert f"expected {option[0]} only for causal-LM students" in err
+    assert not (tmp_path / "out").exists()
