@@ -187,6 +187,9 @@ def _to_text_data(
 
     Column detection, label names and row-position ids look at the whole table."""
     columns = _resolve_columns(table.column_names, text, pair, label, id_)
+    if columns["label"] is not None and pa.types.is_nested(table.column(columns["label"]).type):
+        raise AuditError(f"expected one label per row in column {columns['label']!r}, got values of type "
+                         f"{table.column(columns['label']).type}; store each label as a string or integer")
     pool = table.column(columns["label"]).unique().to_pylist() if columns["label"] is not None else []
     if columns["id"] is None:
         table = table.append_column("__row__", pa.array([str(i) for i in range(table.num_rows)], pa.string()))

@@ -224,6 +224,9 @@ ONE = [{"text": "a"}]
         ("x.jsonl", [{"text": "a", "label": 0.5}], {}, "integer class indices or class names"),
         ("x.jsonl", [{"text": "a", "label": 1}, {"text": "b", "label": -2}], {}, "got -2"),
         ("x.jsonl", [{"text": "a", "id": 3}, {"text": "b", "id": 3}], {}, "expected unique ids"),
+        # found by the fuzzer: a list or an object as the label was a pyarrow traceback
+        ("x.jsonl", [{"text": "", "label": []}], {}, r"one label per row in column 'label', got values of type list"),
+        ("x.jsonl", [{"text": "a", "label": {"x": 1}}], {}, "one label per row in column 'label', got values of type struct"),
     ],
 )
 def test_input_errors(tmp_path, filename, records, kwargs, message):
