@@ -285,6 +285,8 @@ def replicate(
     bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for CIs.")] = 1000,
     eval_task: Annotated[list[str] | None, typer.Option(help="Also audit every arm on this built-in task's test "
                                                              "split (domain shift; repeat for several).")] = None,
+    jobs: Annotated[int | None, typer.Option(help="Arms trained at once, each in a worker process (default: 2 "
+                                                  "on a CPU, 1 on a GPU).")] = None,
     plots: Annotated[Path | None, typer.Option(help="Write PNG figures into this folder.")] = None,
     html: Annotated[Path | None, typer.Option(help="Write a self-contained HTML report here.")] = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
@@ -299,14 +301,15 @@ def replicate(
     if task == "shakespeare":  # the language-model grid (audit.replicate_lm)
         from audit.replicate_lm import LMReplicateSettings, render_lm_summary, replicate_lm
 
-        if eval_task:
-            raise AuditError("expected no --eval-task with --task shakespeare, got some; the LM grid has no shift audit")
+        if eval_task or jobs is not None:
+            raise AuditError("expected no --eval-task or --jobs with --task shakespeare, got one; the LM grid has no "
+                             "shift audit, and its arms share one teacher in one process")
         summary = replicate_lm(LMReplicateSettings(task=task, out=str(out), profile=profile, seeds=seeds, device=device,
                                                    n_bootstrap=bootstrap), progress=progress)
         render_lm_summary(summary)
         return
     summary = run_replicate(ReplicateSettings(task=task, out=str(out), profile=profile, seeds=seeds, device=device,
-                                              n_bootstrap=bootstrap, eval_tasks=tuple(eval_task or ())),
+                                              n_bootstrap=bootstrap, eval_tasks=tuple(eval_task or ()), jobs=jobs),
                             progress=progress)
     render_summary(summary)
     if task != ALL:

@@ -14,7 +14,12 @@ interrupted replication resumes.
 from __future__ import annotations
 
 import math
+import multiprocessing
+import os
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -32,6 +37,7 @@ from audit.claims import (
 from audit.compare import MAX_BOOTSTRAP, CompareSettings, compare, predict, versions, write_json
 from audit.data import TextData, builtin_datasets, load_data
 from audit.errors import AuditError
+from audit.evaluate import progress_bar
 from audit.models import Predictions, load_predictions, save_predictions
 from audit.predict import resolve_device
 from audit.report.schema import REPLICATE as SCHEMA
@@ -117,7 +123,8 @@ class ReplicateSettings:
     """Options of one replication: a built-in ``task`` (or ``"all"``: every built-in task, each in
     ``out/<task>``), the ``out`` folder, a profile of :data:`PROFILES`, ``seeds`` (None:
     the profile's), the device, the bootstrap resamples of every CI, and ``eval_tasks``: built-in tasks with
-    the same labels whose test splits every arm is also audited on (domain shift)."""
+    the same labels whose test splits every arm is also audited on (domain shift), and ``jobs``: arms trained
+    at once, each in its own worker process (None: 2 on a CPU with at least 2 threads, else 1)."""
 
     task: str
     out: str
@@ -126,6 +133,7 @@ class ReplicateSettings:
     device: str | None = None
     n_bootstrap: int = 1000
     eval_tasks: tuple[str, ...] = ()
+    jobs: int | None = None
 
     def validate(self) -> Profile:
         """Check every option before anything is written; return the profile.
@@ -155,8 +163,23 @@ class ReplicateSettings:
         for path in (out, *out.parents):
             if path.exists() and not path.is_dir():
                 raise AuditError(f"expected --out to be a folder, got {out}, and {path} is a file; name a folder")
+        if self.jobs is not None and (isinstance(self.jobs, bool) or not isinstance(self.jobs, int) or self.jobs < 1):
+            raise AuditError(f"expected --jobs >= 1, got {self.jobs!r}; pass 1 to train the arms one after another")
+        if (self.jobs or 1) > 1 and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise AuditError(f"expected --jobs 1 under torchrun/accelerate, got --jobs {self.jobs}; each arm is "
+                             "already data-parallel there")
         resolve_device(self.device)
         return PROFILES[self.profile]
+
+    def worker_count(self) -> int:
+        """The arms trained at once: ``jobs``, or by default 2 worker processes of one half of the threads each
+        on a CPU (two 1-thread processes train about 1.4x faster than one 2-thread process on the quick
+        profile's small matrices), and 1 on a GPU or under torchrun."""
+        if self.jobs is not None:
+            return self.jobs
+        if resolve_device(self.device).type != "cpu" or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            return 1
+        return min(2, torch.get_num_threads())
 
     def tasks(self) -> list[str]:
         """The tasks trained: ``[task]``, or every built-in task for ``"all"``."""
@@ -165,6 +188,38 @@ class ReplicateSettings:
 
 def _label_names(task: str) -> tuple[str, ...]:
     return builtin_datasets()[task].classes
+
+
+def train_arms(arms: list[Arm], train_arm: Callable[[Arm], object], *, jobs: int, progress: bool) -> None:
+    """Call ``train_arm`` on every arm, each once its teacher arm is trained: in order when ``jobs`` is 1,
+    else up to ``jobs`` at once in spawned worker processes that share the parent's threads (``train_arm``
+    must pickle). The first error stops the grid once the arms in training finish (trained arms stay, so a
+    rerun resumes)."""
+    if jobs == 1:
+        for arm in arms:
+            train_arm(arm)
+        return
+    threads = max(1, torch.get_num_threads() // jobs)
+    pending, trained, running = list(arms), set(), {}
+    pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=torch.set_num_threads, initargs=(threads,))
+    try:
+        with progress_bar(progress) as bar:
+            task = bar.add_task(f"training arms, {jobs} at a time", total=len(arms))
+            while pending or running:
+                ready = [a for a in pending if a.teacher is None or a.teacher in trained]
+                for arm in ready:
+                    pending.remove(arm)
+                    running[pool.submit(train_arm, arm)] = arm
+                if not running:
+                    raise AuditError(f"expected every teacher arm in the grid, got none for {pending[0].name}")
+                finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
+                for future in finished:
+                    future.result()
+                    trained.add(running.pop(future).name)
+                    bar.advance(task)
+    finally:
+        pool.shutdown(cancel_futures=True)
 
 
 def _train_arm(arm: Arm, seed_dir: Path, profile: Profile, settings: ReplicateSettings, seed: int,
@@ -421,8 +476,9 @@ def _replicate_task(settings: ReplicateSettings, profile: Profile, progress: boo
     seed_logits, shift_logits, seed_verdicts = [], {t: [] for t in shifts}, []
     for seed in seeds:
         seed_dir = out / f"seed{seed}"
-        for arm in arms:
-            _train_arm(arm, seed_dir, profile, settings, seed, progress)
+        jobs = settings.worker_count()
+        train_arms(arms, partial(_train_arm, seed_dir=seed_dir, profile=profile, settings=settings, seed=seed,
+                                 progress=progress and jobs == 1), jobs=jobs, progress=progress)
         logits = _evaluate_seed(seed_dir, arms, dev, seed_dir, settings, profile, progress)
         seed_logits.append(logits)
         for task, data in shift_data.items():

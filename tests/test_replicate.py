@@ -1,7 +1,10 @@
 """The replication recipe through the real command, on the tiny profile (the quick profile is `slow`)."""
 
+import functools
 import json
 import math
+import time
+from dataclasses import replace
 
 import pytest
 import torch
@@ -20,6 +23,7 @@ from audit.replicate import (
     overall_verdicts,
     temperature_claim,
     temperature_statistics,
+    train_arms,
     untrained_arms,
 )
 
@@ -27,7 +31,7 @@ from audit.replicate import (
 def test_replicate_tiny_profile_end_to_end(tmp_path):
     out = tmp_path / "rep"
     args = ["replicate", "--task", "vader-movies", "--profile", "tiny", "--out", str(out), "--bootstrap", "100",
-            "--eval-task", "vader-tweets", "--no-progress"]
+            "--eval-task", "vader-tweets", "--jobs", "2", "--no-progress"]
     result = CliRunner().invoke(app, args, env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "summary.json").read_text())
@@ -206,6 +210,7 @@ BAD_REPLICATE = {
     "unknown eval task": (["--eval-task", "vader-films"], "--task"),
     "eval task with other labels": (["--eval-task", "bbc-news"], "same labels"),
     "all with plots": (["--task", "all", "--plots", "PLOTS"], "--plots"),
+    "jobs 0": (["--jobs", "0"], "--jobs >= 1"),
 }
 
 
@@ -344,3 +349,36 @@ def test_replicate_all_tasks_end_to_end(tmp_path, monkeypatch):
     (tmp_path / "broken.json").write_text(json.dumps(broken))
     result = CliRunner().invoke(app, ["report", str(tmp_path / "broken.json")])
     assert result.exit_code == 2 and "claims/C1a/tasks/holds" in result.output
+
+
+def _timed_arm(folder, arm):
+    """A stand-in trainer for :func:`train_arms` (top level, so that it pickles into a worker process)."""
+    started = time.time()
+    if arm.name == "big-erm":
+        raise AuditError("expected a trainable arm, got big-erm; this error is the test's")
+    time.sleep(0.3)
+    (folder / f"{arm.name}.json").write_text(json.dumps([started, time.time(), torch.get_num_threads()]))
+
+
+def test_train_arms_trains_each_arm_after_its_teacher_several_at_once(tmp_path):
+    arms = [replace(arm, name=arm.name.replace("big-erm", "teacher")) if "big-erm" in arm.name else arm
+            for arm in grid()]
+    arms = [replace(arm, teacher=arm.teacher.replace("big-erm", "teacher")) if arm.teacher else arm for arm in arms]
+    in_order = []
+    train_arms(arms, in_order.append, jobs=1, progress=False)  # one job: in grid order, in this process
+    assert in_order == arms
+    train_arms(arms, functools.partial(_timed_arm, tmp_path), jobs=2, progress=False)
+    runs = {arm.name: json.loads((tmp_path / f"{arm.name}.json").read_text()) for arm in arms}
+    for arm in arms:
+        if arm.teacher is not None:
+            assert runs[arm.name][0] >= runs[arm.teacher][1], f"{arm.name} started before {arm.teacher} ended"
+    intervals = sorted((start, end) for start, end, _ in runs.values())
+    assert any(later[0] < earlier[1] for earlier, later in zip(intervals, intervals[1:])), "no two arms overlapped"
+    assert {threads for _, _, threads in runs.values()} == {max(1, torch.get_num_threads() // 2)}
+
+
+def test_train_arms_stops_at_the_first_error_and_trains_no_student_of_it(tmp_path):
+    with pytest.raises(AuditError, match="this error is the test's"):
+        train_arms(grid(), functools.partial(_timed_arm, tmp_path), jobs=2, progress=False)
+    trained = {path.stem for path in tmp_path.glob("*.json")}
+    assert not trained & {arm.name for arm in grid() if arm.teacher == "big-erm"}
