@@ -203,7 +203,8 @@ class CausalLMAdapter(_Wrapper):
             rows = keep[:, -last:].reshape(-1).nonzero().squeeze(1).to(device)
             logits = self.forward(windows.input_ids[a:b].to(device), windows.attention_mask[a:b].to(device), last)
             # the (B, last, V) logits are dropped as soon as their scored rows are taken: no frame keeps them
-            yield Batch(index, logits.reshape(-1, logits.shape[-1]).index_select(0, rows),
+            logits = logits.reshape(-1, logits.shape[-1])
+            yield Batch(index, logits if len(rows) == len(logits) else logits.index_select(0, rows),
                         windows.targets[a:b][keep].to(device), keep,
                         windows.sequence_ids[a:b, None].expand_as(keep)[keep])
 

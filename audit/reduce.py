@@ -34,6 +34,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -86,14 +87,6 @@ def _check_targets(targets: torch.Tensor, vocab: int, ignore_index: int) -> None
                          f"[{int(kept.min())}, {int(kept.max())}]; check the tokenizer or label mapping")
 
 
-def model_columns(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100) -> dict[str, torch.Tensor]:
-    """Eager per-position columns of one model for one chunk: :data:`MODEL_KEYS`, shapes (P,).
-
-    ``logits`` (P, V) any float dtype (math in float32); ``targets`` (P,) ints, already checked in range.
-    """
-    return _model_columns(torch.log_softmax(logits.float(), dim=-1), targets, ignore_index)
-
-
 def _rowdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``(a * b).sum(-1)`` for (P, V) tensors as a batched matrix product: one pass, no (P, V) temporary."""
     return torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).view(-1)
@@ -109,33 +102,52 @@ def _with_masked_rows(fast: torch.Tensor, exact) -> torch.Tensor:
     return fast
 
 
-def _model_columns(logp: torch.Tensor, targets: torch.Tensor, ignore_index: int,
-                   p: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-    p = logp.exp() if p is None else p
-    entropy = _with_masked_rows(-_rowdot(p, logp), lambda rows: -(p[rows] * logp[rows]).nansum(-1))
-    max_logp, top1 = logp.max(-1)  # max: the first index of tied maxima, as argmax
+class _Softmax(NamedTuple):
+    """One model's softmax of a chunk, kept as ``p = weights / total`` and ``log p = shifted - log_total``."""
+
+    shifted: torch.Tensor  # (P, V) float32: logits minus their row maximum (<= 0; -inf where masked)
+    weights: torch.Tensor  # (P, V) exp(shifted)
+    total: torch.Tensor  # (P,) sum of weights, >= 1
+    log_total: torch.Tensor  # (P,)
+    top1: torch.Tensor  # (P,) int64: the first index of the row maximum, as argmax
+
+    def p(self, rows: torch.Tensor) -> torch.Tensor:
+        return self.weights[rows] / self.total[rows, None]
+
+    def log_p(self, rows: torch.Tensor) -> torch.Tensor:
+        return self.shifted[rows] - self.log_total[rows, None]
+
+
+def _softmax(logits: torch.Tensor) -> _Softmax:
+    top, top1 = logits.max(-1)
+    shifted = logits.to(torch.float32, copy=True).sub_(top.float()[:, None])
+    weights = shifted.exp()
+    total = weights.sum(-1)
+    return _Softmax(shifted, weights, total, total.log(), top1)
+
+
+def _model_columns(sm: _Softmax, targets: torch.Tensor, ignore_index: int) -> dict[str, torch.Tensor]:
+    # entropy = log total - sum p shifted: two non-negative terms, no cancellation
+    entropy = _with_masked_rows(sm.log_total - _rowdot(sm.weights, sm.shifted) / sm.total,
+                                lambda rows: -(sm.p(rows) * sm.log_p(rows)).nansum(-1))
     keep = targets != ignore_index
     safe = torch.where(keep, targets, torch.zeros_like(targets)).long()
-    nan = torch.full_like(max_logp, float("nan"))
-    target_logprob = torch.where(keep, logp.gather(1, safe[:, None]).squeeze(1), nan)
-    correct = torch.where(keep, (top1 == safe).float(), nan)
-    return {"entropy": entropy, "maxprob": max_logp.exp(), "top1": top1, "target_logprob": target_logprob,
+    nan = torch.full_like(entropy, float("nan"))
+    target_logprob = torch.where(keep, sm.shifted.gather(1, safe[:, None]).squeeze(1) - sm.log_total, nan)
+    correct = torch.where(keep, (sm.top1 == safe).float(), nan)
+    return {"entropy": entropy, "maxprob": sm.total.reciprocal(), "top1": sm.top1, "target_logprob": target_logprob,
             "correct": correct}
 
 
-def kl_columns(teacher: torch.Tensor, student: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Eager ``kl`` (KL(q||p)) and ``kl_reverse`` (KL(p||q)) per position, float32, shapes (P,), for
-    teacher/student logits (P, V) of any float dtype."""
-    return _kl_columns(torch.log_softmax(teacher.float(), dim=-1), torch.log_softmax(student.float(), dim=-1))
-
-
-def _kl_columns(log_q: torch.Tensor, log_p: torch.Tensor, q: torch.Tensor | None = None,
-                p: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-    q = log_q.exp() if q is None else q
-    p = log_p.exp() if p is None else p
-    gap = log_q - log_p  # one (P, V) difference serves both directions: KL(p||q) = -sum p (log q - log p)
-    return {"kl": _with_masked_rows(_rowdot(q, gap), lambda rows: (q[rows] * gap[rows]).nansum(-1)),
-            "kl_reverse": _with_masked_rows(-_rowdot(p, gap), lambda rows: (p[rows] * -gap[rows]).nansum(-1))}
+def _kl_columns(q: _Softmax, p: _Softmax) -> dict[str, torch.Tensor]:
+    # log q - log p = gap - (log_total_q - log_total_p): one (P, V) difference serves both directions, and
+    # is exactly 0 where the two models agree
+    gap = q.shifted - p.shifted
+    offset = q.log_total - p.log_total
+    return {"kl": _with_masked_rows(_rowdot(q.weights, gap) / q.total - offset,
+                                    lambda rows: (q.p(rows) * (q.log_p(rows) - p.log_p(rows))).nansum(-1)),
+            "kl_reverse": _with_masked_rows(offset - _rowdot(p.weights, gap) / p.total,
+                                            lambda rows: (p.p(rows) * (p.log_p(rows) - q.log_p(rows))).nansum(-1))}
 
 
 def topk_overlap(teacher: torch.Tensor, student: torch.Tensor, k: int = 5) -> torch.Tensor:
@@ -169,16 +181,15 @@ def _eager(teacher: torch.Tensor, students: Sequence[torch.Tensor], targets: tor
     pairs: list[list[dict]] = [[] for _ in students]
     for start in range(0, n, chunk):
         rows = slice(start, start + chunk)
-        t, y = teacher[rows], targets[rows]
-        log_t = torch.log_softmax(t.float(), dim=-1)  # each model's log-softmax and softmax once per chunk
-        p_t = log_t.exp()
-        models[0].append(_model_columns(log_t, y, ignore_index, p_t))
+        y = targets[rows]
+        teacher_sm = _softmax(teacher[rows])
+        models[0].append(_model_columns(teacher_sm, y, ignore_index))
         for j, s in enumerate(students):
-            log_s = torch.log_softmax(s[rows].float(), dim=-1)
-            p_s = log_s.exp()
-            models[1 + j].append(_model_columns(log_s, y, ignore_index, p_s))
-            pairs[j].append({**_kl_columns(log_t, log_s, p_t, p_s), "topk_overlap": topk_overlap(t, s[rows], topk)})
-            del log_s, p_s
+            student_sm = _softmax(s[rows])
+            models[1 + j].append(_model_columns(student_sm, y, ignore_index))
+            pairs[j].append({**_kl_columns(teacher_sm, student_sm),
+                             "topk_overlap": topk_overlap(teacher[rows], s[rows], topk)})
+            del student_sm
 
     def cat(parts: list[dict], keys: tuple[str, ...]) -> dict[str, torch.Tensor]:
         if not parts:  # P = 0

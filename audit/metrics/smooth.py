@@ -107,18 +107,20 @@ def _cell_sums(shifted: torch.Tensor, m: int, n_groups: int) -> torch.Tensor:
     """
     stride = 2 * (m - 1)
     out = torch.zeros(3, n_groups * stride, dtype=torch.float64, device=shifted.device)
-    ones = torch.ones(1, dtype=torch.float64, device=shifted.device)
-    step = shifted.numel() if shifted.is_cuda else _CPU_CHUNK
+    step = min(shifted.numel(), shifted.numel() if shifted.is_cuda else _CPU_CHUNK)
+    # one buffer per pass, reused by every chunk: a fresh tensor per chunk costs page faults on CPU
+    frac = torch.empty(step, dtype=torch.float64, device=shifted.device)
+    cell = torch.empty(step, dtype=torch.int64, device=shifted.device)
+    ones = torch.ones(1, dtype=torch.float64, device=shifted.device).expand(step)
     for start in range(0, shifted.numel(), step):
-        frac = shifted[start:start + step] * float(m - 1)
-        cell = frac.long()  # >= 0: truncation is the floor
-        frac.frac_()
-        if shifted.is_cuda:
-            out[0].scatter_add_(0, cell, ones.expand_as(frac))
-        else:  # 25% faster on CPU; on CUDA bincount reads its maximum back to the host
-            out[0] += torch.bincount(cell, minlength=out.shape[1])
-        out[1].scatter_add_(0, cell, frac)
-        out[2].scatter_add_(0, cell, frac.square_())
+        size = min(step, shifted.numel() - start)
+        f, c = frac[:size], cell[:size]
+        torch.mul(shifted[start:start + size], float(m - 1), out=f)
+        c.copy_(f)  # >= 0: truncation is the floor
+        f.frac_()
+        out[0].scatter_add_(0, c, ones[:size])
+        out[1].scatter_add_(0, c, f)
+        out[2].scatter_add_(0, c, f.square_())
     return out.view(3, n_groups, stride)[..., :m]
 
 
@@ -208,7 +210,7 @@ class _SmoothECE:
 
     def __init__(self, confidences: torch.Tensor, correct: torch.Tensor) -> None:
         # the label as the group of _cell_sums: f + 2 y
-        self.shifted = confidences.to(torch.float64, copy=True).add_(correct.to(torch.float64), alpha=2.0)
+        self.shifted = confidences.to(torch.float64, copy=True).add_(correct, alpha=2.0)
         self._grids: dict[int, torch.Tensor] = {}
         self._values: dict[float, torch.Tensor] = {}
         self._fine: torch.Tensor | None = None
