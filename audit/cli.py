@@ -292,8 +292,9 @@ def replicate(
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """Rerun the paper's experiment grid on one task (or all) and decide claims C1a-C2b."""
-    from audit.replicate import ALL, ReplicateSettings, render_summary
+    from audit.replicate import ALL, ReplicateSettings
     from audit.replicate import replicate as run_replicate
+    from audit.report.replicate import render_summary
 
     if task == ALL and (plots or html):
         raise AuditError("expected --plots/--html with one --task, got --task all; render a task's "
@@ -324,7 +325,7 @@ def report(
     html: Annotated[Path | None, typer.Option(help="Write a self-contained HTML report here.")] = None,
 ) -> None:
     """Re-render a saved compare or replicate report, without models."""
-    from audit.replicate import render_summary
+    from audit.report.replicate import render_summary
     from audit.report.schema import kind_of, load_report
     from audit.report.terminal import render_compare
 

@@ -11,7 +11,7 @@ every statistic, :mod:`audit.metrics.cluster`) and the deltas of CLAIMS.md (1% o
 comparison the paper never made is reported beside them: is reverse-KL KD more confident than forward KL?
 
 The summary has the classifier replication's shape (schema ``kd-audit/replicate/1``; ``accuracy`` is top-1
-next-token accuracy), so :func:`audit.replicate.render_summary` and ``audit report`` render it. Runs already in
+next-token accuracy), so :func:`audit.report.replicate.render_summary` and ``audit report`` render it. Runs already in
 ``out`` are reused, so an interrupted replication resumes.
 """
 
@@ -387,11 +387,11 @@ def _arm_settings(arm: LMArm, profile: LMProfile, teacher: str, out: str, seed: 
 
 
 def render_lm_summary(summary: dict, console=None) -> None:
-    """The replication's table and claims (:func:`audit.replicate.render_summary`), then what only the LM grid
+    """The replication's table and claims (:func:`audit.report.replicate.render_summary`), then what only the LM grid
     has: perplexities against the unigram baseline, and the reverse- vs forward-KL comparison."""
     from rich.console import Console
 
-    from audit.replicate import render_summary
+    from audit.report.replicate import render_summary
 
     console = console or Console()
     render_summary(summary, console)
