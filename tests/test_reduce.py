@@ -172,3 +172,26 @@ def test_auto_backend_is_eager_on_cpu(monkeypatch):
     monkeypatch.setattr(reduce_module, "_fused", lambda *a: calls.append(a))
     reduce_logits(logits(3, 4, 17), [logits(3, 4, 18)], torch.tensor([0, 1, 2]))
     assert calls == []
+
+
+@pytest.mark.parametrize("v", [5000, 5120, 49152])
+def test_block_search_finds_the_first_maximum_and_the_top_k(v):
+    """Vocabularies large enough for the block search of reduce._top, against max and topk over whole rows:
+    a row tied at its maximum in two blocks, rows with masked (-inf) entries, one with fewer finite logits
+    than k, and a vocabulary that is not a multiple of the block."""
+    x = logits(24, v, 17)
+    x[0, [7, v - 1]] = 50.0  # tied maxima far apart: the first index wins
+    x[1, :] = float("-inf")
+    x[1, [3, v - 2]] = 1.0  # two finite logits, k = 5: the row falls back to topk over all of it
+    x[2, : v // 2] = float("-inf")
+    x[3, v - 1] = 60.0  # the maximum in the last (short) block
+    top, top1, ids = reduce_module._top(x, 5)
+    want_top, want_top1 = x.max(-1)
+    torch.testing.assert_close(top, want_top, rtol=0, atol=0)
+    assert top1.tolist() == want_top1.tolist() and top1[0] == 7 and top1[3] == v - 1
+    want = x.topk(5, dim=-1)
+    for row in range(len(x)):
+        if row == 1:  # three of the five are -inf: any three of them are a valid top 5
+            assert {3, v - 2} <= set(ids[row].tolist()) and len(set(ids[row].tolist())) == 5
+            continue
+        assert set(ids[row].tolist()) == set(want.indices[row].tolist()), row
