@@ -233,8 +233,23 @@ def test_a_topk_teacher_file_stands_in_for_the_teacher(tmp_path, docs):
     assert p_approx["agreement"]["value"] == p_full["agreement"]["value"]
     for key in ("kl", "kl_reverse"):
         assert 0 <= p_approx[key]["value"] <= p_full[key]["value"] + 1e-5
-    assert approx["models"]["lm-teacher@layers=1"] == {**full["models"]["lm-teacher@layers=1"],
-                                                      "source": approx["models"]["lm-teacher@layers=1"]["source"]}
+    # the student's columns do not depend on which teacher it is audited beside (up to float32 rounding of
+    # the batched products that serve both models at once)
+    student_full, student_approx = (_leaves(r["models"]["lm-teacher@layers=1"]) for r in (full, approx))
+    assert student_full.keys() == student_approx.keys()
+    for key, value in student_full.items():
+        if key != "source":
+            assert student_approx[key] == (pytest.approx(value, rel=1e-6) if isinstance(value, float) else value), key
     with pytest.raises(AuditError, match="matching the data's scored positions"):
         compare(str(path), [STUDENT], docs, settings=CompareSettings(max_length=32, limit=2, n_bootstrap=50,
                                                                      progress=False))
+
+
+def _leaves(tree, prefix: str = "") -> dict:
+    """A nested dict/list as {"a/b/0": leaf}."""
+    if isinstance(tree, dict):
+        return {k: v for key, sub in tree.items() for k, v in _leaves(sub, f"{prefix}{key}/").items()}
+    if isinstance(tree, list):
+        return {k: v for i, sub in enumerate(tree) for k, v in _leaves(sub, f"{prefix}{i}/").items()}
+    return {prefix.rstrip("/"): tree}
+
