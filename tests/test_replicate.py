@@ -356,7 +356,7 @@ def _timed_arm(folder, arm):
     started = time.time()
     if arm.name == "big-erm":
         raise AuditError("expected a trainable arm, got big-erm; this error is the test's")
-    time.sleep(0.3)
+    time.sleep(0.5)  # 12 arms: 6 s of work, well beyond the gap between the two workers' start-ups
     (folder / f"{arm.name}.json").write_text(json.dumps([started, time.time(), torch.get_num_threads()]))
 
 
