@@ -50,7 +50,7 @@ _CPU_CHUNK = 1 << 17
 # the bisection's grids for sigma = 1/512, 1/256, 1/128, 10/1024 have m - 1 = 5120, 2560, 1280, 1024: all
 # are merged from one pass at this size (_merge_cells) instead of one pass each
 _FINE_GRID = 5121
-# resamples per band chunk: groups up to 2 * 256 keep f + 2 g within 1e-12 of exact
+# resamples per band chunk (2 groups each in one deposit buffer)
 _BAND_MAX_RESAMPLES = 256
 
 
@@ -87,36 +87,38 @@ def _eval_size(sigma: float) -> int:
     return max(round(10 / sigma), 200)
 
 
-def _cell_sums(shifted: torch.Tensor, m: int, n_groups: int) -> torch.Tensor:
+def _cell_sums(confidences: torch.Tensor, groups: torch.Tensor, m: int, n_groups: int) -> torch.Tensor:
     """Per-cell sums for the linear deposit onto the grid ``j / (m - 1)``, per group of examples.
 
     Cell ``j`` holds the examples with ``floor(f (m - 1)) = j`` and ``frac = f (m - 1) - j``; since
     ``f = (j + frac) / (m - 1)``, the count and the sums of frac and frac^2 per cell determine every deposit
-    (:func:`_grids`). The group is folded into the position: ``shifted = f + 2 g`` lands in cell
-    ``j + 2 g (m - 1)``, so a pass is a multiply, a floor, a subtraction and three ``scatter_add_``.
-    ``f = 1`` gets its own cell m - 1 with frac 0 (all its weight on the last point, as relplot's clip to
-    m - 2 with frac 1).
+    (:func:`_grids`). Group g's cells start at ``2 g (m - 1)``, so a chunk of examples is a float64 copy, a
+    multiply, a floor, a shift by the group and three ``scatter_add_`` into one buffer, through two chunk
+    buffers reused by every chunk (fresh tensors per chunk cost page faults on a CPU). ``f = 1`` gets its
+    own cell m - 1 with frac 0 (all its weight on the last point, as relplot's clip to m - 2 with frac 1).
 
     Args:
-        shifted: (N,) float64 ``f + 2 g`` with f in [0, 1] and g in [0, n_groups).
+        confidences: (N,) floating f in [0, 1] (computed on in float64).
+        groups: (N,) bool or int64 group index in [0, n_groups).
         m: grid size >= 3.
         n_groups: number of groups.
 
     Returns:
         (3, n_groups, m) float64: count, sum of frac, sum of frac^2 per (group, cell).
     """
-    stride = 2 * (m - 1)
-    out = torch.zeros(3, n_groups * stride, dtype=torch.float64, device=shifted.device)
-    step = min(shifted.numel(), shifted.numel() if shifted.is_cuda else _CPU_CHUNK)
-    # one buffer per pass, reused by every chunk: a fresh tensor per chunk costs page faults on CPU
-    frac = torch.empty(step, dtype=torch.float64, device=shifted.device)
-    cell = torch.empty(step, dtype=torch.int64, device=shifted.device)
-    ones = torch.ones(1, dtype=torch.float64, device=shifted.device).expand(step)
-    for start in range(0, shifted.numel(), step):
-        size = min(step, shifted.numel() - start)
-        f, c = frac[:size], cell[:size]
-        torch.mul(shifted[start:start + size], float(m - 1), out=f)
+    stride, n, device = 2 * (m - 1), confidences.numel(), confidences.device
+    out = torch.zeros(3, n_groups * stride, dtype=torch.float64, device=device)
+    step = max(1, min(n, n if confidences.is_cuda else _CPU_CHUNK))
+    frac = torch.empty(step, dtype=torch.float64, device=device)
+    cell = torch.empty(step, dtype=torch.int64, device=device)
+    group = torch.empty(step, dtype=torch.int64, device=device)  # an int64 copy: adding bools casts through a temporary
+    ones = torch.ones(1, dtype=torch.float64, device=device).expand(step)
+    for start in range(0, n, step):
+        size = min(step, n - start)
+        f, c, g = frac[:size], cell[:size], group[:size]
+        f.copy_(confidences[start:start + size]).mul_(float(m - 1))
         c.copy_(f)  # >= 0: truncation is the floor
+        c.add_(g.copy_(groups[start:start + size]), alpha=stride)
         f.frac_()
         out[0].scatter_add_(0, c, ones[:size])
         out[1].scatter_add_(0, c, f)
@@ -209,8 +211,7 @@ class _SmoothECE:
     """smECE_sigma of one data set for any sigma, with the grid deposit cached per grid size."""
 
     def __init__(self, confidences: torch.Tensor, correct: torch.Tensor) -> None:
-        # the label as the group of _cell_sums: f + 2 y
-        self.shifted = confidences.to(torch.float64, copy=True).add_(correct, alpha=2.0)
+        self.confidences, self.correct = confidences, correct  # the label is the group of _cell_sums
         self._grids: dict[int, torch.Tensor] = {}
         self._values: dict[float, torch.Tensor] = {}
         self._fine: torch.Tensor | None = None
@@ -222,13 +223,13 @@ class _SmoothECE:
             if m != _FINE_GRID and (_FINE_GRID - 1) % (m - 1) == 0:
                 sums = _merge_cells(self.fine_sums(), (_FINE_GRID - 1) // (m - 1))
             else:
-                sums = self.fine_sums() if m == _FINE_GRID else _cell_sums(self.shifted, m, 2)
+                sums = self.fine_sums() if m == _FINE_GRID else _cell_sums(self.confidences, self.correct, m, 2)
             self._grids[m] = _grids(sums)
         return self._grids[m]
 
     def fine_sums(self) -> torch.Tensor:
         if self._fine is None:
-            self._fine = _cell_sums(self.shifted, _FINE_GRID, 2)
+            self._fine = _cell_sums(self.confidences, self.correct, _FINE_GRID, 2)
         return self._fine
 
     def __call__(self, sigma: float) -> torch.Tensor:
@@ -410,7 +411,7 @@ def smooth_reliability_band(confidences: torch.Tensor, correct: torch.Tensor, si
         b = min(chunk, n_resamples - start)
         index = torch.randint(0, n, (b, n), generator=generator, device=device)  # (B, N)
         group = label[index] + 2 * torch.arange(b, device=device)[:, None]  # (B, N): label within resample
-        sums = _cell_sums((f[index] + 2 * group).view(-1), m, 2 * b).view(3, b, 2, m)
+        sums = _cell_sums(f[index].view(-1), group.view(-1), m, 2 * b).view(3, b, 2, m)
         accuracy, _ = _curve(_grids(sums), sigma, mesh)  # (B, P)
         curves.append(accuracy)
     alpha = (1.0 - level) / 2
