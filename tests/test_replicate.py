@@ -382,3 +382,10 @@ def test_train_arms_stops_at_the_first_error_and_trains_no_student_of_it(tmp_pat
         train_arms(grid(), functools.partial(_timed_arm, tmp_path), jobs=2, progress=False)
     trained = {path.stem for path in tmp_path.glob("*.json")}
     assert not trained & {arm.name for arm in grid() if arm.teacher == "big-erm"}
+
+
+def test_jobs_under_torchrun_are_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    out = tmp_path / "rep"
+    _assert_refused(_replicate_cli(["--jobs", "2", "--out", str(out)]), "--jobs 1 under torchrun")
+    assert not out.exists()
