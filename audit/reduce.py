@@ -155,14 +155,17 @@ def _top(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
     return top, top1, topk
 
 
-def _softmaxes(logits: Sequence[torch.Tensor], tops: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> _Softmaxes:
-    """The softmaxes of the models' (P, V) ``logits``, given each one's row maximum and its index (``tops``)."""
-    p, v = logits[0].shape
-    shifted = torch.empty(p, len(logits), v, dtype=torch.float32, device=logits[0].device)
+def _softmaxes(logits: Sequence[torch.Tensor], tops: Sequence[tuple[torch.Tensor, torch.Tensor]],
+               buffer: torch.Tensor) -> _Softmaxes:
+    """The softmaxes of the models' (P, V) ``logits``, given each one's row maximum and its index (``tops``),
+    written into ``buffer`` (2, >= P, M, V) float32: reused by every chunk, as fresh 64 MiB tensors cost a
+    page fault per 4 KiB on a CPU."""
+    p = logits[0].shape[0]
+    shifted, weights = buffer[0, :p], buffer[1, :p]
     for m, (x, (top, _)) in enumerate(zip(logits, tops)):
         shifted[:, m].copy_(x).sub_(top.float()[:, None])
     top1 = [index for _, index in tops]
-    weights = shifted.exp()
+    torch.exp(shifted, out=weights)
     total = weights.sum(-1)
     return _Softmaxes(shifted, weights, total, total.log(), top1, torch.bmm(weights, shifted.transpose(1, 2)))
 
@@ -226,11 +229,12 @@ def _eager(teacher: torch.Tensor, students: Sequence[torch.Tensor], targets: tor
     models: list[list[dict]] = [[] for _ in range(1 + len(students))]
     pairs: list[list[dict]] = [[] for _ in students]
     k = min(topk, v)
+    buffer = torch.empty(2, min(chunk, n), 1 + len(students), v, dtype=torch.float32, device=teacher.device)
     for start in range(0, n, chunk):
         rows = slice(start, start + chunk)
         y, chunk_logits = targets[rows], [teacher[rows], *(x[rows] for x in students)]
         tops = [_top(x, k) for x in chunk_logits]
-        sm = _softmaxes(chunk_logits, [(top, top1) for top, top1, _ in tops])
+        sm = _softmaxes(chunk_logits, [(top, top1) for top, top1, _ in tops], buffer)
         ids = [ids for _, _, ids in tops]
         for m in range(len(chunk_logits)):
             models[m].append(_model_columns(sm, m, y, ignore_index))
