@@ -173,8 +173,9 @@ class ReplicateSettings:
 
     def worker_count(self) -> int:
         """The arms trained at once: ``jobs``, or by default 2 worker processes of one half of the threads each
-        on a CPU (two 1-thread processes train about 1.4x faster than one 2-thread process on the quick
-        profile's small matrices), and 1 on a GPU or under torchrun."""
+        on a CPU (the quick profile's matrices are too small for two threads to help each other much: its
+        vader-nyt grid took 14:43 in two 1-thread workers, 16:37 in one 2-thread process), and 1 on a GPU or
+        under torchrun."""
         if self.jobs is not None:
             return self.jobs
         if resolve_device(self.device).type != "cpu" or int(os.environ.get("WORLD_SIZE", "1")) > 1:
