@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 import multiprocessing
-import os
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, replace
@@ -36,6 +35,7 @@ from audit.claims import (
 )
 from audit.compare import MAX_BOOTSTRAP, CompareSettings, compare, predict, versions, write_json
 from audit.data import TextData, builtin_datasets, load_data
+from audit.distributed import launched
 from audit.errors import AuditError
 from audit.evaluate import progress_bar
 from audit.models import Predictions, load_predictions, save_predictions
@@ -165,7 +165,7 @@ class ReplicateSettings:
                 raise AuditError(f"expected --out to be a folder, got {out}, and {path} is a file; name a folder")
         if self.jobs is not None and (isinstance(self.jobs, bool) or not isinstance(self.jobs, int) or self.jobs < 1):
             raise AuditError(f"expected --jobs >= 1, got {self.jobs!r}; pass 1 to train the arms one after another")
-        if (self.jobs or 1) > 1 and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        if (self.jobs or 1) > 1 and launched():
             raise AuditError(f"expected --jobs 1 under torchrun/accelerate, got --jobs {self.jobs}; each arm is "
                              "already data-parallel there")
         resolve_device(self.device)
@@ -178,7 +178,7 @@ class ReplicateSettings:
         under torchrun."""
         if self.jobs is not None:
             return self.jobs
-        if resolve_device(self.device).type != "cpu" or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        if resolve_device(self.device).type != "cpu" or launched():
             return 1
         return min(2, torch.get_num_threads())
 
