@@ -167,24 +167,28 @@ def _grids(sums: torch.Tensor) -> torch.Tensor:
     return low
 
 
+def _fft_size(m: int) -> int:
+    """Circular convolutions of n >= 2m - 1 points wrap the full one's 3m - 2 onto indices < m - 1 only,
+    which :func:`_convolve` never reads."""
+    return 1 << (2 * m - 2).bit_length()
+
+
 def _spectrum(grid: torch.Tensor) -> torch.Tensor:
     """rfft of (..., m) grids reflected about both ends without repeating them, ``[v_{m-1}..v_1, v, v_{m-2}..v_0]``,
-    over ``n >= 3m - 2`` points: a circular convolution of that size wraps the full one's 4m - 3 points onto
-    indices < m - 1 only, which :func:`_convolve` never reads."""
+    cut to the 2m - 1 points the kernel's half-width (m - 1) / 2 reaches from the m outputs: ``[m // 2, 2m - 1 + m // 2)``."""
     m = grid.shape[-1]
     extended = torch.cat([grid[..., 1:].flip(-1), grid, grid[..., :-1].flip(-1)], -1)  # (..., 3m - 2)
-    return torch.fft.rfft(extended, 1 << (3 * m - 3).bit_length())
+    return torch.fft.rfft(extended[..., m // 2:m // 2 + 2 * m - 1], _fft_size(m))
 
 
 def _convolve(spectrum: torch.Tensor, m: int, sigma: float) -> torch.Tensor:
     """relplot's ``ReflectedGaussianKernel.convolve`` of the grids whose :func:`_spectrum` is given: (..., m)."""
     t = _linspace(m, spectrum.device)
     kernel = torch.exp(-(t - 0.5) * (t - 0.5) / (2 * sigma * sigma)) / (math.sqrt(2 * math.pi) * sigma)
-    n_fft = 1 << (3 * m - 3).bit_length()
+    n_fft = _fft_size(m)
     full = torch.fft.irfft(spectrum * torch.fft.rfft(kernel, n_fft), n_fft)
-    # np.convolve(ext, ker, "valid")[m // 2 : m // 2 + m]; "valid" starts at index m - 1 of the full one
-    start = m - 1 + m // 2
-    return full[..., start:start + m]
+    # np.convolve(ext, ker, "valid")[m // 2 : m // 2 + m] is the full convolution of the cut extension at [m - 1, 2m - 1)
+    return full[..., m - 1:2 * m - 1]
 
 
 def _reflected_convolution(grid: torch.Tensor, sigma: float) -> torch.Tensor:
