@@ -42,6 +42,7 @@ from typing import NamedTuple
 import torch
 
 from audit.errors import AuditError
+from audit.losses.kernels import resolve_backend
 
 # Logits (of all models together) upcast to float32 at once by the eager backend: 2^24 elements = 64 MiB of
 # float32 (2,048 positions x 49,152 x 2 models on the 2-core VM: 0.70 / 0.55 / 0.53 s at 2^20 / 2^22 / 2^24)
@@ -212,16 +213,6 @@ def _overlap(ids_t: torch.Tensor, ids_s: torch.Tensor) -> torch.Tensor:
     return shared.float() / ids_t.shape[1]
 
 
-def _resolve_backend(backend: str, tensor: torch.Tensor) -> str:
-    if backend not in ("auto", "torch", "triton"):
-        raise AuditError(f"expected backend 'auto', 'torch' or 'triton', got {backend!r}")
-    if backend == "auto":
-        from audit.losses import kernels
-
-        return "triton" if tensor.is_cuda and kernels.available() else "torch"
-    return backend
-
-
 def _eager(teacher: torch.Tensor, students: Sequence[torch.Tensor], targets: torch.Tensor, topk: int,
            ignore_index: int) -> Reduction:
     n, v = teacher.shape
@@ -300,5 +291,5 @@ def reduce_logits(
     students = list(student_logits)
     _check(teacher_logits, students, targets, topk)
     _check_targets(targets, teacher_logits.shape[1], ignore_index)
-    run = _fused if _resolve_backend(backend, teacher_logits) == "triton" else _eager
+    run = _fused if resolve_backend(backend, teacher_logits) == "triton" else _eager
     return run(teacher_logits, students, targets, topk, ignore_index)

@@ -19,6 +19,7 @@ import torch
 
 from audit.errors import AuditError
 from audit.losses import reference
+from audit.losses.kernels import resolve_backend
 
 REDUCTIONS = ("mean", "sum", "none")
 DIVERGENCES = ("forward-kl", "reverse-kl", "jsd")
@@ -45,16 +46,6 @@ def _check_labels(labels: torch.Tensor, num_classes: int, ignore_index: int) -> 
         )
 
 
-def _resolve_backend(backend: str, tensor: torch.Tensor) -> str:
-    if backend not in ("auto", "torch", "triton"):
-        raise AuditError(f"expected backend 'auto', 'torch' or 'triton', got {backend!r}")
-    if backend == "auto":
-        from audit.losses import kernels
-
-        return "triton" if tensor.is_cuda and kernels.available() else "torch"
-    return backend
-
-
 def label_smoothed_cross_entropy(
     logits: torch.Tensor, labels: torch.Tensor, *, label_smoothing: float = 0.0, ignore_index: int = -100,
     reduction: str = "mean", weight: torch.Tensor | None = None, backend: str = "auto",
@@ -76,7 +67,7 @@ def label_smoothed_cross_entropy(
     """
     _check(logits, labels, reduction, label_smoothing)
     _check_labels(labels, logits.shape[1], ignore_index)
-    if _resolve_backend(backend, logits) == "triton":
+    if resolve_backend(backend, logits) == "triton":
         if weight is not None:
             raise AuditError("expected weight=None with backend='triton'; use backend='torch' for class weights")
         from audit.losses import kernels
@@ -195,7 +186,7 @@ def distillation_loss(
         divergence = "forward-kl" if beta == 0.0 else "reverse-kl"
     options = dict(temperature=temperature, kd_weight=kd_weight, label_smoothing=label_smoothing,
                    ignore_index=ignore_index, reduction=reduction)
-    if _resolve_backend(backend, student_logits) == "triton":
+    if resolve_backend(backend, student_logits) == "triton":
         from audit.losses import kernels
 
         return kernels.distillation_loss(student_logits, teacher_logits, labels, divergence=divergence, beta=beta,

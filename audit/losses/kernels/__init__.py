@@ -26,6 +26,16 @@ def available() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1" or torch.cuda.is_available()
 
 
+def resolve_backend(backend: str, tensor: torch.Tensor) -> str:
+    """``"triton"`` or ``"torch"`` for a ``backend`` argument: ``"auto"`` is Triton for CUDA tensors where it
+    is :func:`available`, torch otherwise."""
+    if backend not in ("auto", "torch", "triton"):
+        raise AuditError(f"expected backend 'auto', 'torch' or 'triton', got {backend!r}")
+    if backend == "auto":
+        return "triton" if tensor.is_cuda and available() else "torch"
+    return backend
+
+
 def _require(tensor: torch.Tensor) -> None:
     if importlib.util.find_spec("triton") is None:
         raise AuditError("expected Triton to be installed for backend='triton', got none; use backend='torch'")
