@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from audit.data.builtin import (
     SPLITS,
@@ -35,7 +34,14 @@ from audit.data.builtin import (
     fetch_builtin,
     read_builtin,
 )
-from audit.data.files import FILE_SUFFIXES, KNOWN_SPLITS, SPLIT_ALIASES, file_sha256, read_file, read_hub
+from audit.data.files import (
+    FILE_SUFFIXES,
+    KNOWN_SPLITS,
+    file_sha256,
+    read_file,
+    read_hub,
+    select_split,
+)
 from audit.errors import AuditError
 
 __all__ = [
@@ -218,20 +224,6 @@ def _to_text_data(
     )
 
 
-def _select_split(table: pa.Table, split: str, path: Path) -> tuple[pa.Array, str]:
-    """Mask of the rows of a file whose ``split`` column equals ``split`` (dev and validation are one split)."""
-    column = next((c for c in table.column_names if c.lower() == "split"), None)
-    if column is None:
-        raise AuditError(f"expected a 'split' column in {path.name} to pick split {split!r}, got the columns "
-                         f"{table.column_names}; add one, or drop --split to use the whole file")
-    values = pc.cast(table.column(column), pa.string())
-    present = sorted(set(values.to_pylist()) - {None})
-    chosen = next((s for s in (split, SPLIT_ALIASES.get(split)) if s in present), None)
-    if chosen is None:
-        raise AuditError(f"expected a split among {present} in {path.name}, got {split!r}; pass one of those")
-    return pc.fill_null(pc.equal(values, chosen), False), chosen
-
-
 def _parse_hub_spec(spec: str) -> tuple[str, str | None, str | None]:
     name, *rest = spec.split(":")
     if len(rest) > 2 or not name or not all(rest):
@@ -282,7 +274,7 @@ def load_data(
         info = {"kind": "file", "source": str(path.resolve()), "sha256": file_sha256(path), "split": split}
         if split is None:
             return _to_text_data(table, path.stem, info, class_names, limit, *columns)
-        keep, info["split"] = _select_split(table, split, path)
+        keep, info["split"] = select_split(table, split, path)
         return _to_text_data(table, f"{path.stem}:{info['split']}", info, class_names, limit, *columns, keep)
     name, _, spec_split = spec.partition(":")
     if name in builtin_datasets():

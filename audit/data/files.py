@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.json as pa_json
 import pyarrow.parquet as pq
@@ -58,6 +59,20 @@ def check_utf8(path: Path) -> None:
     except UnicodeDecodeError:
         raise AuditError(f"expected UTF-8 text in {path}, got a file cut inside a character at byte offset "
                          f"{offset - len(decoder.getstate()[0])}; re-save the file as UTF-8") from None
+
+
+def select_split(table: pa.Table, split: str, path: Path) -> tuple[pa.Array, str]:
+    """Mask of the rows of a file whose ``split`` column equals ``split`` (dev and validation are one split)."""
+    column = next((c for c in table.column_names if c.lower() == "split"), None)
+    if column is None:
+        raise AuditError(f"expected a 'split' column in {path.name} to pick split {split!r}, got the columns "
+                         f"{table.column_names}; add one, or drop --split to use the whole file")
+    values = pc.cast(table.column(column), pa.string())
+    present = sorted(set(values.to_pylist()) - {None})
+    chosen = next((s for s in (split, SPLIT_ALIASES.get(split)) if s in present), None)
+    if chosen is None:
+        raise AuditError(f"expected a split among {present} in {path.name}, got {split!r}; pass one of those")
+    return pc.fill_null(pc.equal(values, chosen), False), chosen
 
 
 def _read_delimited(path: Path, delimiter: str) -> pa.Table:

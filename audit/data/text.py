@@ -27,11 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import torch
 
 from audit.data.builtin import read_corpus, text_corpora
-from audit.data.files import FILE_SUFFIXES, SPLIT_ALIASES, file_sha256, read_file, read_hub
+from audit.data.files import FILE_SUFFIXES, file_sha256, read_file, read_hub, select_split
 from audit.errors import AuditError
 
 DOCUMENT_SUFFIXES = (".txt", ".md")
@@ -155,19 +154,6 @@ def _from_table(table: pa.Table, name: str, info: dict, limit: int | None, text_
     return Documents(name, _strings(table, text), ids, None, info)
 
 
-def _select_split(table: pa.Table, split: str, path: Path) -> pa.Table:
-    column = next((c for c in table.column_names if c.lower() == "split"), None)
-    if column is None:
-        raise AuditError(f"expected a 'split' column in {path.name} to pick split {split!r}, got the columns "
-                         f"{table.column_names}; add one, or drop --split to use the whole file")
-    values = pc.cast(table.column(column), pa.string())
-    present = sorted(set(values.to_pylist()) - {None})
-    chosen = next((s for s in (split, SPLIT_ALIASES.get(split)) if s in present), None)
-    if chosen is None:
-        raise AuditError(f"expected a split among {present} in {path.name}, got {split!r}; pass one of those")
-    return table.filter(pc.fill_null(pc.equal(values, chosen), False))
-
-
 def _read_text_files(files: list[Path], root: Path) -> pa.Table:
     texts = []
     for f in files:
@@ -221,9 +207,10 @@ def read_documents(
     if path.suffix.lower() in FILE_SUFFIXES or path.exists():
         table, _ = read_file(path)
         info = {"kind": "file", "source": str(path.resolve()), "sha256": file_sha256(path), "split": split}
-        if split is not None:
-            table = _select_split(table, split, path)
-        return _from_table(table, path.stem if split is None else f"{path.stem}:{split}", info, limit, *columns)
+        if split is None:
+            return _from_table(table, path.stem, info, limit, *columns)
+        keep, info["split"] = select_split(table, split, path)
+        return _from_table(table.filter(keep), f"{path.stem}:{info['split']}", info, limit, *columns)
     name, _, spec_split = spec.partition(":")
     if name in text_corpora():
         table, info = read_corpus(name, split or spec_split or DEFAULT_SPLIT)
