@@ -11,8 +11,9 @@ Two kinds of claim, kept apart:
 - ``"exploratory"`` (X1): a question the paper did not ask, decided like an empirical claim but not one
   of C1-C2; it appears in a table only where a check recorded it.
 
-The test suite and the replication recipe both report through :class:`ClaimResult`, and both print
-:func:`format_table` of :func:`table_rows`.
+The test suite and the replication recipes both report through :class:`ClaimResult`, and both print
+:func:`format_table` of :func:`table_rows`; a claim checked several ways gets the weakest verdict of its
+checks (:func:`overall_verdicts`).
 
 >>> verdict(0.4, (0.1, 0.7), delta=0.05)
 'holds'
@@ -33,6 +34,7 @@ from audit.errors import AuditError
 
 Verdict = Literal["negligible", "holds", "fails", "inconclusive"]
 VERDICTS: tuple[str, ...] = ("negligible", "holds", "fails", "inconclusive")
+OVERALL_ORDER = ("fails", "inconclusive", "negligible", "holds")  # a claim's verdict is its weakest check's
 
 CORRELATION_DELTA = 0.02
 """delta of CLAIMS.md for a difference of two correlations (C2b)."""
@@ -330,3 +332,32 @@ def format_table(rows: Sequence[TableRow], width: int = 120) -> list[str]:
         cells = (row.claim_id, row.statement, row.test, row.verdict)
         lines.append((" ".join(cell(text, size) for text, size in zip(cells, sizes, strict=True)) + " " + row.figure).rstrip())
     return lines
+
+
+def overall_verdicts(results: list[ClaimResult]) -> dict[str, str]:
+    """One verdict per claim id, from the weakest of its checks: fails if any check fails, else inconclusive
+    if any is inconclusive, else negligible if any is negligible (a part of the claim measured too small to
+    matter), else holds (every check holds)."""
+    by_claim: dict[str, set[str]] = {}
+    for r in results:
+        by_claim.setdefault(r.claim_id, set()).add(r.verdict)
+    return {claim: next(v for v in OVERALL_ORDER if v in verdicts) for claim, verdicts in by_claim.items()}
+
+
+def claim_rows(claims: list[ClaimResult]) -> list[dict]:
+    """The JSON rows of checked claims (a replicate summary's ``claims``), each with its statement."""
+    return [{"claim": r.claim_id, "statement": CLAIMS[r.claim_id].statement, "verdict": r.verdict,
+             "statistic": r.statistic, "value": r.value, "ci": list(r.ci), "delta": r.delta, "detail": r.detail}
+            for r in claims]
+
+
+def direction_survives(in_domain: dict[str, str], shifted: dict[str, str]) -> dict[str, bool | None]:
+    """Per claim: did the direction measured in-domain survive the shift? True when the in-domain verdict
+    (holds or fails) is the shifted one too, False when it is not, None when in-domain gave no direction
+    (inconclusive or negligible).
+
+    >>> direction_survives({"C1a": "holds", "C1b": "fails", "C2a": "negligible"},
+    ...                    {"C1a": "holds", "C1b": "inconclusive", "C2a": "holds"})
+    {'C1a': True, 'C1b': False, 'C2a': None}
+    """
+    return {c: (shifted.get(c) == v if v in ("holds", "fails") else None) for c, v in in_domain.items()}

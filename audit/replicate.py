@@ -1,19 +1,16 @@
-"""The replication recipe: the paper's experiment grid on one task, and a verdict on each claim C1a-C2b.
+"""The replication recipe: the paper's experiment grid (:mod:`audit.grid`) trained and evaluated on one task,
+and a verdict on each claim C1a-C2b and X1.
 
 Per seed it trains (with :func:`audit.train.train`) a big ERM teacher, small ERM / LS / KD students,
 self-distillation (big -> big), reversed KD (small ERM -> big) and, for inheritance, KD students of
 teachers with graded confidence (the big teacher's logits at several temperatures, and a big LS teacher).
 Every model is evaluated on the dev split by :func:`audit.compare.compare` (one compare JSON per teacher
-group); claims are decided from the dev logits with paired bootstrap CIs over dev examples (per-example
-values averaged over seeds), by :func:`audit.claims.verdict` with the deltas of CLAIMS.md. Every arm's
-post-hoc temperature T* is fitted on the dev logits, and the exploratory claim X1 asks whether the KD
-students' T* follow their graded teachers'. Runs already in ``out`` are reused, so an
-interrupted replication resumes.
+group); every arm's post-hoc temperature T* is fitted on the dev logits; :mod:`audit.grid` decides the
+claims from both. Runs already in ``out`` are reused, so an interrupted replication resumes.
 """
 
 from __future__ import annotations
 
-import math
 import multiprocessing
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -24,37 +21,33 @@ from pathlib import Path
 import torch
 
 from audit import metrics
-from audit.calibrate import TemperatureError, bootstrap_temperatures, fit_temperature
-from audit.claims import (
-    CLAIMS,
-    CORRELATION_DELTA,
-    RANK_CORRELATION_DELTA,
-    VERDICTS,
-    ClaimResult,
-    entropy_delta,
-)
+from audit.claims import ClaimResult, claim_rows, direction_survives, overall_verdicts
 from audit.compare import MAX_BOOTSTRAP, CompareSettings, compare, predict, versions, write_json
 from audit.data import TextData, builtin_datasets, load_data
 from audit.distributed import launched
 from audit.errors import AuditError
 from audit.evaluate import progress_bar
+from audit.grid import (
+    INHERITANCE,
+    KD,
+    SMOOTHING,
+    Arm,
+    aggregate,
+    decide_claims,
+    grid,
+    inheritance_statistics,
+    majority_accuracy,
+    mean_ci,
+    temperature_claim,
+    temperature_statistics,
+    untrained_arms,
+)
 from audit.models import Predictions, load_predictions, save_predictions
 from audit.predict import resolve_device
 from audit.report.schema import REPLICATE as SCHEMA
-from audit.report.schema import REPLICATE_ALL as ALL_SCHEMA
 from audit.train import TrainSettings, train
 
 ALL = "all"
-SMOOTHING = (0.1, 0.3)
-KD = {"temperature": 2.0, "kd_weight": 0.5}
-TEACHER_TEMPERATURES = (0.5, 2.0, 4.0)  # besides 1.0, which is the standard KD student
-OVERALL_ORDER = ("fails", "inconclusive", "negligible", "holds")  # a claim's verdict is its weakest check's
-
-
-# (teacher, its KD student) pairs of graded teacher confidence, for C2a
-INHERITANCE = ([("big-erm", "small-kd")]
-               + [(f"big-erm-tau{t:g}", f"small-kd-tau{t:g}") for t in TEACHER_TEMPERATURES]
-               + [(f"big-ls-{SMOOTHING[0]}", "small-kd-from-big-ls")])
 
 
 @dataclass(frozen=True)
@@ -87,35 +80,6 @@ PROFILES = {
     "tiny": Profile(big="tiny:hidden=64,layers=2", small="tiny:hidden=32,layers=1", epochs=1, lr=3e-3,
                     max_length=16, train_limit=64, eval_limit=48, seeds=1, batch_size=16),
 }
-
-
-@dataclass(frozen=True)
-class Arm:
-    """One trained model of the grid: its model size, loss and teacher (another arm, or a scaled teacher)."""
-
-    name: str
-    size: str
-    loss: str
-    setup: str
-    label_smoothing: float = 0.0
-    teacher: str | None = None
-    teacher_temperature: float = 1.0  # the teacher's logits are divided by this before distillation
-
-
-def grid() -> list[Arm]:
-    """The arms, in training order (a teacher before its students)."""
-    arms = [Arm("big-erm", "big", "ce", "-"), Arm("small-erm", "small", "ce", "-")]
-    arms += [Arm(f"small-ls-{a}", "small", "ls", "-", label_smoothing=a) for a in SMOOTHING]
-    arms += [
-        Arm("small-kd", "small", "kd", "standard", teacher="big-erm"),
-        Arm("big-self-kd", "big", "kd", "self", teacher="big-erm"),
-        Arm("big-reversed-kd", "big", "kd", "reversed", teacher="small-erm"),
-        Arm(f"big-ls-{SMOOTHING[0]}", "big", "ls", "-", label_smoothing=SMOOTHING[0]),
-        Arm("small-kd-from-big-ls", "small", "kd", "inheritance", teacher=f"big-ls-{SMOOTHING[0]}"),
-    ]
-    arms += [Arm(f"small-kd-tau{t:g}", "small", "kd", "inheritance", teacher="big-erm", teacher_temperature=t)
-             for t in TEACHER_TEMPERATURES]
-    return arms
 
 
 @dataclass
@@ -292,76 +256,6 @@ def _entropy(p: Predictions) -> torch.Tensor:
     return metrics.entropy(torch.softmax(p.logits, -1))
 
 
-def _mean_ci(x: torch.Tensor, n_bootstrap: int) -> dict:
-    ci = metrics.bootstrap_ci(lambda v: v.mean(-1), x, n_resamples=n_bootstrap)
-    return {"value": float(x.mean()), "ci": list(ci)}
-
-
-def _difference(claim: str, statistic: str, x: torch.Tensor, direction: int, n_bootstrap: int, delta: float,
-                detail: str = "") -> ClaimResult:
-    stat = _mean_ci(x, n_bootstrap)
-    return ClaimResult.from_interval(claim, statistic, stat["value"], tuple(stat["ci"]), direction=direction,
-                                     delta=delta, detail=detail)
-
-
-def inheritance_statistics(entropy: dict[str, torch.Tensor], n_bootstrap: int) -> dict:
-    """Mean dev entropy of each graded teacher and its KD student, and their rank correlation with a CI."""
-    t_matrix = torch.stack([entropy[t] for t, _ in INHERITANCE], -1)  # (N, teachers)
-    s_matrix = torch.stack([entropy[s] for _, s in INHERITANCE], -1)
-    rank_corr = lambda t, s: metrics.spearman(t.mean(-2), s.mean(-2))  # noqa: E731  (B, N, M) -> (B,)
-    ci = metrics.bootstrap_ci(rank_corr, t_matrix, s_matrix, n_resamples=n_bootstrap)
-    return {"teachers": [t for t, _ in INHERITANCE], "students": [s for _, s in INHERITANCE],
-            "teacher_entropy": t_matrix.mean(0).tolist(), "student_entropy": s_matrix.mean(0).tolist(),
-            "spearman": {"value": float(rank_corr(t_matrix[None], s_matrix[None])[0]), "ci": list(ci)}}
-
-
-def decide_claims(entropy: dict[str, torch.Tensor], n_bootstrap: int, num_classes: int) -> list[ClaimResult]:
-    """C1a-C2b from per-example dev entropies (N,) per arm and teacher (averaged over seeds).
-
-    Each check's delta is the one CLAIMS.md gives its statistic: 1% of log K for entropy differences,
-    :data:`~audit.claims.CORRELATION_DELTA` for per-example correlations and their differences,
-    :data:`~audit.claims.RANK_CORRELATION_DELTA` for the rank correlation over teachers.
-    """
-    h = entropy
-    ls_lo, big_ls = f"small-ls-{SMOOTHING[0]}", f"big-ls-{SMOOTHING[0]}"
-    d_h = entropy_delta(num_classes)
-    results = [
-        _difference("C1a", f"H(LS a={a}) - H(ERM), small", h[f"small-ls-{a}"] - h["small-erm"], +1, n_bootstrap, d_h)
-        for a in SMOOTHING
-    ]
-    results += [
-        _difference("C1b", f"H(KD) - H(LS a={SMOOTHING[0]}), small", h["small-kd"] - h[ls_lo], -1, n_bootstrap, d_h),
-        _difference("C1b", "H(KD) - H(ERM), standard", h["small-kd"] - h["small-erm"], -1, n_bootstrap, d_h),
-        _difference("C1b", "H(self-KD) - H(ERM), big", h["big-self-kd"] - h["big-erm"], -1, n_bootstrap, d_h),
-        _difference("C1c", "H(reversed KD) - H(ERM), big", h["big-reversed-kd"] - h["big-erm"], +1, n_bootstrap, d_h),
-        # CLAIMS.md: one architecture, each against the big ERM model
-        _difference("C1c", f"rise of LS a={SMOOTHING[0]} minus rise of reversed KD, big",
-                    (h[big_ls] - h["big-erm"]) - (h["big-reversed-kd"] - h["big-erm"]), +1, n_bootstrap, d_h),
-    ]
-    inheritance = inheritance_statistics(h, n_bootstrap)
-    results.append(ClaimResult.from_interval(
-        "C2a", f"Spearman(teacher H, student H) over {len(INHERITANCE)} teachers", inheritance["spearman"]["value"],
-        tuple(inheritance["spearman"]["ci"]), delta=RANK_CORRELATION_DELTA,
-        detail=", ".join(f"{t}: {ht:.3f} -> {hs:.3f}" for (t, _), ht, hs in
-                         zip(INHERITANCE, inheritance["teacher_entropy"], inheritance["student_entropy"]))))
-    results.append(_correlation("C2b", "Spearman(T, KD) per example", lambda t, kd: metrics.spearman(t, kd),
-                                (h["big-erm"], h["small-kd"]), n_bootstrap))
-    for other in ("small-erm", ls_lo):
-        corr_gap = lambda t, kd, o: metrics.spearman(t, kd) - metrics.spearman(t, o)  # noqa: E731
-        results.append(_correlation("C2b", f"Spearman(T, KD) - Spearman(T, {other})", corr_gap,
-                                    (h["big-erm"], h["small-kd"], h[other]), n_bootstrap))
-    return results
-
-
-def _correlation(claim: str, statistic: str, function, samples: tuple[torch.Tensor, ...],
-                 n_bootstrap: int) -> ClaimResult:
-    """A per-example correlation statistic ``function`` of paired (N,) samples, with its bootstrap CI, against
-    :data:`~audit.claims.CORRELATION_DELTA` (a correlation is its difference from zero)."""
-    value = float(function(*(x[None] for x in samples))[0])
-    ci = metrics.bootstrap_ci(function, *samples, n_resamples=n_bootstrap)
-    return ClaimResult.from_interval(claim, statistic, value, ci, delta=CORRELATION_DELTA)
-
-
 def replicate(settings: ReplicateSettings, *, progress: bool = True) -> dict:
     """Run (or resume) the grid on ``settings.task``, or on every built-in task for ``"all"``; return the
     summary (also ``out/summary.json``: schema ``kd-audit/replicate/1`` for one task, ``kd-audit/replicate-all/1``
@@ -393,76 +287,6 @@ def _arm_statistics(arms: list[Arm], seed_logits: list[dict[str, Predictions]], 
                                           n_bootstrap)
     claims.append(temperature_claim(temperatures))
     return entropy, accuracy, claims, temperatures
-
-
-def _fitted(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, bool]:
-    """T* and whether it sits at a search bound (degenerate logits keep the bound as their temperature)."""
-    try:
-        return fit_temperature(logits, labels), False
-    except TemperatureError as error:
-        return error.bound, True
-
-
-def temperature_statistics(logits: dict[str, list[torch.Tensor]], labels: torch.Tensor, n_bootstrap: int) -> dict:
-    """The temperature T* that post-hoc scaling fits on the evaluation logits, per model and averaged over
-    seeds, with a percentile bootstrap CI: every model of every seed is refitted on the same resamples of the
-    examples (:func:`audit.calibrate.bootstrap_temperatures`). T* is a property of the model (how much its
-    logits should be divided by to minimise NLL), so fitting it on the split it is reported on is what the
-    question needs; no scaled metric is reported here.
-
-    Args:
-        logits: model name -> its (N, K) logits in each seed.
-        labels: (N,) class indices.
-        n_bootstrap: resamples.
-
-    Returns:
-        ``{"models": {name: {"value", "ci", "at_bound"}}, "resamples": (B, M) tensor in the order of
-        ``models``, "degenerate_resamples": fits at a bound}``; ``at_bound`` counts seeds whose fit on all
-        examples sat at a bound (its bound is used).
-    """
-    names = list(logits)
-    seeds = len(logits[names[0]])
-    point, at_bound, resampled, degenerate = [], [], [], 0
-    for seed in range(seeds):
-        fits = [_fitted(logits[n][seed], labels) for n in names]
-        point.append([t for t, _ in fits])
-        at_bound.append([bound for _, bound in fits])
-        draws, bad = bootstrap_temperatures([logits[n][seed] for n in names], labels, n_resamples=n_bootstrap)
-        resampled.append(draws)
-        degenerate += bad
-    point_t = torch.tensor(point, dtype=torch.float64).mean(0)
-    draws = torch.stack(resampled).mean(0)  # (B, M): the same example resamples in every seed
-    low, high = torch.quantile(draws, torch.tensor([0.025, 0.975], dtype=torch.float64), dim=0)
-    models = {n: {"value": float(point_t[m]), "ci": [float(low[m]), float(high[m])],
-                  "at_bound": sum(row[m] for row in at_bound)} for m, n in enumerate(names)}
-    return {"models": models, "resamples": draws, "degenerate_resamples": degenerate}
-
-
-def temperature_claim(temperatures: dict) -> ClaimResult:
-    """X1 (exploratory, not in the paper): across the teachers of graded confidence (:data:`INHERITANCE`), the
-    KD student's fitted temperature rises with its teacher's: Spearman of teacher T* and student T* over the
-    teachers, with the CI of its values on the bootstrap resamples. A resample whose temperatures are all
-    equal on one side (all at a bound) has no rank correlation and counts as 0 (no monotone relation)."""
-    names = list(temperatures["models"])
-    teachers = [names.index(t) for t, _ in INHERITANCE]
-    students = [names.index(s) for _, s in INHERITANCE]
-    point = torch.tensor([[temperatures["models"][names[i]]["value"] for i in idx] for idx in (teachers, students)],
-                         dtype=torch.float64)
-    draws = temperatures["resamples"]
-    value = float(torch.nan_to_num(metrics.spearman(point[0], point[1]), nan=0.0))
-    rho = torch.nan_to_num(metrics.spearman(draws[:, teachers], draws[:, students]), nan=0.0)
-    low, high = torch.quantile(rho, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
-    # over five ranks the percentile interval can miss its own point estimate: widen it to include it
-    low, high = min(low, value), max(high, value)
-    detail = ", ".join(f"{t}: {tt:.3g} -> {ts:.3g}" for (t, _), tt, ts in zip(INHERITANCE, *point.tolist()))
-    return ClaimResult.from_interval("X1", f"Spearman(teacher T*, student T*) over {len(INHERITANCE)} teachers",
-                                     value, (low, high), delta=RANK_CORRELATION_DELTA, detail=detail)
-
-
-def _claim_rows(claims: list[ClaimResult]) -> list[dict]:
-    return [{"claim": r.claim_id, "statement": CLAIMS[r.claim_id].statement, "verdict": r.verdict,
-             "statistic": r.statistic, "value": r.value, "ci": list(r.ci), "delta": r.delta, "detail": r.detail}
-            for r in claims]
 
 
 def _replicate_task(settings: ReplicateSettings, profile: Profile, progress: bool) -> dict:
@@ -506,11 +330,11 @@ def _replicate_task(settings: ReplicateSettings, profile: Profile, progress: boo
         "arms": [{"arm": arm.name, "method": {"ce": "erm"}.get(arm.loss, arm.loss), "setup": arm.setup,
                   "model": getattr(profile, arm.size), "teacher": arm.teacher,
                   "teacher_temperature": arm.teacher_temperature,
-                  "entropy": _mean_ci(entropy[arm.name], settings.n_bootstrap),
-                  "accuracy": _mean_ci(accuracy[arm.name], settings.n_bootstrap),
+                  "entropy": mean_ci(entropy[arm.name], settings.n_bootstrap),
+                  "accuracy": mean_ci(accuracy[arm.name], settings.n_bootstrap),
                   "temperature": temperatures["models"][arm.name],
                   "per_seed": per_seed[arm.name]} for arm in arms],
-        "claims": _claim_rows(claims),
+        "claims": claim_rows(claims),
         "claim_verdicts": verdicts,
         "seed_verdicts": seed_verdicts,
         "inheritance": inheritance_statistics(entropy, settings.n_bootstrap),
@@ -526,82 +350,14 @@ def _replicate_task(settings: ReplicateSettings, profile: Profile, progress: boo
             h, acc, shifted, _ = _arm_statistics(arms, shift_logits[task], shifted_labels, settings.n_bootstrap)
             shifted_verdicts = overall_verdicts(shifted)
             summary["shift"][task] = {
-                "split": "test", "claims": _claim_rows(shifted), "claim_verdicts": shifted_verdicts,
+                "split": "test", "claims": claim_rows(shifted), "claim_verdicts": shifted_verdicts,
                 "survives": direction_survives(verdicts, shifted_verdicts),
-                "arms": [{"arm": a.name, "entropy": _mean_ci(h[a.name], settings.n_bootstrap),
-                          "accuracy": _mean_ci(acc[a.name], settings.n_bootstrap)} for a in arms],
+                "arms": [{"arm": a.name, "entropy": mean_ci(h[a.name], settings.n_bootstrap),
+                          "accuracy": mean_ci(acc[a.name], settings.n_bootstrap)} for a in arms],
                 # trained in-domain (``untrained_arms`` says which were not); here only whether the shift left
                 # them at or below the eval split's majority class, which on an imbalanced split is no failure to learn
-                "at_majority_arms": [n for n in checked if float(acc[n].mean()) <= _majority(shifted_labels) + 0.01],
+                "at_majority_arms": [n for n in checked if float(acc[n].mean()) <= majority_accuracy(shifted_labels) + 0.01],
             }
     write_json(summary, out / "summary.json")
     return summary
 
-
-def direction_survives(in_domain: dict[str, str], shifted: dict[str, str]) -> dict[str, bool | None]:
-    """Per claim: did the direction measured in-domain survive the shift? True when the in-domain verdict
-    (holds or fails) is the shifted one too, False when it is not, None when in-domain gave no direction
-    (inconclusive or negligible).
-
-    >>> direction_survives({"C1a": "holds", "C1b": "fails", "C2a": "negligible"},
-    ...                    {"C1a": "holds", "C1b": "inconclusive", "C2a": "holds"})
-    {'C1a': True, 'C1b': False, 'C2a': None}
-    """
-    return {c: (shifted.get(c) == v if v in ("holds", "fails") else None) for c, v in in_domain.items()}
-
-
-def aggregate(summaries: list[dict]) -> dict:
-    """One summary over tasks x seeds from per-task summaries: mean dev entropy (with its CI) per arm per task,
-    and per claim how many tasks and how many (task, seed) runs it holds / fails / is inconclusive / negligible
-    on; with ``shift`` sections, per claim and eval task, on how many tasks its direction survived.
-
-    Raises:
-        AuditError: no summaries, or summaries of different grids.
-    """
-    if not summaries or len({tuple(a["arm"] for a in s["arms"]) for s in summaries}) != 1:
-        raise AuditError(f"expected replicate summaries of one grid, got {len(summaries)} with different arms; "
-                         "aggregate runs of one kd-audit version")
-    tasks = [s["task"] for s in summaries]
-    claims: dict[str, dict] = {}
-    for s in summaries:
-        for claim, v in s["claim_verdicts"].items():
-            entry = claims.setdefault(claim, {"tasks": dict.fromkeys(VERDICTS, 0), "runs": dict.fromkeys(VERDICTS, 0),
-                                              "by_task": {}, "survives": {}})
-            entry["tasks"][v] += 1
-            entry["by_task"][s["task"]] = v
-            for seed in s.get("seed_verdicts", []):
-                entry["runs"][seed["claim_verdicts"][claim]] += 1
-            for eval_task, shift in s.get("shift", {}).items():
-                entry["survives"].setdefault(eval_task, {})[s["task"]] = shift["survives"][claim]
-    return {
-        "schema": ALL_SCHEMA, "tasks": tasks, "profile": summaries[0]["profile"], "seeds": summaries[0]["seeds"],
-        "versions": summaries[0]["versions"],
-        "entropy": [{"arm": arm["arm"], "method": arm["method"], "setup": arm["setup"],
-                     "by_task": {s["task"]: s["arms"][i]["entropy"] for s in summaries}}
-                    for i, arm in enumerate(summaries[0]["arms"])],
-        "claims": claims,
-        "untrained_arms": {s["task"]: s.get("untrained_arms", []) for s in summaries},
-    }
-
-
-def untrained_arms(entropy: dict[str, torch.Tensor], accuracy: dict[str, torch.Tensor], labels: torch.Tensor,
-                   names: list[str]) -> list[str]:
-    """Arms that did not learn: near-uniform predictions (mean entropy >= 97% of log K) or dev accuracy no
-    better than always answering the majority class (+1 point). Claims about them are not evidence."""
-    log_k, majority = math.log(len(torch.bincount(labels))), _majority(labels)
-    return [n for n in names if float(entropy[n].mean()) >= 0.97 * log_k or float(accuracy[n].mean()) <= majority + 0.01]
-
-
-def _majority(labels: torch.Tensor) -> float:
-    """The accuracy of always answering the most frequent class."""
-    return float(torch.bincount(labels).max()) / len(labels)
-
-
-def overall_verdicts(results: list[ClaimResult]) -> dict[str, str]:
-    """One verdict per claim id, from the weakest of its checks: fails if any check fails, else inconclusive
-    if any is inconclusive, else negligible if any is negligible (a part of the claim measured too small to
-    matter), else holds (every check holds)."""
-    by_claim: dict[str, set[str]] = {}
-    for r in results:
-        by_claim.setdefault(r.claim_id, set()).add(r.verdict)
-    return {claim: next(v for v in OVERALL_ORDER if v in verdicts) for claim, verdicts in by_claim.items()}

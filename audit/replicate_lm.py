@@ -25,7 +25,14 @@ from pathlib import Path
 import torch
 
 from audit import metrics
-from audit.claims import CORRELATION_DELTA, RANK_CORRELATION_DELTA, ClaimResult, entropy_delta
+from audit.claims import (
+    CORRELATION_DELTA,
+    RANK_CORRELATION_DELTA,
+    ClaimResult,
+    claim_rows,
+    entropy_delta,
+    overall_verdicts,
+)
 from audit.compare import MAX_BOOTSTRAP, versions, write_json
 from audit.data.text import IGNORE_INDEX, TokenWindows, read_documents, tokenize_windows
 from audit.errors import AuditError
@@ -35,7 +42,7 @@ from audit.metrics.cluster import _evaluate, group_sums, resample_counts
 from audit.package import fixtures_path
 from audit.predict import resolve_device
 from audit.reduce import reduce_logits
-from audit.replicate import SCHEMA, _claim_rows, overall_verdicts
+from audit.report.schema import REPLICATE as SCHEMA
 from audit.settings import LMTrainSettings
 from audit.train_lm import TeacherLogits, train_lm, training_windows, unigram_perplexity
 
@@ -352,7 +359,7 @@ def replicate_lm(settings: LMReplicateSettings, *, progress: bool = True) -> dic
                   "teacher": "teacher" if arm.loss == "kd" else None, "teacher_temperature": arm.teacher_temperature,
                   "entropy": stat(arm.name, "entropy"), "accuracy": stat(arm.name, "correct"),
                   "perplexity": perplexity[arm.name], "per_seed": per_seed[arm.name]} for arm in arms],
-        "claims": _claim_rows(claims),
+        "claims": claim_rows(claims),
         "claim_verdicts": overall_verdicts(claims),
         "seed_verdicts": [],
         "inheritance": inheritance,

@@ -18,9 +18,11 @@ from audit.claims import (
     RANK_CORRELATION_DELTA,
     ClaimResult,
     TableRow,
+    direction_survives,
     distilled_targets,
     entropy_delta,
     format_table,
+    overall_verdicts,
     smoothed_targets,
     table_rows,
     verdict,
@@ -208,3 +210,19 @@ def test_claims_test_must_name_its_claim(nested: pytest.Pytester):
     result = nested.runpytest("-p", "no:kd_audit")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*expected the docstring of claims test*to start with a claim id*"])
+
+
+def test_overall_verdict_is_the_weakest_check():
+    def result(v: str) -> ClaimResult:
+        return ClaimResult("C1b", v, "x", 0.0, (0.0, 0.0))
+
+    assert overall_verdicts([result("holds"), result("holds")]) == {"C1b": "holds"}
+    assert overall_verdicts([result("holds"), result("negligible")]) == {"C1b": "negligible"}
+    assert overall_verdicts([result("negligible"), result("inconclusive")]) == {"C1b": "inconclusive"}
+    assert overall_verdicts([result("fails"), result("inconclusive"), result("holds")]) == {"C1b": "fails"}
+
+
+def test_direction_survives():
+    before = {"C1a": "holds", "C1b": "fails", "C1c": "holds", "C2a": "inconclusive", "C2b": "negligible"}
+    after = {"C1a": "holds", "C1b": "fails", "C1c": "negligible", "C2a": "holds", "C2b": "holds"}
+    assert direction_survives(before, after) == {"C1a": True, "C1b": True, "C1c": False, "C2a": None, "C2b": None}
