@@ -81,6 +81,24 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture
+def other_tokenizer_lm(tmp_path) -> str:
+    """A tiny random Llama with MiniLM's tokenizer (not the LM fixtures'): a student or teacher whose
+    tokenizer does not match, for the refusal tests of the LM audit and LM training."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from audit.train import minilm_path
+
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path())
+    config = LlamaConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64)
+    folder = tmp_path / "other-lm"
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
 @pytest.fixture(scope="session")
 def tiny_pair(tmp_path_factory):
     """A folder with ``teacher/`` and ``student/``: tiny random BERT classifiers (negative/positive, seeds 0

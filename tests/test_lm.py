@@ -41,8 +41,6 @@ def docs(tmp_path):
     return str(folder)
 
 
-
-
 def run_compare(data, *students, **options):
     from audit import compare
 
@@ -117,28 +115,13 @@ def test_a_killed_run_resumes_from_the_cache_with_identical_numbers(docs, monkey
     assert second["models"] == first["models"] and second["pairs"] == first["pairs"]
 
 
-def _other_tokenizer_lm(tmp_path):
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from audit.train import minilm_path
-
-    tokenizer = AutoTokenizer.from_pretrained(minilm_path())
-    config = LlamaConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64)
-    folder = tmp_path / "other-lm"
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return str(folder)
-
-
-def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, docs):
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, docs, other_tokenizer_lm):
     short = tmp_path / "short.txt"
     short.write_text("")
     table = tmp_path / "pc.jsonl"
     table.write_text(json.dumps({"prompt": "Q", "answer": "A"}) + "\n")
     cases = {
-        "other tokenizer": (["--student", _other_tokenizer_lm(tmp_path), "--data", docs], "share lm-teacher's tokenizer"),
+        "other tokenizer": (["--student", other_tokenizer_lm, "--data", docs], "share lm-teacher's tokenizer"),
         "classifier as lm": (["--student", STUDENT, "--data", docs, "--kind", "classifier"], "--kind classifier"),
         "lm kind on a classifier": (["--student", str(fixtures_path() / "student-kd"), "--data", docs, "--kind", "lm",
                                      "--teacher", str(fixtures_path() / "teacher")], "expected a causal language model"),

@@ -113,29 +113,12 @@ def test_freeze_embeddings_trains_the_layers_only(text, tmp_path, capsys, freeze
     assert record["settings"]["freeze_embeddings"] == freeze
 
 
-
-
-def _other_tokenizer_lm(tmp_path):
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from audit.train import minilm_path
-
-    tokenizer = AutoTokenizer.from_pretrained(minilm_path())
-    config = LlamaConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64)
-    folder = tmp_path / "other-lm"
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return str(folder)
-
-
-def test_bad_input_is_one_line_and_writes_nothing(text, tmp_path, capsys):
+def test_bad_input_is_one_line_and_writes_nothing(text, tmp_path, capsys, other_tokenizer_lm):
     short = tmp_path / "short.jsonl"
     short.write_text("".join(json.dumps({"text": "To be.", "split": s}) + "\n" for s in ("train", "dev")))
     tiny = ["--model", "tiny-llama:hidden=32,layers=1"]
     cases = {
-        "other tokenizer": (["--model", _other_tokenizer_lm(tmp_path)], "share teacher's tokenizer"),
+        "other tokenizer": (["--model", other_tokenizer_lm], "share teacher's tokenizer"),
         "divergence without kd": ([*tiny, "--divergence", "jsd"], "--divergence only with --loss kd"),
         "beta above 1": ([*tiny, "--loss", "kd", "--divergence", "jsd", "--beta", "1.5"], "--beta in [0, 1]"),
         "beta below 0": ([*tiny, "--loss", "kd", "--beta", "-0.1"], "--beta in [0, 1]"),
