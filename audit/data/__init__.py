@@ -37,6 +37,7 @@ from audit.data.builtin import (
 from audit.data.files import (
     FILE_SUFFIXES,
     KNOWN_SPLITS,
+    column_strings,
     file_sha256,
     read_file,
     read_hub,
@@ -145,15 +146,6 @@ def _resolve_columns(
     return chosen
 
 
-def _strings(table: pa.Table, column: str) -> list[str]:
-    values = table.column(column).to_pylist()
-    for row, v in enumerate(values):
-        if not isinstance(v, str):
-            raise AuditError(f"expected text in every row of column {column!r}, got {v!r} at row {row}; "
-                             "fix or drop that row")
-    return values
-
-
 def _labels(
     values: list, column: str, class_names: list[str] | None, pool: list
 ) -> tuple[list[int] | None, list[str] | None]:
@@ -219,8 +211,8 @@ def _to_text_data(
         labels, label_names = _labels(table.column(columns["label"]).to_pylist(), columns["label"],
                                       class_names.get(columns["label"]), pool)
     return TextData(
-        name=name, texts=_strings(table, columns["text"]), ids=ids, labels=labels, label_names=label_names,
-        text_pairs=_strings(table, columns["text_pair"]) if columns["text_pair"] else None, info=info,
+        name=name, texts=column_strings(table, columns["text"]), ids=ids, labels=labels, label_names=label_names,
+        text_pairs=column_strings(table, columns["text_pair"]) if columns["text_pair"] else None, info=info,
     )
 
 

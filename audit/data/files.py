@@ -75,6 +75,16 @@ def select_split(table: pa.Table, split: str, path: Path) -> tuple[pa.Array, str
     return pc.fill_null(pc.equal(values, chosen), False), chosen
 
 
+def column_strings(table: pa.Table, column: str) -> list[str]:
+    """The values of a text column, each checked to be a string."""
+    values = table.column(column).to_pylist()
+    for row, v in enumerate(values):
+        if not isinstance(v, str):
+            raise AuditError(f"expected text in every row of column {column!r}, got {v!r} at row {row}; "
+                             "fix or drop that row")
+    return values
+
+
 def _read_delimited(path: Path, delimiter: str) -> pa.Table:
     quoting = csv.QUOTE_MINIMAL if delimiter == "," else csv.QUOTE_NONE
     with open(path, newline="", encoding="utf-8-sig") as f:

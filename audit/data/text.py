@@ -30,7 +30,7 @@ import pyarrow as pa
 import torch
 
 from audit.data.builtin import read_corpus, text_corpora
-from audit.data.files import FILE_SUFFIXES, file_sha256, read_file, read_hub, select_split
+from audit.data.files import FILE_SUFFIXES, column_strings, file_sha256, read_file, read_hub, select_split
 from audit.errors import AuditError
 
 DOCUMENT_SUFFIXES = (".txt", ".md")
@@ -113,15 +113,6 @@ def _pick(columns: list[str], given: str | None, candidates: tuple[str, ...], op
     return found[0] if found else None
 
 
-def _strings(table: pa.Table, column: str) -> list[str]:
-    values = table.column(column).to_pylist()
-    for row, v in enumerate(values):
-        if not isinstance(v, str):
-            raise AuditError(f"expected text in every row of column {column!r}, got {v!r} at row {row}; "
-                             "fix or drop that row")
-    return values
-
-
 def _from_table(table: pa.Table, name: str, info: dict, limit: int | None, text_column: str | None,
                 prompt_column: str | None, completion_column: str | None) -> Documents:
     columns = table.column_names
@@ -150,8 +141,8 @@ def _from_table(table: pa.Table, name: str, info: dict, limit: int | None, text_
     info = {**info, "columns": {"text": text, "prompt": prompt_column, "completion": completion_column,
                                 "id": id_column}}
     if prompt_column is not None:
-        return Documents(name, _strings(table, completion_column), ids, _strings(table, prompt_column), info)
-    return Documents(name, _strings(table, text), ids, None, info)
+        return Documents(name, column_strings(table, completion_column), ids, column_strings(table, prompt_column), info)
+    return Documents(name, column_strings(table, text), ids, None, info)
 
 
 def _read_text_files(files: list[Path], root: Path) -> pa.Table:
