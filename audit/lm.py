@@ -156,12 +156,13 @@ def load_causal_lm(spec: str, *, name: str | None = None, dtype: torch.dtype = t
         raise AuditError(f"could not load the causal LM {spec!r} ({first_line[:200]}); pass a local checkpoint "
                          "folder or GGUF file") from None
     if option:
-        _keep_first_layers(model, option, spec)
+        keep_first_layers(model, option, spec)
     model.eval()
     return CausalLM(name=name, model=model, tokenizer=tokenizer, source=spec)
 
 
-def _keep_first_layers(model: torch.nn.Module, option: str, spec: str) -> None:
+def keep_first_layers(model: torch.nn.Module, option: str, spec: str) -> None:
+    """Cut a causal LM to its first k decoder layers in place, for the ``@layers=k`` option of ``spec``."""
     layers = model.model.layers
     key, _, value = option.partition("=")
     if key != "layers" or not value.isdigit() or not 1 <= int(value) <= len(layers):

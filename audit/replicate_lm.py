@@ -38,7 +38,7 @@ from audit.data.text import IGNORE_INDEX, TokenWindows, read_documents, tokenize
 from audit.errors import AuditError
 from audit.evaluate import progress_bar
 from audit.lm import CausalLM, load_causal_lm
-from audit.metrics.cluster import _evaluate, group_sums, resample_counts
+from audit.metrics.cluster import group_sums, resample_counts, statistic_from_sums
 from audit.package import fixtures_path
 from audit.predict import resolve_device
 from audit.reduce import reduce_logits
@@ -229,7 +229,7 @@ def resampled(requests: dict[str, tuple[str, tuple[torch.Tensor, ...]]], groups:
     out: dict[str, list[torch.Tensor]] = {name: [] for name in requests}
     for counts in resample_counts(int(groups.unique().numel()), n_resamples, seed):
         for name, (statistic, _) in requests.items():
-            out[name].append(_evaluate(statistic, counts @ sums[name], 15))
+            out[name].append(statistic_from_sums(statistic, counts @ sums[name], 15))
     return {name: torch.cat(v) for name, v in out.items()}
 
 

@@ -32,7 +32,7 @@ from audit.data.text import IGNORE_INDEX, Documents, TokenWindows, read_document
 from audit.distributed import local_device, on_main, process_group
 from audit.errors import AuditError
 from audit.evaluate import progress_bar
-from audit.lm import CausalLM, _keep_first_layers, check_same_tokenizer, compare_lm, load_causal_lm
+from audit.lm import CausalLM, check_same_tokenizer, compare_lm, keep_first_layers, load_causal_lm
 from audit.losses import distillation_loss, label_smoothed_cross_entropy
 from audit.outputs import Output, check_outputs
 from audit.predict import resolve_device
@@ -136,7 +136,7 @@ def build_student(spec: str, teacher: CausalLM, *, seed: int) -> CausalLM:
         student = CausalLM(spec, LlamaForCausalLM(config), tokenizer, spec)
     elif "@" in spec and spec.partition("@")[0] == teacher.source.partition("@")[0]:
         model = copy.deepcopy(teacher.model)
-        _keep_first_layers(model, spec.partition("@")[2], spec)
+        keep_first_layers(model, spec.partition("@")[2], spec)
         # a GGUF teacher's weights were dequantised to float on load, but transformers keeps its GGUF marker,
         # which makes save_pretrained refuse the copy: the student is a plain float model
         model.hf_quantizer = None

@@ -107,7 +107,7 @@ def _group_sums(values: tuple[torch.Tensor, ...], dense: torch.Tensor, n_groups:
         slots = n_groups * n_bins  # slot g * n_bins + b: bin b of group g
         sums = [torch.zeros(slots, dtype=torch.float64, device=device) for _ in range(2)]
     else:
-        # correlations from centred terms: the one-pass formula of _evaluate does not cancel
+        # correlations from centred terms: the one-pass formula of statistic_from_sums does not cancel
         centre = [v.double().mean() for v in values] if statistic != "mean" else None
         width = 1 if statistic == "mean" else 5
         sums = [torch.zeros(n_groups, dtype=torch.float64, device=device) for _ in range(width)]
@@ -133,8 +133,8 @@ def _group_sums(values: tuple[torch.Tensor, ...], dense: torch.Tensor, n_groups:
     return torch.stack([count, *sums], 1)
 
 
-def _evaluate(statistic: str, sums: torch.Tensor, n_bins: int) -> torch.Tensor:
-    """The statistic from resampled sums (B, m) -> (B,) float64."""
+def statistic_from_sums(statistic: str, sums: torch.Tensor, n_bins: int) -> torch.Tensor:
+    """The statistic from sums of (B, m) resamples of the per-group sums of :func:`group_sums`: (B,) float64."""
     n = sums[:, 0]
     if statistic == "mean":
         return sums[:, 1] / n
@@ -233,7 +233,7 @@ def cluster_bootstrap_cis(
     resampled: list[list[torch.Tensor]] = [[] for _ in prepared]
     for counts in resample_counts(ids.numel(), n_resamples, seed, groups.device):
         for i, part in enumerate((counts @ stacked).split(widths, 1)):
-            resampled[i].append(_evaluate(prepared[i][1], part, n_bins))
+            resampled[i].append(statistic_from_sums(prepared[i][1], part, n_bins))
     alpha = (1.0 - level) / 2
     q = torch.tensor([alpha, 1.0 - alpha], dtype=torch.float64, device=groups.device)
     out = {}
