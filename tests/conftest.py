@@ -6,11 +6,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
+from click.testing import Result
+from typer.testing import CliRunner
 
 from audit.claims import CLAIMS, ClaimResult, format_table, table_rows
+from audit.cli import app
 
 pytest_plugins = ["pytester"]
 
@@ -97,6 +101,19 @@ def other_tokenizer_lm(tmp_path) -> str:
     LlamaForCausalLM(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return str(folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_replication(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str], Result]:
+    """``python -m audit replicate`` of vader-movies on the tiny profile, two arms at a time and audited on
+    vader-tweets too (about a minute of tiny-BERT training), run once for the replicate and report tests:
+    its ``--out`` folder, its arguments and its result."""
+    out = tmp_path_factory.mktemp("replicate") / "vader-movies"
+    args = ["replicate", "--task", "vader-movies", "--profile", "tiny", "--out", str(out), "--bootstrap", "100",
+            "--eval-task", "vader-tweets", "--jobs", "2", "--no-progress"]
+    result = CliRunner().invoke(app, args, env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    return out, args, result
 
 
 @pytest.fixture(scope="session")

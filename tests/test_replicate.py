@@ -18,12 +18,8 @@ from audit.grid import INHERITANCE, grid
 from audit.replicate import train_arms
 
 
-def test_replicate_tiny_profile_end_to_end(tmp_path):
-    out = tmp_path / "rep"
-    args = ["replicate", "--task", "vader-movies", "--profile", "tiny", "--out", str(out), "--bootstrap", "100",
-            "--eval-task", "vader-tweets", "--jobs", "2", "--no-progress"]
-    result = CliRunner().invoke(app, args, env={"COLUMNS": "200"})
-    assert result.exit_code == 0, result.output
+def test_replicate_tiny_profile_end_to_end(tiny_replication):
+    out, args, result = tiny_replication
     summary = json.loads((out / "summary.json").read_text())
     assert summary["schema"] == "kd-audit/replicate/1"
     assert [a["arm"] for a in summary["arms"]] == [arm.name for arm in grid()]

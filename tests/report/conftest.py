@@ -1,6 +1,6 @@
 """Reports shared by the report tests: a real compare report from synthetic logits, a label-free one,
-and a real replicate report, written by :func:`audit.replicate.replicate` on the tiny profile (once per
-session: about a minute of tiny-BERT training)."""
+and a real replicate report: the summary of the session's tiny replication (``tiny_replication`` in
+tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ import torch
 
 from audit.compare import CompareSettings, compare_predictions
 from audit.models import Predictions
-from audit.replicate import ReplicateSettings, replicate
 
 
 def _compare_report(with_labels: bool) -> dict:
@@ -46,10 +45,8 @@ def unlabeled_report() -> dict:
 
 
 @pytest.fixture(scope="session")
-def _replicate_once(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    out = tmp_path_factory.mktemp("replicate") / "vader-movies"
-    replicate(ReplicateSettings(task="vader-movies", out=str(out), profile="tiny", device="cpu", n_bootstrap=100),
-              progress=False)
+def _replicate_once(tiny_replication) -> dict:
+    out, _, _ = tiny_replication
     return json.loads((out / "summary.json").read_text())  # the report as `audit report` reads it
 
 
