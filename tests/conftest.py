@@ -1,6 +1,12 @@
-"""The claims table: every test marked ``claims`` names its claim by the first word of its docstring
-(``"P8: ..."``, ``"C1a ..."``); empirical checks record their verdict with the ``record_claim`` fixture.
-At the end of any run that ran a claims test, the table of :mod:`audit.claims` is printed."""
+"""The claims table, and fixtures shared across test files.
+
+Every test marked ``claims`` names its claim by the first word of its docstring (``"P8: ..."``,
+``"C1a ..."``); empirical checks record their verdict with the ``record_claim`` fixture. At the end of any
+run that ran a claims test, the table of :mod:`audit.claims` is printed.
+
+Shared fixtures: ``one_thread``, a tiny teacher/student classifier pair (``tiny_pair``), a causal LM whose
+tokenizer differs from the LM fixtures' (``other_tokenizer_lm``) and one tiny replication per session
+(``tiny_replication``)."""
 
 from __future__ import annotations
 
