@@ -235,4 +235,3 @@ def _leaves(tree, prefix: str = "") -> dict:
     if isinstance(tree, list):
         return {k: v for i, sub in enumerate(tree) for k, v in _leaves(sub, f"{prefix}{i}/").items()}
     return {prefix.rstrip("/"): tree}
-
