@@ -1,4 +1,4 @@
-"""The claims of ../shared/CLAIMS.md as data, the verdict rule for empirical claims, and the claims table.
+"""The claims of docs/CLAIMS.md as data, the verdict rule for empirical claims, and the claims table.
 
 Two kinds of claim, kept apart:
 

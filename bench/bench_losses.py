@@ -1,4 +1,4 @@
-"""Forward + backward of the LS and KD losses per provider, by the protocol of ../shared/BENCHMARKS.md.
+"""Forward + backward of the LS and KD losses per provider, by the protocol of docs/BENCHMARKS.md.
 
 Run: ``python -m pytest bench/bench_losses.py --benchmark-json=out.json`` (add ``-m ""`` to include the
 cases marked slow: torch.compile on CPU, ~1 minute of compiling per case).

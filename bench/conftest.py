@@ -4,7 +4,7 @@ Two kinds of assertion live in the benchmarks:
 
 - **values** (a provider's loss, gradient or metric against the reference): plain ``assert``; a mismatch
   always fails, wherever the benchmark runs;
-- **targets** (speed, memory, as ``../shared/BENCHMARKS.md`` and the issues state them): through the
+- **targets** (speed, memory, as ``docs/BENCHMARKS.md`` and the issues state them): through the
   ``targets`` fixture. ``--kd-targets=enforce`` (the default; ``tox -e bench``) fails a benchmark that
   misses one; ``--kd-targets=report`` (``.ci/run``, on a noisy shared machine) turns a missed *speed*
   target into a :class:`TargetMissed` warning and a line in the closing summary. Memory targets do not

@@ -9,7 +9,7 @@
 #               registry): the wheels in DIR, no dependency resolution, the project from this checkout (PYTHONPATH).
 #               --install-only: this step alone, with no CUDA check (to prepare or test an environment)
 #   kernels     tests/losses at GPU sizes, slow and gpu cases included (N x V > 2^31, every edge-case family)
-#   losses      bench/bench_losses.py: every shape of ../shared/BENCHMARKS.md; eager, compile, Liger, ours in one
+#   losses      bench/bench_losses.py: every shape of docs/BENCHMARKS.md; eager, compile, Liger, ours in one
 #               process; copy bandwidth of the same run; each provider's loss and gradient asserted against float64;
 #               our kernels' values in bf16, fp16 and fp32; targets enforced (H100/H200)
 #   calibration bench/bench_calibration_cuda.py: issue 13's estimators and fit_temperature on 1M x 10 on the GPU

@@ -74,7 +74,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
     outcomes, results = config.stash[_OUTCOMES], config.stash[_RESULTS]
     if not outcomes and not results:
         return
-    terminalreporter.write_sep("=", "claims (../shared/CLAIMS.md)")
+    terminalreporter.write_sep("=", "claims (docs/CLAIMS.md)")
     for line in format_table(table_rows(outcomes, results), width=config.get_terminal_writer().fullwidth):
         terminalreporter.write_line(line)
 

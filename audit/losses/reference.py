@@ -1,6 +1,6 @@
 """Plain-torch reference losses (float32 math, float64 for float64 inputs; any device).
 
-Conventions (../shared/CLAIMS.md):
+Conventions (docs/CLAIMS.md):
 - label smoothing puts a/K on every class: target q' = (1-a) e_y + a/K;
 - KD = (1-w) CE_LS(s, y) + w T^2 D(s, t) with the soft term D one of (p = softmax(s/T), q = softmax(t/T)):
   forward KL ``KL(q || p)`` (Hinton's), reverse KL ``KL(p || q)``, or TRL's generalised JSD

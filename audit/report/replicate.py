@@ -35,7 +35,7 @@ def render_summary(summary: dict, console=None) -> None:
                       *((fmt(arm["temperature"]),) if fitted else ()))
     console.print(table)
     exploratory = any(c["claim"] == "X1" for c in summary["claims"])
-    claims = Table(title="Claims (../shared/CLAIMS.md" + ("; X1 is exploratory, a question the paper did not ask)"
+    claims = Table(title="Claims (docs/CLAIMS.md" + ("; X1 is exploratory, a question the paper did not ask)"
                                                         if exploratory else ")"), title_justify="left")
     for column in ("claim", "statistic", "value [95% CI]", "verdict"):
         claims.add_column(column)
@@ -71,7 +71,7 @@ def render_aggregate(summary: dict, console) -> None:
         table.add_row(arm["arm"], *(f"{s['value']:.3f} [{s['ci'][0]:.3f}, {s['ci'][1]:.3f}]"
                                     for s in (arm["by_task"][t] for t in tasks)))
     console.print(table)
-    claims = Table(title="Claims (../shared/CLAIMS.md): tasks (task x seed runs) per verdict", title_justify="left")
+    claims = Table(title="Claims (docs/CLAIMS.md): tasks (task x seed runs) per verdict", title_justify="left")
     for column in ("claim", *VERDICTS, *tasks):
         claims.add_column(column)
     for claim, entry in summary["claims"].items():

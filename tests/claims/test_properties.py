@@ -1,4 +1,4 @@
-"""The mathematical claims P1-P13 of ../shared/CLAIMS.md as property tests in float64.
+"""The mathematical claims P1-P13 of docs/CLAIMS.md as property tests in float64.
 
 Every quantity goes through the project's own code: the losses of :mod:`audit.losses` (torch backend),
 the entropies and divergences of :mod:`audit.metrics`, the targets of :mod:`audit.claims`. What a test

@@ -1,4 +1,4 @@
-"""The correctness cases of ../shared/BENCHMARKS.md (each broke a real peer), for every fused loss.
+"""The correctness cases of docs/BENCHMARKS.md (each broke a real peer), for every fused loss.
 
 Kinds: "ls" (label smoothing 0.1), "kd" (T=2, w=0.5, smoothing 0.1, labels) and "kd_soft" (labels None).
 Shapes are CPU-sized (the Triton interpreter); K values are chosen to hit every schedule of
