@@ -112,8 +112,8 @@ def compare(
     """Compare a teacher with its students: confidence, calibration and inheritance."""
     from audit.compare import compare_with_predictions as run_compare
     from audit.compare import logits_files
-    from audit.distributed import is_main_process
     from audit.report.terminal import render_compare
+    from audit.run.distributed import is_main_process
 
     if teacher is None and student is None and data is None:
         if not DEFAULT_TEACHER.exists():
@@ -156,7 +156,7 @@ def report_outputs(json_path: Path | None, plots: Path | None, html: Path | None
 def write_outputs(report: dict, json_path: Path | None, plots: Path | None, html: Path | None, *,
                   more: dict[Path, bytes] | None = None) -> None:
     """Every file a user asked for (and ``more``), written as one transaction after the report is complete."""
-    from audit.compare import json_text
+    from audit.report.envelope import json_text
     from audit.report.schema import validate_report
 
     try:
@@ -190,7 +190,7 @@ def data_list() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from audit.data import builtin_rows
+    from audit.load.data import builtin_rows
 
     table = Table(title="Built-in data sets (fetched from their registry package on first use)")
     for column in ("name", "classes", "examples (train/dev/test)", "licence", "citation", "source"):
@@ -217,7 +217,7 @@ def train(
     divergence: Annotated[str | None, typer.Option(help="LM KD soft term: forward-kl | reverse-kl | jsd.")] = None,
     beta: Annotated[float | None, typer.Option(help="JSD beta (0: forward KL, 1: reverse KL; LMs).")] = None,
     teacher_topk: Annotated[Path | None, typer.Option(help="LM KD targets from this top-k logits file of the teacher "
-                                                           "(audit.topk) at the training windows, instead of its "
+                                                           "(audit.reduce.topk) at the training windows, instead of its "
                                                            "forward; forward KL, --temperature 1.")] = None,
     freeze_embeddings: Annotated[bool, typer.Option(help="Train an LM student's decoder layers only: its input "
                                                          "embeddings and output head stay as they start.")] = False,
@@ -237,8 +237,8 @@ def train(
     """Train a student with cross entropy, label smoothing or knowledge distillation."""
     from rich.console import Console
 
-    from audit.distributed import is_main_process
-    from audit.lm import is_causal_lm_spec
+    from audit.load.causal_lm import is_causal_lm_spec
+    from audit.run.distributed import is_main_process
     from audit.settings import TINY_LM, LMTrainSettings
 
     # options left unset take the recipe's own default (its settings dataclass)
@@ -247,7 +247,7 @@ def train(
     shared = dict(data=data, model=model, out=str(out), loss=loss, label_smoothing=label_smoothing, teacher=teacher,
                   temperature=temperature, kd_weight=kd_weight, train_limit=train_limit, seed=seed, device=device)
     if model.startswith(TINY_LM) or is_causal_lm_spec(model.partition("@")[0]):
-        from audit.train_lm import train_lm
+        from audit.recipes.train_lm import train_lm
 
         topk = None if teacher_topk is None else str(teacher_topk)
         lm_only = {k: v for k, v in dict(divergence=divergence, beta=beta, steps=steps, stride=stride,
@@ -263,7 +263,7 @@ def train(
                           ("--teacher-topk", teacher_topk), ("--freeze-embeddings", freeze_embeddings or None)):
         if value is not None:
             raise AuditError(f"expected {option} only for causal-LM students, got it with --model {model}; drop it")
-    from audit.train import train as run_train
+    from audit.recipes.train import train as run_train
 
     settings = TrainSettings(**shared, **given, head_lr=head_lr)
     record = run_train(settings, overwrite=overwrite, progress=progress)
@@ -292,15 +292,15 @@ def replicate(
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """Rerun the paper's experiment grid on one task (or all) and decide claims C1a-C2b."""
-    from audit.replicate import ALL, ReplicateSettings
-    from audit.replicate import replicate as run_replicate
+    from audit.recipes.replicate import ALL, ReplicateSettings
+    from audit.recipes.replicate import replicate as run_replicate
     from audit.report.replicate import render_summary
 
     if task == ALL and (plots or html):
         raise AuditError("expected --plots/--html with one --task, got --task all; render a task's "
                          "OUT/TASK/summary.json with `python -m audit report`")
-    if task == "shakespeare":  # the language-model grid (audit.replicate_lm)
-        from audit.replicate_lm import LMReplicateSettings, render_lm_summary, replicate_lm
+    if task == "shakespeare":  # the language-model grid (audit.recipes.replicate_lm)
+        from audit.recipes.replicate_lm import LMReplicateSettings, render_lm_summary, replicate_lm
 
         if eval_task or jobs is not None:
             raise AuditError("expected no --eval-task or --jobs with --task shakespeare, got one; the LM grid has no "
@@ -345,7 +345,7 @@ def cache_list() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from audit.cache import cache_root, list_cache
+    from audit.run.cache import cache_root, list_cache
 
     table = Table(title=f"Prediction cache ({cache_root()})")
     for column in ("entry", "model", "rows", "shards", "MB", "created"):
@@ -360,7 +360,7 @@ def cache_list() -> None:
 @handles_errors
 def cache_clear() -> None:
     """Delete every cached prediction (only what the cache wrote)."""
-    from audit.cache import cache_root, clear_cache
+    from audit.run.cache import cache_root, clear_cache
 
     removed, left = clear_cache()
     print(f"removed {removed} cached predictions" + (f"; left {left} paths in {cache_root()} that kd-audit did not "

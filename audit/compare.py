@@ -1,9 +1,9 @@
 """The auditor: teacher and students + data -> a confidence/calibration report (a JSON-ready dict).
 
-Data flows one way: specs -> :func:`audit.adapters.set_up` (one adapter per model, the audit picked by the
-teacher's kind) -> for classifiers, :mod:`audit.data` -> :mod:`audit.predict` (every model's full (N, K) logits)
--> label alignment -> :func:`summarize_model` and :mod:`audit.inheritance` -> the report dict, which
-:mod:`audit.report` renders; causal LMs go to :func:`audit.lm.audit_tokens` instead.
+Data flows one way: specs -> :func:`audit.run.adapters.set_up` (one adapter per model, the audit picked by the
+teacher's kind) -> for classifiers, :mod:`audit.load.data` -> :mod:`audit.run.predict` (every model's full (N, K) logits)
+-> label alignment -> :func:`summarize_model` and :mod:`audit.stats.inheritance` -> the report dict, which
+:mod:`audit.report` renders; causal LMs go to :func:`audit.compare.audit_tokens` instead.
 :func:`compare_predictions` is the pure core; :func:`compare` loads and runs; :func:`compare_callable` audits
 callables over a DataLoader (a notebook's teacher and student, no checkpoints).
 
@@ -14,180 +14,42 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import hashlib
 import itertools
 import json
-import math
-import platform
 from collections.abc import Callable, Iterable
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
-from audit import metrics
-from audit.adapters import Adapter, Setup, callable_batches, load_adapter, resolve_run, set_up, split_batch
-from audit.atomic import write_atomic
-from audit.cache import CacheUnavailable, PredictionStore, prediction_key
-from audit.data import TextData, load_data
-from audit.distributed import ProcessGroup, is_main_process
+from audit import stats
 from audit.errors import AuditError, warn
-from audit.inheritance import pair_statistics, student_differences, verdict
-from audit.lm import CausalLM
-from audit.models import Predictions, TextClassifier, check_label_names, predictions_bytes
+from audit.load.causal_lm import CausalLM, check_same_tokenizer
+from audit.load.data import TextData, load_data
+from audit.load.data.text import Documents, TokenWindows, read_documents, tokenize_windows
+from audit.load.labels import align_labels, data_labels, match_to_data
+from audit.load.models import Predictions, TextClassifier, predictions_bytes
 from audit.outputs import Output, check_outputs, write_files
-from audit.predict import predict_text, resolve_batch_size
+from audit.reduce.reduction import column_names
+from audit.report.envelope import versions
+from audit.run.adapters import Adapter, Setup, callable_batches, load_adapter, set_up, split_batch
+from audit.run.cache import CacheUnavailable, PredictionStore, prediction_key
+from audit.run.device import resolve_batch_size, resolve_run
+from audit.run.distributed import ProcessGroup, is_main_process
+from audit.run.evaluate import evaluate_tokens, predict_text
 from audit.settings import MAX_BINS, MAX_BOOTSTRAP, CompareSettings  # noqa: F401 (re-exported)
+from audit.stats.inheritance import pair_statistics, student_differences, verdict
+from audit.stats.summary import SCATTER_POINTS, summarize_model, summarize_tokens
 
 SCHEMA = "kd-audit/compare/1"
-BRIER_CONVENTION = "multiclass: mean over examples of sum_k (p_k - 1[k=y])^2, range [0, 2]"
-HISTOGRAM_BINS = 20
-CALIBRATION_EXTRAS = ("smece", "ece_debiased", "ece_sweep", "ece_toplabel", "ks")
+TOKEN_SCHEMA = "kd-audit/compare/2"
+TOKEN_SCHEMA_CHANGES = ("compare/2 = compare/1 for token-level audits of causal LMs: n counts scored tokens; adds "
+                        "n_sequences, perplexity, kl_reverse, topk_overlap and data.unit; CIs are cluster-bootstrap "
+                        "intervals by sequence")
 TEMPERATURE_RESAMPLES = 200  # each refits two temperatures: 200 cost about 2 s on 2k examples
-SCATTER_POINTS = 2000
 
 ModelLike = str | Predictions | TextClassifier | CausalLM | Adapter
-
-
-def summarize_model(logits: torch.Tensor, labels: torch.Tensor | None, *, n_bins: int = 15) -> dict:
-    """Confidence and calibration of one model: every per-model number of the report.
-
-    Args:
-        logits: (N, K) logits. labels: (N,) int64 class ids, or None (label-free numbers only).
-    """
-    probs = torch.softmax(logits.float(), -1)
-    k = probs.shape[1]
-    entropy = metrics.entropy(probs)
-    maxprob = metrics.max_probability(probs)
-    log_k = float(torch.log(torch.tensor(float(k)))) if k > 1 else 1.0
-    out = {
-        "n": int(probs.shape[0]),
-        "num_classes": k,
-        "entropy_mean": float(entropy.mean()),
-        "entropy_normalized": float(entropy.mean()) / log_k,
-        "maxprob_mean": float(maxprob.mean()),
-        "margin_mean": float(metrics.margin(probs).mean()),
-        "entropy_histogram": _histogram(entropy, 0.0, log_k),
-        "maxprob_histogram": _histogram(maxprob, 1.0 / k, 1.0),
-    }
-    if labels is None:
-        return out
-    correct = metrics.correct(probs, labels)
-    calibration = metrics.calibration_errors(maxprob, correct, n_bins=n_bins)
-    bins = calibration["bins"]
-    out.update({
-        "accuracy": float(correct.float().mean()),
-        "nll": float(metrics.nll(logits.float(), labels).mean()),
-        "brier": float(metrics.brier(probs, labels).mean()),
-        "brier_convention": BRIER_CONVENTION,
-        "ece": float(calibration["ece"]),
-        "mce": float(calibration["mce"]),
-        "ece_adaptive": float(calibration["ece_adaptive"]),
-        "ece_classwise": float(metrics.classwise_ece(probs, labels, n_bins=n_bins)),
-        "n_bins": n_bins,
-        **{key: float(value) for key, value in metrics.calibration_extras(probs, labels, n_bins=n_bins).items()
-           if key in CALIBRATION_EXTRAS},
-        "entropy_correct": _mean_or_none(entropy[correct]),
-        "entropy_incorrect": _mean_or_none(entropy[~correct]),
-        "maxprob_correct": _mean_or_none(maxprob[correct]),
-        "maxprob_incorrect": _mean_or_none(maxprob[~correct]),
-        "reliability": {key: _floats(getattr(bins, key)) for key in ("edges", "count", "confidence", "accuracy")},
-    })
-    return out
-
-
-def _mean_or_none(x: torch.Tensor) -> float | None:
-    return float(x.mean()) if x.numel() else None
-
-
-def _floats(x: torch.Tensor) -> list[float | None]:
-    return [None if v != v else v for v in x.double().tolist()]  # NaN (empty bin) -> null
-
-
-def _histogram(x: torch.Tensor, lo: float, hi: float) -> dict:
-    counts = torch.histc(x.float().clamp(lo, hi), bins=HISTOGRAM_BINS, min=lo, max=hi)
-    return {"edges": torch.linspace(lo, hi, HISTOGRAM_BINS + 1).tolist(), "count": [int(c) for c in counts]}
-
-
-def align_labels(models: list[Predictions]) -> tuple[list[Predictions], list[str] | None]:
-    """Every model with its classes in the first named model's order (new objects; the inputs are left as
-    they are), and that order.
-
-    Raises:
-        AuditError: different numbers of classes, label names that do not fit the logits (a count other than
-            K, or a name twice), or named label sets that differ.
-    """
-    sizes = {p.name: p.num_classes for p in models}
-    if len(set(sizes.values())) > 1:
-        raise AuditError(f"expected the same number of classes in every model, got {sizes}; "
-                         "compare models trained on the same label set")
-    for p in models:
-        check_label_names(p.label_names, p.num_classes, p.source)
-    reference = next((p.label_names for p in models if p.label_names is not None), None)
-    if reference is None:
-        return list(models), None
-    aligned = [dataclasses.replace(p, logits=logits, label_names=names)
-               for p in models for logits, names in [in_class_order(p, reference)]]
-    return aligned, list(reference)
-
-
-def in_class_order(predictions: Predictions, label_names: list[str]) -> tuple[torch.Tensor, list[str] | None]:
-    """``predictions``' logits with their columns in ``label_names`` order, matched by name (unnamed logits
-    are taken to be in that order already), and the names they now have.
-
-    Raises:
-        AuditError: a named label set that differs from ``label_names``.
-    """
-    names = predictions.label_names
-    if names is None or names == label_names:
-        return predictions.logits, names
-    if sorted(names) != sorted(label_names):
-        raise AuditError(f"expected the label set {label_names}, got {names} from {predictions.name}; "
-                         "teacher and students must predict the same classes")
-    return predictions.logits[:, [names.index(n) for n in label_names]], list(label_names)
-
-
-def data_labels(data: TextData, label_names: list[str] | None, num_classes: int) -> torch.Tensor | None:
-    """The data's labels as class ids of the models' order.
-
-    Raises:
-        AuditError: a data label name the models do not know, or an id outside [0, K).
-    """
-    if data.labels is None:
-        return None
-    labels = torch.tensor(data.labels, dtype=torch.long)
-    if data.label_names is not None and label_names is not None:
-        unknown = sorted(set(data.label_names) - set(label_names))
-        if unknown:
-            raise AuditError(f"expected data labels among the models' labels {label_names}, got {unknown}; "
-                             "pass data with the same label set, or --label-column")
-        labels = torch.tensor([label_names.index(n) for n in data.label_names])[labels]
-    elif labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
-        raise AuditError(f"expected data labels in [0, {num_classes}) for {num_classes}-class models, got values in "
-                         f"[{int(labels.min())}, {int(labels.max())}]; check --label-column or the label mapping")
-    return labels
-
-
-def match_to_data(predictions: Predictions, data: TextData) -> Predictions:
-    """Reorder saved logits to the data's examples: by id when the file has ids, else by position.
-
-    Raises:
-        AuditError: ids missing from the file, or a count that does not match the data.
-    """
-    if predictions.ids is not None:
-        row_of = {example_id: row for row, example_id in enumerate(predictions.ids)}
-        missing = [i for i in data.ids if i not in row_of]
-        if missing:
-            raise AuditError(f"expected predictions for every example of {data.name}, got none for {len(missing)} "
-                             f"ids in {predictions.source} (e.g. {missing[0]!r}); predict on the same data")
-        rows = [row_of[i] for i in data.ids]
-        return Predictions(predictions.name, predictions.logits[rows], list(data.ids), predictions.label_names,
-                           predictions.source)
-    if predictions.logits.shape[0] != len(data):
-        raise AuditError(f"expected {len(data)} rows of logits (one per example of {data.name}), got "
-                         f"{predictions.logits.shape[0]} in {predictions.source}; save ids with the logits or "
-                         "predict on the same data")
-    return Predictions(predictions.name, predictions.logits, list(data.ids), predictions.label_names,
-                       predictions.source)
 
 
 def compare_predictions(teacher: Predictions, students: list[Predictions], labels: torch.Tensor | None, *,
@@ -212,21 +74,21 @@ def compare_predictions(teacher: Predictions, students: list[Predictions], label
                           **summarize_model(s.logits, labels, n_bins=settings.n_bins)}
     if settings.model_cis and labels is not None:
         for p in (teacher, *students):
-            models[p.name]["ci"] = metrics.model_cis(p.logits, labels, n_bins=settings.n_bins,
+            models[p.name]["ci"] = stats.model_cis(p.logits, labels, n_bins=settings.n_bins,
                                                      n_resamples=settings.n_bootstrap, seed=settings.seed)
     boot = dict(n_bootstrap=settings.n_bootstrap, seed=settings.seed)
     pairs = []
     scatter_rows = torch.randperm(n, generator=torch.Generator().manual_seed(settings.seed))[:SCATTER_POINTS]
-    teacher_maxprob = metrics.max_probability(torch.softmax(teacher.logits, -1))
+    teacher_maxprob = stats.max_probability(torch.softmax(teacher.logits, -1))
     for s in students:
-        stats = pair_statistics(teacher.logits, s.logits, **boot)
-        label, reason = verdict(stats, models[teacher.name]["entropy_mean"], settings.rule)
-        student_maxprob = metrics.max_probability(torch.softmax(s.logits, -1))
-        pairs.append({"teacher": teacher.name, "student": s.name, **stats, "verdict": label, "verdict_reason": reason,
+        pair_stats = pair_statistics(teacher.logits, s.logits, **boot)
+        label, reason = verdict(pair_stats, models[teacher.name]["entropy_mean"], settings.rule)
+        student_maxprob = stats.max_probability(torch.softmax(s.logits, -1))
+        pairs.append({"teacher": teacher.name, "student": s.name, **pair_stats, "verdict": label, "verdict_reason": reason,
                       "scatter": {"teacher_maxprob": teacher_maxprob[scatter_rows].tolist(),
                                   "student_maxprob": student_maxprob[scatter_rows].tolist()}})
         if settings.model_cis and labels is not None:  # positive: the student is better calibrated than its teacher
-            pairs[-1]["calibration_difference"] = metrics.paired_difference_cis(
+            pairs[-1]["calibration_difference"] = stats.paired_difference_cis(
                 teacher.logits, s.logits, labels, n_bins=settings.n_bins, n_resamples=settings.n_bootstrap,
                 seed=settings.seed)
     return {
@@ -241,14 +103,6 @@ def compare_predictions(teacher: Predictions, students: list[Predictions], label
     }
 
 
-def versions() -> dict[str, str]:
-    """Versions of what produced a report (read from package metadata: importing transformers costs memory)."""
-    from importlib.metadata import version
-
-    return {"kd-audit": version("kd-audit"), "torch": torch.__version__, "transformers": version("transformers"),
-            "python": platform.python_version()}
-
-
 def compare(teacher: ModelLike, students: list[ModelLike], data: str | TextData | None, *,
             names: list[str] | None = None, settings: CompareSettings | None = None,
             save_logits: str | Path | None = None) -> dict:
@@ -256,15 +110,15 @@ def compare(teacher: ModelLike, students: list[ModelLike], data: str | TextData 
 
     Args:
         teacher, students: model specs (paths, hub ids, predictions files) or loaded models.
-        data: a data spec (see :func:`audit.data.load_data`), loaded data, or None when every model is a
+        data: a data spec (see :func:`audit.load.data.load_data`), loaded data, or None when every model is a
             predictions file (then label-based metrics are left out).
         names: report names for teacher then students (default: from the paths).
         save_logits: a folder to write one ``<name>.safetensors`` per model into, for a model-free re-run.
 
     Under ``torchrun``/``accelerate launch`` every process evaluates its share of the batches
-    (:mod:`audit.distributed`), gets all the logits back in the data's order and returns the same report as a
+    (:mod:`audit.run.distributed`), gets all the logits back in the data's order and returns the same report as a
     single process would; only rank 0 writes ``save_logits``. With ``settings.cache`` the logits are kept in
-    the prediction cache as they are computed (:mod:`audit.cache`), so an interrupted run resumes.
+    the prediction cache as they are computed (:mod:`audit.run.cache`), so an interrupted run resumes.
 
     Raises:
         AuditError: any bad input, before anything is written.
@@ -283,13 +137,13 @@ def compare_with_predictions(teacher: ModelLike, students: list[ModelLike], data
                              settings: CompareSettings | None = None) -> tuple[dict, list[Predictions]]:
     """:func:`compare`'s report and every model's logits (teacher first), for callers that keep them.
 
-    The audit follows the teacher's kind (:func:`audit.adapters.set_up`): causal LMs are audited token by token
-    by :func:`audit.lm.audit_tokens`, whose per-token logits are never kept, so the list is empty then.
+    The audit follows the teacher's kind (:func:`audit.run.adapters.set_up`): causal LMs are audited token by token
+    by :func:`audit.compare.audit_tokens`, whose per-token logits are never kept, so the list is empty then.
     """
     settings = settings or CompareSettings()
     setup = set_up(teacher, students, names, settings)
     if setup.kind == "lm":
-        from audit.lm import audit_tokens
+        from audit.compare import audit_tokens
 
         return audit_tokens(setup, data, settings), []
     if setup.kind == "callable":
@@ -331,7 +185,7 @@ def compare_callable(teacher: Callable, students: list[Callable], batches: Itera
     students, no checkpoints.
 
     The loader is iterated once and every callable runs on each batch, so a shuffling loader gives all of them
-    the same inputs (batch and output shapes: :class:`audit.adapters.CallableAdapter`). (B, K) logits with (B,)
+    the same inputs (batch and output shapes: :class:`audit.run.adapters.CallableAdapter`). (B, K) logits with (B,)
     labels get the classifier audit of :func:`compare` (every model's full logits kept; schema compare/1);
     (B, T, V) logits with (B, T) labels (-100 where unscored) get the token audit of causal LMs (per-position
     scalars only, each row of the loader one cluster of the bootstrap; schema compare/2). It runs in this
@@ -369,7 +223,8 @@ def compare_callable(teacher: Callable, students: list[Callable], batches: Itera
     with torch.inference_mode():
         stream = callable_batches(setup.models, itertools.chain([first], loader), setup.device)
         if tokens:
-            from audit.lm import token_columns, token_report
+            from audit.compare import token_report
+            from audit.run.evaluate import token_columns
 
             columns, vocab_size = token_columns(stream, [m.name for m in setup.models])
             data_info = {"name": "dataloader", "kind": "python", "unit": "token", "n": int(columns["sequence"].numel()),
@@ -403,7 +258,7 @@ def calibration_spec(data: str | TextData | None, settings: CompareSettings) -> 
     Raises:
         AuditError: neither is available.
     """
-    from audit.data import builtin_datasets
+    from audit.load.data import builtin_datasets
 
     if settings.calibration_data is not None:
         return settings.calibration_data
@@ -444,7 +299,7 @@ def add_calibration(report: dict, test: list[Predictions], test_labels: torch.Te
     Raises:
         AuditError: test data without labels, or a fitted temperature at its search bound (degenerate logits).
     """
-    from audit.calibrate import calibrated_metrics, scale_logits, temperature_ratio
+    from audit.stats.temperature import calibrated_metrics, scale_logits, temperature_ratio
 
     if test_labels is None:
         raise AuditError("expected labelled test data with --calibrate, got none; pass --data with labels")
@@ -459,16 +314,16 @@ def add_calibration(report: dict, test: list[Predictions], test_labels: torch.Te
         pair["temperature_ratio"] = temperature_ratio(calibration[0].logits, cal_student.logits, cal_labels,
                                                       n_resamples=min(settings.n_bootstrap, TEMPERATURE_RESAMPLES),
                                                       seed=settings.seed)
-        stats = pair_statistics(scaled_teacher, scale_logits(student.logits, temperatures[student.name]).float(),
+        pair_stats = pair_statistics(scaled_teacher, scale_logits(student.logits, temperatures[student.name]).float(),
                                 n_bootstrap=settings.n_bootstrap, seed=settings.seed)
-        label, reason = verdict(stats, float(metrics.entropy(torch.softmax(scaled_teacher, -1)).mean()), settings.rule)
-        pair["calibrated"] = {"entropy_shift": stats["entropy_shift"],
-                              "corr_entropy_spearman": stats["corr_entropy_spearman"],
+        label, reason = verdict(pair_stats, float(stats.entropy(torch.softmax(scaled_teacher, -1)).mean()), settings.rule)
+        pair["calibrated"] = {"entropy_shift": pair_stats["entropy_shift"],
+                              "corr_entropy_spearman": pair_stats["corr_entropy_spearman"],
                               "verdict": label, "verdict_reason": reason,
                               "verdict_survives": label == pair["verdict"]}
     report["calibration"] = {"data": calibration_spec_label(settings, report), "n": int(cal_labels.numel()),
                              "method": "one temperature per model minimising NLL on the calibration data "
-                                       "(audit.calibrate.fit_temperature); metrics after scaling on the test data"}
+                                       "(audit.stats.temperature.fit_temperature); metrics after scaling on the test data"}
 
 
 def calibration_spec_label(settings: CompareSettings, report: dict) -> str:
@@ -531,7 +386,7 @@ def _max_length(model: TextClassifier, wanted: int) -> int:
 
 
 def _store(model: TextClassifier, data: TextData, device, dtype, settings: CompareSettings) -> PredictionStore | None:
-    """The cache entry of this model's logits on this data (see :mod:`audit.cache`); None when the cache
+    """The cache entry of this model's logits on this data (see :mod:`audit.run.cache`); None when the cache
     cannot be written (the run goes on uncached, with a warning)."""
     key = prediction_key(model, data, dtype=dtype, max_length=settings.max_length,
                          batch_size=resolve_batch_size(settings.batch_size, device), device=device)
@@ -547,22 +402,103 @@ def logits_files(predictions: list[Predictions], folder: Path) -> dict[Path, byt
     return {Path(folder) / f"{p.name}.safetensors": predictions_bytes(p) for p in predictions}
 
 
-def json_ready(value):
-    """``value`` with every non-finite float made ``None`` (strict JSON has no NaN or Infinity)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: json_ready(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_ready(v) for v in value]
-    return value
+def _token_store(models: list, documents: Documents, windows: TokenWindows, columns: int, settings: CompareSettings,
+           dtype: torch.dtype, device: torch.device, batch_size: int):
+    """The cache entry of these columns (every model, the documents and the windowing), or None when unusable."""
+    from audit.run.cache import CacheUnavailable, PredictionStore, model_fingerprint
+
+    digest = hashlib.sha256()
+    for values in (documents.texts, documents.ids, documents.prompts or []):
+        digest.update(json.dumps(values).encode())
+    from audit.run.cache import file_sha256
+
+    key = {"version": 1, "kind": "lm-columns",
+           "models": [[m.source, model_fingerprint(m) if isinstance(m, CausalLM) else file_sha256(Path(m.source))]
+                      for m in models],
+           "documents": digest.hexdigest(), "windows": windows.info, "dtype": str(dtype), "device": device.type,
+           "batch_size": batch_size}
+    try:
+        return PredictionStore.open(key, name="+".join(m.name for m in models), num_classes=columns)
+    except CacheUnavailable as err:
+        warn(f"running without the prediction cache: {err}")
+        return None
 
 
-def json_text(report: dict) -> str:
-    """The report as strict JSON text."""
-    return json.dumps(json_ready(report), indent=2, allow_nan=False)
+def compare_lm(teacher: str | CausalLM, students: list[str | CausalLM], data: str | Documents, *,
+               names: list[str] | None = None, settings: CompareSettings | None = None) -> dict:
+    """Audit a causal-LM teacher and its students token by token on ``data`` (text documents).
+
+    Args:
+        teacher, students: specs for :func:`load_causal_lm` (the teacher also a top-k logits file), or loaded
+            :class:`CausalLM`.
+        data: a spec for :func:`audit.load.data.text.read_documents`, or loaded :class:`Documents`.
+        names: report names, teacher first (they replace loaded models' own names).
+        settings: ``max_length`` (window length), ``stride``, ``split``, ``text_column``, ``prompt_column``,
+            ``completion_column``, ``limit`` (documents), device, dtype, batch size, bins, bootstrap, seed, cache.
+
+    Raises:
+        AuditError: any bad input (different tokenizers, a window longer than a model's context, text too short),
+            before the models run.
+    """
+    from audit.run.adapters import set_up
+
+    settings = settings or CompareSettings()
+    return audit_tokens(set_up(teacher, students, names, settings, kind="lm"), data, settings)
 
 
-def write_json(report: dict, path: str | Path) -> None:
-    """Write the report as strict JSON, atomically (a temp file renamed into place)."""
-    write_atomic(path, lambda tmp: tmp.write_text(json_text(report)))
+def audit_tokens(setup: Setup, data: str | Documents, settings: CompareSettings) -> dict:
+    """:func:`compare_lm` on models already set up (:func:`audit.run.adapters.set_up`, kind "lm")."""
+    from audit.run.adapters import TopkFileAdapter
+
+    models = list(setup.models)
+    lms = [m.model for m in models if not m.saved]
+    check_same_tokenizer(lms)
+    for m in lms:
+        if m.context is not None and settings.max_length > m.context:
+            raise AuditError(f"expected --max-length at most {m.name}'s context of {m.context} tokens, got "
+                             f"{settings.max_length}; pass --max-length {m.context} or less")
+    documents = data if isinstance(data, Documents) else read_documents(
+        data, split=settings.split, text_column=settings.text_column, prompt_column=settings.prompt_column,
+        completion_column=settings.completion_column, limit=settings.limit)
+    windows = tokenize_windows(documents, lms[0].tokenizer, max_length=settings.max_length, stride=settings.stride)
+    vocab_size = int(lms[0].model.config.vocab_size)
+    topk = None
+    if isinstance(models[0], TopkFileAdapter):
+        models[0] = models[0].read(windows, vocab_size)
+        topk = models[0].k
+    device, dtype = setup.device, setup.dtype
+    batch_size = resolve_batch_size(settings.batch_size, device, "lm")
+    n_columns = len(column_names([m.name for m in models], len(models) - 1))
+    store = _token_store([m.model for m in models], documents, windows, n_columns, settings, dtype, device,
+                   batch_size) if settings.cache else None
+    columns = evaluate_tokens(models, windows, device=device, dtype=dtype, batch_size=batch_size,
+                              progress=settings.progress, store=store, group=setup.group)
+    data_info = {"name": documents.name, **documents.info, "unit": "token", "n": int(columns["sequence"].numel()),
+                 "n_sequences": len(documents), "windows": windows.info, "label_names": None}
+    return token_report(columns, models, vocab_size, settings=settings, data_info=data_info, topk=topk,
+                        run={"device": str(device), "dtype": str(dtype).removeprefix("torch."),
+                             "batch_size": batch_size})
+
+
+def token_report(columns: dict[str, torch.Tensor], models: list, vocab_size: int, *, settings: CompareSettings,
+                 data_info: dict, run: dict, topk: int | None = None) -> dict:
+    """The compare/2 report dict of per-position ``columns`` (:func:`evaluate_tokens`) of ``models`` (anything
+    with ``name`` and ``source``, teacher first); ``run`` records how they ran (device, dtype, batch size)."""
+    from audit.report.envelope import versions
+
+    model_stats, pairs, differences = summarize_tokens(columns, [m.name for m in models], vocab_size, settings=settings,
+                                                       topk=topk)
+    for m in models:
+        model_stats[m.name]["source"] = m.source
+    return {
+        "schema": TOKEN_SCHEMA,
+        "schema_changes": TOKEN_SCHEMA_CHANGES,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "versions": versions(),
+        "settings": {**{k: v for k, v in asdict(settings).items() if k not in ("progress", "cache")}, **run,
+                     "ci_method": "percentile cluster bootstrap by sequence (document)"},
+        "data": data_info,
+        "models": model_stats,
+        "pairs": pairs,
+        "students": differences,
+    }

@@ -43,7 +43,7 @@ def _pair_specs(config: pytest.Config) -> dict[str, str | None]:
 def pytest_configure(config: pytest.Config) -> None:
     """Refuse, before any test runs, a report path that cannot be written and a model path that does not exist."""
     from audit.errors import AuditError
-    from audit.models import looks_like_hub_id
+    from audit.load.models import looks_like_hub_id
     from audit.outputs import Output, check_outputs
 
     path = config.getoption("--kd-audit-report", default=None)

@@ -163,16 +163,16 @@ def tiny_lm_sizes(spec: str) -> tuple[int, int]:
 
 @dataclass
 class LMTrainSettings:
-    """Every option of a causal-LM training run (:mod:`audit.train_lm`), with its default.
+    """Every option of a causal-LM training run (:mod:`audit.recipes.train_lm`), with its default.
 
     ``model`` is a causal LM (Hugging Face folder or hub id, GGUF file), ``SPEC@layers=k`` (its first k decoder
     layers), or ``tiny-llama[:hidden=H,layers=L]`` (a fresh Llama with the teacher's tokenizer). ``teacher`` is
     always needed: it gives KD its targets, the tokenizer every student must share, and the dev audit's
-    reference. ``data`` is a text spec of :func:`audit.data.text.read_documents` with ``train_split`` and
+    reference. ``data`` is a text spec of :func:`audit.load.data.text.read_documents` with ``train_split`` and
     ``eval_split``. ``steps`` (when set) replaces ``epochs``. ``stride`` of the training windows defaults to
     ``max_length - 1`` (every token a target once); the dev audit's windows advance by ``max_length // 2``.
-    ``teacher_topk`` (KD only): a top-k logits file (:mod:`audit.topk`) of the teacher at exactly the training
-    windows' scored positions, whose tail-bucket forward KL (:func:`audit.topk.topk_kd_loss`) replaces running
+    ``teacher_topk`` (KD only): a top-k logits file (:mod:`audit.reduce.topk`) of the teacher at exactly the training
+    windows' scored positions, whose tail-bucket forward KL (:func:`audit.reduce.topk.topk_kd_loss`) replaces running
     the teacher in each step; at temperature 1 only (the file's log-probabilities cannot be re-tempered without
     the tail's shape). ``freeze_embeddings`` trains the decoder layers only: the input embeddings and the output
     head (for ``@layers=k``, the teacher's; one matrix when tied) stay as they start.
@@ -189,7 +189,7 @@ class LMTrainSettings:
     temperature: float = 2.0
     kd_weight: float = 0.5
     teacher_temperature: float = 1.0  # the teacher's logits are divided by this first (a graded teacher)
-    teacher_topk: str | None = None  # KD targets from this top-k logits file (audit.topk), not the teacher's forward
+    teacher_topk: str | None = None  # KD targets from this top-k logits file (audit.reduce.topk), not the teacher's forward
     freeze_embeddings: bool = False  # the input embeddings and the output head keep their first weights
     epochs: float = 1.0
     steps: int | None = None

@@ -1,7 +1,7 @@
 """Assertions that gate a distilled model in a user's own CI, reading like the compare report.
 
 Each helper takes the same model and data specs as ``python -m audit compare`` (paths, hub ids, logits
-files) or already evaluated :class:`~audit.models.Predictions` (see the ``kd_audit_pair`` fixture of
+files) or already evaluated :class:`~audit.load.models.Predictions` (see the ``kd_audit_pair`` fixture of
 :mod:`audit.pytest_plugin`), raises ``AssertionError`` with the numbers when the check fails, and returns
 the numbers when it passes. Every check made is appended to :data:`RECORDS`, which the plugin's
 ``--kd-audit-report PATH`` writes out as JSON.
@@ -13,17 +13,11 @@ from __future__ import annotations
 
 import dataclasses
 
-from audit.compare import (
-    CompareSettings,
-    ModelLike,
-    compare,
-    data_labels,
-    load_eval_data,
-    predict,
-    summarize_model,
-)
-from audit.data import TextData
-from audit.inheritance import VerdictRule
+from audit.compare import CompareSettings, ModelLike, compare, load_eval_data, predict
+from audit.load.data import TextData
+from audit.load.labels import data_labels
+from audit.stats.inheritance import VerdictRule
+from audit.stats.summary import summarize_model
 
 RECORDS: list[dict] = []
 
@@ -50,7 +44,7 @@ def assert_inherits_confidence(teacher: ModelLike, student: ModelLike, data: str
                                min_correlation: float = 0.5, shift_band: float = 0.25,
                                settings: CompareSettings | None = None) -> dict:
     """The student inherits the teacher's confidence: the compare verdict is "inherits" under this rule
-    (see :func:`audit.inheritance.verdict`)."""
+    (see :func:`audit.stats.inheritance.verdict`)."""
     rule = VerdictRule(min_correlation=min_correlation, shift_band=shift_band)
     settings = dataclasses.replace(settings or CompareSettings(progress=False), rule=rule)
     _, pair = _pair_report(teacher, student, data, settings)

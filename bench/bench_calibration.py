@@ -20,8 +20,8 @@ from calibration import utils as uc
 from kd_targets import Target
 from sklearn.calibration import _TemperatureScaling
 
-from audit.calibrate import fit_temperature
-from audit.metrics import calibration_extras, smooth_ece
+from audit.stats import calibration_extras, smooth_ece
+from audit.stats.temperature import fit_temperature
 
 N, K, N_BINS, SEED = 1_000_000, 10, 15, 0
 ROUNDS = {"ours": 10, "relplot": 2}

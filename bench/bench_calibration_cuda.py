@@ -4,7 +4,7 @@
 Run: ``python -m pytest bench/bench_calibration_cuda.py`` (skips without CUDA; ``bench/gpu.sh`` runs it).
 Apart from ``bench/bench_calibration.py`` because that file's oracles (relplot, uncertainty-calibration,
 scikit-learn) are not on the lent GPU machine; here the providers are the same estimators on the CPU,
-whose values that file and ``tests/metrics`` check against the oracles, and the GPU values must equal them.
+whose values that file and ``tests/stats`` check against the oracles, and the GPU values must equal them.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import pytest
 import torch
 from kd_targets import Target
 
-from audit.calibrate import fit_temperature
-from audit.metrics import calibration_extras
+from audit.stats import calibration_extras
+from audit.stats.temperature import fit_temperature
 
 N, K, N_BINS, SEED, ROUNDS = 1_000_000, 10, 15, 0, 20
 

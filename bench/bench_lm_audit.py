@@ -3,7 +3,7 @@
 Run: ``python -m pytest bench/bench_lm_audit.py`` (``--benchmark-json=out.json`` keeps the numbers).
 
 - **CPU**: auditing 20,000 scored tokens of the fixture teacher and its one-layer cut (shakespeare:test, windows
-  of 128) through :func:`audit.lm.compare_lm`, statistics included; target under 30 s on 2 cores. The value
+  of 128) through :func:`audit.compare.compare_lm`, statistics included; target under 30 s on 2 cores. The value
   check: the teacher's NLL in the report equals the mean of transformers' own per-token loss on the same windows.
 - **CUDA** (skipped without one): the audit's evaluation loop (teacher + student forward, the fused reduction,
   columns to the host) against the two models' bare bf16 forward passes on the same batches; target at least
@@ -18,7 +18,7 @@ import pytest
 import torch
 from kd_targets import Target
 
-from audit.data.text import IGNORE_INDEX, Documents, read_documents, tokenize_windows
+from audit.load.data.text import IGNORE_INDEX, Documents, read_documents, tokenize_windows
 from audit.package import fixtures_path
 from audit.settings import CompareSettings
 
@@ -36,7 +36,8 @@ def shakespeare(tokens: int, tokenizer) -> Documents:
 
 
 def test_cpu_audit_of_20k_tokens(benchmark, targets):
-    from audit.lm import compare_lm, load_causal_lm
+    from audit.compare import compare_lm
+    from audit.load.causal_lm import load_causal_lm
 
     torch.set_num_threads(2)
     teacher, student = load_causal_lm(TEACHER), load_causal_lm(STUDENT)
@@ -66,7 +67,8 @@ def test_cpu_audit_of_20k_tokens(benchmark, targets):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_gpu_audit_throughput_against_bare_forwards(benchmark, targets):
-    from audit.lm import evaluate_tokens, load_causal_lm
+    from audit.load.causal_lm import load_causal_lm
+    from audit.run.evaluate import evaluate_tokens
 
     teacher, student = load_causal_lm(TEACHER), load_causal_lm(STUDENT)
     documents = shakespeare(200_000, teacher.tokenizer)

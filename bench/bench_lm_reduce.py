@@ -3,13 +3,13 @@
 Run: ``python -m pytest bench/bench_lm_reduce.py`` (add ``--benchmark-json=out.json`` to keep the numbers).
 
 - **Host memory** of the statistics of a 10M-position audit: a subprocess holds the per-position columns that
-  :func:`audit.reduce.reduce_logits` leaves (teacher and student entropy, max probability, target log-prob,
+  :func:`audit.reduce.reduction.reduce_logits` leaves (teacher and student entropy, max probability, target log-prob,
   correctness; KL both ways; top-k overlap; sequence ids: what an audit keeps, whatever the vocabulary), and
   computes the report's means and its cluster-bootstrap intervals; its high-water mark (``VmHWM``) must stay
   under 2 GB. The columns are synthetic (drawn, not reduced from logits): the reduction's own memory is one
   batch of logits, bounded by the batch, and is not what this measures.
 - **Time** of the cluster bootstrap of those 10M positions in 100k sequences, 1000 resamples, for the
-  intervals a pair's report carries, through :func:`audit.metrics.cluster.cluster_bootstrap_cis` (one set of
+  intervals a pair's report carries, through :func:`audit.stats.cluster.cluster_bootstrap_cis` (one set of
   draws). Target: under 60 s on 2 cores, asserted on a machine with at least ``TARGET_CORES`` cores.
 - **CUDA** (skipped without one): the fused reduction of 8192 positions x 128,256 bf16 logits (teacher and
   student) against the floor of reading both tensors once at the copy bandwidth measured in the same run;
@@ -52,7 +52,7 @@ def audit_columns(n: int, n_sequences: int, seed: int) -> dict[str, torch.Tensor
 
 def report_intervals(c: dict[str, torch.Tensor], n_resamples: int) -> dict[str, tuple[float, float]]:
     """The clustered intervals of one pair's token-level report."""
-    from audit.metrics.cluster import cluster_bootstrap_cis
+    from audit.stats.cluster import cluster_bootstrap_cis
 
     specs = {
         **{f"{key}_{m}": ("mean", (c[f"{key}_{m}"],)) for key in ("nll", "correct", "entropy", "maxprob")
@@ -131,7 +131,7 @@ def test_cluster_bootstrap_of_ten_million_positions(benchmark, columns):
 def test_fused_reduction_against_copy_bandwidth(benchmark):
     import triton.testing
 
-    from audit.reduce import reduce_logits
+    from audit.reduce.reduction import reduce_logits
 
     g = torch.Generator(device="cuda").manual_seed(SEED)
     t = (3 * torch.randn(GPU_POSITIONS, GPU_VOCAB, device="cuda", generator=g)).bfloat16()
@@ -141,7 +141,7 @@ def test_fused_reduction_against_copy_bandwidth(benchmark):
     dst = torch.empty_like(src)
     copy_ms = triton.testing.do_bench(lambda: dst.copy_(src), warmup=25, rep=200, return_mode="median")
     bandwidth = 2 * src.numel() / (copy_ms * 1e-3)  # bytes/s, read + write
-    from audit.losses.kernels import reduce as kernel
+    from audit.reduce.reduction import kernel
 
     fused_ms = triton.testing.do_bench(lambda: kernel.reduce_pair(t, s, y), warmup=25, rep=200,
                                        return_mode="median")

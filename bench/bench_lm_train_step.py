@@ -2,14 +2,14 @@
 
 Run: ``python -m pytest bench/bench_lm_train_step.py`` (``--benchmark-json=out.json`` keeps the numbers).
 
-The step is the one :func:`audit.train_lm.train_lm` takes: the teacher's forward under ``no_grad``, the
+The step is the one :func:`audit.recipes.train_lm.train_lm` takes: the teacher's forward under ``no_grad``, the
 student's forward, the loss at the scored positions, backward, gradient clipping and an AdamW step. Teacher:
 the fixture ``lm-teacher`` (2 x 64 Llama, SmolLM2's vocabulary of 49,152); student: its first layer
-(``lm-teacher@layers=1``, built by :func:`audit.train_lm.build_student`); one batch of the recipe's default
+(``lm-teacher@layers=1``, built by :func:`audit.recipes.train_lm.build_lm_student`); one batch of the recipe's default
 size (:class:`audit.settings.LMTrainSettings`: 8 windows of 64 tokens) from the built-in Shakespeare train
 split; forward-KL KD at the default T and w. One intra-op thread (``one_thread``).
 
-Providers (one set-up shared by both): ``ours``, the recipe's loss (:func:`audit.train_lm.lm_loss`, i.e.
+Providers (one set-up shared by both): ``ours``, the recipe's loss (:func:`audit.recipes.train_lm.lm_loss`, i.e.
 :func:`audit.losses.distillation_loss`: the torch backend on CPU, the fused Triton kernels on CUDA), and
 ``eager``, the textbook PyTorch KD loss (``F.cross_entropy`` + ``F.kl_div`` of log-softmaxes, times T^2).
 Their losses and every parameter gradient from one state are asserted to agree. Each records tokens/s (scored
@@ -28,7 +28,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from audit.data.text import IGNORE_INDEX, read_documents
+from audit.load.data.text import IGNORE_INDEX, read_documents
 from audit.package import fixtures_path
 from audit.settings import LMTrainSettings
 
@@ -50,7 +50,7 @@ def eager_kd_loss(logits: torch.Tensor, targets: torch.Tensor, teacher_logits: t
 
 
 def ours_loss(logits: torch.Tensor, targets: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
-    from audit.train_lm import lm_loss
+    from audit.recipes.train_lm import lm_loss
 
     return lm_loss(SETTINGS, logits, targets, teacher_logits)
 
@@ -61,12 +61,12 @@ LOSSES = {"ours": ours_loss, "eager": eager_kd_loss}
 @pytest.fixture(scope="module")
 def setup(one_thread) -> dict:
     """The teacher, the initial student and one batch (input ids, mask, scored-position mask, targets)."""
-    from audit.lm import load_causal_lm
-    from audit.train_lm import build_student, training_windows
+    from audit.load.causal_lm import load_causal_lm
+    from audit.recipes.train_lm import build_lm_student, training_windows
 
     teacher = load_causal_lm(TEACHER, name="teacher")
     teacher.model.eval()
-    student = build_student(STUDENT, teacher, seed=SETTINGS.seed)
+    student = build_lm_student(STUDENT, teacher, seed=SETTINGS.seed)
     windows = training_windows(read_documents(SETTINGS.data, split=SETTINGS.train_split, limit=DOCUMENTS),
                                teacher.tokenizer, SETTINGS)
     rows = slice(0, SETTINGS.batch_size)

@@ -2,7 +2,7 @@
 
 Run: ``python -m pytest bench/bench_memory.py`` (add ``--benchmark-json=out.json`` to keep the numbers).
 Inputs (written per K): teacher and student logits ``.npy`` of ``N`` rows x ``K`` classes and an
-``N``-row parquet of ids and labels (with an empty ``text`` column: ``audit.data.load_data`` wants one even
+``N``-row parquet of ids and labels (with an empty ``text`` column: ``audit.load.data.load_data`` wants one even
 when every model is a predictions file). The audit runs with ``--bootstrap 20``: bootstrap resamples are
 evaluated a chunk at a time, so the count changes the time, not the peak. The peak is the audit process's own
 high-water mark (``VmHWM``, read at exit), recorded as ``peak_rss_mb`` in extra_info with the budget it must stay

@@ -1,9 +1,9 @@
-"""Top-label ECE + MCE + adaptive ECE on 1M examples x 10 classes on CPU: audit.metrics against netcal.
+"""Top-label ECE + MCE + adaptive ECE on 1M examples x 10 classes on CPU: audit.stats against netcal.
 
 Run: ``python -m pytest bench/bench_metrics.py`` (add ``--benchmark-json=out.json`` to keep the numbers).
 Both providers get the same precomputed top-1 confidences and correctness flags, so only the calibration
 metrics are timed (one shared set-up, :func:`inputs`). ``N_BINS`` divides ``N`` so that netcal's quantile-edged equal-mass bins coincide with
-our tensor_split groups (see ``audit.metrics.adaptive_ece``), and the three values are asserted equal.
+our tensor_split groups (see ``audit.stats.adaptive_ece``), and the three values are asserted equal.
 Both run single-threaded, as numpy does: torch's intra-op threads only add noise on a shared small CPU.
 The netcal-over-ours ratio of medians is recorded as ``speedup_vs_netcal`` in ours' extra_info and checked
 against the target of issue 2 (:data:`TARGET_SPEEDUP`: at least 20x netcal, a CPU speed target; see
@@ -18,7 +18,7 @@ import torch
 from kd_targets import Target
 from netcal.metrics import ECE, MCE
 
-from audit.metrics import calibration_errors, correct, max_probability
+from audit.stats import calibration_errors, correct, max_probability
 
 N, K, N_BINS, SEED = 1_000_000, 10, 10, 0
 ROUNDS = {"ours": 20, "netcal": 3}

@@ -1,9 +1,9 @@
-"""Examples per second of compare's evaluation (``audit.predict.predict_text``) against a plain
+"""Examples per second of compare's evaluation (``audit.run.evaluate.predict_text``) against a plain
 ``transformers.pipeline("text-classification")`` loop, on the same MiniLM-L6 2-class classifier.
 
 Run: ``python -m pytest bench/bench_throughput.py`` (add ``--benchmark-json=out.json`` to keep the numbers).
 Both providers get the same real sentences (``vader-movies`` dev: ``N_SENTENCES[device]`` of them), the
-same weights (two copies built with one seed), the same batch size (``audit.predict.AUTO_BATCH``) and
+same weights (two copies built with one seed), the same batch size (``audit.run.device.AUTO_BATCH``) and
 ``max_length``. Ours runs as ``compare`` does: length-sorted batches in ``resolve_dtype("auto")`` (bf16 on
 a GPU that has it, else fp32), no prediction cache. The pipeline runs as documented: fp32, batches in the
 data's order. Outputs are checked to agree before anything is timed. On CPU both run single-threaded
@@ -19,9 +19,10 @@ import pytest
 import torch
 from kd_targets import Target
 
-from audit.data import load_data
-from audit.predict import predict_text, resolve_batch_size, resolve_dtype
-from audit.train import build_student
+from audit.load.data import load_data
+from audit.recipes.train import build_classifier_student
+from audit.run.device import resolve_batch_size, resolve_dtype
+from audit.run.evaluate import predict_text
 
 LABELS = ["negative", "positive"]
 MAX_LENGTH, SEED = 256, 0
@@ -44,8 +45,8 @@ def setup(request) -> dict:
 
     data = load_data("vader-movies", split="dev", limit=N_SENTENCES[device.type])
     size = resolve_batch_size("auto", device)
-    ours = build_student("minilm-l6", LABELS, seed=SEED)
-    theirs = build_student("minilm-l6", LABELS, seed=SEED)
+    ours = build_classifier_student("minilm-l6", LABELS, seed=SEED)
+    theirs = build_classifier_student("minilm-l6", LABELS, seed=SEED)
     pipe = pipeline("text-classification", model=theirs.model.to(device), tokenizer=theirs.tokenizer, device=device)
     return {"device": device, "data": data, "size": size, "ours": ours, "pipe": pipe,
             "dtype": resolve_dtype("auto", device)}

@@ -12,7 +12,7 @@ import torch
 from typer.testing import CliRunner
 
 from audit.cli import DEFAULT_DATA, FIXTURES, app
-from audit.models import Predictions, save_predictions
+from audit.load.models import Predictions, save_predictions
 
 TEACHER = str(FIXTURES / "teacher")
 STUDENT = str(FIXTURES / "student-kd")

@@ -3,10 +3,12 @@
 import pytest
 import torch
 
-from audit.compare import align_labels, compare_predictions, data_labels, match_to_data, summarize_model
-from audit.data import TextData
+from audit.compare import compare_predictions
 from audit.errors import AuditError
-from audit.models import Predictions
+from audit.load.data import TextData
+from audit.load.labels import align_labels, data_labels, match_to_data
+from audit.load.models import Predictions
+from audit.stats.summary import summarize_model
 
 
 def test_summary_of_a_perfect_confident_model():

@@ -12,7 +12,7 @@ from scipy.special import log_softmax
 
 from audit.cli import DEFAULT_CALIBRATION_DATA, DEFAULT_DATA, FIXTURES, main
 from audit.compare import predict
-from audit.data import load_data
+from audit.load.data import load_data
 from audit.settings import CompareSettings
 
 TEACHER, STUDENT = str(FIXTURES / "teacher"), str(FIXTURES / "student-kd")
@@ -28,7 +28,7 @@ def own_cache(tmp_path, monkeypatch):
 
 
 def scipy_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
-    """T minimising the mean NLL of softmax(logits / T), by scipy on log T (independent of audit.calibrate)."""
+    """T minimising the mean NLL of softmax(logits / T), by scipy on log T (independent of audit.stats.temperature)."""
     def nll(log_t: float) -> float:
         return -log_softmax(logits / np.exp(log_t), axis=1)[np.arange(len(labels)), labels].mean()
 

@@ -19,12 +19,12 @@ import pytest
 import torch
 from audit_cli import cli
 
-from audit.cache import MARKER, PredictionStore, cache_root, clear_cache, file_sha256
 from audit.cli import DEFAULT_DATA, FIXTURES
 from audit.compare import CompareSettings, compare
 from audit.errors import AuditError
-from audit.models import Predictions, save_predictions
+from audit.load.models import Predictions, save_predictions
 from audit.outputs import write_files
+from audit.run.cache import MARKER, PredictionStore, cache_root, clear_cache, file_sha256
 
 TEACHER = str(FIXTURES / "teacher")
 STUDENT = str(FIXTURES / "student-kd")

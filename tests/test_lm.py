@@ -13,8 +13,9 @@ import pytest
 import torch
 from audit_cli import cli
 
+from audit.compare import TOKEN_SCHEMA as SCHEMA
 from audit.errors import AuditError
-from audit.lm import SCHEMA, load_causal_lm
+from audit.load.causal_lm import load_causal_lm
 from audit.package import fixtures_path
 from audit.report.schema import validate_report
 from audit.settings import CompareSettings
@@ -102,7 +103,7 @@ def test_a_teacher_against_itself_and_against_a_cut_of_itself(docs):
 
 
 def test_a_killed_run_resumes_from_the_cache_with_identical_numbers(docs, monkeypatch):
-    from audit.adapters import CausalLMAdapter
+    from audit.run.adapters import CausalLMAdapter
 
     calls = []
     original = CausalLMAdapter.forward
@@ -194,8 +195,8 @@ def test_a_topk_teacher_file_stands_in_for_the_teacher(tmp_path, docs):
     """A teacher seen only through its top k: exact where the file is (top-1, max probability), lower bounds for
     the KLs and the entropy (the tail bucket), and refused when its positions are not the data's."""
     from audit import compare
-    from audit.data.text import read_documents, tokenize_windows
-    from audit.topk import topk_from_logits, write_topk_logits
+    from audit.load.data.text import read_documents, tokenize_windows
+    from audit.reduce.topk import topk_from_logits, write_topk_logits
 
     teacher = load_causal_lm(TEACHER)
     windows = tokenize_windows(read_documents(docs), teacher.tokenizer, max_length=32)

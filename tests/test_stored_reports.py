@@ -12,7 +12,6 @@ import math
 from pathlib import Path
 
 import pytest
-
 from audit_cli import cli
 
 EXPECTED = Path(__file__).parent / "expected"

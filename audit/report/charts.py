@@ -148,7 +148,7 @@ def terminal_charts(report: dict) -> RenderableType:
     """The report's charts as one rich renderable: ``Console().print(terminal_charts(report))``.
 
     Args:
-        report: a compare (``"kd-audit/compare/1"``) or replicate (``"kd-audit/replicate/1"``) report dict.
+        report: a compare (``"kd-audit/compare/1"``) or replicate (``"kd-audit/recipes/replicate/1"``) report dict.
 
     Raises:
         AuditError: a dict without a known ``"schema"``.

@@ -185,7 +185,7 @@ def render_html(report: dict) -> str:
     """The whole report as one self-contained HTML document.
 
     Args:
-        report: a compare (``"kd-audit/compare/1"``) or replicate (``"kd-audit/replicate/1"``) report dict.
+        report: a compare (``"kd-audit/compare/1"``) or replicate (``"kd-audit/recipes/replicate/1"``) report dict.
 
     Returns:
         An HTML5 document as a str: no scripts, no external resources, every report text escaped.

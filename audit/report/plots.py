@@ -14,7 +14,7 @@ Compare report (``"kd-audit/compare/1"``):
 - ``scatter-<student>.png``: teacher vs student max probability per example (the report's subsample),
   titled with the max-probability Pearson and Spearman correlations and their CIs (over all examples).
 
-Replicate report (``"kd-audit/replicate/1"``):
+Replicate report (``"kd-audit/recipes/replicate/1"``):
 
 - ``entropy-by-arm.png``: mean dev entropy per arm with its CI as error bars, per-seed values as dots.
 - ``inheritance.png`` (when the report has teachers of several confidences): student vs teacher entropy.
@@ -221,7 +221,7 @@ def build_figures(report: dict) -> dict[str, Figure]:
     """Every figure of a report, keyed by its file name, without saving anything.
 
     Args:
-        report: a compare (``"kd-audit/compare/1"``) or replicate (``"kd-audit/replicate/1"``) report dict,
+        report: a compare (``"kd-audit/compare/1"``) or replicate (``"kd-audit/recipes/replicate/1"``) report dict,
             as built by :func:`audit.compare.compare_predictions` or read back from its JSON.
 
     Returns:

@@ -1,10 +1,10 @@
 """A replicate summary in the terminal (rich tables), rendered from the summary dict alone: one task's
-grid (:func:`audit.replicate.replicate`, and the LM grid's common part), or a ``--task all`` aggregate."""
+grid (:func:`audit.recipes.replicate.replicate`, and the LM grid's common part), or a ``--task all`` aggregate."""
 
 from __future__ import annotations
 
-from audit.claims import VERDICTS
 from audit.report.schema import REPLICATE_ALL as ALL_SCHEMA
+from audit.stats.claims import VERDICTS
 
 
 def render_summary(summary: dict, console=None) -> None:

@@ -14,7 +14,7 @@ from audit.errors import AuditError
 
 COMPARE = "kd-audit/compare/1"
 COMPARE_LM = "kd-audit/compare/2"
-REPLICATE = "kd-audit/replicate/1"
+REPLICATE = "kd-audit/recipes/replicate/1"
 REPLICATE_ALL = "kd-audit/replicate-all/1"
 KINDS = {COMPARE: "compare", COMPARE_LM: "compare", REPLICATE: "replicate", REPLICATE_ALL: "replicate-all"}
 

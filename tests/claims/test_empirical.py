@@ -24,12 +24,12 @@ import math
 import pytest
 import torch
 
-from audit import metrics
-from audit.claims import CORRELATION_DELTA, RANK_CORRELATION_DELTA, ClaimResult, entropy_delta
+from audit import stats
 from audit.compare import predict
-from audit.data import load_data
-from audit.models import Predictions, save_predictions
-from audit.train import TrainSettings, train
+from audit.load.data import load_data
+from audit.load.models import Predictions, save_predictions
+from audit.recipes.train import TrainSettings, train
+from audit.stats.claims import CORRELATION_DELTA, RANK_CORRELATION_DELTA, ClaimResult, entropy_delta
 
 pytestmark = pytest.mark.claims
 
@@ -38,7 +38,8 @@ CLASSES = ["alpha", "beta", "gamma"]
 LENGTH = 8
 TINY = dict(model="tiny:hidden=32,layers=1", batch_size=32, lr=3e-3, max_length=16, device="cpu", warmup=0.0, seed=0)
 TAUS = (0.5, 1.0, 2.0, 4.0)
-KD = dict(temperature=2.0, kd_weight=0.5)  # the paper's setting
+PAPER_KD_TEMPERATURE = 2.0  # the paper's T, as in the classifier grid (audit.recipes.grid)
+PAPER_KD = dict(temperature=PAPER_KD_TEMPERATURE, kd_weight=0.5)
 DELTA = entropy_delta(len(CLASSES))
 MARGIN = 0.05  # accuracy above the majority class that counts as "learned"
 
@@ -71,7 +72,7 @@ class BayesTask:
         return str(path)
 
     def dev_entropy(self, tau: float = 1.0) -> torch.Tensor:
-        return metrics.entropy(torch.softmax(self.splits["dev"][1] / tau, -1))
+        return stats.entropy(torch.softmax(self.splits["dev"][1] / tau, -1))
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +90,7 @@ def trained(bayes, tmp_path_factory):
     runs = {
         "erm": dict(loss="ce"),
         "ls": dict(loss="ls", label_smoothing=0.3),
-        **{f"kd-tau{t:g}": dict(loss="kd", teacher=bayes.teacher(t), **KD) for t in TAUS},
+        **{f"kd-tau{t:g}": dict(loss="kd", teacher=bayes.teacher(t), **PAPER_KD) for t in TAUS},
     }
     dev = load_data(data, split="dev")
     labels = bayes.splits["dev"][2]
@@ -104,11 +105,11 @@ def trained(bayes, tmp_path_factory):
     weak_logits = predict(str(weak), load_data(data, split="train")).logits
     save_predictions(Predictions("weak", weak_logits, ids, CLASSES), out / "weak.safetensors")
     train(TrainSettings(data=data, out=str(out / "reversed"), epochs=6, loss="kd", teacher=str(out / "weak.safetensors"),
-                        **KD, **TINY), progress=False)
+                        **PAPER_KD, **TINY), progress=False)
     logits["reversed"] = predict(str(out / "reversed"), dev).logits
     logits["kd"] = logits["kd-tau1"]
     probs = {name: torch.softmax(z, -1) for name, z in logits.items()}
-    entropy = {name: metrics.entropy(p) for name, p in probs.items()}
+    entropy = {name: stats.entropy(p) for name, p in probs.items()}
     entropy["bayes"] = bayes.dev_entropy()
     accuracy = {name: float((p.argmax(-1) == labels).float().mean()) for name, p in probs.items()}
     return {"entropy": entropy, "accuracy": accuracy, "majority": float(torch.bincount(labels).max()) / len(labels)}
@@ -138,7 +139,7 @@ def assert_verdict_follows_ci(result: ClaimResult, direction: int) -> None:
 
 
 def _difference(claim: str, statistic: str, x: torch.Tensor, direction: int) -> ClaimResult:
-    ci = metrics.bootstrap_ci(lambda v: v.mean(-1), x, n_resamples=500)
+    ci = stats.bootstrap_ci(lambda v: v.mean(-1), x, n_resamples=500)
     result = ClaimResult.from_interval(claim, statistic, float(x.mean()), ci, direction=direction, delta=DELTA,
                                        detail="synthetic Bayes task, tiny BERT, seed 0")
     assert_verdict_follows_ci(result, direction)
@@ -149,13 +150,13 @@ def _correlation_gap(claim: str, statistic: str, teacher: torch.Tensor, a: torch
                      b: torch.Tensor | None = None) -> ClaimResult:
     """Spearman(teacher, a) (minus Spearman(teacher, b)) per example, with a bootstrap CI."""
     if b is None:
-        function = lambda t, x: metrics.spearman(t, x)  # noqa: E731
+        function = lambda t, x: stats.spearman(t, x)  # noqa: E731
         samples = (teacher, a)
     else:
-        function = lambda t, x, y: metrics.spearman(t, x) - metrics.spearman(t, y)  # noqa: E731
+        function = lambda t, x, y: stats.spearman(t, x) - stats.spearman(t, y)  # noqa: E731
         samples = (teacher, a, b)
     value = float(function(*(x[None] for x in samples))[0])
-    ci = metrics.bootstrap_ci(function, *samples, n_resamples=500)
+    ci = stats.bootstrap_ci(function, *samples, n_resamples=500)
     result = ClaimResult.from_interval(claim, statistic, value, ci, delta=CORRELATION_DELTA,
                                        detail="synthetic Bayes task, tiny BERT, seed 0")
     assert_verdict_follows_ci(result, +1)
@@ -179,9 +180,9 @@ def test_kd_student_entropy_rises_with_teacher_entropy(bayes, trained, record_cl
     teacher = torch.stack([bayes.dev_entropy(t) for t in TAUS], -1)  # (N, teachers)
     student = torch.stack([trained["entropy"][s] for s in students], -1)
     means = student.mean(0).tolist()
-    rank_corr = lambda t, s: metrics.spearman(t.mean(-2), s.mean(-2))  # noqa: E731
+    rank_corr = lambda t, s: stats.spearman(t.mean(-2), s.mean(-2))  # noqa: E731
     value = float(rank_corr(teacher[None], student[None])[0])
-    ci = metrics.bootstrap_ci(rank_corr, teacher, student, n_resamples=500)
+    ci = stats.bootstrap_ci(rank_corr, teacher, student, n_resamples=500)
     result = ClaimResult.from_interval("C2a", "Spearman over 4 teachers (w=0.5, T=2), synthetic", value, ci,
                                        delta=RANK_CORRELATION_DELTA,
                                        detail="student means " + ", ".join(f"{m:.3f}" for m in means))
@@ -232,9 +233,9 @@ def test_ls_raises_entropy_over_erm_on_real_text(tmp_path, record_claim):
         train(TrainSettings(data="vader-movies", out=str(tmp_path / name), epochs=4, train_limit=500, eval_limit=50,
                             **{**TINY, "max_length": 32}, **options), progress=False)
         p = torch.softmax(predict(str(tmp_path / name), dev).logits, -1)
-        entropy[name], accuracy[name] = metrics.entropy(p), float((p.argmax(-1) == labels).float().mean())
+        entropy[name], accuracy[name] = stats.entropy(p), float((p.argmax(-1) == labels).float().mean())
     result = ClaimResult.from_interval("C1a", "H(LS)-H(ERM) vader-movies", float((entropy["ls"] - entropy["erm"]).mean()),
-                                       metrics.bootstrap_ci(lambda v: v.mean(-1), entropy["ls"] - entropy["erm"],
+                                       stats.bootstrap_ci(lambda v: v.mean(-1), entropy["ls"] - entropy["erm"],
                                                             n_resamples=500), delta=entropy_delta(2))
     record_claim(result)
     assert_verdict_follows_ci(result, +1)

@@ -1,7 +1,7 @@
 """The mathematical claims P1-P13 of docs/CLAIMS.md as property tests in float64.
 
 Every quantity goes through the project's own code: the losses of :mod:`audit.losses` (torch backend),
-the entropies and divergences of :mod:`audit.metrics`, the targets of :mod:`audit.claims`. What a test
+the entropies and divergences of :mod:`audit.stats`, the targets of :mod:`audit.stats.claims`. What a test
 writes out itself is the claim's right-hand side. Tolerances are the claims table's; a bound "1e-10"
 on a value of size |x| is read as ``atol = rtol = 1e-10`` (losses reach ~1e3 with |z| ~ 1e3).
 """
@@ -15,9 +15,9 @@ import torch
 from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
-from audit.claims import distilled_targets, smoothed_targets
 from audit.losses import kd_loss, label_smoothed_cross_entropy
-from audit.metrics import entropy, kl_divergence
+from audit.stats import entropy, kl_divergence
+from audit.stats.claims import distilled_targets, smoothed_targets
 
 F64 = torch.float64
 QUICK = settings(max_examples=40, deadline=None)
@@ -116,7 +116,7 @@ def test_p1_ls_target(k, a, data):
 
     The target is read out of the project's LS loss, not built: for the probe logits e_j,
     H(t, softmax(e_j)) = logsumexp(e_j) - t_j, so one batch of K probes gives every t_j, each to ~1e-15.
-    The sum is checked on :func:`audit.claims.smoothed_targets`, which equals the read-out entry by entry:
+    The sum is checked on :func:`audit.stats.claims.smoothed_targets`, which equals the read-out entry by entry:
     summing K read-outs would add K rounding errors (3e-12 at K = 912).
     """
     y = data.draw(st.integers(0, k - 1))

@@ -1,34 +1,16 @@
-"""Shared set-up for the loss tests.
-
-Without a CUDA device the Triton kernels run under the Triton interpreter (numpy, on CPU). Triton reads
-``TRITON_INTERPRET`` when a kernel is decorated, so it is set here, before any test imports the kernels.
-"""
+"""Shared set-up for the loss tests (the Triton interpreter is switched on in ``tests/conftest.py``)."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 
 import pytest
 import torch
 
-if not torch.cuda.is_available():
-    os.environ["TRITON_INTERPRET"] = "1"
-
-from audit.losses import kd_loss, kernels, label_smoothed_cross_entropy  # noqa: E402
+from audit.losses import kd_loss, kernels, label_smoothed_cross_entropy
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 LOSSES = {"ls": label_smoothed_cross_entropy, "kd": kd_loss}
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    for item in items:
-        if "tests/losses" not in item.nodeid:
-            continue
-        if item.get_closest_marker("gpu") is not None and not torch.cuda.is_available():
-            item.add_marker(pytest.mark.skip(reason="needs a CUDA device (GPU-sized shapes)"))
-        # Masked (padding) lanes compute -inf - -inf before a select discards them; numpy warns about it.
-        item.add_marker(pytest.mark.filterwarnings("ignore::RuntimeWarning:triton.runtime.interpreter"))
 
 
 def evaluate(

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from audit.compare import CompareSettings, compare_predictions
-from audit.models import Predictions
+from audit.load.models import Predictions
 
 
 def _compare_report(with_labels: bool) -> dict:

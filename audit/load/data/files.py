@@ -1,0 +1,193 @@
+"""Reading a local table file or a Hugging Face Hub data set into a pyarrow Table.
+
+Cells are read as stored, except csv/tsv ones, which are all read as strings (ids like "007" keep
+their zeros; :func:`audit.load.data.load_data` reads all-integer label strings as class indices). tsv has
+no quoting (GLUE style: a quote is an ordinary character); csv follows RFC 4180 quoting.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import hashlib
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
+import pyarrow.json as pa_json
+import pyarrow.parquet as pq
+
+from audit.errors import AuditError
+from audit.load.data.builtin import builtin_datasets
+from audit.load.hub import hub_unreachable
+
+FILE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json", ".parquet")
+KNOWN_SPLITS = ("train", "validation", "dev", "test")
+SPLIT_ALIASES = {"dev": "validation", "validation": "dev"}
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_utf8(path: Path) -> None:
+    """Refuse a text file that is not UTF-8, naming the byte offset of the first bad byte.
+
+    Raises:
+        AuditError: a byte sequence that is not UTF-8 (or a file cut inside a character).
+    """
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            pending = len(decoder.getstate()[0])
+            try:
+                decoder.decode(block)
+            except UnicodeDecodeError as err:
+                where = offset - pending + err.start
+                raise AuditError(f"expected UTF-8 text in {path}, got a byte that is not UTF-8 at byte offset {where}; "
+                                 "re-save the file as UTF-8") from None
+            offset += len(block)
+    try:
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        raise AuditError(f"expected UTF-8 text in {path}, got a file cut inside a character at byte offset "
+                         f"{offset - len(decoder.getstate()[0])}; re-save the file as UTF-8") from None
+
+
+def select_split(table: pa.Table, split: str, path: Path) -> tuple[pa.Array, str]:
+    """Mask of the rows of a file whose ``split`` column equals ``split`` (dev and validation are one split)."""
+    column = next((c for c in table.column_names if c.lower() == "split"), None)
+    if column is None:
+        raise AuditError(f"expected a 'split' column in {path.name} to pick split {split!r}, got the columns "
+                         f"{table.column_names}; add one, or drop --split to use the whole file")
+    values = pc.cast(table.column(column), pa.string())
+    present = sorted(set(values.to_pylist()) - {None})
+    chosen = next((s for s in (split, SPLIT_ALIASES.get(split)) if s in present), None)
+    if chosen is None:
+        raise AuditError(f"expected a split among {present} in {path.name}, got {split!r}; pass one of those")
+    return pc.fill_null(pc.equal(values, chosen), False), chosen
+
+
+def column_strings(table: pa.Table, column: str) -> list[str]:
+    """The values of a text column, each checked to be a string."""
+    values = table.column(column).to_pylist()
+    for row, v in enumerate(values):
+        if not isinstance(v, str):
+            raise AuditError(f"expected text in every row of column {column!r}, got {v!r} at row {row}; "
+                             "fix or drop that row")
+    return values
+
+
+def _read_delimited(path: Path, delimiter: str) -> pa.Table:
+    quoting = csv.QUOTE_MINIMAL if delimiter == "," else csv.QUOTE_NONE
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        header = next(csv.reader(f, delimiter=delimiter, quoting=quoting), None)
+    if not header:
+        raise AuditError(f"expected a header row of column names in {path}, got an empty file; add one")
+    if len(set(header)) < len(header):
+        raise AuditError(f"expected distinct column names in {path}, got {header}; rename the repeated ones")
+    return pa_csv.read_csv(
+        path,
+        parse_options=pa_csv.ParseOptions(
+            delimiter=delimiter, quote_char='"' if delimiter == "," else False, newlines_in_values=delimiter == ","
+        ),
+        convert_options=pa_csv.ConvertOptions(
+            column_types={name: pa.string() for name in header},
+            strings_can_be_null=False, quoted_strings_can_be_null=False,
+        ),
+    )
+
+
+def _read_json(path: Path) -> pa.Table:
+    with open(path, encoding="utf-8-sig") as f:
+        head = f.read(1 << 16).lstrip()
+    if not head.startswith("["):
+        return pa_json.read_json(path)  # JSON lines under a .json name, as `datasets` accepts
+    records = json.loads(path.read_text(encoding="utf-8-sig"))
+    if not all(isinstance(r, dict) for r in records):
+        raise AuditError(f"expected a JSON array of objects (one per example) in {path}, got other values; "
+                         "write one object per example")
+    return pa.Table.from_pylist(records)
+
+
+def _parquet_class_names(schema: pa.Schema) -> dict[str, list[str]]:
+    # parquet written by `datasets` stores its Features, ClassLabel names included, in the schema metadata
+    raw = (schema.metadata or {}).get(b"huggingface")
+    if raw is None:
+        return {}
+    features = json.loads(raw).get("info", {}).get("features", {})
+    return {c: f["names"] for c, f in features.items() if isinstance(f, dict) and f.get("_type") == "ClassLabel"}
+
+
+def read_file(path: Path) -> tuple[pa.Table, dict[str, list[str]]]:
+    """Read a .csv/.tsv/.jsonl/.json/.parquet file; return the table and ClassLabel names by column.
+
+    Raises:
+        AuditError: missing file; unknown suffix; a file that does not parse.
+    """
+    suffix = path.suffix.lower()
+    if suffix not in FILE_SUFFIXES:
+        raise AuditError(f"expected a data file ending in {', '.join(FILE_SUFFIXES)}, got {path}; "
+                         "convert it to one of those")
+    if not path.is_file():
+        raise AuditError(f"expected a data file at {path}, got no such file; check the path")
+    if suffix != ".parquet":
+        check_utf8(path)
+    try:
+        if suffix == ".parquet":
+            table = pq.read_table(path)
+            return table, _parquet_class_names(table.schema)
+        if suffix == ".jsonl":
+            return pa_json.read_json(path), {}
+        if suffix == ".json":
+            return _read_json(path), {}
+        return _read_delimited(path, "," if suffix == ".csv" else "\t"), {}
+    except (pa.ArrowException, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise AuditError(f"expected a well-formed {suffix[1:]} file, got {path} that does not parse "
+                         f"({str(e).splitlines()[0]}); fix the file") from e
+
+
+def _load_split(datasets, name: str, config: str | None, split: str):
+    # kd-audit says dev where the Hub mostly says validation: try the other name before giving up
+    try:
+        return datasets.load_dataset(name, config, split=split), split
+    except ValueError as e:
+        other = SPLIT_ALIASES.get(split)
+        if other is None or "split" not in str(e).lower():
+            raise
+        return datasets.load_dataset(name, config, split=other), other
+
+
+def read_hub(
+    name: str, config: str | None, split: str, *, local: bool = False
+) -> tuple[pa.Table, dict[str, list[str]], dict]:
+    """``datasets.load_dataset(name, config, split=split)`` as a table, ClassLabel names by column, and info.
+
+    ``local``: ``name`` is a folder of data files (train.csv, test.parquet, ...), which needs no network.
+
+    Raises:
+        AuditError: the Hub cannot be reached (offline), or `datasets` cannot load that name/config/split.
+    """
+    spec = ":".join(p for p in (name, config, split) if p)
+    advice = f"pass a local csv/tsv/jsonl/parquet file or a built-in name: {', '.join(builtin_datasets())}"
+    if not local and hub_unreachable():
+        raise AuditError(f"could not load data set {spec} from the Hugging Face Hub (offline?); {advice}")
+    import datasets  # heavy import, only on this path
+
+    try:
+        ds, chosen = _load_split(datasets, name, config, split)
+    except (OSError, ValueError) as e:  # ConnectionError, DatasetNotFoundError, unknown split or config
+        where = "the folder" if local else "the Hugging Face Hub"
+        why = str(e).splitlines()[0]
+        raise AuditError(f"could not load data set {spec} from {where} ({why}); {advice}") from e
+    names = {col: f.names for col, f in ds.features.items() if isinstance(f, datasets.ClassLabel)}
+    info = {"kind": "folder" if local else "hub", "source": name, "config": config, "split": chosen,
+            "fingerprint": ds._fingerprint}
+    return ds.with_format("arrow")[:], names, info

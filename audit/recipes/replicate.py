@@ -1,0 +1,362 @@
+"""The replication recipe: the paper's experiment grid (:mod:`audit.recipes.grid`) trained and evaluated on one task,
+and a verdict on each claim C1a-C2b and X1.
+
+Per seed it trains (with :func:`audit.recipes.train.train`) a big ERM teacher, small ERM / LS / KD students
+(KD at T = 2, :data:`audit.recipes.grid.CLASSIFIER_KD_TEMPERATURE`), self-distillation (big -> big), reversed
+KD (small ERM -> big) and, for inheritance, KD students of teachers with graded confidence (the big
+teacher's logits at several temperatures, and a big LS teacher). Every model is evaluated on the dev split by
+:func:`audit.compare.compare` (one compare JSON per teacher group); every arm's post-hoc temperature T* is
+fitted on the dev logits; :mod:`audit.recipes.grid` decides the claims from both. Runs already in ``out`` are
+reused, so an interrupted replication resumes.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import asdict, dataclass, replace
+from functools import partial
+from pathlib import Path
+
+import torch
+
+from audit import stats
+from audit.compare import MAX_BOOTSTRAP, CompareSettings, compare, predict
+from audit.errors import AuditError
+from audit.load.data import TextData, builtin_datasets, load_data
+from audit.load.models import Predictions, load_predictions, save_predictions
+from audit.recipes.grid import (
+    CLASSIFIER_KD,
+    INHERITANCE,
+    SMOOTHING,
+    Arm,
+    aggregate,
+    decide_classifier_claims,
+    grid,
+    inheritance_statistics,
+    majority_accuracy,
+    mean_ci,
+    temperature_claim,
+    temperature_statistics,
+    untrained_arms,
+)
+from audit.recipes.train import TrainSettings, train
+from audit.report.envelope import versions, write_json
+from audit.report.schema import REPLICATE as SCHEMA
+from audit.run.device import resolve_device
+from audit.run.distributed import launched
+from audit.run.evaluate import progress_bar
+from audit.stats.claims import ClaimResult, claim_rows, direction_survives, overall_verdicts
+
+ALL = "all"
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Model sizes and training budget of one replication profile."""
+
+    big: str
+    small: str
+    epochs: float
+    lr: float
+    max_length: int
+    train_limit: int | None
+    eval_limit: int | None
+    seeds: int
+    batch_size: int = 32
+    head_lr: float | None = None
+    warmup: float = 0.1
+
+
+PROFILES = {
+    # a 2-core CPU's budget: smaller ones left students at the majority class (bench/RESULTS.md)
+    "quick": Profile(big="minilm-l6@layers=2", small="minilm-l6@layers=1", epochs=3, lr=3e-4, head_lr=3e-3,
+                     max_length=40, train_limit=2000, eval_limit=500, seeds=1, batch_size=32),
+    # a GPU: the whole training split, MiniLM-L6 (6 layers) teaching a 3-layer cut, 3 seeds
+    "full": Profile(big="minilm-l6", small="minilm-l6@layers=3", epochs=3, lr=5e-5, max_length=128,
+                    train_limit=None, eval_limit=None, seeds=3),
+    # tests only: random tiny BERTs on a handful of examples
+    "tiny": Profile(big="tiny:hidden=64,layers=2", small="tiny:hidden=32,layers=1", epochs=1, lr=3e-3,
+                    max_length=16, train_limit=64, eval_limit=48, seeds=1, batch_size=16),
+}
+
+
+@dataclass
+class ReplicateSettings:
+    """Options of one replication: a built-in ``task`` (or ``"all"``: every built-in task, each in
+    ``out/<task>``), the ``out`` folder, a profile of :data:`PROFILES`, ``seeds`` (None:
+    the profile's), the device, the bootstrap resamples of every CI, and ``eval_tasks``: built-in tasks with
+    the same labels whose test splits every arm is also audited on (domain shift), and ``jobs``: arms trained
+    at once, each in its own worker process (None: 2 on a CPU with at least 2 threads, else 1)."""
+
+    task: str
+    out: str
+    profile: str = "quick"
+    seeds: int | None = None
+    device: str | None = None
+    n_bootstrap: int = 1000
+    eval_tasks: tuple[str, ...] = ()
+    jobs: int | None = None
+
+    def validate(self) -> Profile:
+        """Check every option before anything is written; return the profile.
+
+        Raises:
+            AuditError: an unknown task, eval task, profile or device, an eval task whose labels differ from
+                the task's, seeds < 1, bootstrap resamples outside [1, MAX_BOOTSTRAP], or an ``out`` that is
+                a file or lies under one.
+        """
+        for task in (self.task, *self.eval_tasks):
+            if task not in builtin_datasets() and not (task == ALL and task == self.task):
+                raise AuditError(f"expected a built-in task ({', '.join(builtin_datasets())}) or {ALL!r} for "
+                                 f"--task, got {task!r}; see python -m audit data list")
+        for other in self.eval_tasks:
+            if not any(_label_names(other) == _label_names(task) for task in self.tasks()):
+                raise AuditError(f"expected --eval-task with the labels of {self.task} "
+                                 f"{list(_label_names(self.tasks()[0]))}, got {other} with "
+                                 f"{list(_label_names(other))}; audit on a task with the same labels")
+        if self.profile not in PROFILES:
+            raise AuditError(f"expected --profile {' or '.join(PROFILES)}, got {self.profile!r}")
+        if self.seeds is not None and self.seeds < 1:
+            raise AuditError(f"expected --seeds >= 1, got {self.seeds}; pass at least one seed")
+        if not 1 <= self.n_bootstrap <= MAX_BOOTSTRAP:
+            raise AuditError(f"expected --bootstrap in [1, {MAX_BOOTSTRAP}], got {self.n_bootstrap}; every claim "
+                             "needs a bootstrap CI")
+        out = Path(self.out).expanduser()
+        for path in (out, *out.parents):
+            if path.exists() and not path.is_dir():
+                raise AuditError(f"expected --out to be a folder, got {out}, and {path} is a file; name a folder")
+        if self.jobs is not None and (isinstance(self.jobs, bool) or not isinstance(self.jobs, int) or self.jobs < 1):
+            raise AuditError(f"expected --jobs >= 1, got {self.jobs!r}; pass 1 to train the arms one after another")
+        if (self.jobs or 1) > 1 and launched():
+            raise AuditError(f"expected --jobs 1 under torchrun/accelerate, got --jobs {self.jobs}; each arm is "
+                             "already data-parallel there")
+        resolve_device(self.device)
+        return PROFILES[self.profile]
+
+    def worker_count(self) -> int:
+        """The arms trained at once: ``jobs``, or by default 2 worker processes of one half of the threads each
+        on a CPU (the quick profile's matrices are too small for two threads to help each other much; timings
+        in bench/RESULTS.md), and 1 on a GPU or under torchrun."""
+        if self.jobs is not None:
+            return self.jobs
+        if resolve_device(self.device).type != "cpu" or launched():
+            return 1
+        return min(2, torch.get_num_threads())
+
+    def tasks(self) -> list[str]:
+        """The tasks trained: ``[task]``, or every built-in task for ``"all"``."""
+        return list(builtin_datasets()) if self.task == ALL else [self.task]
+
+
+def _label_names(task: str) -> tuple[str, ...]:
+    return builtin_datasets()[task].classes
+
+
+def train_arms(arms: list[Arm], train_arm: Callable[[Arm], object], *, jobs: int, progress: bool) -> None:
+    """Call ``train_arm`` on every arm, each once its teacher arm is trained: in order when ``jobs`` is 1,
+    else up to ``jobs`` at once in spawned worker processes that share the parent's threads (``train_arm``
+    must pickle). The first error stops the grid once the arms in training finish (trained arms stay, so a
+    rerun resumes)."""
+    if jobs == 1:
+        for arm in arms:
+            train_arm(arm)
+        return
+    threads = max(1, torch.get_num_threads() // jobs)
+    pending, trained, running = list(arms), set(), {}
+    pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=torch.set_num_threads, initargs=(threads,))
+    try:
+        with progress_bar(progress) as bar:
+            task = bar.add_task(f"training arms, {jobs} at a time", total=len(arms))
+            while pending or running:
+                ready = [a for a in pending if a.teacher is None or a.teacher in trained]
+                for arm in ready:
+                    pending.remove(arm)
+                    running[pool.submit(train_arm, arm)] = arm
+                if not running:
+                    raise AuditError(f"expected every teacher arm in the grid, got none for {pending[0].name}")
+                finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
+                for future in finished:
+                    future.result()
+                    trained.add(running.pop(future).name)
+                    bar.advance(task)
+    finally:
+        pool.shutdown(cancel_futures=True)
+
+
+def _train_arm(arm: Arm, seed_dir: Path, profile: Profile, settings: ReplicateSettings, seed: int,
+               progress: bool) -> Path:
+    out = seed_dir / arm.name
+    teacher = None
+    if arm.teacher is not None:
+        teacher = str(seed_dir / arm.teacher)
+        if arm.teacher_temperature != 1.0:
+            teacher = str(_scaled_teacher(seed_dir, arm.teacher, arm.teacher_temperature, profile, settings))
+    options = dict(label_smoothing=arm.label_smoothing, teacher=teacher, **CLASSIFIER_KD) if arm.loss != "ce" else {}
+    train(TrainSettings(data=settings.task, model=getattr(profile, arm.size), out=str(out), loss=arm.loss,
+                        epochs=profile.epochs, batch_size=profile.batch_size, lr=profile.lr, head_lr=profile.head_lr,
+                        warmup=profile.warmup, max_length=profile.max_length, train_limit=profile.train_limit,
+                        eval_limit=profile.eval_limit, seed=seed, device=settings.device, **options),
+          progress=progress)
+    return out
+
+
+def _scaled_teacher(seed_dir: Path, teacher: str, temperature: float, profile: Profile,
+                    settings: ReplicateSettings) -> Path:
+    """The trained arm ``teacher``'s logits on the training split divided by ``temperature``: a sharper or
+    flatter teacher (computed once per seed, then read from ``seed_dir/teachers``)."""
+    path = seed_dir / "teachers" / f"{teacher}-tau{temperature:g}.safetensors"
+    if not path.exists():
+        data = load_data(settings.task, split="train", limit=profile.train_limit)
+        source = predict(str(seed_dir / teacher), data, name=teacher,
+                         settings=CompareSettings(device=settings.device, dtype="fp32", progress=False,
+                                                  max_length=profile.max_length))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_predictions(replace(source, logits=source.logits / temperature), path)
+    return path
+
+
+def _evaluate_seed(seed_dir: Path, arms: list[Arm], data: TextData, folder: Path, settings: ReplicateSettings,
+                   profile: Profile, progress: bool) -> dict[str, Predictions]:
+    """Logits of every arm and scaled teacher on ``data``, through compare (one JSON per teacher group in
+    ``folder``, the logits in ``folder/<split>-logits``)."""
+    compare_settings = CompareSettings(n_bootstrap=settings.n_bootstrap, device=settings.device, progress=progress,
+                                       max_length=profile.max_length)
+    logits_dir = folder / f"{data.info.get('split', 'eval')}-logits"
+    groups: dict[str, list[str]] = {}
+    for arm in arms:
+        teacher = arm.teacher or ("big-erm" if arm.name != "big-erm" else None)
+        if teacher is not None and arm.teacher_temperature == 1.0:
+            groups.setdefault(teacher, []).append(arm.name)
+    for teacher, students in groups.items():
+        report = compare(str(seed_dir / teacher), [str(seed_dir / s) for s in students], data,
+                         names=[teacher, *students], settings=compare_settings, save_logits=logits_dir)
+        write_json(report, folder / f"compare-{teacher}.json")
+    logits = {p.stem: load_predictions(p, name=p.stem) for p in logits_dir.glob("*.safetensors")}
+    for arm in arms:
+        if arm.teacher_temperature != 1.0:
+            teacher_name = f"{arm.teacher}-tau{arm.teacher_temperature:g}"
+            scaled = replace(logits[arm.teacher], name=teacher_name,
+                             logits=logits[arm.teacher].logits / arm.teacher_temperature)
+            scaled_path = folder / "teachers" / f"{data.info.get('split', 'eval')}-{teacher_name}.safetensors"
+            scaled_path.parent.mkdir(parents=True, exist_ok=True)
+            save_predictions(scaled, scaled_path)
+            report = compare(str(scaled_path), [str(seed_dir / arm.name)], data,
+                             names=[teacher_name, arm.name], settings=compare_settings, save_logits=logits_dir)
+            write_json(report, folder / f"compare-{teacher_name}.json")
+            logits[teacher_name] = scaled
+            logits[arm.name] = load_predictions(logits_dir / f"{arm.name}.safetensors", name=arm.name)
+    return logits
+
+
+def _entropy(p: Predictions) -> torch.Tensor:
+    return stats.entropy(torch.softmax(p.logits, -1))
+
+
+def replicate(settings: ReplicateSettings, *, progress: bool = True) -> dict:
+    """Run (or resume) the grid on ``settings.task``, or on every built-in task for ``"all"``; return the
+    summary (also ``out/summary.json``: schema ``kd-audit/recipes/replicate/1`` for one task, ``kd-audit/replicate-all/1``
+    aggregating the tasks, each of which keeps its own summary in ``out/<task>``).
+
+    Raises:
+        AuditError: a refused option (:meth:`ReplicateSettings.validate`), before anything is written.
+    """
+    profile = settings.validate()
+    if settings.task != ALL:
+        return _replicate_task(settings, profile, progress)
+    summaries = [_replicate_task(replace(settings, task=task, out=str(Path(settings.out) / task)), profile, progress)
+                 for task in settings.tasks()]
+    summary = aggregate(summaries)
+    write_json(summary, Path(settings.out) / "summary.json")
+    return summary
+
+
+def _arm_statistics(arms: list[Arm], seed_logits: list[dict[str, Predictions]], labels: torch.Tensor,
+                    n_bootstrap: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], list[ClaimResult], dict]:
+    """Per-example entropy and accuracy of every arm and teacher averaged over seeds (N,), the claims (C1a-C2b
+    and the exploratory X1) and the fitted temperatures (:func:`temperature_statistics`)."""
+    names = seed_logits[0].keys()
+    entropy = {n: torch.stack([_entropy(logits[n]) for logits in seed_logits]).mean(0) for n in names}
+    accuracy = {n: torch.stack([stats.correct(torch.softmax(lg[n].logits, -1), labels).float()
+                                for lg in seed_logits]).mean(0) for n in names}
+    claims = decide_classifier_claims(entropy, n_bootstrap, num_classes=seed_logits[0]["big-erm"].logits.shape[-1])
+    temperatures = temperature_statistics({n: [lg[n].logits for lg in seed_logits] for n in names}, labels,
+                                          n_bootstrap)
+    claims.append(temperature_claim(temperatures))
+    return entropy, accuracy, claims, temperatures
+
+
+def _replicate_task(settings: ReplicateSettings, profile: Profile, progress: bool) -> dict:
+    seeds = list(range(settings.seeds or profile.seeds))
+    out = Path(settings.out)
+    arms = grid()
+    dev = load_data(settings.task, split="dev", limit=profile.eval_limit)
+    labels = torch.tensor(dev.labels)
+    shifts = [t for t in settings.eval_tasks if t != settings.task and _label_names(t) == _label_names(settings.task)]
+    shift_data = {t: load_data(t, split="test", limit=profile.eval_limit) for t in shifts}
+    per_seed: dict[str, list[dict]] = {arm.name: [] for arm in arms}
+    seed_logits, shift_logits, seed_verdicts = [], {t: [] for t in shifts}, []
+    for seed in seeds:
+        seed_dir = out / f"seed{seed}"
+        jobs = settings.worker_count()
+        train_arms(arms, partial(_train_arm, seed_dir=seed_dir, profile=profile, settings=settings, seed=seed,
+                                 progress=progress and jobs == 1), jobs=jobs, progress=progress)
+        logits = _evaluate_seed(seed_dir, arms, dev, seed_dir, settings, profile, progress)
+        seed_logits.append(logits)
+        for task, data in shift_data.items():
+            shift_logits[task].append(_evaluate_seed(seed_dir, arms, data, seed_dir / f"shift-{task}", settings,
+                                                     profile, progress))
+        for arm in arms:
+            p = torch.softmax(logits[arm.name].logits, -1)
+            correct = stats.correct(p, labels)
+            per_seed[arm.name].append({"seed": seed, "entropy": float(stats.entropy(p).mean()),
+                                       "accuracy": float(correct.float().mean()),
+                                       "ece": float(stats.ece(stats.max_probability(p), correct))})
+        _, _, seed_claims, seed_temperatures = _arm_statistics(arms, [logits], labels, settings.n_bootstrap)
+        seed_verdicts.append({"seed": seed, "claim_verdicts": overall_verdicts(seed_claims)})
+        for arm in arms:
+            per_seed[arm.name][-1]["temperature"] = seed_temperatures["models"][arm.name]["value"]
+    entropy, accuracy, claims, temperatures = _arm_statistics(arms, seed_logits, labels, settings.n_bootstrap)
+    verdicts = overall_verdicts(claims)
+    # students of deliberately flattened teachers are meant to be near-uniform: they are not checked
+    checked = [a.name for a in arms if a.teacher_temperature == 1.0]
+    summary = {
+        "schema": SCHEMA, "task": settings.task, "profile": settings.profile, "seeds": seeds,
+        "settings": {**asdict(settings), **asdict(profile), **CLASSIFIER_KD, "smoothing": list(SMOOTHING)},
+        "versions": versions(),
+        "arms": [{"arm": arm.name, "method": {"ce": "erm"}.get(arm.loss, arm.loss), "setup": arm.setup,
+                  "model": getattr(profile, arm.size), "teacher": arm.teacher,
+                  "teacher_temperature": arm.teacher_temperature,
+                  "entropy": mean_ci(entropy[arm.name], settings.n_bootstrap),
+                  "accuracy": mean_ci(accuracy[arm.name], settings.n_bootstrap),
+                  "temperature": temperatures["models"][arm.name],
+                  "per_seed": per_seed[arm.name]} for arm in arms],
+        "claims": claim_rows(claims),
+        "claim_verdicts": verdicts,
+        "seed_verdicts": seed_verdicts,
+        "inheritance": inheritance_statistics(entropy, settings.n_bootstrap),
+        "temperature_inheritance": {"teachers": [t for t, _ in INHERITANCE], "students": [s for _, s in INHERITANCE],
+                                    "temperature": {n: temperatures["models"][n] for pair in INHERITANCE for n in pair},
+                                    "degenerate_resamples": temperatures["degenerate_resamples"]},
+        "untrained_arms": untrained_arms(entropy, accuracy, labels, checked),
+    }
+    if shifts:
+        summary["shift"] = {}
+        for task in shifts:
+            shifted_labels = torch.tensor(shift_data[task].labels)
+            h, acc, shifted, _ = _arm_statistics(arms, shift_logits[task], shifted_labels, settings.n_bootstrap)
+            shifted_verdicts = overall_verdicts(shifted)
+            summary["shift"][task] = {
+                "split": "test", "claims": claim_rows(shifted), "claim_verdicts": shifted_verdicts,
+                "survives": direction_survives(verdicts, shifted_verdicts),
+                "arms": [{"arm": a.name, "entropy": mean_ci(h[a.name], settings.n_bootstrap),
+                          "accuracy": mean_ci(acc[a.name], settings.n_bootstrap)} for a in arms],
+                # trained in-domain (``untrained_arms`` says which were not); here only whether the shift left
+                # them at or below the eval split's majority class, which on an imbalanced split is no failure to learn
+                "at_majority_arms": [n for n in checked if float(acc[n].mean()) <= majority_accuracy(shifted_labels) + 0.01],
+            }
+    write_json(summary, out / "summary.json")
+    return summary
+

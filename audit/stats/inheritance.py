@@ -1,0 +1,140 @@
+"""Did the student inherit the teacher's confidence?
+
+Per-example confidence (entropy, max probability) of a teacher and a student on the same examples is
+compared by agreement, KL(teacher || student), the mean entropy shift (student - teacher) and the
+per-example correlation of confidences, each with a seeded percentile-bootstrap CI that resamples
+examples jointly. The verdict rule (:func:`verdict`) is stated in its docstring and in the README.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from audit import stats
+from audit.settings import VerdictRule
+
+PAIR_STATISTICS = (
+    "agreement", "kl", "entropy_shift",
+    "corr_entropy_pearson", "corr_entropy_spearman", "corr_maxprob_pearson", "corr_maxprob_spearman",
+)
+
+
+def _mean(x: torch.Tensor) -> torch.Tensor:
+    return x.float().mean(-1)
+
+
+def _stat(value: torch.Tensor, ci: tuple[float, float]) -> dict:
+    return {"value": float(value), "ci": [float(ci[0]), float(ci[1])]}
+
+
+def undefined(reason: str) -> dict:
+    """A statistic that has no value on these data, with the reason (``null`` in the JSON, never NaN)."""
+    return {"value": None, "ci": None, "reason": reason}
+
+
+def _constant(x: torch.Tensor) -> bool:
+    """True when x does not vary beyond float rounding (a correlation with it would be noise)."""
+    x = x.double()
+    return bool(x.max() - x.min() <= 1e-6 * max(1.0, float(x.abs().max())))
+
+
+def _confidence(log_probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    probs = log_probs.exp()
+    return stats.entropy(probs), stats.max_probability(probs)
+
+
+def pair_statistics(teacher_logits: torch.Tensor, student_logits: torch.Tensor, *, n_bootstrap: int = 1000,
+                    seed: int = 0, level: float = 0.95) -> dict[str, dict]:
+    """Teacher -> student statistics, each ``{"value": x, "ci": [lo, hi]}``.
+
+    Args:
+        teacher_logits, student_logits: (N, K) logits on the same examples, same class order.
+
+    Returns:
+        A dict keyed by :data:`PAIR_STATISTICS`. ``kl`` is mean KL(teacher || student) in nats;
+        ``entropy_shift`` is mean(H(student) - H(teacher)) in nats (negative: the student is more confident).
+    """
+    # (N, K) intermediates are dropped as soon as the (N,) per-example values are out: this runs on millions
+    log_t = torch.log_softmax(teacher_logits.float(), -1)
+    log_s = torch.log_softmax(student_logits.float(), -1)
+    kl = stats.kl_divergence(log_t, log_s)
+    agree = stats.agreement(log_t, log_s).float()  # top-1 of log-probabilities = top-1 of probabilities
+    (h_t, m_t), (h_s, m_s) = _confidence(log_t), _confidence(log_s)
+    del log_t, log_s
+    per_example = {
+        "agreement": (agree,),
+        "kl": (kl,),
+        "entropy_shift": (h_s - h_t,),
+        "corr_entropy_pearson": (h_t, h_s),
+        "corr_entropy_spearman": (h_t, h_s),
+        "corr_maxprob_pearson": (m_t, m_s),
+        "corr_maxprob_spearman": (m_t, m_s),
+    }
+    functions = {
+        "agreement": _mean, "kl": _mean, "entropy_shift": _mean,
+        "corr_entropy_pearson": stats.pearson, "corr_entropy_spearman": stats.spearman,
+        "corr_maxprob_pearson": stats.pearson, "corr_maxprob_spearman": stats.spearman,
+    }
+    names = {id(h_t): "teacher's per-example entropy", id(h_s): "student's per-example entropy",
+             id(m_t): "teacher's per-example max probability", id(m_s): "student's per-example max probability"}
+    out = {}
+    for key in PAIR_STATISTICS:
+        samples, fn = per_example[key], functions[key]
+        constant = [names[id(x)] for x in samples if len(samples) == 2 and _constant(x)]
+        if constant:
+            out[key] = undefined(f"the {' and the '.join(constant)} is constant on these data, so a correlation "
+                                 "with it is undefined")
+            continue
+        value = fn(*samples)
+        ci = stats.bootstrap_ci(fn, *samples, n_resamples=n_bootstrap, level=level, seed=seed)
+        if not all(map(math.isfinite, (float(value), *ci))):
+            out[key] = undefined("too few distinct examples: the statistic or some bootstrap resamples are "
+                                 "undefined (constant confidences)")
+            continue
+        out[key] = _stat(value, ci)
+    return out
+
+
+def verdict(stats: dict[str, dict], teacher_entropy_mean: float, rule: VerdictRule | None = None) -> tuple[str, str]:
+    """``("inherits" | "moves_away" | "inconclusive", reason)`` for one pair.
+
+    The student *inherits* the teacher's confidence when both hold: the CI of the per-example Spearman
+    correlation of entropies lies above ``rule.min_correlation`` (it is confident where the teacher is), and
+    the CI of the mean entropy shift lies inside +-``rule.shift_band`` x the teacher's mean entropy (as confident
+    overall). It *moves away* when either CI lies wholly on the wrong side; otherwise *inconclusive*.
+    """
+    rule = rule or VerdictRule()
+    corr = stats["corr_entropy_spearman"]
+    shift = stats["entropy_shift"]
+    for label, stat in (("Spearman(entropy)", corr), ("the entropy shift", shift)):
+        if stat.get("ci") is None:
+            return "inconclusive", f"cannot decide: {label} is undefined ({stat.get('reason', 'no value')})"
+    band = max(rule.shift_band * teacher_entropy_mean, 1e-3)
+    corr_lo, corr_hi = corr["ci"]
+    shift_lo, shift_hi = shift["ci"]
+    numbers = (f"Spearman(entropy) {corr['value']:.2f} [{corr_lo:.2f}, {corr_hi:.2f}] vs {rule.min_correlation:.2f}; "
+               f"entropy shift {shift['value']:+.3f} [{shift_lo:+.3f}, {shift_hi:+.3f}] nats vs band +-{band:.3f}")
+    if corr_lo > rule.min_correlation and -band <= shift_lo and shift_hi <= band:
+        return "inherits", "inherits the teacher's confidence: " + numbers
+    direction = "more confident" if shift["value"] < 0 else "less confident"
+    if corr_hi < rule.min_correlation:
+        return "moves_away", "moves away: its per-example confidence does not follow the teacher's: " + numbers
+    if shift_lo > band or shift_hi < -band:
+        return "moves_away", f"moves away: {direction} than the teacher overall: " + numbers
+    return "inconclusive", "inconclusive: a CI crosses a threshold: " + numbers
+
+
+def student_differences(student_logits: dict[str, torch.Tensor], *, n_bootstrap: int = 1000, seed: int = 0,
+                        level: float = 0.95) -> list[dict]:
+    """Paired mean entropy difference (b - a) with CI for every pair of students a, b (same examples)."""
+    entropies = {name: stats.entropy(torch.softmax(z.float(), -1)) for name, z in student_logits.items()}
+    names = list(entropies)
+    out = []
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            diff = entropies[b] - entropies[a]
+            ci = stats.bootstrap_ci(_mean, diff, n_resamples=n_bootstrap, level=level, seed=seed)
+            out.append({"a": a, "b": b, "entropy_difference": _stat(_mean(diff), ci)})
+    return out

@@ -1,0 +1,183 @@
+"""The replication recipe through the real command, on the tiny profile (the quick profile is `slow`): its output,
+refused options, resumption and the scheduler that trains several arms at once. Claim decisions: test_grid.py."""
+
+import functools
+import json
+import time
+from dataclasses import replace
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from audit.cli import app
+from audit.errors import AuditError
+from audit.load.data import load_data
+from audit.recipes.grid import INHERITANCE, grid
+from audit.recipes.replicate import train_arms
+from audit.stats.claims import VERDICTS
+
+
+def test_replicate_tiny_profile_end_to_end(tiny_replication):
+    out, args, result = tiny_replication
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["schema"] == "kd-audit/recipes/replicate/1"
+    assert [a["arm"] for a in summary["arms"]] == [arm.name for arm in grid()]
+    assert {c["claim"] for c in summary["claims"]} == {"C1a", "C1b", "C1c", "C2a", "C2b", "X1"}
+    assert all(c["verdict"] in VERDICTS and c["delta"] > 0 for c in summary["claims"])
+    for arm in summary["arms"]:  # T* per arm, with its CI; one seed: the seed's fit is the arm's
+        low, high = arm["temperature"]["ci"]
+        assert low <= arm["temperature"]["value"] <= high
+        assert arm["per_seed"][0]["temperature"] == pytest.approx(arm["temperature"]["value"], rel=1e-12)
+    assert set(summary["temperature_inheritance"]["temperature"]) == {n for pair in INHERITANCE for n in pair}
+    assert "T*" in result.stdout and "X1" in result.stdout
+    assert "C2a" in result.stdout and "small-kd" in result.stdout
+    compare_report = json.loads((out / "seed0" / "compare-big-erm.json").read_text())
+    assert compare_report["schema"] == "kd-audit/compare/1" and "small-kd" in compare_report["models"]
+    assert [s["seed"] for s in summary["seed_verdicts"]] == [0]
+    # domain shift: every arm audited on vader-tweets' test split, every claim decided there too
+    shifted = json.loads((out / "seed0" / "shift-vader-tweets" / "compare-big-erm.json").read_text())
+    assert shifted["data"]["n"] == 48 and shifted["data"].get("split", "test") == "test"
+    shift = summary["shift"]["vader-tweets"]
+    assert set(shift["claim_verdicts"]) == set(summary["claim_verdicts"]) == set(shift["survives"])
+    for claim, before in summary["claim_verdicts"].items():
+        after = shift["claim_verdicts"][claim]
+        assert shift["survives"][claim] == (after == before if before in ("holds", "fails") else None)
+    assert "vader-tweets" in result.stdout
+    # accuracy at or below vader-tweets' majority class is reported as that, not as untrained
+    tweets = load_data("vader-tweets", split="test", limit=shifted["data"]["n"]).labels
+    majority = max(tweets.count(c) for c in set(tweets)) / len(tweets)
+    assert "untrained_arms" not in shift
+    assert shift["at_majority_arms"] == [a["arm"] for a, arm in zip(shift["arms"], grid(), strict=True)
+                                         if arm.teacher_temperature == 1.0 and a["accuracy"]["value"] <= majority + 0.01]
+    # a second call reuses every run and gives the same numbers
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 0
+    assert json.loads((out / "summary.json").read_text())["claims"] == summary["claims"]
+
+
+@pytest.mark.slow
+def test_replicate_quick_profile(tmp_path):
+    """The quick profile on a real task learns with every arm (the README's table gives its time per task)."""
+    result = CliRunner().invoke(app, ["replicate", "--task", "vader-tweets", "--out", str(tmp_path), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["untrained_arms"] == []
+    assert min(a["accuracy"]["value"] for a in summary["arms"] if a["teacher_temperature"] == 1.0) > 0.72  # majority 0.706
+
+
+BAD_REPLICATE = {
+    "bootstrap 0": (["--bootstrap", "0"], "--bootstrap"),
+    "bootstrap huge": (["--bootstrap", "100000000"], "--bootstrap"),
+    "seeds 0": (["--seeds", "0"], "--seeds"),
+    "unknown task": (["--task", "vader-films"], "vader-movies"),
+    "unknown profile": (["--profile", "huge"], "--profile"),
+    "unknown device": (["--device", "tpu"], "device"),
+    "unknown eval task": (["--eval-task", "vader-films"], "--task"),
+    "eval task with other labels": (["--eval-task", "bbc-news"], "same labels"),
+    "all with plots": (["--task", "all", "--plots", "PLOTS"], "--plots"),
+    "jobs 0": (["--jobs", "0"], "--jobs >= 1"),
+}
+
+
+def _replicate_cli(args: list[str]):
+    base = {"--task": "vader-movies", "--profile": "tiny", "--bootstrap": "50"}
+    given = dict(zip(args[::2], args[1::2], strict=True))
+    options = [x for key, value in {**base, **given}.items() for x in (key, value)]
+    return CliRunner().invoke(app, ["replicate", *options, "--no-progress"])
+
+
+def _assert_refused(result, message: str) -> None:
+    assert result.exit_code == 2, result.output
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("kd-audit: error: expected"), result.stderr
+    assert message in result.stderr and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("case", list(BAD_REPLICATE))
+def test_bad_replicate_input_is_refused_before_anything_is_written(tmp_path, case):
+    args, message = BAD_REPLICATE[case]
+    out = tmp_path / "rep"
+    _assert_refused(_replicate_cli([a.replace("PLOTS", str(tmp_path / "plots")) for a in args] + ["--out", str(out)]),
+                    message)
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("where", ["out", "parent"])
+def test_replicate_out_that_is_a_file_is_refused(tmp_path, where):
+    existing = tmp_path / "taken"
+    existing.write_text("keep me")
+    out = existing if where == "out" else existing / "rep"
+    _assert_refused(_replicate_cli(["--out", str(out)]), "--out")
+    assert existing.read_text() == "keep me" and list(tmp_path.iterdir()) == [existing]
+
+
+def test_replicate_all_tasks_end_to_end(tmp_path, monkeypatch):
+    """--task all on the tiny profile, with the built-in list cut to two tasks to keep it short."""
+    from audit.recipes import replicate as module
+
+    two = {name: spec for name, spec in module.builtin_datasets().items() if name in ("vader-movies", "vader-amazon")}
+    monkeypatch.setattr(module, "builtin_datasets", lambda: two)
+    out = tmp_path / "all"
+    result = CliRunner().invoke(app, ["replicate", "--task", "all", "--profile", "tiny", "--out", str(out),
+                                      "--bootstrap", "50", "--no-progress"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["tasks"] == ["vader-movies", "vader-amazon"]
+    for task in summary["tasks"]:
+        per_task = json.loads((out / task / "summary.json").read_text())
+        assert per_task["task"] == task
+        assert {c: summary["claims"][c]["by_task"][task] for c in per_task["claim_verdicts"]} == per_task["claim_verdicts"]
+    assert all(sum(entry["tasks"].values()) == 2 and sum(entry["runs"].values()) == 2
+               for entry in summary["claims"].values())
+    assert "vader-amazon" in result.stdout and "C2b" in result.stdout
+    # the saved summary re-renders through `report`, which refuses figures for it (they are per task)
+    shown = CliRunner().invoke(app, ["report", str(out / "summary.json")], env={"COLUMNS": "200"})
+    assert shown.exit_code == 0, shown.output
+    assert "vader-amazon" in shown.stdout and "X1" in shown.stdout
+    refused = CliRunner().invoke(app, ["report", str(out / "summary.json"), "--html", str(tmp_path / "r.html")])
+    assert refused.exit_code == 2 and "one-task replicate report" in refused.output
+    assert not (tmp_path / "r.html").exists()
+    broken = {**summary, "claims": {"C1a": {**summary["claims"]["C1a"], "tasks": {"holds": -1}}}}
+    (tmp_path / "broken.json").write_text(json.dumps(broken))
+    result = CliRunner().invoke(app, ["report", str(tmp_path / "broken.json")])
+    assert result.exit_code == 2 and "claims/C1a/tasks/holds" in result.output
+
+
+def _timed_arm(folder, arm):
+    """A stand-in trainer for :func:`train_arms` (top level, so that it pickles into a worker process)."""
+    started = time.time()
+    if arm.name == "big-erm":
+        raise AuditError("expected a trainable arm, got big-erm; this error is the test's")
+    time.sleep(0.5)  # 12 arms: 6 s of work, well beyond the gap between the two workers' start-ups
+    (folder / f"{arm.name}.json").write_text(json.dumps([started, time.time(), torch.get_num_threads()]))
+
+
+def test_train_arms_trains_each_arm_after_its_teacher_several_at_once(tmp_path):
+    arms = [replace(arm, name=arm.name.replace("big-erm", "teacher")) if "big-erm" in arm.name else arm
+            for arm in grid()]
+    arms = [replace(arm, teacher=arm.teacher.replace("big-erm", "teacher")) if arm.teacher else arm for arm in arms]
+    in_order = []
+    train_arms(arms, in_order.append, jobs=1, progress=False)  # one job: in grid order, in this process
+    assert in_order == arms
+    train_arms(arms, functools.partial(_timed_arm, tmp_path), jobs=2, progress=False)
+    runs = {arm.name: json.loads((tmp_path / f"{arm.name}.json").read_text()) for arm in arms}
+    for arm in arms:
+        if arm.teacher is not None:
+            assert runs[arm.name][0] >= runs[arm.teacher][1], f"{arm.name} started before {arm.teacher} ended"
+    intervals = sorted((start, end) for start, end, _ in runs.values())
+    assert any(later[0] < earlier[1] for earlier, later in zip(intervals, intervals[1:])), "no two arms overlapped"
+    assert {threads for _, _, threads in runs.values()} == {max(1, torch.get_num_threads() // 2)}
+
+
+def test_train_arms_stops_at_the_first_error_and_trains_no_student_of_it(tmp_path):
+    with pytest.raises(AuditError, match="this error is the test's"):
+        train_arms(grid(), functools.partial(_timed_arm, tmp_path), jobs=2, progress=False)
+    trained = {path.stem for path in tmp_path.glob("*.json")}
+    assert not trained & {arm.name for arm in grid() if arm.teacher == "big-erm"}
+
+
+def test_jobs_under_torchrun_are_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    out = tmp_path / "rep"
+    _assert_refused(_replicate_cli(["--jobs", "2", "--out", str(out)]), "--jobs 1 under torchrun")
+    assert not out.exists()

@@ -1,0 +1,98 @@
+"""The LM replication: claims decided from per-token entropies whose answer is known, cluster-bootstrap draws
+equal to audit.stats.cluster's intervals, bad options, and (slow) the tiny grid end to end through the CLI."""
+
+import json
+
+import pytest
+import torch
+from audit_cli import cli as _cli
+
+from audit.recipes.replicate_lm import INHERITANCE, decide_lm_claims, lm_grid, resampled
+from audit.stats.cluster import cluster_bootstrap_cis
+
+V = 49_152
+
+
+def _entropies(seed: int, *, ls_shift: float, kd_follows_teacher: bool) -> tuple[dict, torch.Tensor]:
+    """Per-token entropies of 40 sequences x 25 tokens: LS a=0.1 and 0.3 move ERM's by ``ls_shift`` and 3 times
+    it; KD students follow their (graded) teacher token by token, or sit at 2.5 plus noise."""
+    g = torch.Generator().manual_seed(seed)
+    groups = torch.arange(40).repeat_interleave(25)
+    teacher = 2 + torch.rand(1000, generator=g, dtype=torch.float64)
+    noise = lambda: 0.3 * torch.randn(1000, generator=g, dtype=torch.float64)  # noqa: E731
+    h = {"teacher": teacher, "erm": 2.5 + noise()}
+    h["ls-0.1"], h["ls-0.3"] = h["erm"] + ls_shift, h["erm"] + 3 * ls_shift
+    for t, student in INHERITANCE:
+        scaled = teacher * t  # a flatter teacher, a flatter student
+        if t != 1.0:
+            h[f"teacher/{t:g}"] = scaled
+        h[student] = (scaled if kd_follows_teacher else 2.5) + noise()
+    return h, groups
+
+
+def _verdicts(results) -> dict[str, set[str]]:
+    out: dict[str, set[str]] = {}
+    for r in results:
+        out.setdefault(r.claim_id, set()).add(r.verdict)
+    return out
+
+
+def test_claims_hold_when_the_entropies_say_so():
+    h, groups = _entropies(0, ls_shift=0.5, kd_follows_teacher=True)
+    results, inheritance = decide_lm_claims(h, groups, V, n_bootstrap=300)
+    verdicts = _verdicts(results)
+    assert verdicts["C1a"] == {"holds"} and verdicts["C2a"] == {"holds"} and verdicts["C2b"] == {"holds"}
+    assert inheritance["spearman"]["value"] == 1.0
+    # KD (~2.5 from a teacher of mean 2.5) is well below LS 0.1 (3.0): C1b's first check holds
+    assert next(r for r in results if r.statistic.startswith("H(KD) - H(LS")).verdict == "holds"
+
+
+def test_claims_fail_when_the_entropies_say_the_opposite():
+    h, groups = _entropies(1, ls_shift=-0.5, kd_follows_teacher=False)
+    verdicts = _verdicts(decide_lm_claims(h, groups, V, n_bootstrap=300)[0])
+    assert verdicts["C1a"] == {"fails"}
+    assert "holds" not in verdicts["C2b"]
+
+
+def test_resampled_draws_give_the_cluster_bootstrap_intervals():
+    h, groups = _entropies(2, ls_shift=0.1, kd_follows_teacher=True)
+    requests = {"mean": ("mean", (h["erm"],)), "spearman": ("spearman", (h["teacher"], h["kd-forward-kl"]))}
+    draws = resampled(requests, groups, n_resamples=200, seed=3)
+    expected = cluster_bootstrap_cis(requests, groups=groups, n_resamples=200, seed=3)
+    for name, (low, high) in expected.items():
+        q = torch.quantile(draws[name], torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
+        assert q == pytest.approx([low, high], rel=1e-12), name
+
+
+def test_the_grid_has_every_arm_of_the_issue():
+    names = [a.name for a in lm_grid()]
+    assert names == ["erm", "ls-0.1", "ls-0.3", "kd-forward-kl", "kd-reverse-kl", "kd-jsd-0.5", "kd-tau0.5",
+                     "kd-tau2", "kd-tau4"]
+
+
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--profile", "nope"], "--profile quick or full or tiny"),
+    (["--seeds", "0"], "--seeds >= 1"),
+    (["--eval-task", "sst2"], "no --eval-task or --jobs with --task shakespeare"),
+    (["--jobs", "2"], "no --eval-task or --jobs with --task shakespeare"),
+])
+def test_bad_options_are_one_line_and_write_nothing(args, message, tmp_path, capsys):
+    code, _, err = _cli(capsys, "replicate", "--task", "shakespeare", "--out", str(tmp_path / "out"), *args,
+                        "--no-progress")
+    lines = [line for line in err.splitlines() if line.startswith("kd-audit: error:")]
+    assert code == 2 and len(lines) == 1 and message in lines[0], err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_tiny_grid_end_to_end(tmp_path, capsys, monkeypatch, one_thread):
+    monkeypatch.setenv("KD_AUDIT_CACHE", str(tmp_path / "cache"))
+    code, out, err = _cli(capsys, "replicate", "--task", "shakespeare", "--profile", "tiny", "--out",
+                          str(tmp_path / "rep"), "--bootstrap", "50", "--no-progress")
+    assert code == 0, err
+    summary = json.loads((tmp_path / "rep" / "summary.json").read_text())
+    assert [a["arm"] for a in summary["arms"]] == [a.name for a in lm_grid()]
+    assert set(summary["claim_verdicts"]) == {"C1a", "C1b", "C2a", "C2b"}
+    assert "reverse minus forward entropy" in summary["exploratory"] and "C2a" in out and "unigram model" in out

@@ -1,0 +1,102 @@
+"""The training recipe on a tiny model: it learns, it resumes exactly, LS/KD reach their minimisers, bad input."""
+
+import json
+
+import pytest
+import torch
+
+from audit.errors import AuditError
+from audit.load.models import Predictions, load_model, save_predictions
+from audit.recipes.train import TrainSettings, train
+
+GOOD = ["great", "wonderful", "superb", "lovely", "brilliant", "delightful"]
+BAD = ["awful", "terrible", "dreadful", "boring", "horrible", "dull"]
+TINY = dict(model="tiny:hidden=32,layers=1", batch_size=16, lr=3e-3, max_length=16, device="cpu", warmup=0.0)
+
+
+def _write_split(folder, split, n, seed):
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for i in range(n):
+        positive = bool(torch.randint(0, 2, (1,), generator=g))
+        words = GOOD if positive else BAD
+        picks = torch.randint(0, len(words), (2,), generator=g).tolist()
+        rows.append({"id": f"{split}-{i}", "text": f"the film was {words[picks[0]]} and {words[picks[1]]}",
+                     "label": "positive" if positive else "negative"})
+    (folder / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return rows
+
+
+@pytest.fixture(scope="module")
+def separable(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("separable")
+    _write_split(folder, "train", 256, seed=0)
+    _write_split(folder, "dev", 64, seed=1)
+    return str(folder)
+
+
+def test_tiny_model_learns_a_separable_task(separable, tmp_path):
+    record = train(TrainSettings(data=separable, out=str(tmp_path / "run"), epochs=3, **TINY), progress=False)
+    assert record["dev"]["accuracy"] >= 0.95
+    assert (tmp_path / "run" / "config.json").exists()
+    assert load_model(str(tmp_path / "run")).label_names == ["negative", "positive"]
+
+
+def test_resumed_run_equals_uninterrupted(separable, tmp_path):
+    settings = dict(data=separable, epochs=1, checkpoint_every=5, **TINY)
+    whole = train(TrainSettings(out=str(tmp_path / "whole"), **settings), progress=False)
+    assert train(TrainSettings(out=str(tmp_path / "cut"), **settings), progress=False, stop_after=7) == {"stopped_at": 7}
+    resumed = train(TrainSettings(out=str(tmp_path / "cut"), **settings), progress=False)
+    assert resumed["steps"] == whole["steps"]
+    a = load_model(str(tmp_path / "whole")).model.state_dict()
+    b = load_model(str(tmp_path / "cut")).model.state_dict()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], msg=key)
+
+
+def test_ls_student_reaches_the_smoothed_target(separable, tmp_path):
+    """The LS minimiser softmax(z*) = q': on a learnable task the gold probability tends to 1 - a + a/K."""
+    record = train(TrainSettings(data=separable, out=str(tmp_path / "ls"), loss="ls", label_smoothing=0.2, epochs=8,
+                                 **TINY), progress=False)
+    assert record["dev"]["maxprob_mean"] == pytest.approx(0.9, abs=0.02)
+
+
+def test_pure_kd_student_reaches_the_teacher(separable, tmp_path):
+    """Pure KD (w=1) has the minimiser softmax(z*) = softmax(v): the student copies a fixed teacher."""
+    data = [json.loads(line) for line in open(f"{separable}/train.jsonl")]
+    # a teacher that is 80% sure of the true class on every example
+    logits = torch.tensor([[0.0, 1.386] if r["label"] == "positive" else [1.386, 0.0] for r in data])
+    teacher = tmp_path / "teacher.safetensors"
+    save_predictions(Predictions("teacher", logits, [r["id"] for r in data], ["negative", "positive"]), teacher)
+    record = train(TrainSettings(data=separable, out=str(tmp_path / "kd"), loss="kd", teacher=str(teacher),
+                                 kd_weight=1.0, temperature=1.0, epochs=8, **TINY), progress=False)
+    assert record["dev"]["maxprob_mean"] == pytest.approx(0.8, abs=0.02)
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(loss="kd"), "--teacher"),
+    (dict(loss="kd", teacher="x", temperature=0.0), "temperature > 0"),
+    (dict(loss="ls", label_smoothing=1.0), r"\[0, 1\)"),
+    (dict(loss="mse"), "--loss"),
+])
+def test_bad_settings(separable, tmp_path, options, message):
+    with pytest.raises(AuditError, match=message):
+        train(TrainSettings(data=separable, out=str(tmp_path / "x"), **{**TINY, **options}), progress=False)
+
+
+def test_teacher_with_other_labels(separable, tmp_path):
+    data = [json.loads(line) for line in open(f"{separable}/train.jsonl")]
+    teacher = tmp_path / "teacher.safetensors"
+    save_predictions(Predictions("t", torch.zeros(len(data), 2), [r["id"] for r in data], ["cat", "dog"]), teacher)
+    with pytest.raises(AuditError, match="same label set"):
+        train(TrainSettings(data=separable, out=str(tmp_path / "kd"), loss="kd", teacher=str(teacher), **TINY),
+              progress=False)
+
+
+def test_output_folder_of_a_different_run(separable, tmp_path):
+    out = str(tmp_path / "run")
+    train(TrainSettings(data=separable, out=out, epochs=0.25, **TINY), progress=False)
+    with pytest.raises(AuditError, match="--overwrite"):
+        train(TrainSettings(data=separable, out=out, epochs=0.25, seed=1, **TINY), progress=False)
+    record = train(TrainSettings(data=separable, out=out, epochs=0.25, seed=1, **TINY), overwrite=True, progress=False)
+    assert record["settings"]["seed"] == 1

@@ -1,0 +1,197 @@
+"""audit.reduce.reduction (eager backend) against an independent float64 numpy/scipy reference, per column."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy.special import log_softmax, rel_entr
+
+from audit.errors import AuditError
+from audit.reduce.reduction import MODEL_KEYS, PAIR_KEYS, reduce_logits, topk_overlap
+from audit.reduce.reduction import reduction as reduce_module
+
+
+def numpy_reference(teacher: torch.Tensor, students: list[torch.Tensor], targets: torch.Tensor, k: int,
+                    ignore_index: int = -100) -> tuple[list[dict], list[dict]]:
+    """Float64 columns written from the definitions, row by row, with numpy and scipy."""
+    y = targets.numpy()
+    keep = y != ignore_index
+
+    def model(x: torch.Tensor) -> dict:
+        logp = log_softmax(x.double().numpy(), axis=-1)
+        p = np.exp(logp)
+        top1 = np.array([int(np.flatnonzero(row == row.max())[0]) for row in logp])  # first maximum
+        safe = np.where(keep, y, 0)
+        lp_y = logp[np.arange(len(y)), safe]
+        return {"entropy": -np.where(p > 0, p * np.where(p > 0, logp, 0.0), 0.0).sum(-1), "maxprob": p.max(-1),
+                "top1": top1, "target_logprob": np.where(keep, lp_y, np.nan),
+                "correct": np.where(keep, (top1 == safe).astype(float), np.nan)}
+
+    def pair(t: torch.Tensor, s: torch.Tensor) -> dict:
+        q, p = (np.exp(log_softmax(x.double().numpy(), axis=-1)) for x in (t, s))
+        kk = min(k, t.shape[1])
+
+        def top(row: np.ndarray) -> set | None:  # None: a tie across the k-th place makes the set ambiguous
+            ranked = np.sort(row)[::-1]
+            return None if kk < len(row) and ranked[kk - 1] == ranked[kk] else set(np.argsort(-row)[:kk])
+
+        overlap = [np.nan if top(a) is None or top(b) is None else len(top(a) & top(b)) / kk
+                   for a, b in zip(t.double().numpy(), s.double().numpy())]
+        return {"kl": rel_entr(q, p).sum(-1), "kl_reverse": rel_entr(p, q).sum(-1), "topk_overlap": np.array(overlap)}
+
+    return [model(x) for x in (teacher, *students)], [pair(teacher, s) for s in students]
+
+
+def assert_matches(result, teacher, students, targets, k=5, rtol=1e-5, atol=1e-6):
+    models, pairs = numpy_reference(teacher, students, targets, k)
+    assert len(result.models) == 1 + len(students) and len(result.pairs) == len(students)
+    for got, want in zip(result.models, models):
+        assert set(got) == set(MODEL_KEYS)
+        assert got["top1"].dtype == torch.int64
+        np.testing.assert_array_equal(got["top1"].numpy(), want["top1"])
+        for key in ("entropy", "maxprob", "target_logprob", "correct"):
+            assert got[key].dtype == torch.float32 and got[key].shape == targets.shape
+            np.testing.assert_allclose(got[key].double().numpy(), want[key], rtol=rtol, atol=atol, err_msg=key)
+    for got, want in zip(result.pairs, pairs):
+        assert set(got) == set(PAIR_KEYS)
+        for key in PAIR_KEYS:
+            assert got[key].dtype == torch.float32
+            defined = ~np.isnan(want[key])  # top-k overlap: rows without ties at the k-th place
+            assert defined.mean() > 0.5
+            np.testing.assert_allclose(got[key].double().numpy()[defined], want[key][defined], rtol=rtol, atol=atol,
+                                       err_msg=key)
+
+
+def logits(p: int, v: int, seed: int, scale: float = 3.0) -> torch.Tensor:
+    return scale * torch.randn(p, v, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("v", [2, 7, 300])
+def test_eager_columns_match_the_definitions(v):
+    t, s1, s2 = logits(40, v, 0), logits(40, v, 1), logits(40, v, 2, scale=0.3)
+    y = torch.randint(0, v, (40,), generator=torch.Generator().manual_seed(3))
+    y[::7] = -100
+    result = reduce_logits(t, [s1, s2], y, backend="torch")
+    assert_matches(result, t, [s1, s2], y)
+    assert torch.isnan(result.models[1]["correct"][::7]).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float64])
+def test_low_precision_inputs_are_upcast(dtype):
+    t, s = logits(30, 50, 4).to(dtype), logits(30, 50, 5).to(dtype)
+    y = torch.randint(0, 50, (30,), generator=torch.Generator().manual_seed(6))
+    # the reference reads the same rounded values, so only float32 arithmetic separates them
+    assert_matches(reduce_logits(t, [s], y, backend="torch"), t, [s], y)
+
+
+def test_chunking_does_not_change_the_columns(monkeypatch):
+    t, s = logits(37, 11, 7), logits(37, 11, 8)
+    y = torch.randint(0, 11, (37,), generator=torch.Generator().manual_seed(9))
+    whole = reduce_logits(t, [s], y, backend="torch")
+    monkeypatch.setattr(reduce_module, "CHUNK_ELEMENTS", 11 * 5)  # 5 positions per chunk, the last one short
+    chunked = reduce_logits(t, [s], y, backend="torch")
+    for a, b in zip(whole.models + whole.pairs, chunked.models + chunked.pairs):
+        for key in a:
+            torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, equal_nan=True)
+
+
+def test_masked_classes_and_common_offsets():
+    t, s = logits(6, 9, 10) + 1e4, logits(6, 9, 11) - 1e4  # a common offset changes nothing
+    t[:, 0] = float("-inf")  # the teacher gives class 0 no mass: it adds nothing to KL(q||p)...
+    s[:, 1] = float("-inf")  # ...but where the student gives none and the teacher some, KL(q||p) is inf
+    y = torch.tensor([0, 1, 2, 3, 4, 5])
+    r = reduce_logits(t, [s], y, backend="torch")
+    assert torch.isinf(r.pairs[0]["kl"]).all() and torch.isinf(r.pairs[0]["kl_reverse"]).all()
+    assert r.models[0]["target_logprob"][0] == float("-inf")
+    s2 = s.clone()
+    s2[:, 1] = -1e4
+    finite = reduce_logits(t, [s2], y, backend="torch")
+    # the reference without the offsets, from the same rounded values (exact in float64)
+    assert_matches(finite, t.double() - 1e4, [s2.double() + 1e4], y)
+    assert torch.isinf(finite.pairs[0]["kl_reverse"]).all() and torch.isfinite(finite.pairs[0]["kl"]).all()
+
+
+def test_identical_models_agree_exactly():
+    t = logits(20, 13, 12)
+    y = torch.randint(0, 13, (20,), generator=torch.Generator().manual_seed(13))
+    r = reduce_logits(t, [t.clone()], y, backend="torch")
+    assert (r.pairs[0]["kl"] == 0).all() and (r.pairs[0]["kl_reverse"] == 0).all()
+    assert (r.pairs[0]["topk_overlap"] == 1).all()
+
+
+def test_classifier_is_the_one_position_per_example_case():
+    """Two classes, unlabelled rows: top-k capped at V (overlap 1), no target columns."""
+    t, s = logits(10, 2, 14), logits(10, 2, 15)
+    y = torch.full((10,), -100)
+    r = reduce_logits(t, [s], y, topk=5, backend="torch")
+    assert (r.pairs[0]["topk_overlap"] == 1).all()
+    assert torch.isnan(r.models[0]["target_logprob"]).all() and torch.isnan(r.models[1]["correct"]).all()
+    assert_matches(r, t, [s], y)
+
+
+def test_teacher_alone_and_no_positions():
+    t = logits(5, 4, 16)
+    y = torch.tensor([0, 1, 2, 3, 0])
+    alone = reduce_logits(t, [], y, backend="torch")
+    assert alone.pairs == [] and len(alone.models) == 1
+    assert_matches(alone, t, [], y)
+    empty = reduce_logits(torch.empty(0, 4), [torch.empty(0, 4)], torch.empty(0, dtype=torch.long), backend="torch")
+    assert all(v.shape == (0,) for m in empty.models + empty.pairs for v in m.values())
+
+
+def test_topk_overlap_counts_shared_ids():
+    t = torch.tensor([[5.0, 4.0, 3.0, 2.0, 1.0, 0.0]])
+    s = torch.tensor([[0.0, 1.0, 2.0, 3.0, 4.0, 5.0]])
+    assert topk_overlap(t, s, k=3).tolist() == [0.0]
+    assert topk_overlap(t, s, k=4).tolist() == [0.5]  # {0,1,2,3} & {2,3,4,5}
+    assert topk_overlap(t, s, k=6).tolist() == [1.0]
+
+
+@pytest.mark.parametrize("bad", [
+    dict(student=torch.zeros(3, 5)),  # another vocabulary
+    dict(targets=torch.zeros(4, dtype=torch.long)),  # another number of positions
+    dict(targets=torch.zeros(3)),  # float targets
+    dict(targets=torch.tensor([0, 1, 4])),  # id outside [0, V)
+    dict(targets=torch.tensor([0, -1, 2])),  # negative id that is not ignore_index
+    dict(teacher=torch.zeros(3, 4, 2)),  # not flattened
+    dict(teacher=torch.zeros(3, 4, dtype=torch.long)),  # not floating
+    dict(topk=0),
+    dict(backend="cuda"),
+])
+def test_bad_input_raises(bad):
+    args = dict(teacher=torch.zeros(3, 4), student=torch.zeros(3, 4), targets=torch.tensor([0, 1, 3]), topk=5,
+                backend="torch")
+    args.update(bad)
+    with pytest.raises(AuditError, match="expected"):
+        reduce_logits(args["teacher"], [args["student"]], args["targets"], topk=args["topk"], backend=args["backend"])
+
+
+def test_auto_backend_is_eager_on_cpu(monkeypatch):
+    calls = []
+    monkeypatch.setattr(reduce_module, "_fused", lambda *a: calls.append(a))
+    reduce_logits(logits(3, 4, 17), [logits(3, 4, 18)], torch.tensor([0, 1, 2]))
+    assert calls == []
+
+
+@pytest.mark.parametrize("v", [5000, 5120, 49152])
+def test_block_search_finds_the_first_maximum_and_the_top_k(v):
+    """Vocabularies large enough for the block search of reduce._top, against max and topk over whole rows:
+    a row tied at its maximum in two blocks, rows with masked (-inf) entries, one with fewer finite logits
+    than k, and a vocabulary that is not a multiple of the block."""
+    x = logits(24, v, 17)
+    x[0, [7, v - 1]] = 50.0  # tied maxima far apart: the first index wins
+    x[1, :] = float("-inf")
+    x[1, [3, v - 2]] = 1.0  # two finite logits, k = 5: the row falls back to topk over all of it
+    x[2, : v // 2] = float("-inf")
+    x[3, v - 1] = 60.0  # the maximum in the last (short) block
+    top, top1, ids = reduce_module._top(x, 5)
+    want_top, want_top1 = x.max(-1)
+    torch.testing.assert_close(top, want_top, rtol=0, atol=0)
+    assert top1.tolist() == want_top1.tolist() and top1[0] == 7 and top1[3] == v - 1
+    want = x.topk(5, dim=-1)
+    for row in range(len(x)):
+        if row == 1:  # three of the five are -inf: any three of them are a valid top 5
+            assert {3, v - 2} <= set(ids[row].tolist()) and len(set(ids[row].tolist())) == 5
+            continue
+        assert set(ids[row].tolist()) == set(want.indices[row].tolist()), row
