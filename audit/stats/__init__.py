@@ -21,8 +21,9 @@ from audit.stats.estimators import (
     ece_sweep_bins,
     ece_toplabel,
     ks_error,
+    top_label_extras,
 )
-from audit.stats.model_ci import model_cis, model_metrics, paired_difference_cis
+from audit.stats.model_ci import column_cis, model_cis, model_metrics, paired_difference_cis
 from audit.stats.pairwise import agreement, kl_divergence
 from audit.stats.smooth import (
     SmoothReliability,
@@ -57,6 +58,7 @@ __all__ = [
     "margin",
     "max_probability",
     "mce",
+    "column_cis",
     "model_cis",
     "model_metrics",
     "nll",
@@ -69,4 +71,5 @@ __all__ = [
     "smooth_reliability",
     "smooth_reliability_band",
     "spearman",
+    "top_label_extras",
 ]

@@ -293,6 +293,23 @@ def calibration_extras(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = 
     return _extras(confidences, correct, predicted, probs.shape[1], n_bins)
 
 
+def top_label_extras(confidences: torch.Tensor, correct: torch.Tensor, predicted: torch.Tensor, k: int,
+                     n_bins: int = 15) -> dict[str, torch.Tensor]:
+    """:func:`calibration_extras` from per-example top-label columns instead of (N, K) probabilities: the
+    form a token audit has (K is a vocabulary, only each position's top-1 is kept).
+
+    Args:
+        confidences: (N,) top-1 probabilities in [0, 1]. correct: (N,) bool, top-1 == target.
+        predicted: (N,) integer top-1 class. k: number of classes. n_bins: as :func:`calibration_extras`.
+
+    Raises:
+        AuditError: shapes that differ, confidences outside [0, 1] or NaN, n_bins < 1.
+    """
+    _check_n_bins(n_bins)
+    _check_confidences(confidences, correct)
+    return _extras(confidences, correct, predicted, k, n_bins)
+
+
 def _extras(confidences: torch.Tensor, correct: torch.Tensor, predicted: torch.Tensor, k: int,
             n_bins: int) -> dict[str, torch.Tensor]:
     """:func:`calibration_extras` on checked top-label inputs."""

@@ -153,12 +153,55 @@ def model_cis(logits: torch.Tensor, labels: torch.Tensor, *, n_bins: int = 15, n
         True
     """
     _check_n_bins(n_bins)
+    return column_cis(_per_example(logits, labels), logits.shape[1], n_bins=n_bins, n_resamples=n_resamples,
+                      level=level, seed=seed)
+
+
+def column_cis(columns: dict[str, torch.Tensor], num_classes: int, *, names: tuple[str, ...] = METRICS,
+               groups: torch.Tensor | None = None, n_bins: int = 15, n_resamples: int = 1000, level: float = 0.95,
+               seed: int = 0) -> dict[str, list[float]]:
+    """Percentile bootstrap CI of the named numbers of :func:`model_metrics`, from per-example columns.
+
+    Every estimator is recomputed on each resample. Without ``groups`` rows are resampled (the indices of
+    :func:`model_cis`); with ``groups`` whole groups are (a cluster bootstrap: a token audit's sequences, whose
+    tokens are not independent), each resample drawing G of the G groups with replacement and keeping every
+    position of a drawn group.
+
+    Args:
+        columns: (N,) ``confidence`` (top-1 probability), ``correct`` (bool), ``predicted`` (top-1 class) and
+            the per-example values of the means asked for (``accuracy``, ``nll``, ``brier``, ``entropy``).
+        num_classes: K (a vocabulary for tokens). names: a subset of :data:`METRICS`.
+        groups: (N,) integer group of each position, or None.
+
+    Returns:
+        ``{name: [low, high]}``, Python floats.
+
+    Raises:
+        AuditError: n_resamples < 1, level outside (0, 1), n_bins < 1.
+    """
+    _check_n_bins(n_bins)
     _check_resampling(n_resamples, level)
-    ex = _per_example(logits, labels)
-    k = logits.shape[1]
-    rows = [_metrics({key: v[index] for key, v in ex.items()}, k, n_bins, METRICS)
-            for index in _resample_indices(labels.shape[0], n_resamples, seed, logits.device)]
-    return {name: _interval(torch.stack([r[name] for r in rows]), level) for name in METRICS}
+    n = columns["confidence"].shape[0]
+    device = columns["confidence"].device
+    draws = (_resample_indices(n, n_resamples, seed, device) if groups is None
+             else _cluster_resample_indices(groups, n_resamples, seed))
+    rows = [_metrics({key: v[index] for key, v in columns.items()}, num_classes, n_bins, names) for index in draws]
+    return {name: _interval(torch.stack([r[name] for r in rows]), level) for name in names}
+
+
+def _cluster_resample_indices(groups: torch.Tensor, n_resamples: int, seed: int):
+    """Yield the position indices of each cluster resample: G group draws with replacement, every position of
+    a drawn group kept (in group order)."""
+    _, dense, counts = torch.unique(groups, return_inverse=True, return_counts=True)
+    order = torch.argsort(dense, stable=True)  # positions grouped by group
+    starts = torch.cat([counts.new_zeros(1), counts.cumsum(0)[:-1]])
+    generator = torch.Generator(device=groups.device).manual_seed(seed)
+    for _ in range(n_resamples):
+        drawn = torch.randint(0, counts.numel(), (counts.numel(),), generator=generator, device=groups.device)
+        lengths = counts[drawn]
+        ends = lengths.cumsum(0)
+        within = torch.arange(int(ends[-1]), device=groups.device) - (ends - lengths).repeat_interleave(lengths)
+        yield order[starts[drawn].repeat_interleave(lengths) + within]
 
 
 def paired_difference_cis(teacher_logits: torch.Tensor, student_logits: torch.Tensor, labels: torch.Tensor, *,

@@ -15,59 +15,76 @@ SCATTER_POINTS = 2000  # teacher-vs-student points kept for the scatter plot
 
 
 BRIER_CONVENTION = "multiclass: mean over examples of sum_k (p_k - 1[k=y])^2, range [0, 2]"
-
-
 HISTOGRAM_BINS = 20
-
-
 CALIBRATION_EXTRAS = ("smece", "ece_debiased", "ece_sweep", "ece_toplabel", "ks")
+# per-model numbers whose CI needs every estimator recomputed per resample (--model-cis): for tokens a cluster
+# bootstrap by sequence (the sum-statistics of the default token CIs come from audit.stats.cluster)
+TOKEN_MODEL_CIS = ("mce", "ece_adaptive", *CALIBRATION_EXTRAS)
 
+
+def confidence_summary(entropy: torch.Tensor, maxprob: torch.Tensor, num_classes: int, *,
+                       correct: torch.Tensor | None = None, predicted: torch.Tensor | None = None,
+                       nll: torch.Tensor | None = None, n_bins: int = 15) -> dict:
+    """The per-model numbers every model kind shares, from per-example (or per-token) columns.
+
+    Args:
+        entropy, maxprob: (N,) entropy (nats) and top-1 probability. num_classes: K (a vocabulary for tokens).
+        correct: (N,) bool, top-1 == target; None without labels (then only label-free numbers).
+        predicted: (N,) integer top-1 class (the top-label ECE groups by it).
+        nll: (N,) negative log-likelihood of the target; +inf where unknown (a top-k teacher's tail), left out
+            of the mean.
+    """
+    log_k = math.log(num_classes) if num_classes > 1 else 1.0
+    h, p = entropy.double(), maxprob.double()
+    out = {
+        "n": int(h.numel()),
+        "num_classes": num_classes,
+        "entropy_mean": float(h.mean()),
+        "entropy_normalized": float(h.mean()) / log_k,
+        "maxprob_mean": float(p.mean()),
+        "entropy_histogram": _histogram(entropy, 0.0, log_k),
+        "maxprob_histogram": _histogram(maxprob, 1.0 / num_classes, 1.0),
+    }
+    if correct is None:
+        return out
+    known = torch.isfinite(nll)
+    mean_nll = float(nll[known].double().mean()) if known.any() else None
+    calibration = stats.calibration_errors(maxprob, correct, n_bins=n_bins)
+    extras = stats.top_label_extras(maxprob, correct, predicted, num_classes, n_bins=n_bins)
+    out.update({
+        "accuracy": float(correct.double().mean()),
+        "nll": mean_nll,
+        "ece": float(calibration["ece"]),
+        "mce": float(calibration["mce"]),
+        "ece_adaptive": float(calibration["ece_adaptive"]),
+        "n_bins": n_bins,
+        **{key: float(extras[key]) for key in CALIBRATION_EXTRAS},
+        "entropy_correct": _mean_or_none(h[correct]),
+        "entropy_incorrect": _mean_or_none(h[~correct]),
+        "maxprob_correct": _mean_or_none(p[correct]),
+        "maxprob_incorrect": _mean_or_none(p[~correct]),
+        "reliability": {key: _floats(getattr(calibration["bins"], key))
+                        for key in ("edges", "count", "confidence", "accuracy")},
+    })
+    return out
 
 
 def summarize_model(logits: torch.Tensor, labels: torch.Tensor | None, *, n_bins: int = 15) -> dict:
-    """Confidence and calibration of one model: every per-model number of the report.
+    """Confidence and calibration of one classifier: :func:`confidence_summary` of its per-example columns,
+    plus what needs the whole (N, K) distribution (margin, Brier, class-wise ECE).
 
     Args:
         logits: (N, K) logits. labels: (N,) int64 class ids, or None (label-free numbers only).
     """
     probs = torch.softmax(logits.float(), -1)
-    k = probs.shape[1]
-    entropy = stats.entropy(probs)
-    maxprob = stats.max_probability(probs)
-    log_k = float(torch.log(torch.tensor(float(k)))) if k > 1 else 1.0
-    out = {
-        "n": int(probs.shape[0]),
-        "num_classes": k,
-        "entropy_mean": float(entropy.mean()),
-        "entropy_normalized": float(entropy.mean()) / log_k,
-        "maxprob_mean": float(maxprob.mean()),
-        "margin_mean": float(stats.margin(probs).mean()),
-        "entropy_histogram": _histogram(entropy, 0.0, log_k),
-        "maxprob_histogram": _histogram(maxprob, 1.0 / k, 1.0),
-    }
-    if labels is None:
-        return out
-    correct = stats.correct(probs, labels)
-    calibration = stats.calibration_errors(maxprob, correct, n_bins=n_bins)
-    bins = calibration["bins"]
-    out.update({
-        "accuracy": float(correct.float().mean()),
-        "nll": float(stats.nll(logits.float(), labels).mean()),
-        "brier": float(stats.brier(probs, labels).mean()),
-        "brier_convention": BRIER_CONVENTION,
-        "ece": float(calibration["ece"]),
-        "mce": float(calibration["mce"]),
-        "ece_adaptive": float(calibration["ece_adaptive"]),
-        "ece_classwise": float(stats.classwise_ece(probs, labels, n_bins=n_bins)),
-        "n_bins": n_bins,
-        **{key: float(value) for key, value in stats.calibration_extras(probs, labels, n_bins=n_bins).items()
-           if key in CALIBRATION_EXTRAS},
-        "entropy_correct": _mean_or_none(entropy[correct]),
-        "entropy_incorrect": _mean_or_none(entropy[~correct]),
-        "maxprob_correct": _mean_or_none(maxprob[correct]),
-        "maxprob_incorrect": _mean_or_none(maxprob[~correct]),
-        "reliability": {key: _floats(getattr(bins, key)) for key in ("edges", "count", "confidence", "accuracy")},
-    })
+    maxprob, predicted = probs.max(-1)  # ties go to the lowest index, as torch.argmax
+    columns = {"entropy": stats.entropy(probs), "maxprob": maxprob, "num_classes": probs.shape[1], "n_bins": n_bins}
+    if labels is not None:
+        columns.update(correct=predicted == labels, predicted=predicted, nll=stats.nll(logits.float(), labels))
+    out = {**confidence_summary(**columns), "margin_mean": float(stats.margin(probs).mean())}
+    if labels is not None:
+        out.update(brier=float(stats.brier(probs, labels).mean()), brier_convention=BRIER_CONVENTION,
+                   ece_classwise=float(stats.classwise_ece(probs, labels, n_bins=n_bins)))
     return out
 
 
@@ -102,38 +119,22 @@ def summarize_tokens(columns: dict[str, torch.Tensor], names: list[str], vocab_s
     ``topk``: the teacher is known through its top ``topk`` log-probabilities; its NLL then covers only the
     tokens whose target is among them (no interval), and the report says what is approximate.
 
-    Every interval is a percentile interval of one cluster bootstrap by sequence (:mod:`audit.stats.cluster`).
+    Every interval is a percentile interval of a cluster bootstrap by sequence: the sum-statistics' of one set of
+    draws (:mod:`audit.stats.cluster`); with ``settings.model_cis`` the calibration family's too, every estimator
+    recomputed per resample (:func:`audit.stats.column_cis`).
     """
     groups = columns["sequence"]
-    log_v = math.log(vocab_size)
     requests, models = {}, {}
     for m, name in enumerate(names):
         h, p = columns[f"{m}.entropy"], columns[f"{m}.maxprob"]
         correct = columns[f"{m}.correct"]
         nll = -columns[f"{m}.target_logprob"].double()
         known = torch.isfinite(nll)  # all but a top-k teacher's targets outside its top k
-        mean_nll = float(nll[known].mean()) if known.any() else float("nan")
-        calibration = stats.calibration_errors(p, correct.bool(), n_bins=settings.n_bins)
-        bins = calibration["bins"]
-        hit = correct.bool()
-        models[name] = {
-            "role": "teacher" if m == 0 else "student",
-            "n": int(h.numel()), "n_sequences": int(groups.unique().numel()), "num_classes": vocab_size,
-            "entropy_mean": float(h.double().mean()), "entropy_normalized": float(h.double().mean()) / log_v,
-            "maxprob_mean": float(p.double().mean()),
-            "accuracy": float(correct.double().mean()),
-            "nll": mean_nll if math.isfinite(mean_nll) else None,
-            "perplexity": math.exp(mean_nll) if math.isfinite(mean_nll) else None,
-            "ece": float(calibration["ece"]), "mce": float(calibration["mce"]),
-            "ece_adaptive": float(calibration["ece_adaptive"]), "n_bins": settings.n_bins,
-            "entropy_correct": float(h[hit].double().mean()) if hit.any() else None,
-            "entropy_incorrect": float(h[~hit].double().mean()) if (~hit).any() else None,
-            "maxprob_correct": float(p[hit].double().mean()) if hit.any() else None,
-            "maxprob_incorrect": float(p[~hit].double().mean()) if (~hit).any() else None,
-            "entropy_histogram": _histogram(h, 0.0, log_v),
-            "maxprob_histogram": _histogram(p, 1.0 / vocab_size, 1.0),
-            "reliability": {key: _floats(getattr(bins, key)) for key in ("edges", "count", "confidence", "accuracy")},
-        }
+        summary = confidence_summary(h, p, vocab_size, correct=correct.bool(), predicted=columns[f"{m}.top1"].long(),
+                                     nll=nll, n_bins=settings.n_bins)
+        models[name] = {"role": "teacher" if m == 0 else "student", **summary,
+                        "n_sequences": int(groups.unique().numel()),
+                        "perplexity": None if summary["nll"] is None else math.exp(summary["nll"])}
         if m == 0 and topk is not None:
             models[name]["approximation"] = (
                 f"known through its top {topk} log-probabilities: entropy and both KLs are lower bounds (the tail "
@@ -176,6 +177,12 @@ def summarize_tokens(columns: dict[str, torch.Tensor], names: list[str], vocab_s
     for m, name in enumerate(names):
         models[name]["ci"] = {key: list(cis[f"{m}.{key}"]) for key in ("accuracy", "nll", "entropy_mean",
                                                                          "maxprob_mean", "ece") if f"{m}.{key}" in cis}
+        if settings.model_cis:
+            token_columns = {"confidence": columns[f"{m}.maxprob"], "correct": columns[f"{m}.correct"].bool(),
+                             "predicted": columns[f"{m}.top1"].long()}
+            models[name]["ci"].update(stats.column_cis(
+                token_columns, vocab_size, names=TOKEN_MODEL_CIS, groups=groups, n_bins=settings.n_bins,
+                n_resamples=settings.n_bootstrap, seed=settings.seed))
     pairs = []
     for j in range(1, len(names)):
         pair_stats = {k: _stat(point[f"pair{j}.{k}"], cis[f"pair{j}.{k}"]) for k in pair_requests[j]}

@@ -190,7 +190,7 @@ def nested(pytester: pytest.Pytester) -> pytest.Pytester:
 
 
 def test_claims_table_is_printed(nested: pytest.Pytester):
-    nested.makepyfile(test_claims=CLAIM_TESTS)
+    nested.makepyfile(test_claims_table=CLAIM_TESTS)  # not test_claims: that module is this file
     result = nested.runpytest("-p", "no:kd_audit", "-m", "claims")
     result.assert_outcomes(passed=2, failed=1)
     result.stdout.re_match_lines(
