@@ -91,6 +91,13 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
         terminalreporter.write_line(line)
 
 
+@pytest.fixture(scope="session")
+def device() -> str:
+    """The device of the kernel tests (losses, reduction): CUDA when present, else the CPU under the Triton
+    interpreter."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """One intra-op torch thread, here and (through OMP_NUM_THREADS) in launched processes: on a small shared

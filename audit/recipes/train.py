@@ -1,20 +1,17 @@
 """The training recipe: a student trained with cross entropy, label smoothing or knowledge distillation.
 
 Reads top to bottom: settings -> data and label order -> student -> teacher logits (computed once, cached
-in the output folder) -> one loop with periodic resumable checkpoints -> save + dev evaluation + record.
-The maths lives in :mod:`audit.losses`; evaluation is the auditor's own (:mod:`audit.compare`).
+in the output folder) -> the batch loss and the record (dev evaluation: :func:`audit.run.evaluate.predict_text`
+and :func:`audit.stats.summary.summarize_model`) handed to the one training loop (:func:`audit.recipes.training_run.fit`:
+resumable checkpoints, DDP, save). The maths lives in :mod:`audit.losses`.
 """
 
 from __future__ import annotations
 
-import json
-import math
-import time
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from transformers import get_linear_schedule_with_warmup
 
 from audit.atomic import write_atomic
 from audit.errors import AuditError
@@ -24,20 +21,17 @@ from audit.load.models import Predictions, TextClassifier, load_model, save_pred
 from audit.losses import kd_loss, label_smoothed_cross_entropy
 from audit.outputs import Output, check_outputs
 from audit.recipes.training_run import (
-    CHECKPOINT,
-    RECORD,
     TEACHER_LOGITS,
-    batch_slice,
-    check_folder,
+    Trained,
+    TrainingBatch,
     claim_folder,
-    data_parallel,
-    resume,
-    same_run,
-    save_checkpoint,
+    finished_record,
+    fit,
+    mixed_precision,
+    training_device,
 )
-from audit.run.device import resolve_device
-from audit.run.distributed import ProcessGroup, local_device, on_main, process_group
-from audit.run.evaluate import predict_text, progress_bar
+from audit.run.distributed import ProcessGroup, on_main
+from audit.run.evaluate import predict_text
 from audit.settings import TrainSettings
 from audit.stats.summary import summarize_model
 
@@ -157,12 +151,10 @@ def train(settings: TrainSettings, *, overwrite: bool = False, progress: bool = 
     settings.validate()
     out = Path(settings.out)
     check_outputs([Output(out, "folder", "--out")], [settings.data, settings.model.partition("@")[0], settings.teacher])
-    check_folder(out, settings.run_key(), overwrite)
-    if same_run(out, settings.run_key()) and (out / RECORD).exists():
-        return json.loads((out / RECORD).read_text())
-    device = resolve_device(settings.device)
-    group = process_group(device)
-    device = local_device(device, group)
+    finished = finished_record(out, settings.run_key(), overwrite)
+    if finished is not None:
+        return finished
+    device, group = training_device(settings.device)
     progress = progress and group.is_main
     # everything that can be refused is read before the output folder is made
     data = load_data(settings.data, split=settings.train_split, limit=settings.train_limit)
@@ -178,55 +170,26 @@ def train(settings: TrainSettings, *, overwrite: bool = False, progress: bool = 
     on_main(lambda: claim_folder(out, settings.run_key()), group)
     model = student.model.to(device)
     targets = teacher_logits(settings, data, label_names, out, device, group, teacher) if settings.loss == "kd" else None
-
     encodings = student.tokenizer(data.texts, data.text_pairs, truncation=True, max_length=settings.max_length)["input_ids"]
-    steps_per_epoch = math.ceil(len(data) / settings.batch_size)
-    total_steps = max(1, round(settings.epochs * steps_per_epoch))
-    optimizer = torch.optim.AdamW(_parameter_groups(model, settings), lr=settings.lr, weight_decay=settings.weight_decay)
-    schedule = get_linear_schedule_with_warmup(optimizer, int(settings.warmup * total_steps), total_steps)
-    step, wall = resume(out, model, optimizer, schedule)
-    started = time.perf_counter() - wall
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
-    forward = data_parallel(model, group)
 
-    model.train()
-    with progress_bar(progress) as bar:
-        task = bar.add_task(f"training {settings.loss}", total=total_steps, completed=step)
-        while step < total_steps:
-            epoch, index = divmod(step, steps_per_epoch)
-            order = torch.randperm(len(data), generator=torch.Generator().manual_seed(settings.seed * 100_003 + epoch))
-            rows = order[index * settings.batch_size:(index + 1) * settings.batch_size]
-            rows, weight = batch_slice(rows, group)
-            batch = student.tokenizer.pad({"input_ids": [encodings[i] for i in rows]}, return_tensors="pt")
-            with autocast:
-                logits = forward(**{k: v.to(device) for k, v in batch.items()}).logits.float()
-            loss = _loss(settings, logits, labels[rows].to(device), None if targets is None else targets[rows].to(device))
-            optimizer.zero_grad(set_to_none=True)
-            (loss * weight).backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            schedule.step()
-            step += 1
-            bar.update(task, advance=1, description=f"training {settings.loss} loss {loss.item():.4f}")
-            done = step == total_steps or step == stop_after
-            if (step % settings.checkpoint_every == 0 or done) and group.is_main:
-                save_checkpoint(out, model, optimizer, schedule, step, time.perf_counter() - started)
-            if step == stop_after and step < total_steps:
-                return {"stopped_at": step}
+    def batch_loss(forward: torch.nn.Module, batch: TrainingBatch) -> torch.Tensor:
+        inputs = student.tokenizer.pad({"input_ids": [encodings[i] for i in batch.rows]}, return_tensors="pt")
+        with mixed_precision(device):
+            logits = forward(**{k: v.to(device) for k, v in inputs.items()}).logits.float()
+        return classifier_loss(settings, logits, labels[batch.rows].to(device),
+                               None if targets is None else targets[batch.rows].to(device))
 
-    model.eval()
-    wall = time.perf_counter() - started
-    dev_predictions = predict_text(student, dev, device=device, dtype=torch.float32, max_length=settings.max_length,
-                                   progress=progress, group=group)
-    dev_metrics = summarize_model(dev_predictions.logits, data_labels(dev, label_names, len(label_names)))
-    record = {"settings": asdict(settings), "steps": total_steps, "examples": len(data), "wall_seconds": wall,
-              "device": str(device), "label_names": label_names, "dev": dev_metrics}
-    if group.is_main:
-        model.save_pretrained(out)
-        student.tokenizer.save_pretrained(out)
-        write_atomic(out / RECORD, lambda p: p.write_text(json.dumps(record, indent=2)))
-        (out / CHECKPOINT).unlink(missing_ok=True)
-    return record
+    def record(trained: Trained) -> dict:
+        dev_predictions = predict_text(student, dev, device=device, dtype=torch.float32,
+                                       max_length=settings.max_length, progress=progress, group=group)
+        dev_metrics = summarize_model(dev_predictions.logits, data_labels(dev, label_names, len(label_names)))
+        return {"settings": asdict(settings), "steps": trained.steps, "examples": len(data),
+                "wall_seconds": trained.wall_seconds, "device": str(device), "label_names": label_names,
+                "dev": dev_metrics}
+
+    trained = fit(settings, model, batch_loss, examples=len(data), parameters=_parameter_groups(model, settings),
+                  tokenizer=student.tokenizer, record=record, group=group, progress=progress, stop_after=stop_after)
+    return {"stopped_at": trained.stopped_at} if trained.record is None else trained.record
 
 
 def _parameter_groups(model: torch.nn.Module, settings: TrainSettings) -> list[dict]:
@@ -238,7 +201,9 @@ def _parameter_groups(model: torch.nn.Module, settings: TrainSettings) -> list[d
     return [{"params": body}, {"params": head, "lr": settings.head_lr or settings.lr}]
 
 
-def _loss(settings: TrainSettings, logits: torch.Tensor, labels: torch.Tensor, teacher: torch.Tensor | None):
+def classifier_loss(settings: TrainSettings, logits: torch.Tensor, labels: torch.Tensor,
+                    teacher: torch.Tensor | None) -> torch.Tensor:
+    """The training loss of (B, K) student logits with (B,) labels; KD's targets are the teacher's (B, K) logits."""
     if settings.loss == "kd":
         return kd_loss(logits, teacher, labels, temperature=settings.temperature, kd_weight=settings.kd_weight,
                        backend=settings.backend)

@@ -1,9 +1,9 @@
 """The causal-LM training recipe: a student trained on next tokens with CE, label smoothing or distillation.
 
-Reads top to bottom: settings -> teacher and student (same tokenizer) -> train windows -> one loop (teacher
-logits computed per batch under ``no_grad`` in the same step, the loss from :mod:`audit.losses`, periodic
-resumable checkpoints) -> save -> the dev audit of the student against its teacher (:func:`audit.compare.compare_lm`)
--> ``training_record.json``.
+Reads top to bottom: settings -> teacher and student (same tokenizer) -> train windows -> the batch loss (teacher
+logits computed per batch under ``no_grad`` in the same step, the loss from :mod:`audit.losses`) and the record
+(the dev audit of the student against its teacher, :func:`dev_audit`) handed to the one training loop
+(:func:`audit.recipes.training_run.fit`: resumable checkpoints, DDP, save, ``training_record.json``).
 
 Why the teacher runs in every step instead of once into a cache: a full-vocabulary logit row is
 V x 4 bytes, 196 KB per token at SmolLM2's V = 49,152 (98 KB in bf16), so the Shakespeare train split's
@@ -11,45 +11,40 @@ V x 4 bytes, 196 KB per token at SmolLM2's V = 49,152 (98 KB in bf16), so the Sh
 160 bytes a token, 214 MB for that split): with ``teacher_topk`` the KD targets come from such a file
 (:class:`TopkTargets`, :func:`audit.reduce.topk.topk_kd_loss`) and the teacher runs only for the dev audit.
 
-The maths lives in :mod:`audit.losses`; the folder handling, checkpoints and data parallelism are shared with
-the classifier recipe (:mod:`audit.recipes.training_run`).
+The maths lives in :mod:`audit.losses`; the loop, folder handling, checkpoints and data parallelism are the
+classifier recipe's too (:mod:`audit.recipes.training_run`).
 """
 
 from __future__ import annotations
 
 import copy
-import json
 import math
-import time
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from transformers import get_linear_schedule_with_warmup
 
-from audit.atomic import write_atomic
-from audit.compare import compare_lm
 from audit.errors import AuditError
 from audit.load.causal_lm import CausalLM, check_same_tokenizer, keep_first_layers, load_causal_lm
 from audit.load.data.text import IGNORE_INDEX, Documents, TokenWindows, read_documents, tokenize_windows
 from audit.losses import distillation_loss, label_smoothed_cross_entropy
 from audit.outputs import Output, check_outputs
 from audit.recipes.training_run import (
-    CHECKPOINT,
-    RECORD,
-    batch_slice,
-    check_folder,
+    Trained,
+    TrainingBatch,
     claim_folder,
-    data_parallel,
-    resume,
-    same_run,
-    save_checkpoint,
+    finished_record,
+    fit,
+    mixed_precision,
+    training_device,
 )
 from audit.reduce.topk import WINDOW_METADATA, read_topk_logits, topk_kd_loss
-from audit.run.device import resolve_device
-from audit.run.distributed import local_device, on_main, process_group
-from audit.run.evaluate import progress_bar
+from audit.run.adapters import adapter_of
+from audit.run.device import resolve_batch_size, resolve_dtype
+from audit.run.distributed import ProcessGroup, on_main
+from audit.run.evaluate import evaluate_tokens
 from audit.settings import TINY_LM, CompareSettings, LMTrainSettings, tiny_lm_sizes
+from audit.stats.summary import summarize_tokens
 
 DEV_BOOTSTRAP = 200  # resamples of the dev audit's cluster bootstrap (the record's CIs)
 REPORT_ONLY = ("entropy_histogram", "maxprob_histogram", "reliability", "scatter")  # large fields left out
@@ -216,12 +211,10 @@ def train_lm(settings: LMTrainSettings, *, overwrite: bool = False, progress: bo
     out = Path(settings.out)
     check_outputs([Output(out, "folder", "--out")], [settings.data, settings.model.partition("@")[0],
                                                      settings.teacher.partition("@")[0], settings.teacher_topk])
-    check_folder(out, settings.run_key(), overwrite)
-    if same_run(out, settings.run_key()) and (out / RECORD).exists():
-        return json.loads((out / RECORD).read_text())
-    device = resolve_device(settings.device)
-    group = process_group(device)
-    device = local_device(device, group)
+    finished = finished_record(out, settings.run_key(), overwrite)
+    if finished is not None:
+        return finished
+    device, group = training_device(settings.device)
     progress = progress and group.is_main
     # everything that can be refused is read before the output folder is made
     teacher = teacher or load_causal_lm(settings.teacher, name="teacher")
@@ -240,89 +233,68 @@ def train_lm(settings: LMTrainSettings, *, overwrite: bool = False, progress: bo
 
     model = student.model.to(device)
     teacher.model.to(device)
-    steps_per_epoch = math.ceil(len(windows) / settings.batch_size)
-    total_steps = settings.steps or max(1, round(settings.epochs * steps_per_epoch))
     if settings.freeze_embeddings:
         for module in (model.get_input_embeddings(), model.get_output_embeddings()):
             module.requires_grad_(False)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=settings.lr, weight_decay=settings.weight_decay)
-    schedule = get_linear_schedule_with_warmup(optimizer, int(settings.warmup * total_steps), total_steps)
-    step, wall = resume(out, model, optimizer, schedule)
-    started = time.perf_counter() - wall
-    forward = data_parallel(model, group)
     teacher_logits = teacher_logits or TeacherLogits(teacher)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
-    first_step, losses, tokens, loop_started = step, [], 0, time.perf_counter()
 
-    model.train()
-    with progress_bar(progress) as bar:
-        task = bar.add_task(f"training {settings.loss}", total=total_steps, completed=step)
-        while step < total_steps:
-            epoch, index = divmod(step, steps_per_epoch)
-            order = torch.randperm(len(windows), generator=torch.Generator().manual_seed(settings.seed * 100_003 + epoch))
-            batch = order[index * settings.batch_size:(index + 1) * settings.batch_size]
-            rows, weight = batch_slice(batch, group)
-            ids, mask = windows.input_ids[rows].to(device), windows.attention_mask[rows].to(device)
-            targets = windows.targets[rows].to(device)
-            keep = targets != IGNORE_INDEX
-            if group.distributed and weight:  # the loss is a mean over tokens: weigh a slice by its share of them
-                weight = group.world_size * int(keep.sum()) / int((windows.targets[batch] != IGNORE_INDEX).sum())
-            with autocast:  # bf16 logits on CUDA go to the fused kernels as they are (fp32 math inside)
-                logits = forward(input_ids=ids, attention_mask=mask).logits[keep]  # (P, V)
-                soft = None
-                if settings.loss == "kd" and topk is None:
-                    soft = teacher_logits(step, ids, mask, keep) / settings.teacher_temperature
-            loss = lm_loss(settings, logits, targets[keep], soft, None if topk is None else topk(rows, device))
-            optimizer.zero_grad(set_to_none=True)
-            (loss * weight).backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            schedule.step()
-            step += 1
-            losses.append(loss.item())
-            tokens += int(keep.sum())
-            rate = tokens / max(time.perf_counter() - loop_started, 1e-9)
-            bar.update(task, advance=1, description=f"training {settings.loss} loss {losses[-1]:.4f} "
-                                                    f"{rate:,.0f} tokens/s")
-            done = step == total_steps or step == stop_after
-            if (step % settings.checkpoint_every == 0 or done) and group.is_main:
-                save_checkpoint(out, model, optimizer, schedule, step, time.perf_counter() - started)
-            if step == stop_after and step < total_steps:
-                return {"stopped_at": step, "losses": losses}
-    wall = time.perf_counter() - started
+    def batch_loss(forward: torch.nn.Module, batch: TrainingBatch) -> torch.Tensor:
+        ids, mask = windows.input_ids[batch.rows].to(device), windows.attention_mask[batch.rows].to(device)
+        targets = windows.targets[batch.rows].to(device)
+        keep = targets != IGNORE_INDEX
+        with mixed_precision(device):  # bf16 logits on CUDA go to the fused kernels as they are (fp32 math inside)
+            logits = forward(input_ids=ids, attention_mask=mask).logits[keep]  # (P, V)
+            soft = None
+            if settings.loss == "kd" and topk is None:
+                soft = teacher_logits(batch.step, ids, mask, keep) / settings.teacher_temperature
+        return lm_loss(settings, logits, targets[keep], soft, None if topk is None else topk(batch.rows, device))
 
-    model.eval()
-    record = {
-        "settings": asdict(settings), "steps": total_steps, "windows": len(windows),
-        "tokens_per_step": settings.batch_size * (settings.max_length - 1), "wall_seconds": wall,
-        "device": str(device), "loss_history": {"first_step": first_step, "values": losses},
-        "dev": None, "dev_teacher": None, "dev_pair": None, "dev_unigram_perplexity": None, "dev_data": None,
-    }
-    if audit_dev:
-        record.update(_dev_audit(settings, teacher, CausalLM("student", model, student.tokenizer, settings.model),
-                                 windows, dev_docs, progress))
-    if group.is_main:
-        model.save_pretrained(out)
-        # the chat template inside tokenizer_config.json: a separate .jinja file is not one of
-        # audit.recipes.training_run.RUN_FILES, so --overwrite would take the folder for someone else's
-        student.tokenizer.save_pretrained(out, save_jinja_files=False)
-        write_atomic(out / RECORD, lambda p: p.write_text(json.dumps(record, indent=2)))
-        (out / CHECKPOINT).unlink(missing_ok=True)
-    return record
+    def record(trained: Trained) -> dict:
+        entries = {
+            "settings": asdict(settings), "steps": trained.steps, "windows": len(windows),
+            "tokens_per_step": settings.batch_size * (settings.max_length - 1), "wall_seconds": trained.wall_seconds,
+            "device": str(device), "loss_history": {"first_step": trained.first_step, "values": trained.losses},
+            "dev": None, "dev_teacher": None, "dev_pair": None, "dev_unigram_perplexity": None, "dev_data": None,
+        }
+        if audit_dev:
+            entries.update(dev_audit(settings, teacher, CausalLM("student", model, student.tokenizer, settings.model),
+                                     windows, dev_docs, device=device, group=group, progress=progress))
+        return entries
+
+    trained = fit(settings, model, batch_loss, examples=len(windows),
+                  parameters=[p for p in model.parameters() if p.requires_grad], tokenizer=student.tokenizer,
+                  record=record, group=group, steps=settings.steps, terms=lambda rows: scored_tokens(windows, rows),
+                  unit="tokens", progress=progress, stop_after=stop_after)
+    if trained.record is None:
+        return {"stopped_at": trained.stopped_at, "losses": trained.losses}
+    return trained.record
 
 
-def _dev_audit(settings: LMTrainSettings, teacher: CausalLM, student: CausalLM, windows: TokenWindows,
-               dev_docs: Documents, progress: bool) -> dict:
-    """The record's dev entries: the student and teacher audited token by token on the dev documents, and the
-    perplexity of a unigram model of the training tokens there (the baseline a student must beat)."""
-    compare = CompareSettings(max_length=settings.max_length, device=settings.device, n_bootstrap=DEV_BOOTSTRAP,
-                              seed=settings.seed, progress=progress, cache=False)
-    report = compare_lm(teacher, [student], dev_docs, names=["teacher", "student"], settings=compare)
+def scored_tokens(windows: TokenWindows, rows: torch.Tensor) -> int:
+    """The number of positions windows ``rows`` score (the terms of their mean token loss)."""
+    return int((windows.targets[rows] != IGNORE_INDEX).sum())
+
+
+def dev_audit(settings: LMTrainSettings, teacher: CausalLM, student: CausalLM, windows: TokenWindows,
+              dev_docs: Documents, *, device: torch.device, group: ProcessGroup, progress: bool) -> dict:
+    """The record's dev entries: the student and teacher audited token by token on the dev documents (the
+    numbers of ``audit.compare.compare_lm`` with :data:`DEV_BOOTSTRAP` resamples and the run's seed, from the
+    layers it wraps), and the perplexity of a unigram model of the training ``windows`` there (the baseline a
+    student must beat)."""
     dev_windows = tokenize_windows(dev_docs, teacher.tokenizer, max_length=settings.max_length)
-    return {"dev": _brief(report["models"]["student"]), "dev_teacher": _brief(report["models"]["teacher"]),
-            "dev_pair": _brief(report["pairs"][0]), "dev_data": report["data"],
-            "dev_unigram_perplexity": unigram_perplexity(windows, dev_windows, int(student.model.config.vocab_size))}
+    models = [adapter_of(teacher, "teacher"), adapter_of(student, "student")]
+    vocab_size = int(teacher.model.config.vocab_size)
+    columns = evaluate_tokens(models, dev_windows, device=device, dtype=resolve_dtype("auto", device),
+                              batch_size=resolve_batch_size("auto", device, "lm"), progress=progress, group=group)
+    # the auditor's defaults (bins, verdict rule) but for the resamples
+    summary = CompareSettings(n_bootstrap=DEV_BOOTSTRAP, seed=settings.seed)
+    stats, pairs, _ = summarize_tokens(columns, [m.name for m in models], vocab_size, settings=summary)
+    for m in models:
+        stats[m.name]["source"] = m.source
+    data = {"name": dev_docs.name, **dev_docs.info, "unit": "token", "n": int(columns["sequence"].numel()),
+            "n_sequences": len(dev_docs), "windows": dev_windows.info, "label_names": None}
+    return {"dev": _brief(stats["student"]), "dev_teacher": _brief(stats["teacher"]), "dev_pair": _brief(pairs[0]),
+            "dev_data": data, "dev_unigram_perplexity": unigram_perplexity(windows, dev_windows, vocab_size)}
 
 
 def _brief(stats: dict) -> dict:

@@ -245,7 +245,7 @@ def _eager(teacher: torch.Tensor, students: Sequence[torch.Tensor], targets: tor
 def _fused(teacher: torch.Tensor, students: Sequence[torch.Tensor], targets: torch.Tensor, topk: int,
            ignore_index: int) -> Reduction:
     from audit.losses.kernels import _require
-    from audit.reduce.reduction import kernel
+    from audit.reduce import kernel  # imports triton, an optional dependency
 
     _require(teacher)
     if not students:  # the kernel needs a pair: pair the teacher with itself, keep its own columns only

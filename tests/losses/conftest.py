@@ -65,11 +65,6 @@ def assert_close_to_reference(
 
 
 @pytest.fixture(scope="session")
-def device() -> str:
-    return DEVICE
-
-
-@pytest.fixture(scope="session")
 def run() -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
     """:func:`evaluate`: loss and student gradient for one backend."""
     return evaluate

@@ -5,9 +5,11 @@ import functools
 import json
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
+from test_stored_reports import differences
 from typer.testing import CliRunner
 
 from audit.cli import app
@@ -16,6 +18,8 @@ from audit.load.data import load_data
 from audit.recipes.grid import INHERITANCE, grid
 from audit.recipes.replicate import train_arms
 from audit.stats.claims import VERDICTS
+
+EXPECTED = Path(__file__).parents[1] / "expected"
 
 
 def test_replicate_tiny_profile_end_to_end(tiny_replication):
@@ -54,6 +58,16 @@ def test_replicate_tiny_profile_end_to_end(tiny_replication):
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 0
     assert json.loads((out / "summary.json").read_text())["claims"] == summary["claims"]
+
+
+def test_tiny_replication_gives_the_stored_numbers(tiny_replication):
+    """Every number (to 1e-6) and verdict of the tiny replication is the one in tests/expected/replicate-tiny.json,
+    so that restructuring the recipe cannot move one. Regenerate it only for an intended change of numbers: the
+    fixture's summary.json less ``settings.out``."""
+    out, _, _ = tiny_replication
+    expected = json.loads((EXPECTED / "replicate-tiny.json").read_text())
+    found = differences(expected, json.loads((out / "summary.json").read_text()))
+    assert not found, f"{len(found)} differences from tests/expected/replicate-tiny.json, e.g.\n" + "\n".join(found[:20])
 
 
 @pytest.mark.slow

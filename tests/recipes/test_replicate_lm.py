@@ -1,16 +1,27 @@
 """The LM replication: claims decided from per-token entropies whose answer is known, cluster-bootstrap draws
-equal to audit.stats.cluster's intervals, bad options, and (slow) the tiny grid end to end through the CLI."""
+equal to audit.stats.cluster's intervals, bad options, and (slow) the tiny grid end to end through the CLI. The claims
+and the divergence comparison on fixed entropies, and the tiny grid's summary, give the numbers of tests/expected/."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 from audit_cli import cli as _cli
+from test_stored_reports import differences
 
-from audit.recipes.replicate_lm import INHERITANCE, decide_lm_claims, lm_grid, resampled
+from audit.recipes.replicate_lm import (
+    INHERITANCE,
+    decide_lm_claims,
+    divergence_comparison,
+    lm_grid,
+    resampled,
+)
+from audit.stats.claims import claim_rows
 from audit.stats.cluster import cluster_bootstrap_cis
 
 V = 49_152
+EXPECTED = Path(__file__).parents[1] / "expected"
 
 
 def _entropies(seed: int, *, ls_shift: float, kd_follows_teacher: bool) -> tuple[dict, torch.Tensor]:
@@ -64,6 +75,29 @@ def test_resampled_draws_give_the_cluster_bootstrap_intervals():
         assert q == pytest.approx([low, high], rel=1e-12), name
 
 
+def _assert_stored(name: str, actual: dict) -> None:
+    found = differences(json.loads((EXPECTED / f"{name}.json").read_text()), actual)
+    assert not found, f"{len(found)} differences from tests/expected/{name}.json, e.g.\n" + "\n".join(found[:20])
+
+
+def _lm_claim_outputs() -> dict:
+    """The claims, inheritance table and divergence comparison of fixed per-token entropies and confidences (the
+    numbers of tests/expected/replicate-lm-claims.json, which is this function's output as JSON)."""
+    h, groups = _entropies(4, ls_shift=0.0, kd_follows_teacher=True)
+    g = torch.Generator().manual_seed(5)
+    draw = lambda: torch.rand(1000, generator=g, dtype=torch.float64)  # noqa: E731
+    h["ls-0.1"], h["ls-0.3"] = h["erm"] + 0.1 * draw(), h["erm"] + 0.3 * draw()
+    columns = {arm: {"entropy": h.get(arm, 2 + draw()), "maxprob": draw(), "correct": (draw() < 0.5).double()}
+               for arm in ("kd-forward-kl", "kd-reverse-kl", "kd-jsd-0.5")}
+    claims, inheritance = decide_lm_claims(h, groups, V, n_bootstrap=200)
+    return {"claims": claim_rows(claims), "inheritance": inheritance,
+            "divergence": divergence_comparison(columns, groups, n_bootstrap=200)}
+
+
+def test_lm_claims_give_the_stored_numbers():
+    _assert_stored("replicate-lm-claims", _lm_claim_outputs())
+
+
 def test_the_grid_has_every_arm_of_the_issue():
     names = [a.name for a in lm_grid()]
     assert names == ["erm", "ls-0.1", "ls-0.3", "kd-forward-kl", "kd-reverse-kl", "kd-jsd-0.5", "kd-tau0.5",
@@ -96,3 +130,4 @@ def test_tiny_grid_end_to_end(tmp_path, capsys, monkeypatch, one_thread):
     assert [a["arm"] for a in summary["arms"]] == [a.name for a in lm_grid()]
     assert set(summary["claim_verdicts"]) == {"C1a", "C1b", "C2a", "C2b"}
     assert "reverse minus forward entropy" in summary["exploratory"] and "C2a" in out and "unigram model" in out
+    _assert_stored("replicate-lm-tiny", summary)  # its summary less settings.out, for an intended change of numbers

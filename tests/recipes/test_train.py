@@ -1,4 +1,5 @@
-"""The training recipe on a tiny model: it learns, it resumes exactly, LS/KD reach their minimisers, bad input."""
+"""The training recipe on a tiny model: it learns, it resumes exactly, LS/KD reach their minimisers, bad input; and
+the one training loop both recipes fill (:func:`audit.recipes.training_run.fit`) on a toy model."""
 
 import json
 
@@ -7,7 +8,10 @@ import torch
 
 from audit.errors import AuditError
 from audit.load.models import Predictions, load_model, save_predictions
+from audit.recipes import training_run
 from audit.recipes.train import TrainSettings, train
+from audit.recipes.training_run import TrainingBatch, batch_slice, fit
+from audit.run.distributed import ProcessGroup
 
 GOOD = ["great", "wonderful", "superb", "lovely", "brilliant", "delightful"]
 BAD = ["awful", "terrible", "dreadful", "boring", "horrible", "dull"]
@@ -100,3 +104,81 @@ def test_output_folder_of_a_different_run(separable, tmp_path):
         train(TrainSettings(data=separable, out=out, epochs=0.25, seed=1, **TINY), progress=False)
     record = train(TrainSettings(data=separable, out=out, epochs=0.25, seed=1, **TINY), overwrite=True, progress=False)
     assert record["settings"]["seed"] == 1
+
+
+def test_every_step_of_the_recipe_is_a_step_of_the_one_loop(separable, tmp_path, monkeypatch):
+    sliced = []
+    real = training_run.batch_slice
+    monkeypatch.setattr(training_run, "batch_slice", lambda rows, *a: sliced.append(len(rows)) or real(rows, *a))
+    record = train(TrainSettings(data=separable, out=str(tmp_path / "run"), epochs=0.25, **TINY), progress=False)
+    assert record["steps"] == 4 and sliced == [16] * 4
+
+
+class _Toy(torch.nn.Module):
+    """A linear model with dropout (the generator must resume too), saved as a state dict."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.linear, self.dropout = torch.nn.Linear(3, 1), torch.nn.Dropout(0.5)
+
+    def forward(self, x):
+        return self.linear(self.dropout(x))
+
+    def save_pretrained(self, out) -> None:
+        torch.save(self.state_dict(), out / "toy.pt")
+
+
+class _Tokenizer:
+    def save_pretrained(self, out, **options) -> None:
+        (out / "tokenizer.json").write_text("{}")
+
+
+def _fit_toy(out, stop_after=None):
+    x = torch.linspace(-1, 1, 30).reshape(10, 3)
+    y = x.sum(1, keepdim=True)
+    model, modes = _Toy(), []
+
+    def loss(forward, batch: TrainingBatch):
+        return torch.nn.functional.mse_loss(forward(x[batch.rows]), y[batch.rows])
+
+    def record(trained):
+        modes.append(model.training)
+        return {"steps": trained.steps, "first_step": trained.first_step, "losses": trained.losses}
+
+    settings = TrainSettings(data="-", model="-", out=str(out), epochs=2, batch_size=4, lr=0.05, warmup=0.2,
+                             checkpoint_every=2)
+    out.mkdir(exist_ok=True)
+    trained = fit(settings, model, loss, examples=10, parameters=list(model.parameters()), tokenizer=_Tokenizer(),
+                  record=record, group=ProcessGroup(), progress=False, stop_after=stop_after)
+    return trained, model, modes
+
+
+def test_fit_resumes_to_the_uninterrupted_run_and_saves_once_finished(tmp_path):
+    whole, model, modes = _fit_toy(tmp_path / "whole")
+    assert whole.steps == 6 and len(whole.losses) == 6 and whole.stopped_at is None and modes == [False]
+    assert json.loads((tmp_path / "whole" / "training_record.json").read_text()) == whole.record
+    assert sorted(p.name for p in (tmp_path / "whole").iterdir()) == ["tokenizer.json", "toy.pt",
+                                                                     "training_record.json"]
+    cut, _, modes = _fit_toy(tmp_path / "cut", stop_after=3)
+    assert (cut.stopped_at, cut.record, modes) == (3, None, [])
+    assert sorted(p.name for p in (tmp_path / "cut").iterdir()) == ["checkpoint.pt"]
+    resumed, resumed_model, _ = _fit_toy(tmp_path / "cut")
+    assert resumed.first_step == 3 and cut.losses + resumed.losses == whole.losses
+    for key, value in model.state_dict().items():
+        assert torch.equal(resumed_model.state_dict()[key], value), key
+
+
+@pytest.mark.parametrize("world", [2, 3, 7])
+def test_slice_weights_make_the_averaged_gradient_the_batch_mean(world):
+    """Each row stands for ``terms[row]`` loss terms; the world's mean of weighted slice means is the batch's mean,
+    a process with an empty slice (7 processes, 5 rows) running one row at weight 0."""
+    terms = torch.tensor([3, 1, 4, 1, 5])
+    values = torch.tensor([2.0, -1.0, 0.5, 4.0, 1.5])  # each row's per-term loss
+    rows = torch.arange(5)
+    averaged = 0.0
+    for rank in range(world):
+        mine, weight = batch_slice(rows, ProcessGroup(rank, world, rank), lambda r: int(terms[r].sum()))
+        assert len(mine) >= 1
+        averaged += weight * float((terms[mine] * values[mine]).sum() / terms[mine].sum()) / world
+    assert averaged == pytest.approx(float((terms * values).sum() / terms.sum()))

@@ -1,6 +1,7 @@
 """The causal-LM recipe on the tiny Shakespeare fixture teacher: every loss and divergence trains a tiny student on
 CPU (its loss falls), a seed gives the same weights, a killed run resumes to them, bad input is one line (exit 2)
-and writes nothing."""
+and writes nothing; its steps are the one training loop's, and its dev audit is the auditor's numbers without the
+auditor."""
 
 import json
 
@@ -308,3 +309,61 @@ def test_lm_only_options_are_refused_for_a_classifier(text, tmp_path, capsys, op
     assert code == 2 and err.count("\n") == 1
     assert f"expected {option[0]} only for causal-LM students" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_every_step_is_a_step_of_the_one_loop_weighted_by_scored_tokens(text, tmp_path, monkeypatch):
+    from audit.recipes import training_run
+
+    terms, real = [], training_run.batch_slice
+    monkeypatch.setattr(training_run, "batch_slice", lambda rows, group, count: terms.append(count(rows)) or
+                        real(rows, group, count))
+    record = train_lm(LMTrainSettings(data=text, out=str(tmp_path / "run"), steps=3, **TINY), progress=False,
+                      audit_dev=False)
+    # 2 windows of 16 tokens a batch: 15 scored each, but fewer where a window overlaps the one before
+    assert len(terms) == record["steps"] == 3 and all(0 < n <= 30 for n in terms) and len(set(terms)) > 1, terms
+
+
+def test_no_training_module_imports_the_auditor():
+    import subprocess
+    import sys
+
+    code = ("import sys, audit.recipes.train, audit.recipes.train_lm, audit.recipes.training_run; "
+            "print(sorted(m for m in sys.modules if m == 'audit.compare' or m.startswith('audit.report')))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "[]", result.stdout + result.stderr[-2000:]
+
+
+def test_the_dev_audit_is_the_auditors(text):
+    """The record's dev entries from the layers :func:`audit.compare.compare_lm` wraps are its numbers, key for key,
+    whatever the loaded teacher's name."""
+    from audit.compare import CompareSettings, compare_lm
+    from audit.load.causal_lm import CausalLM, load_causal_lm
+    from audit.load.data.text import read_documents
+    from audit.recipes.train_lm import (
+        DEV_BOOTSTRAP,
+        REPORT_ONLY,
+        build_lm_student,
+        dev_audit,
+        training_windows,
+    )
+    from audit.run.distributed import ProcessGroup
+
+    settings = LMTrainSettings(data=text, out="-", seed=3, **TINY)
+    teacher = load_causal_lm(TEACHER, name="lm-teacher")
+    built = build_lm_student(settings.model, teacher, seed=0).model.eval()
+    student = CausalLM("student", built, teacher.tokenizer, settings.model)
+    dev = read_documents(text, split="dev")
+    windows = training_windows(read_documents(text, split="train"), teacher.tokenizer, settings)
+    ours = dev_audit(settings, teacher, student, windows, dev, device=torch.device("cpu"), group=ProcessGroup(),
+                     progress=False)
+    report = compare_lm(teacher, [student], dev, names=["teacher", "student"], settings=CompareSettings(
+        max_length=settings.max_length, device="cpu", n_bootstrap=DEV_BOOTSTRAP, seed=3, progress=False, cache=False))
+
+    def brief(entry):
+        return {k: v for k, v in entry.items() if k not in REPORT_ONLY}
+
+    assert ours["dev_data"]["n_sequences"] == 2 and ours["dev"]["ci"]["nll"][0] < ours["dev"]["ci"]["nll"][1]
+    assert json.dumps(ours["dev"]) == json.dumps(brief(report["models"]["student"]))
+    assert json.dumps(ours["dev_teacher"]) == json.dumps(brief(report["models"]["teacher"]))
+    assert json.dumps(ours["dev_pair"]) == json.dumps(brief(report["pairs"][0]))
+    assert json.dumps(ours["dev_data"]) == json.dumps(report["data"])

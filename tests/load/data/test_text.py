@@ -164,7 +164,7 @@ def test_windows_of_a_real_tokenizer_cover_the_text():
 
     from transformers import AutoTokenizer
 
-    folder = Path(__file__).resolve().parents[2] / "fixtures" / "lm-teacher"
+    folder = Path(__file__).resolve().parents[3] / "fixtures" / "lm-teacher"
     tokenizer = AutoTokenizer.from_pretrained(folder)
     text = "To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer"
     windows = tokenize_windows(Documents("hamlet", [text], ["0"]), tokenizer, max_length=8, stride=3)
