@@ -26,28 +26,47 @@ import torch
 from audit import stats
 from audit.errors import AuditError, warn
 from audit.load.causal_lm import CausalLM, check_same_tokenizer
-from audit.load.data import TextData, load_data
+from audit.load.data import TextData, builtin_datasets, load_data
+from audit.load.data.builtin import text_corpora
 from audit.load.data.text import Documents, TokenWindows, read_documents, tokenize_windows
 from audit.load.labels import align_labels, data_labels, match_to_data
 from audit.load.models import Predictions, TextClassifier, predictions_bytes
 from audit.outputs import Output, check_outputs, write_files
 from audit.reduce.reduction import column_names
 from audit.report.envelope import versions
-from audit.run.adapters import Adapter, Setup, callable_batches, load_adapter, set_up, split_batch
-from audit.run.cache import CacheUnavailable, PredictionStore, prediction_key
+from audit.run.adapters import (
+    Adapter,
+    Setup,
+    TopkFileAdapter,
+    callable_batches,
+    load_adapter,
+    set_up,
+    split_batch,
+)
+from audit.run.cache import CacheUnavailable, PredictionStore, file_sha256, model_fingerprint, prediction_key
 from audit.run.device import resolve_batch_size, resolve_run
 from audit.run.distributed import ProcessGroup, is_main_process
-from audit.run.evaluate import evaluate_tokens, predict_text
+from audit.run.evaluate import evaluate_tokens, predict_text, token_columns, token_logits
 from audit.settings import MAX_BINS, MAX_BOOTSTRAP, CompareSettings  # noqa: F401 (re-exported)
 from audit.stats.inheritance import pair_statistics, student_differences, verdict
 from audit.stats.summary import SCATTER_POINTS, summarize_model, summarize_tokens
+from audit.stats.temperature import (
+    calibrated_metrics,
+    clustered_temperature_ratio,
+    fit_temperature,
+    scale_logits,
+    temperature_ratio,
+)
 
 SCHEMA = "kd-audit/compare/1"
 TOKEN_SCHEMA = "kd-audit/compare/2"
 TOKEN_SCHEMA_CHANGES = ("compare/2 = compare/1 for token-level audits of causal LMs: n counts scored tokens; adds "
                         "n_sequences, perplexity, kl_reverse, topk_overlap and data.unit; CIs are cluster-bootstrap "
                         "intervals by sequence")
-TEMPERATURE_RESAMPLES = 200  # each refits two temperatures: 200 cost about 2 s on 2k examples
+TEMPERATURE_RESAMPLES = 200  # the T* ratio's resamples: a classifier's refit two temperatures each
+CALIBRATED_TOKEN_FIELDS = ("accuracy", "nll", "ece", "mce", "ece_adaptive", "smece", "ece_debiased", "ece_sweep",
+                           "ece_toplabel", "ks")  # a classifier's calibrated fields but Brier (no full distribution kept)
+CALIBRATION_POSITIONS = 2048  # dev tokens whose full logits fit a token audit's T* (P x V float32 per model)
 
 ModelLike = str | Predictions | TextClassifier | CausalLM | Adapter
 
@@ -143,7 +162,6 @@ def compare_with_predictions(teacher: ModelLike, students: list[ModelLike], data
     settings = settings or CompareSettings()
     setup = set_up(teacher, students, names, settings)
     if setup.kind == "lm":
-        from audit.compare import audit_tokens
 
         return audit_tokens(setup, data, settings), []
     if setup.kind == "callable":
@@ -223,9 +241,6 @@ def compare_callable(teacher: Callable, students: list[Callable], batches: Itera
     with torch.inference_mode():
         stream = callable_batches(setup.models, itertools.chain([first], loader), setup.device)
         if tokens:
-            from audit.compare import token_report
-            from audit.run.evaluate import token_columns
-
             columns, vocab_size = token_columns(stream, [m.name for m in setup.models])
             data_info = {"name": "dataloader", "kind": "python", "unit": "token", "n": int(columns["sequence"].numel()),
                          "n_sequences": int(columns["sequence"].unique().numel()), "label_names": None}
@@ -253,17 +268,16 @@ def compare_callable(teacher: Callable, students: list[Callable], batches: Itera
 
 
 def calibration_spec(data: str | TextData | None, settings: CompareSettings) -> str:
-    """The calibration data of ``--calibrate``: ``--calibration-data``, else the dev split of a built-in.
+    """The calibration data of ``--calibrate``: ``--calibration-data``, else the dev split of a built-in data set
+    or text corpus.
 
     Raises:
         AuditError: neither is available.
     """
-    from audit.load.data import builtin_datasets
-
     if settings.calibration_data is not None:
         return settings.calibration_data
     name = data.partition(":")[0] if isinstance(data, str) else None
-    if name in builtin_datasets():
+    if name in builtin_datasets() or name in text_corpora():
         return f"{name}:dev"
     raise AuditError(f"expected --calibration-data (or a built-in data set, whose dev split is used) with --calibrate, "
                      f"got {data if isinstance(data, str) else 'loaded data'}; pass held-out labelled data to fit "
@@ -299,8 +313,6 @@ def add_calibration(report: dict, test: list[Predictions], test_labels: torch.Te
     Raises:
         AuditError: test data without labels, or a fitted temperature at its search bound (degenerate logits).
     """
-    from audit.stats.temperature import calibrated_metrics, scale_logits, temperature_ratio
-
     if test_labels is None:
         raise AuditError("expected labelled test data with --calibrate, got none; pass --data with labels")
     temperatures = {}
@@ -403,20 +415,19 @@ def logits_files(predictions: list[Predictions], folder: Path) -> dict[Path, byt
 
 
 def _token_store(models: list, documents: Documents, windows: TokenWindows, columns: int, settings: CompareSettings,
-           dtype: torch.dtype, device: torch.device, batch_size: int):
-    """The cache entry of these columns (every model, the documents and the windowing), or None when unusable."""
-    from audit.run.cache import CacheUnavailable, PredictionStore, model_fingerprint
-
+                 dtype: torch.dtype, device: torch.device, batch_size: int, temperatures: list[float] | None = None):
+    """The cache entry of these columns (every model, the documents and the windowing, the temperatures of
+    calibrated columns), or None when unusable."""
     digest = hashlib.sha256()
     for values in (documents.texts, documents.ids, documents.prompts or []):
         digest.update(json.dumps(values).encode())
-    from audit.run.cache import file_sha256
-
     key = {"version": 1, "kind": "lm-columns",
            "models": [[m.source, model_fingerprint(m) if isinstance(m, CausalLM) else file_sha256(Path(m.source))]
                       for m in models],
            "documents": digest.hexdigest(), "windows": windows.info, "dtype": str(dtype), "device": device.type,
            "batch_size": batch_size}
+    if temperatures is not None:
+        key["temperatures"] = [float(t).hex() for t in temperatures]
     try:
         return PredictionStore.open(key, name="+".join(m.name for m in models), num_classes=columns)
     except CacheUnavailable as err:
@@ -440,16 +451,12 @@ def compare_lm(teacher: str | CausalLM, students: list[str | CausalLM], data: st
         AuditError: any bad input (different tokenizers, a window longer than a model's context, text too short),
             before the models run.
     """
-    from audit.run.adapters import set_up
-
     settings = settings or CompareSettings()
     return audit_tokens(set_up(teacher, students, names, settings, kind="lm"), data, settings)
 
 
 def audit_tokens(setup: Setup, data: str | Documents, settings: CompareSettings) -> dict:
     """:func:`compare_lm` on models already set up (:func:`audit.run.adapters.set_up`, kind "lm")."""
-    from audit.run.adapters import TopkFileAdapter
-
     models = list(setup.models)
     lms = [m.model for m in models if not m.saved]
     check_same_tokenizer(lms)
@@ -468,28 +475,85 @@ def audit_tokens(setup: Setup, data: str | Documents, settings: CompareSettings)
         topk = models[0].k
     device, dtype = setup.device, setup.dtype
     batch_size = resolve_batch_size(settings.batch_size, device, "lm")
-    n_columns = len(column_names([m.name for m in models], len(models) - 1))
+    calibration = None
+    if settings.calibrate:
+        if topk is not None:
+            raise AuditError(f"expected a teacher with full logits for --calibrate, got the top-{topk} logits file "
+                             f"{models[0].source} (its temperature cannot be fitted); pass the teacher's checkpoint "
+                             "or drop --calibrate")
+        calibration = fit_token_temperatures(models, lms[0].tokenizer, data, settings, device=device, dtype=dtype,
+                                             batch_size=batch_size)
+    temperatures = None if calibration is None else calibration["temperatures"]
+    n_columns = len(column_names([m.name for m in models], len(models) - 1)) * (1 if temperatures is None else 2)
     store = _token_store([m.model for m in models], documents, windows, n_columns, settings, dtype, device,
-                   batch_size) if settings.cache else None
+                         batch_size, temperatures) if settings.cache else None
     columns = evaluate_tokens(models, windows, device=device, dtype=dtype, batch_size=batch_size,
-                              progress=settings.progress, store=store, group=setup.group)
+                              progress=settings.progress, store=store, group=setup.group, temperatures=temperatures)
     data_info = {"name": documents.name, **documents.info, "unit": "token", "n": int(columns["sequence"].numel()),
                  "n_sequences": len(documents), "windows": windows.info, "label_names": None}
     return token_report(columns, models, vocab_size, settings=settings, data_info=data_info, topk=topk,
                         run={"device": str(device), "dtype": str(dtype).removeprefix("torch."),
-                             "batch_size": batch_size})
+                             "batch_size": batch_size}, calibration=calibration)
+
+
+def fit_token_temperatures(models: list, tokenizer, data: str | Documents, settings: CompareSettings, *,
+                           device: torch.device, dtype: torch.dtype, batch_size: int) -> dict:
+    """``--calibrate`` for a token audit: one T* per model minimising the NLL of a seeded random sample of
+    :data:`CALIBRATION_POSITIONS` scored tokens of the calibration text (:func:`calibration_spec`, windowed as
+    the test text), and each student's T* ratio to the teacher's with a cluster-bootstrap CI by sequence.
+
+    Returns:
+        ``{"temperatures": [T* per model], "ratios": [per student], "data": spec, "n": tokens, "n_sequences"}``.
+
+    Raises:
+        AuditError: no calibration text, or text the tokenizer cannot window; TemperatureError (an AuditError)
+            for degenerate logits.
+    """
+    spec = calibration_spec(data, settings)
+    documents = read_documents(spec, text_column=settings.text_column, prompt_column=settings.prompt_column,
+                               completion_column=settings.completion_column, limit=settings.limit)
+    windows = tokenize_windows(documents, tokenizer, max_length=settings.max_length, stride=settings.stride)
+    logits, targets, sequence = token_logits(models, windows, device=device, dtype=dtype, batch_size=batch_size,
+                                             max_positions=CALIBRATION_POSITIONS, seed=settings.seed)
+    resamples = min(settings.n_bootstrap, TEMPERATURE_RESAMPLES)
+    return {"temperatures": [fit_temperature(z, targets) for z in logits],
+            "ratios": [clustered_temperature_ratio(logits[0], z, targets, sequence, n_resamples=resamples,
+                                                   seed=settings.seed) for z in logits[1:]],
+            "data": spec, "n": int(targets.numel()), "n_sequences": int(sequence.unique().numel())}
 
 
 def token_report(columns: dict[str, torch.Tensor], models: list, vocab_size: int, *, settings: CompareSettings,
-                 data_info: dict, run: dict, topk: int | None = None) -> dict:
+                 data_info: dict, run: dict, topk: int | None = None, calibration: dict | None = None) -> dict:
     """The compare/2 report dict of per-position ``columns`` (:func:`evaluate_tokens`) of ``models`` (anything
-    with ``name`` and ``source``, teacher first); ``run`` records how they ran (device, dtype, batch size)."""
-    from audit.report.envelope import versions
-
-    model_stats, pairs, differences = summarize_tokens(columns, [m.name for m in models], vocab_size, settings=settings,
-                                                       topk=topk)
+    with ``name`` and ``source``, teacher first); ``run`` records how they ran (device, dtype, batch size);
+    ``calibration`` (:func:`fit_token_temperatures`) adds the numbers after temperature scaling, read from the
+    ``calibrated.*`` columns."""
+    names = [m.name for m in models]
+    plain = {k: v for k, v in columns.items() if not k.startswith("calibrated.")}
+    model_stats, pairs, differences = summarize_tokens(plain, names, vocab_size, settings=settings, topk=topk)
     for m in models:
         model_stats[m.name]["source"] = m.source
+    extra = {}
+    if calibration is not None:
+        scaled = {k.removeprefix("calibrated."): v for k, v in columns.items() if k.startswith("calibrated.")}
+        scaled_stats, scaled_pairs, _ = summarize_tokens({**scaled, "sequence": columns["sequence"]}, names,
+                                                         vocab_size, settings=dataclasses.replace(settings,
+                                                                                                  model_cis=False))
+        for name, temperature in zip(names, calibration["temperatures"]):
+            after = scaled_stats[name]
+            model_stats[name].update(temperature=temperature, calibrated={
+                "entropy": after["entropy_mean"], **{k: after[k] for k in CALIBRATED_TOKEN_FIELDS}})
+        for pair, after, ratio in zip(pairs, scaled_pairs, calibration["ratios"]):
+            pair["temperature_ratio"] = ratio
+            pair["calibrated"] = {"entropy_shift": after["entropy_shift"],
+                                  "corr_entropy_spearman": after["corr_entropy_spearman"],
+                                  "verdict": after["verdict"], "verdict_reason": after["verdict_reason"],
+                                  "verdict_survives": after["verdict"] == pair["verdict"]}
+        extra["calibration"] = {
+            "data": calibration["data"], "n": calibration["n"],
+            "method": f"one temperature per model minimising NLL on {calibration['n']} random scored tokens of "
+                      f"{calibration['n_sequences']} calibration documents (audit.stats.temperature.fit_temperature); "
+                      "metrics after scaling on the test tokens"}
     return {
         "schema": TOKEN_SCHEMA,
         "schema_changes": TOKEN_SCHEMA_CHANGES,
@@ -501,4 +565,5 @@ def token_report(columns: dict[str, torch.Tensor], models: list, vocab_size: int
         "models": model_stats,
         "pairs": pairs,
         "students": differences,
+        **extra,
     }

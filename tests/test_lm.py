@@ -236,3 +236,55 @@ def _leaves(tree, prefix: str = "") -> dict:
     if isinstance(tree, list):
         return {k: v for i, sub in enumerate(tree) for k, v in _leaves(sub, f"{prefix}{i}/").items()}
     return {prefix.rstrip("/"): tree}
+
+
+def test_calibrate_fits_each_models_temperature_and_scales_the_test_tokens(docs):
+    """T* against scipy's minimiser of the NLL of transformers' logits; the calibrated NLL and entropy against
+    those logits divided by T*."""
+    from scipy.optimize import minimize_scalar
+
+    report = run_compare(docs, max_length=512, calibrate=True, calibration_data=docs)
+    validate_report(report)
+    for name, spec in (("lm-teacher", TEACHER), ("lm-teacher@layers=1", STUDENT)):
+        model = load_causal_lm(spec)
+        logits, targets = [], []
+        for path in sorted(__import__("pathlib").Path(docs).glob("*.txt")):
+            ids = model.tokenizer(path.read_text(), return_tensors="pt")["input_ids"]
+            with torch.no_grad():
+                logits.append(model.model(input_ids=ids).logits[0, :-1].double())
+            targets.append(ids[0, 1:])
+        z, y = torch.cat(logits), torch.cat(targets)
+
+        def nll(t: float) -> float:
+            return float(torch.nn.functional.cross_entropy(z / t, y))
+
+        fitted = minimize_scalar(nll, bounds=(0.05, 20.0), method="bounded", options={"xatol": 1e-8}).x
+        out = report["models"][name]
+        assert out["temperature"] == pytest.approx(fitted, rel=1e-4)
+        probs = torch.softmax(z / out["temperature"], -1)
+        assert out["calibrated"]["nll"] == pytest.approx(nll(out["temperature"]), rel=1e-4)
+        assert out["calibrated"]["entropy"] == pytest.approx(float(-(probs * probs.log()).sum(-1).mean()), rel=1e-4)
+        assert out["calibrated"]["accuracy"] == out["accuracy"]  # T > 0 keeps every argmax
+    ratio = report["pairs"][0]["temperature_ratio"]
+    assert ratio["ratio"] == pytest.approx(ratio["student"] / ratio["teacher"])
+    assert ratio["ci"][0] <= ratio["ratio"] <= ratio["ci"][1]
+    assert report["calibration"]["n"] == report["models"]["lm-teacher"]["n"]  # every dev token fits the sample
+    assert report["pairs"][0]["calibrated"]["verdict"] in ("inherits", "moves_away", "inconclusive")
+
+
+def test_calibrate_needs_calibration_text_and_a_teacher_with_full_logits(tmp_path, capsys, docs):
+    from audit.load.data.text import read_documents, tokenize_windows
+    from audit.reduce.topk import topk_from_logits, write_topk_logits
+
+    code, _, err = cli(capsys, "compare", "--teacher", TEACHER, "--student", STUDENT, "--data", docs, "--calibrate",
+                       "--max-length", "32", "--no-progress")
+    assert code == 2 and "--calibration-data" in err and len(err.strip().splitlines()) == 1
+    teacher = load_causal_lm(TEACHER)
+    windows = tokenize_windows(read_documents(docs), teacher.tokenizer, max_length=32)
+    with torch.no_grad():
+        logits = teacher.model(input_ids=windows.input_ids, attention_mask=windows.attention_mask).logits
+    path = write_topk_logits(tmp_path / "top.safetensors", *topk_from_logits(logits[windows.targets != -100], 16),
+                             *windows.scored())
+    code, _, err = cli(capsys, "compare", "--teacher", str(path), "--student", STUDENT, "--data", docs, "--calibrate",
+                       "--calibration-data", docs, "--max-length", "32", "--no-progress")
+    assert code == 2 and "full logits for --calibrate" in err and len(err.strip().splitlines()) == 1

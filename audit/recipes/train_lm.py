@@ -277,10 +277,11 @@ def scored_tokens(windows: TokenWindows, rows: torch.Tensor) -> int:
 
 def dev_audit(settings: LMTrainSettings, teacher: CausalLM, student: CausalLM, windows: TokenWindows,
               dev_docs: Documents, *, device: torch.device, group: ProcessGroup, progress: bool) -> dict:
-    """The record's dev entries: the student and teacher audited token by token on the dev documents (the
-    numbers of ``audit.compare.compare_lm`` with :data:`DEV_BOOTSTRAP` resamples and the run's seed, from the
-    layers it wraps), and the perplexity of a unigram model of the training ``windows`` there (the baseline a
-    student must beat)."""
+    """The record's dev entries: the student and teacher audited token by token on the dev documents, and the
+    perplexity there of a unigram model of the training ``windows`` (the baseline a student must beat).
+
+    The audit's numbers are those of ``audit.compare.compare_lm`` with :data:`DEV_BOOTSTRAP` resamples and the
+    run's seed, from the layers it wraps (the recipes stay below the auditor)."""
     dev_windows = tokenize_windows(dev_docs, teacher.tokenizer, max_length=settings.max_length)
     models = [adapter_of(teacher, "teacher"), adapter_of(student, "student")]
     vocab_size = int(teacher.model.config.vocab_size)
@@ -288,13 +289,14 @@ def dev_audit(settings: LMTrainSettings, teacher: CausalLM, student: CausalLM, w
                               batch_size=resolve_batch_size("auto", device, "lm"), progress=progress, group=group)
     # the auditor's defaults (bins, verdict rule) but for the resamples
     summary = CompareSettings(n_bootstrap=DEV_BOOTSTRAP, seed=settings.seed)
-    stats, pairs, _ = summarize_tokens(columns, [m.name for m in models], vocab_size, settings=summary)
+    model_stats, pairs, _ = summarize_tokens(columns, [m.name for m in models], vocab_size, settings=summary)
     for m in models:
-        stats[m.name]["source"] = m.source
+        model_stats[m.name]["source"] = m.source
     data = {"name": dev_docs.name, **dev_docs.info, "unit": "token", "n": int(columns["sequence"].numel()),
             "n_sequences": len(dev_docs), "windows": dev_windows.info, "label_names": None}
-    return {"dev": _brief(stats["student"]), "dev_teacher": _brief(stats["teacher"]), "dev_pair": _brief(pairs[0]),
-            "dev_data": data, "dev_unigram_perplexity": unigram_perplexity(windows, dev_windows, vocab_size)}
+    return {"dev": _brief(model_stats["student"]), "dev_teacher": _brief(model_stats["teacher"]),
+            "dev_pair": _brief(pairs[0]), "dev_data": data,
+            "dev_unigram_perplexity": unigram_perplexity(windows, dev_windows, vocab_size)}
 
 
 def _brief(stats: dict) -> dict:

@@ -20,7 +20,7 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -147,7 +147,7 @@ def fit(settings: TrainSettings | LMTrainSettings, model: torch.nn.Module, loss:
         tokenizer.save_pretrained(out, save_jinja_files=False)
         write_atomic(out / RECORD, lambda p: p.write_text(json.dumps(finished, indent=2)))
         (out / CHECKPOINT).unlink(missing_ok=True)
-    return Trained(total_steps, first_step, losses, trained.wall_seconds, record=finished)
+    return replace(trained, record=finished)
 
 
 def mixed_precision(device: torch.device) -> torch.autocast:

@@ -1,5 +1,6 @@
 """A replicate summary in the terminal (rich tables), rendered from the summary dict alone: one task's
-grid (:func:`audit.recipes.replicate.replicate`, and the LM grid's common part), or a ``--task all`` aggregate."""
+grid (:func:`audit.recipes.replicate.replicate`, and the LM grid's common part), the LM grid's own numbers
+(:func:`render_lm_summary`), or a ``--task all`` aggregate."""
 
 from __future__ import annotations
 
@@ -88,3 +89,20 @@ def render_aggregate(summary: dict, console) -> None:
     if untrained:
         console.print("[bold red]warning:[/] arms that did not learn: " +
                       "; ".join(f"{t}: {', '.join(arms)}" for t, arms in untrained.items()))
+
+
+def render_lm_summary(summary: dict, console=None) -> None:
+    """The LM replication's (:func:`audit.recipes.replicate_lm.replicate_lm`) table and claims
+    (:func:`render_summary`), then what only the LM grid has: perplexities against the unigram baseline, and the
+    reverse- vs forward-KL comparison."""
+    from rich.console import Console
+
+    console = console or Console()
+    render_summary(summary, console)
+    console.print(f"dev perplexity (unigram model {summary['unigram_perplexity']:.1f}, teacher "
+                  f"{summary['teacher']['perplexity']:.1f}): "
+                  + ", ".join(f"{a['arm']} {a['perplexity']:.1f}" for a in summary["arms"]))
+    fmt = lambda s: f"{s['value']:.4f} [{s['ci'][0]:.4f}, {s['ci'][1]:.4f}]"  # noqa: E731
+    ex = summary["exploratory"]
+    console.print(f"{ex['question']} reverse minus forward: entropy {fmt(ex['reverse minus forward entropy'])} nats, "
+                  f"ECE {fmt(ex['reverse minus forward ece'])}")

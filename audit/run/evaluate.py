@@ -16,6 +16,7 @@ The callers: :func:`audit.run.evaluate.predict_text` (a classifier's logits, one
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
@@ -26,7 +27,14 @@ from audit.load.data import TextData
 from audit.load.data.text import IGNORE_INDEX, TokenWindows
 from audit.load.models import Predictions, TextClassifier
 from audit.reduce.reduction import column_names, reduce_batches, reduction_block
-from audit.run.adapters import WINDOW, CallableAdapter, ClassifierAdapter, batch_plan, callable_batches
+from audit.run.adapters import (
+    WINDOW,
+    CallableAdapter,
+    ClassifierAdapter,
+    adapter_of,
+    batch_plan,
+    callable_batches,
+)
 from audit.run.device import resolve_batch_size, resolve_device
 from audit.run.distributed import ProcessGroup, gather_rows
 
@@ -178,7 +186,8 @@ def token_columns(stream: Iterable[list], names: list[str]) -> tuple[dict[str, t
 
 def evaluate_tokens(models: list, windows: TokenWindows, *, device: torch.device, dtype: torch.dtype,
                     batch_size: int, progress: bool = False, store: PredictionStore | None = None,
-                    group: ProcessGroup | None = None) -> dict[str, torch.Tensor]:
+                    group: ProcessGroup | None = None,
+                    temperatures: Sequence[float] | None = None) -> dict[str, torch.Tensor]:
     """Per-position columns of the teacher (``models[0]``) and its students on every scored token.
 
     ``models`` are :class:`CausalLM` or adapters (:mod:`audit.run.adapters`); a top-k teacher
@@ -186,16 +195,19 @@ def evaluate_tokens(models: list, windows: TokenWindows, *, device: torch.device
     and KLs use the tail bucket of :mod:`audit.reduce.topk` (approximations stated there). Per batch every model's
     adapter yields its logits of the same positions and :func:`reduce_batches` turns them into columns.
 
+    With ``temperatures`` (one per model, teacher first: ``--calibrate``'s T*), the same pass also reduces every
+    model's logits divided by its temperature, into the columns ``"calibrated.<column>"``.
+
     Returns:
         ``{"0.entropy": (P,), ..., "pair0.kl": (P,), ..., "sequence": (P,) int64}`` float32 CPU columns in the
         row-major order of ``windows.targets != -100``.
     """
-    from audit.run.adapters import adapter_of
-
     adapters = [adapter_of(m) for m in models]
     scored = (windows.targets != IGNORE_INDEX).sum(1)
     offsets = torch.cat([torch.zeros(1, dtype=torch.int64), scored.cumsum(0)])
     columns = column_names([m.name for m in adapters], len(adapters) - 1)
+    if temperatures is not None:
+        columns += [f"calibrated.{c}" for c in columns]
     plan = _batches(windows, batch_size)
 
     def blocks(wanted: set[int]) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
@@ -203,6 +215,10 @@ def evaluate_tokens(models: list, windows: TokenWindows, *, device: torch.device
         for batches in zip(*streams):  # each model's batch of the same windows, teacher first
             index = batches[0].index
             block = reduction_block(reduce_batches(list(batches)))
+            if temperatures is not None:
+                scaled = [dataclasses.replace(b, logits=b.logits / t) for b, t in zip(batches, temperatures)]
+                block = torch.cat([block, reduction_block(reduce_batches(scaled))], 1)
+                del scaled
             del batches  # no frame keeps the logits while the caller stores the block
             a, b = plan[index]
             yield index, torch.arange(int(offsets[a]), int(offsets[b])), block
@@ -213,3 +229,33 @@ def evaluate_tokens(models: list, windows: TokenWindows, *, device: torch.device
     out = {c: all_values[:, i] for i, c in enumerate(columns)}
     out["sequence"] = windows.sequence_ids[:, None].expand_as(windows.targets)[windows.targets != IGNORE_INDEX]
     return out
+
+
+def token_logits(models: list, windows: TokenWindows, *, device: torch.device, dtype: torch.dtype, batch_size: int,
+                 max_positions: int, seed: int = 0) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+    """Every model's full logits on a seeded random sample of at most ``max_positions`` scored positions of
+    ``windows`` (all of them when there are fewer): what fitting a temperature needs, in bounded memory.
+
+    Returns:
+        ``(logits, targets, sequence)``: one (P, V) float32 CPU tensor per model (teacher first), the (P,) targets
+        and the (P,) document of each position, in the row-major order of ``windows.targets != -100``.
+    """
+    adapters = [adapter_of(m) for m in models]
+    scored = (windows.targets != IGNORE_INDEX).sum(1)
+    offsets = torch.cat([torch.zeros(1, dtype=torch.int64), scored.cumsum(0)])
+    total = int(offsets[-1])
+    keep = torch.zeros(total, dtype=torch.bool)
+    keep[torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:max_positions]] = True
+    plan = _batches(windows, batch_size)
+    logits: list[list[torch.Tensor]] = [[] for _ in adapters]
+    targets = []
+    with torch.inference_mode():
+        streams = [m.batches(windows, plan, set(range(len(plan))), device=device, dtype=dtype) for m in adapters]
+        for batches in zip(*streams):
+            a, b = plan[batches[0].index]
+            rows = keep[int(offsets[a]):int(offsets[b])].to(device)
+            for out, batch in zip(logits, batches):
+                out.append(batch.logits[rows].float().cpu())
+            targets.append(batches[0].targets[rows].cpu())
+    sequence = windows.sequence_ids[:, None].expand_as(windows.targets)[windows.targets != IGNORE_INDEX]
+    return [torch.cat(out) for out in logits], torch.cat(targets), sequence[keep]

@@ -20,6 +20,7 @@ import math
 import torch
 
 from audit.errors import AuditError
+from audit.stats.cluster import resample_counts
 from audit.stats.confidence import _check_labels, _check_rows
 
 T_MIN, T_MAX = 1e-2, 1e2
@@ -32,6 +33,8 @@ _CHUNK_ELEMENTS = 1 << 16
 _CACHE_ELEMENTS = 1 << 24
 # rows of the subsample that gives the full-data Newton its starting point
 _SUBSAMPLE_ROWS = 1 << 14
+# relative step in beta beyond which a cluster resample's T* is refitted instead of expanded (error ~ step^3)
+FAR_STEP = 0.02
 
 
 class TemperatureError(AuditError):
@@ -320,3 +323,88 @@ def bootstrap_temperatures(logits: list[torch.Tensor], labels: torch.Tensor, *, 
                 degenerate += 1
                 temperatures[b, m] = error.bound
     return temperatures, degenerate
+
+
+def _row_derivatives(logits: torch.Tensor, labels: torch.Tensor, beta: float) -> torch.Tensor:
+    """(P, 3) float64: each row's first three derivatives of its NLL ``f_i(beta) = logsumexp(beta z_i) -
+    beta z_{i,y_i}``: ``E[z] - z_y``, ``Var[z]`` and the third central moment of z under ``softmax(beta z_i)``."""
+    centred = _Centred(logits, labels, None)
+    rows = []
+    for z, label, _ in centred.cache if centred.cache is not None else centred._chunks():
+        p = (z * beta).softmax(-1)
+        mean = (p * z).sum(-1)
+        d = z - mean[:, None]
+        rows.append(torch.stack([mean - label, (p * d.square()).sum(-1), (p * d.pow(3)).sum(-1)], 1))
+    return torch.cat(rows)
+
+
+def one_step_temperatures(logits: list[torch.Tensor], labels: torch.Tensor, groups: torch.Tensor,
+                          temperatures: list[float], *, n_resamples: int, seed: int = 0) -> torch.Tensor:
+    """T* of every model on each cluster-bootstrap resample (whole groups drawn with replacement, the draws of
+    :func:`audit.stats.cluster.resample_counts`), by one step in ``beta = 1/T`` from the full-data fit.
+
+    Each position's first three NLL derivatives at the fitted beta are computed once; a resample's
+    count-weighted sums ``G1, G2, G3`` then give its step as the root of the second-order expansion of its
+    slope, ``G1 + G2 d + G3 d^2 / 2 = 0`` (Newton's step ``-G1 / G2`` where that has no root). B resamples cost
+    one pass over the logits instead of B refits; the error is third order in the resample's shift of beta, and a
+    resample whose step exceeds :data:`FAR_STEP` of beta is refitted in full.
+
+    Returns:
+        (B, M) float64 CPU temperatures (T_MAX where a step leaves beta > 0).
+    """
+    ids, dense = torch.unique(groups, return_inverse=True)
+    sums = []
+    for z, temperature in zip(logits, temperatures):
+        derivatives = _row_derivatives(z, labels, 1.0 / temperature).cpu()
+        sums.append(torch.zeros(ids.numel(), 3, dtype=torch.float64).index_add_(0, dense.cpu(), derivatives))
+    out = []
+    for counts in resample_counts(ids.numel(), n_resamples, seed, torch.device("cpu")):
+        columns = []
+        for z, s, temperature in zip(logits, sums, temperatures):
+            g1, g2, g3 = (counts @ s).unbind(1)
+            root = g2.square() - 2 * g1 * g3
+            step = torch.where(root > 0, -2 * g1 / (g2 + root.clamp(min=0).sqrt()), -g1 / g2)
+            beta = 1.0 / temperature + step
+            resampled = torch.where(beta > 0, 1.0 / beta, torch.full_like(beta, T_MAX))
+            # a resample far from the fit (few groups, a sharp NLL) is refitted: the expansion is only local
+            for b in (step.abs() * temperature > FAR_STEP).nonzero().flatten().tolist():
+                weights = counts[b].to(z.device)[dense]
+                try:
+                    resampled[b] = math.exp(_fit_log_temperature(z, labels, weights))
+                except TemperatureError as error:
+                    resampled[b] = error.bound
+            columns.append(resampled)
+        out.append(torch.stack(columns, 1))
+    return torch.cat(out)
+
+
+def clustered_temperature_ratio(teacher_logits: torch.Tensor, student_logits: torch.Tensor, labels: torch.Tensor,
+                                groups: torch.Tensor, *, n_resamples: int = 200, level: float = 0.95,
+                                seed: int = 0) -> dict:
+    """:func:`temperature_ratio` for positions that come in groups (the tokens of a sequence): the CI resamples
+    whole groups, each resample's temperatures by :func:`one_step_temperatures`.
+
+    Args:
+        teacher_logits, student_logits: (P, V) floating logits of the same positions. labels: (P,) targets.
+        groups: (P,) integer group (sequence) of each position.
+
+    Returns:
+        As :func:`temperature_ratio`, with ``"method"`` naming the resampling.
+
+    Raises:
+        TemperatureError, AuditError: as :func:`fit_temperature`; n_resamples < 1 or level outside (0, 1).
+    """
+    if isinstance(n_resamples, bool) or not isinstance(n_resamples, int) or n_resamples < 1:
+        raise AuditError(f"expected n_resamples as an int >= 1, got {n_resamples!r}; pass e.g. 200")
+    if not 0.0 < level < 1.0:
+        raise AuditError(f"expected level in (0, 1), got {level!r}; pass e.g. 0.95")
+    teacher = fit_temperature(teacher_logits, labels)
+    student = fit_temperature(student_logits, labels)
+    resampled = one_step_temperatures([teacher_logits, student_logits], labels, groups, [teacher, student],
+                                      n_resamples=n_resamples, seed=seed)
+    alpha = (1.0 - level) / 2
+    low, high = torch.quantile(resampled[:, 1] / resampled[:, 0],
+                               torch.tensor([alpha, 1.0 - alpha], dtype=torch.float64)).tolist()
+    return {"teacher": teacher, "student": student, "ratio": student / teacher, "ci": [low, high], "level": level,
+            "n_resamples": n_resamples, "degenerate_resamples": int((resampled == T_MAX).sum()),
+            "method": "cluster bootstrap by sequence; each resample's T* one second-order step in 1/T from the fit"}

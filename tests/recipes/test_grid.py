@@ -1,5 +1,6 @@
-"""The classifier grid's claims (audit.recipes.grid) decided from constructed per-example entropies and logits whose
-verdicts are known: every claim can hold, fail, be negligible or inconclusive."""
+"""The grids as data (audit.recipes.grid), and the classifier grid's claims (audit.recipes.classifier_claims) decided
+from constructed per-example entropies and logits whose verdicts are known: every claim can hold, fail, be negligible
+or inconclusive."""
 
 import math
 
@@ -7,17 +8,41 @@ import pytest
 import torch
 
 from audit.errors import AuditError
-from audit.recipes.grid import (
-    INHERITANCE,
+from audit.recipes.classifier_claims import (
     aggregate,
     decide_classifier_claims,
     temperature_claim,
     temperature_statistics,
     untrained_arms,
 )
+from audit.recipes.grid import CLASSIFIER_GRID, LM_GRID
 from audit.stats.claims import overall_verdicts, verdict
 
 N = 400
+INHERITANCE = CLASSIFIER_GRID.inheritance
+
+
+@pytest.mark.parametrize("grid", [CLASSIFIER_GRID, LM_GRID], ids=["classifier", "lm"])
+def test_a_grid_trains_each_teacher_first_and_names_its_graded_teachers(grid):
+    names = [arm.name for arm in grid.arms]
+    assert len(set(names)) == len(names)
+    for i, arm in enumerate(grid.arms):
+        assert (arm.teacher is None) == (arm.loss != "kd"), arm
+        assert arm.teacher is None or arm.teacher not in names or names.index(arm.teacher) < i, arm
+        assert all(hasattr(profile, arm.model) for profile in grid.profiles.values()), arm
+    graded = {arm.teacher_temperature for arm in grid.arms if arm.name in grid.inheritance_students}
+    assert graded == {1.0, *grid.teacher_temperatures}
+    assert [s for _, s in grid.inheritance] == list(grid.inheritance_students)
+
+
+def test_the_grids_name_their_scaled_teachers():
+    assert CLASSIFIER_GRID.inheritance == (
+        ("big-erm", "small-kd"), ("big-erm-tau0.5", "small-kd-tau0.5"), ("big-erm-tau2", "small-kd-tau2"),
+        ("big-erm-tau4", "small-kd-tau4"), ("big-ls-0.1", "small-kd-from-big-ls"))
+    assert LM_GRID.inheritance == (("teacher/0.5", "kd-tau0.5"), ("teacher", "kd-forward-kl"),
+                                   ("teacher/2", "kd-tau2"), ("teacher/4", "kd-tau4"))
+    assert (CLASSIFIER_GRID.kd_settings, LM_GRID.kd_settings) == ({"temperature": 2.0, "kd_weight": 0.5},
+                                                                  {"temperature": 1.0, "kd_weight": 0.5})
 
 
 def _noise(sd: float, seed: int) -> torch.Tensor:
@@ -97,7 +122,8 @@ SCENARIOS = {
 
 @pytest.mark.parametrize(("claim", "expected"), [(c, v) for c, cases in SCENARIOS.items() for v in cases])
 def test_each_claim_can_hold_fail_be_negligible_or_inconclusive(claim, expected):
-    results = decide_classifier_claims(_scenario(SCENARIOS[claim][expected]), n_bootstrap=400, num_classes=2)
+    results, _ = decide_classifier_claims(CLASSIFIER_GRID, _scenario(SCENARIOS[claim][expected]), n_bootstrap=400,
+                                          num_classes=2)
     checks = [r for r in results if r.claim_id == claim]
     assert overall_verdicts(results)[claim] == expected, [(r.statistic, r.verdict, r.value, r.ci) for r in checks]
     for r in checks:  # each check's verdict is the rule of CLAIMS.md applied to its own CI and delta
@@ -106,16 +132,17 @@ def test_each_claim_can_hold_fail_be_negligible_or_inconclusive(claim, expected)
 
 
 def test_every_claim_holds_in_the_base_scenario():
-    results = decide_classifier_claims(_scenario({}), n_bootstrap=400, num_classes=2)
+    results, inheritance = decide_classifier_claims(CLASSIFIER_GRID, _scenario({}), n_bootstrap=400, num_classes=2)
     assert {r.verdict for r in results} == {"holds"}
     assert sorted({r.claim_id for r in results}) == ["C1a", "C1b", "C1c", "C2a", "C2b"]
     deltas = {r.claim_id: r.delta for r in results}
     assert deltas["C1a"] == pytest.approx(0.01 * math.log(2)) and (deltas["C2a"], deltas["C2b"]) == (0.1, 0.02)
+    assert inheritance["teachers"] == [t for t, _ in INHERITANCE] and inheritance["spearman"]["value"] == 1.0
 
 
 def test_c2b_checks_the_correlation_itself():
     """C2b's first part (student and teacher confidences positively correlated) is a check of its own."""
-    results = decide_classifier_claims(_scenario({}), n_bootstrap=200, num_classes=2)
+    results, _ = decide_classifier_claims(CLASSIFIER_GRID, _scenario({}), n_bootstrap=200, num_classes=2)
     first = [r for r in results if r.claim_id == "C2b" and "-" not in r.statistic]
     assert len(first) == 1 and first[0].value > 0.99
 
@@ -161,7 +188,7 @@ def test_fitted_temperatures_scale_with_the_logits():
 
 def test_temperature_claim_can_hold_fail_and_be_negligible(student_scales, expected):
     logits, labels = _graded_logits(student_scales)
-    result = temperature_claim(temperature_statistics(logits, labels, n_bootstrap=50))
+    result = temperature_claim(temperature_statistics(logits, labels, n_bootstrap=50), INHERITANCE)
     assert result.claim_id == "X1" and result.verdict == expected
     assert result.value == {"holds": 1.0, "fails": -1.0, "negligible": 0.0}[expected]
 

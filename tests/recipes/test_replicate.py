@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from audit.cli import app
 from audit.errors import AuditError
 from audit.load.data import load_data
-from audit.recipes.grid import INHERITANCE, grid
+from audit.recipes.grid import CLASSIFIER_GRID
 from audit.recipes.replicate import train_arms
 from audit.stats.claims import VERDICTS
 
@@ -26,14 +26,15 @@ def test_replicate_tiny_profile_end_to_end(tiny_replication):
     out, args, result = tiny_replication
     summary = json.loads((out / "summary.json").read_text())
     assert summary["schema"] == "kd-audit/recipes/replicate/1"
-    assert [a["arm"] for a in summary["arms"]] == [arm.name for arm in grid()]
+    assert [a["arm"] for a in summary["arms"]] == [arm.name for arm in CLASSIFIER_GRID.arms]
     assert {c["claim"] for c in summary["claims"]} == {"C1a", "C1b", "C1c", "C2a", "C2b", "X1"}
     assert all(c["verdict"] in VERDICTS and c["delta"] > 0 for c in summary["claims"])
     for arm in summary["arms"]:  # T* per arm, with its CI; one seed: the seed's fit is the arm's
         low, high = arm["temperature"]["ci"]
         assert low <= arm["temperature"]["value"] <= high
         assert arm["per_seed"][0]["temperature"] == pytest.approx(arm["temperature"]["value"], rel=1e-12)
-    assert set(summary["temperature_inheritance"]["temperature"]) == {n for pair in INHERITANCE for n in pair}
+    pairs = CLASSIFIER_GRID.inheritance
+    assert set(summary["temperature_inheritance"]["temperature"]) == {n for pair in pairs for n in pair}
     assert "T*" in result.stdout and "X1" in result.stdout
     assert "C2a" in result.stdout and "small-kd" in result.stdout
     compare_report = json.loads((out / "seed0" / "compare-big-erm.json").read_text())
@@ -52,7 +53,7 @@ def test_replicate_tiny_profile_end_to_end(tiny_replication):
     tweets = load_data("vader-tweets", split="test", limit=shifted["data"]["n"]).labels
     majority = max(tweets.count(c) for c in set(tweets)) / len(tweets)
     assert "untrained_arms" not in shift
-    assert shift["at_majority_arms"] == [a["arm"] for a, arm in zip(shift["arms"], grid(), strict=True)
+    assert shift["at_majority_arms"] == [a["arm"] for a, arm in zip(shift["arms"], CLASSIFIER_GRID.arms, strict=True)
                                          if arm.teacher_temperature == 1.0 and a["accuracy"]["value"] <= majority + 0.01]
     # a second call reuses every run and gives the same numbers
     again = CliRunner().invoke(app, args)
@@ -168,7 +169,7 @@ def _timed_arm(folder, arm):
 
 def test_train_arms_trains_each_arm_after_its_teacher_several_at_once(tmp_path):
     arms = [replace(arm, name=arm.name.replace("big-erm", "teacher")) if "big-erm" in arm.name else arm
-            for arm in grid()]
+            for arm in CLASSIFIER_GRID.arms]
     arms = [replace(arm, teacher=arm.teacher.replace("big-erm", "teacher")) if arm.teacher else arm for arm in arms]
     in_order = []
     train_arms(arms, in_order.append, jobs=1, progress=False)  # one job: in grid order, in this process
@@ -185,9 +186,9 @@ def test_train_arms_trains_each_arm_after_its_teacher_several_at_once(tmp_path):
 
 def test_train_arms_stops_at_the_first_error_and_trains_no_student_of_it(tmp_path):
     with pytest.raises(AuditError, match="this error is the test's"):
-        train_arms(grid(), functools.partial(_timed_arm, tmp_path), jobs=2, progress=False)
+        train_arms(CLASSIFIER_GRID.arms, functools.partial(_timed_arm, tmp_path), jobs=2, progress=False)
     trained = {path.stem for path in tmp_path.glob("*.json")}
-    assert not trained & {arm.name for arm in grid() if arm.teacher == "big-erm"}
+    assert not trained & {arm.name for arm in CLASSIFIER_GRID.arms if arm.teacher == "big-erm"}
 
 
 def test_jobs_under_torchrun_are_refused(tmp_path, monkeypatch):

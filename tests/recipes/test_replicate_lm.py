@@ -10,13 +10,8 @@ import torch
 from audit_cli import cli as _cli
 from test_stored_reports import differences
 
-from audit.recipes.replicate_lm import (
-    INHERITANCE,
-    decide_lm_claims,
-    divergence_comparison,
-    lm_grid,
-    resampled,
-)
+from audit.recipes.grid import LM_GRID
+from audit.recipes.lm_claims import decide_lm_claims, divergence_comparison, resampled
 from audit.stats.claims import claim_rows
 from audit.stats.cluster import cluster_bootstrap_cis
 
@@ -33,10 +28,10 @@ def _entropies(seed: int, *, ls_shift: float, kd_follows_teacher: bool) -> tuple
     noise = lambda: 0.3 * torch.randn(1000, generator=g, dtype=torch.float64)  # noqa: E731
     h = {"teacher": teacher, "erm": 2.5 + noise()}
     h["ls-0.1"], h["ls-0.3"] = h["erm"] + ls_shift, h["erm"] + 3 * ls_shift
-    for t, student in INHERITANCE:
-        scaled = teacher * t  # a flatter teacher, a flatter student
-        if t != 1.0:
-            h[f"teacher/{t:g}"] = scaled
+    for teacher_name, student in LM_GRID.inheritance:
+        scaled = teacher * LM_GRID.arm(student).teacher_temperature  # a flatter teacher, a flatter student
+        if teacher_name != "teacher":
+            h[teacher_name] = scaled
         h[student] = (scaled if kd_follows_teacher else 2.5) + noise()
     return h, groups
 
@@ -50,7 +45,7 @@ def _verdicts(results) -> dict[str, set[str]]:
 
 def test_claims_hold_when_the_entropies_say_so():
     h, groups = _entropies(0, ls_shift=0.5, kd_follows_teacher=True)
-    results, inheritance = decide_lm_claims(h, groups, V, n_bootstrap=300)
+    results, inheritance = decide_lm_claims(LM_GRID, h, groups=groups, vocab_size=V, n_bootstrap=300)
     verdicts = _verdicts(results)
     assert verdicts["C1a"] == {"holds"} and verdicts["C2a"] == {"holds"} and verdicts["C2b"] == {"holds"}
     assert inheritance["spearman"]["value"] == 1.0
@@ -60,7 +55,7 @@ def test_claims_hold_when_the_entropies_say_so():
 
 def test_claims_fail_when_the_entropies_say_the_opposite():
     h, groups = _entropies(1, ls_shift=-0.5, kd_follows_teacher=False)
-    verdicts = _verdicts(decide_lm_claims(h, groups, V, n_bootstrap=300)[0])
+    verdicts = _verdicts(decide_lm_claims(LM_GRID, h, groups=groups, vocab_size=V, n_bootstrap=300)[0])
     assert verdicts["C1a"] == {"fails"}
     assert "holds" not in verdicts["C2b"]
 
@@ -89,9 +84,9 @@ def _lm_claim_outputs() -> dict:
     h["ls-0.1"], h["ls-0.3"] = h["erm"] + 0.1 * draw(), h["erm"] + 0.3 * draw()
     columns = {arm: {"entropy": h.get(arm, 2 + draw()), "maxprob": draw(), "correct": (draw() < 0.5).double()}
                for arm in ("kd-forward-kl", "kd-reverse-kl", "kd-jsd-0.5")}
-    claims, inheritance = decide_lm_claims(h, groups, V, n_bootstrap=200)
+    claims, inheritance = decide_lm_claims(LM_GRID, h, groups=groups, vocab_size=V, n_bootstrap=200)
     return {"claims": claim_rows(claims), "inheritance": inheritance,
-            "divergence": divergence_comparison(columns, groups, n_bootstrap=200)}
+            "divergence": divergence_comparison(LM_GRID, columns, groups, n_bootstrap=200)}
 
 
 def test_lm_claims_give_the_stored_numbers():
@@ -99,7 +94,7 @@ def test_lm_claims_give_the_stored_numbers():
 
 
 def test_the_grid_has_every_arm_of_the_issue():
-    names = [a.name for a in lm_grid()]
+    names = [a.name for a in LM_GRID.arms]
     assert names == ["erm", "ls-0.1", "ls-0.3", "kd-forward-kl", "kd-reverse-kl", "kd-jsd-0.5", "kd-tau0.5",
                      "kd-tau2", "kd-tau4"]
 
@@ -127,7 +122,7 @@ def test_tiny_grid_end_to_end(tmp_path, capsys, monkeypatch, one_thread):
                           str(tmp_path / "rep"), "--bootstrap", "50", "--no-progress")
     assert code == 0, err
     summary = json.loads((tmp_path / "rep" / "summary.json").read_text())
-    assert [a["arm"] for a in summary["arms"]] == [a.name for a in lm_grid()]
+    assert [a["arm"] for a in summary["arms"]] == [a.name for a in LM_GRID.arms]
     assert set(summary["claim_verdicts"]) == {"C1a", "C1b", "C2a", "C2b"}
     assert "reverse minus forward entropy" in summary["exploratory"] and "C2a" in out and "unigram model" in out
     _assert_stored("replicate-lm-tiny", summary)  # its summary less settings.out, for an intended change of numbers

@@ -319,7 +319,7 @@ def test_every_step_is_a_step_of_the_one_loop_weighted_by_scored_tokens(text, tm
                         real(rows, group, count))
     record = train_lm(LMTrainSettings(data=text, out=str(tmp_path / "run"), steps=3, **TINY), progress=False,
                       audit_dev=False)
-    # 2 windows of 16 tokens a batch: 15 scored each, but fewer where a window overlaps the one before
+    # 2 windows a batch, 15 scored tokens each but fewer in a document's short last window
     assert len(terms) == record["steps"] == 3 and all(0 < n <= 30 for n in terms) and len(set(terms)) > 1, terms
 
 
@@ -328,9 +328,9 @@ def test_no_training_module_imports_the_auditor():
     import sys
 
     code = ("import sys, audit.recipes.train, audit.recipes.train_lm, audit.recipes.training_run; "
-            "print(sorted(m for m in sys.modules if m == 'audit.compare' or m.startswith('audit.report')))")
+            "print('audit.compare' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0 and result.stdout.strip() == "[]", result.stdout + result.stderr[-2000:]
+    assert result.returncode == 0 and result.stdout.strip() == "False", result.stdout + result.stderr[-2000:]
 
 
 def test_the_dev_audit_is_the_auditors(text):
