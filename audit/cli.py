@@ -1,7 +1,9 @@
 """``python -m audit``: a thin typer layer over the Python API.
 
 Commands only declare options and call :mod:`audit`; an :class:`~audit.errors.AuditError` becomes one line on
-stderr and exit code 2, any other exception is a bug and keeps its traceback.
+stderr and exit code 2, any other exception is a bug and keeps its traceback. Commands import the library inside
+their functions: torch and transformers load only when a command runs, so ``--help`` and usage errors answer at
+once.
 """
 
 from __future__ import annotations
@@ -104,7 +106,7 @@ def compare(
     calibrate: Annotated[bool, typer.Option(help="Fit a temperature per model on calibration data; report each "
                                                  "model before/after and the student/teacher T* ratio.")] = CompareSettings.calibrate,
     calibration_data: Annotated[str | None, typer.Option(help="Calibration data for --calibrate (default: the dev "
-                                                              "split of a built-in).")] = CompareSettings.calibration_data,
+                                                              "split of a built-in data set or text corpus).")] = CompareSettings.calibration_data,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = CompareSettings.progress,
     cache: Annotated[bool, typer.Option(help="Keep logits in the prediction cache as they are computed "
                                              "(a killed run resumes; python -m audit cache list|clear).")] = CompareSettings.cache,

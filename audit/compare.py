@@ -230,6 +230,9 @@ def compare_callable(teacher: Callable, students: list[Callable], batches: Itera
     if callable(students):
         raise AuditError("expected a list of students, got one callable; pass [student]")
     settings = settings or CompareSettings()
+    if settings.calibrate:
+        raise AuditError("expected calibrate=False for callables (a DataLoader comes without calibration data), got "
+                         "True; fit temperatures on held-out logits with audit.stats.temperature.calibrated_metrics")
     setup = set_up(teacher, students, names, settings, kind="callable")
     for model in setup.models:
         model.to(setup.device)

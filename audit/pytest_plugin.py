@@ -4,6 +4,9 @@
 - ``kd_audit_pair``: a session fixture evaluating the teacher/student pair named by the ini options
   ``kd_audit_teacher``, ``kd_audit_student`` and ``kd_audit_data`` (or the same command-line options)
   once per session, for the ``assert_*`` helpers to reuse.
+
+Installed, the plugin loads in every pytest session of the environment, so its hooks import the library (and so
+torch) inside their functions, only when a kd-audit option or fixture is used.
 """
 
 from __future__ import annotations

@@ -255,7 +255,7 @@ def test_calibrate_fits_each_models_temperature_and_scales_the_test_tokens(docs)
             targets.append(ids[0, 1:])
         z, y = torch.cat(logits), torch.cat(targets)
 
-        def nll(t: float) -> float:
+        def nll(t: float, z: torch.Tensor = z, y: torch.Tensor = y) -> float:
             return float(torch.nn.functional.cross_entropy(z / t, y))
 
         fitted = minimize_scalar(nll, bounds=(0.05, 20.0), method="bounded", options={"xatol": 1e-8}).x

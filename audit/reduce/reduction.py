@@ -42,7 +42,8 @@ from typing import NamedTuple
 import torch
 
 from audit.errors import AuditError
-from audit.losses.kernels import resolve_backend
+from audit.losses.kernels import _require, resolve_backend
+from audit.reduce.topk import topk_tail_kl, topk_teacher_columns
 
 # Logits (of all models together) upcast to float32 at once by the eager backend: 2^24 elements = 64 MiB of
 # float32, the fastest chunk measured (bench/RESULTS.md)
@@ -244,7 +245,6 @@ def _eager(teacher: torch.Tensor, students: Sequence[torch.Tensor], targets: tor
 
 def _fused(teacher: torch.Tensor, students: Sequence[torch.Tensor], targets: torch.Tensor, topk: int,
            ignore_index: int) -> Reduction:
-    from audit.losses.kernels import _require
     from audit.reduce import kernel  # imports triton, an optional dependency
 
     _require(teacher)
@@ -307,9 +307,6 @@ def reduce_batches(batches: list) -> Reduction:
     teacher, students = batches[0], [b.logits for b in batches[1:]]
     if teacher.topk is None:
         return reduce_logits(teacher.logits, students, teacher.targets)
-    from audit.reduce.reduction import topk_overlap
-    from audit.reduce.topk import topk_tail_kl, topk_teacher_columns
-
     ids, logprobs = teacher.topk
     vocab = students[0].shape[1]
     columns = topk_teacher_columns(ids, logprobs, teacher.targets, vocab_size=vocab)

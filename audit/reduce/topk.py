@@ -46,6 +46,7 @@ import torch
 
 from audit.atomic import write_atomic
 from audit.errors import AuditError
+from audit.losses import REDUCTIONS, label_smoothed_cross_entropy
 
 KEYS = ("topk_ids", "topk_logprobs", "sequence_ids", "positions")
 # how far above 1 the top-k probabilities may sum (rounding of stored fp16/bf16/fp32 log-probabilities)
@@ -186,8 +187,6 @@ def topk_kd_loss(
     >>> abs(float(topk_kd_loss(s, ids, lp))) < 1e-6  # the student is the teacher
     True
     """
-    from audit.losses import REDUCTIONS, label_smoothed_cross_entropy
-
     _check_pair(topk_ids, topk_logprobs, student_logits)
     if not 0.0 <= kd_weight <= 1.0:
         raise AuditError(f"expected kd_weight in [0, 1], got {kd_weight}")

@@ -4,6 +4,7 @@ grid (:func:`audit.recipes.replicate.replicate`, and the LM grid's common part),
 
 from __future__ import annotations
 
+from audit.report.charts import terminal_charts
 from audit.report.schema import REPLICATE_ALL as ALL_SCHEMA
 from audit.stats.claims import VERDICTS
 
@@ -13,8 +14,6 @@ def render_summary(summary: dict, console=None) -> None:
     ``--task all`` summary, the tables across tasks (:func:`render_aggregate`)."""
     from rich.console import Console
     from rich.table import Table
-
-    from audit.report.charts import terminal_charts
 
     console = console or Console()
     if summary["schema"] == ALL_SCHEMA:

@@ -40,6 +40,7 @@ from audit.load.causal_lm import CausalLM, TopkTeacher, is_causal_lm_spec, is_to
 from audit.load.data import TextData
 from audit.load.data.text import IGNORE_INDEX, TokenWindows
 from audit.load.models import Predictions, TextClassifier, load_model
+from audit.reduce.topk import read_topk_logits
 from audit.run.device import resolve_run
 from audit.run.distributed import ProcessGroup
 from audit.settings import CompareSettings
@@ -245,8 +246,6 @@ class TopkFileAdapter(_Wrapper):
         Raises:
             AuditError: ids outside the vocabulary, NaN, or positions that do not match the windows.
         """
-        from audit.reduce.topk import read_topk_logits
-
         sequence_ids, positions = windows.scored()
         return dataclasses.replace(self, logits=read_topk_logits(self.source, vocab_size=vocab_size,
                                                                  sequence_ids=sequence_ids, positions=positions))

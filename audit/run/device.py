@@ -50,8 +50,6 @@ def resolve_batch_size(batch_size: int | str, device: torch.device, kind: str = 
 def resolve_run(settings: CompareSettings) -> tuple[torch.device, ProcessGroup, torch.dtype]:
     """The device this process evaluates on (``cuda:LOCAL_RANK`` in a launched run), its process group, and
     the dtype models run in."""
-    from audit.run.device import resolve_device, resolve_dtype
-
     device = resolve_device(settings.device)
     group = process_group(device)
     device = local_device(device, group)

@@ -22,6 +22,7 @@ import torch
 from audit.errors import AuditError
 from audit.stats.cluster import resample_counts
 from audit.stats.confidence import _check_labels, _check_rows
+from audit.stats.model_ci import model_metrics
 
 T_MIN, T_MAX = 1e-2, 1e2
 # Newton stops when a step in log T is below this (T then has about 10 correct digits)
@@ -224,8 +225,6 @@ def calibrated_metrics(cal_logits: torch.Tensor, cal_labels: torch.Tensor, test_
         >>> round(out["temperature"], 4), out["calibrated"]["accuracy"]
         (3.641, 0.75)
     """
-    from audit.stats.model_ci import model_metrics
-
     _check_rows(test_logits, "test_logits")
     _check_labels(test_labels, test_logits)
     if test_logits.shape[1] != getattr(cal_logits, "shape", (None, None))[-1]:

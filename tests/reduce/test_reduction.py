@@ -8,8 +8,8 @@ import torch
 from scipy.special import log_softmax, rel_entr
 
 from audit.errors import AuditError
-from audit.reduce.reduction import MODEL_KEYS, PAIR_KEYS, reduce_logits, topk_overlap
 from audit.reduce import reduction as reduce_module
+from audit.reduce.reduction import MODEL_KEYS, PAIR_KEYS, reduce_logits, topk_overlap
 
 
 def numpy_reference(teacher: torch.Tensor, students: list[torch.Tensor], targets: torch.Tensor, k: int,

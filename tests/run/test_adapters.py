@@ -143,6 +143,8 @@ def test_bad_callable_input_is_one_audit_error():
             compare_callable(net, students, batches, settings=settings)
     with pytest.raises(AuditError, match="compare_callable"):
         compare(net, [net], None, settings=settings)
+    with pytest.raises(AuditError, match="calibrate=False for callables"):
+        compare_callable(net, [net], [(x, y)], settings=CompareSettings(**SETTINGS, calibrate=True))
 
 
 def test_set_up_names_adapters_without_changing_what_it_was_given():

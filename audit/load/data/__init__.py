@@ -37,9 +37,9 @@ from audit.load.data.builtin import (
 )
 from audit.load.data.files import (
     FILE_SUFFIXES,
-    KNOWN_SPLITS,
     column_strings,
     file_sha256,
+    parse_hub_spec,
     read_file,
     read_hub,
     select_split,
@@ -216,18 +216,6 @@ def _to_text_data(
     )
 
 
-def _parse_hub_spec(spec: str) -> tuple[str, str | None, str | None]:
-    name, *rest = spec.split(":")
-    if len(rest) > 2 or not name or not all(rest):
-        raise AuditError(f"expected a data spec name[:config][:split], got {spec!r}; "
-                         "pass a local file, a built-in name or a Hub name")
-    if len(rest) == 2:
-        return name, rest[0], rest[1]
-    if len(rest) == 1:
-        return (name, None, rest[0]) if rest[0] in KNOWN_SPLITS else (name, rest[0], None)
-    return name, None, None
-
-
 def load_data(
     spec: str, *, split: str | None = None, text_column: str | None = None, text_pair_column: str | None = None,
     label_column: str | None = None, id_column: str | None = None, limit: int | None = None,
@@ -274,7 +262,7 @@ def load_data(
         table, info = read_builtin(name, chosen_split)
         class_names = {"label": list(builtin_datasets()[name].classes)}
         return _to_text_data(table, f"{name}:{info['split']}", info, class_names, limit, *columns)
-    hub_name, config, hub_split = _parse_hub_spec(spec)
+    hub_name, config, hub_split = parse_hub_spec(spec)
     chosen_split = split or hub_split or DEFAULT_SPLIT
     table, class_names, info = read_hub(hub_name, config, chosen_split)
     return _to_text_data(table, ":".join(p for p in (hub_name, config, chosen_split) if p), info, class_names,

@@ -191,3 +191,21 @@ def read_hub(
     info = {"kind": "folder" if local else "hub", "source": name, "config": config, "split": chosen,
             "fingerprint": ds._fingerprint}
     return ds.with_format("arrow")[:], names, info
+
+
+def parse_hub_spec(spec: str) -> tuple[str, str | None, str | None]:
+    """``name[:config][:split]`` of a Hub data set as (name, config, split), a lone suffix read as a split when it
+    names one.
+
+    Raises:
+        AuditError: an empty part or more than three.
+    """
+    name, *rest = spec.split(":")
+    if len(rest) > 2 or not name or not all(rest):
+        raise AuditError(f"expected a data spec name[:config][:split], got {spec!r}; "
+                         "pass a local file, a built-in name or a Hub name")
+    if len(rest) == 2:
+        return name, rest[0], rest[1]
+    if len(rest) == 1:
+        return (name, None, rest[0]) if rest[0] in KNOWN_SPLITS else (name, rest[0], None)
+    return name, None, None

@@ -35,6 +35,7 @@ from audit.load.data.files import (
     FILE_SUFFIXES,
     column_strings,
     file_sha256,
+    parse_hub_spec,
     read_file,
     read_hub,
     select_split,
@@ -213,9 +214,7 @@ def read_documents(
     if name in text_corpora():
         table, info = read_corpus(name, split or spec_split or DEFAULT_SPLIT)
         return _from_table(table, f"{name}:{info['split']}", info, limit, "text", None, None)
-    from audit.load.data import _parse_hub_spec
-
-    hub_name, config, hub_split = _parse_hub_spec(spec)
+    hub_name, config, hub_split = parse_hub_spec(spec)
     chosen = split or hub_split or DEFAULT_SPLIT
     table, _, info = read_hub(hub_name, config, chosen)
     return _from_table(table, ":".join(p for p in (hub_name, config, chosen) if p), info, limit, *columns)
