@@ -1,4 +1,5 @@
-"""The losses students are trained with: label-smoothed cross entropy and knowledge distillation.
+"""The losses students are trained with: label-smoothed cross entropy and knowledge distillation (a component of
+the training recipes; it may import the foundation only).
 
 KD's soft term is forward KL (:func:`kd_loss`, Hinton's), reverse KL (:func:`reverse_kl_loss`) or TRL's
 generalised JSD (:func:`jsd_loss`); :func:`distillation_loss` picks one by name. The conventions, and why

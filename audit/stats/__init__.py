@@ -1,6 +1,11 @@
-"""Metrics over tensors: per-example confidence, calibration, teacher/student agreement, statistics.
+"""Statistics on columns: per-example confidence, calibration, teacher/student agreement, intervals.
 
-Pure functions over (N,) / (N, K) tensors on any device; see each module for conventions.
+Pure functions over (N,) / (N, K) tensors on any device (see each module for conventions), re-exported here:
+confidence (:mod:`.confidence`), binned, bin-free and smooth calibration errors (:mod:`.calibration`,
+:mod:`.estimators`, :mod:`.smooth`), bootstrap intervals by row or by cluster (:mod:`.stats`, :mod:`.model_ci`,
+:mod:`.cluster`), agreement and KL (:mod:`.pairwise`). Built on them: the per-model summary of a report
+(:mod:`.summary`), inheritance and its verdict (:mod:`.inheritance`), temperature scaling (:mod:`.temperature`)
+and the paper's claims (:mod:`.claims`). May import the foundation only.
 """
 
 from audit.stats.calibration import (
