@@ -46,7 +46,7 @@ from audit.run.adapters import (
 from audit.run.cache import CacheUnavailable, PredictionStore, file_sha256, model_fingerprint, prediction_key
 from audit.run.device import resolve_batch_size, resolve_run
 from audit.run.distributed import ProcessGroup, is_main_process
-from audit.run.evaluate import evaluate_tokens, predict_text, token_columns, token_logits
+from audit.run.evaluate import callable_logits, evaluate_tokens, predict_text, token_columns, token_logits
 from audit.settings import MAX_BINS, MAX_BOOTSTRAP, CompareSettings  # noqa: F401 (re-exported)
 from audit.stats.inheritance import pair_statistics, student_differences, verdict
 from audit.stats.summary import SCATTER_POINTS, summarize_model, summarize_tokens
@@ -240,26 +240,20 @@ def compare_callable(teacher: Callable, students: list[Callable], batches: Itera
     first = next(loader, None)
     if first is None:
         raise AuditError("expected at least one batch, got an empty DataLoader; check the data")
-    tokens = split_batch(first)[1].ndim == 2
-    with torch.inference_mode():
-        stream = callable_batches(setup.models, itertools.chain([first], loader), setup.device)
-        if tokens:
-            columns, vocab_size = token_columns(stream, [m.name for m in setup.models])
-            data_info = {"name": "dataloader", "kind": "python", "unit": "token", "n": int(columns["sequence"].numel()),
-                         "n_sequences": int(columns["sequence"].unique().numel()), "label_names": None}
-            return token_report(columns, setup.models, vocab_size, settings=settings, data_info=data_info,
-                                run={"device": str(setup.device), "dtype": "as the callables return",
-                                     "batch_size": "the DataLoader's"})
-        logits: list[list[torch.Tensor]] = [[] for _ in setup.models]
-        labels = []
-        for batch in stream:
-            for out, model_batch in zip(logits, batch):
-                out.append(model_batch.logits.float().cpu())
-            labels.append(batch[0].targets.cpu())
-    predictions = [_finite(Predictions(m.name, torch.cat(out), label_names=label_names, source=m.source))
-                   for m, out in zip(setup.models, logits)]
+    batches = itertools.chain([first], loader)
+    if split_batch(first)[1].ndim == 2:
+        with torch.inference_mode():
+            columns, vocab_size = token_columns(callable_batches(setup.models, batches, setup.device),
+                                                [m.name for m in setup.models])
+        data_info = {"name": "dataloader", "kind": "python", "unit": "token", "n": int(columns["sequence"].numel()),
+                     "n_sequences": int(columns["sequence"].unique().numel()), "label_names": None}
+        return token_report(columns, setup.models, vocab_size, settings=settings, data_info=data_info,
+                            run={"device": str(setup.device), "dtype": "as the callables return",
+                                 "batch_size": "the DataLoader's"})
+    logits, labels = callable_logits(setup.models, batches, setup.device)
+    predictions = [_finite(Predictions(m.name, z, label_names=label_names, source=m.source))
+                   for m, z in zip(setup.models, logits)]
     predictions, label_names = align_labels(predictions)
-    labels = torch.cat(labels)
     k = predictions[0].num_classes
     if int(labels.min()) < 0 or int(labels.max()) >= k:
         raise AuditError(f"expected labels in [0, {k}) for {k}-class logits, got values in [{int(labels.min())}, "

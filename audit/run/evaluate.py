@@ -151,12 +151,22 @@ def predict_module(
     device = resolve_device(device if isinstance(device, str) or device is None else str(device))
     adapter = CallableAdapter(model, name)
     adapter.to(device)
-    outputs, labels = [], []
+    [logits], labels = callable_logits([adapter], batches, device)
+    return Predictions(name=name, logits=logits, label_names=label_names), labels
+
+
+def callable_logits(models: list[CallableAdapter], batches: Iterable,
+                    device: torch.device) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Every callable's (N, K) float32 CPU logits over the batches of a DataLoader, iterated once (teacher first),
+    and the (N,) int64 labels."""
+    logits: list[list[torch.Tensor]] = [[] for _ in models]
+    labels = []
     with torch.inference_mode():
-        for [batch] in callable_batches([adapter], batches, device):
-            outputs.append(batch.logits.float().cpu())
-            labels.append(batch.targets.cpu())
-    return Predictions(name=name, logits=torch.cat(outputs), label_names=label_names), torch.cat(labels)
+        for batch in callable_batches(models, batches, device):
+            for out, model_batch in zip(logits, batch):
+                out.append(model_batch.logits.float().cpu())
+            labels.append(batch[0].targets.cpu())
+    return [torch.cat(out) for out in logits], torch.cat(labels)
 
 
 def _batches(windows: TokenWindows, size: int) -> list[tuple[int, int]]:
