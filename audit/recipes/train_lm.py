@@ -285,8 +285,10 @@ def dev_audit(settings: LMTrainSettings, teacher: CausalLM, student: CausalLM, w
     dev_windows = tokenize_windows(dev_docs, teacher.tokenizer, max_length=settings.max_length)
     models = [adapter_of(teacher, "teacher"), adapter_of(student, "student")]
     vocab_size = int(teacher.model.config.vocab_size)
+    trained_dtype = next(student.model.parameters()).dtype
     columns = evaluate_tokens(models, dev_windows, device=device, dtype=resolve_dtype("auto", device),
                               batch_size=resolve_batch_size("auto", device, "lm"), progress=progress, group=group)
+    student.model.to(dtype=trained_dtype)  # the audit casts to its dtype (bf16 on GPUs); the student is saved after
     # the auditor's defaults (bins, verdict rule) but for the resamples
     summary = CompareSettings(n_bootstrap=DEV_BOOTSTRAP, seed=settings.seed)
     model_stats, pairs, _ = summarize_tokens(columns, [m.name for m in models], vocab_size, settings=summary)
