@@ -367,3 +367,22 @@ def test_the_dev_audit_is_the_auditors(text):
     assert json.dumps(ours["dev_teacher"]) == json.dumps(brief(report["models"]["teacher"]))
     assert json.dumps(ours["dev_pair"]) == json.dumps(brief(report["pairs"][0]))
     assert json.dumps(ours["dev_data"]) == json.dumps(report["data"])
+
+
+def test_the_dev_audit_leaves_the_student_in_its_trained_dtype(text, monkeypatch):
+    """On a GPU the audit runs in bf16; the student saved after it must keep the dtype it was trained in."""
+    from audit.load.causal_lm import CausalLM, load_causal_lm
+    from audit.load.data.text import read_documents
+    from audit.recipes import train_lm as recipe
+    from audit.run.distributed import ProcessGroup
+
+    monkeypatch.setattr(recipe, "resolve_dtype", lambda dtype, device: torch.bfloat16)
+    settings = LMTrainSettings(data=text, out="-", seed=3, **TINY)
+    teacher = load_causal_lm(TEACHER)
+    student = CausalLM("student", recipe.build_lm_student(settings.model, teacher, seed=0).model.eval(),
+                       teacher.tokenizer, settings.model)
+    windows = recipe.training_windows(read_documents(text, split="train"), teacher.tokenizer, settings)
+    record = recipe.dev_audit(settings, teacher, student, windows, read_documents(text, split="dev"),
+                              device=torch.device("cpu"), group=ProcessGroup(), progress=False)
+    assert record["dev"]["n"] > 0
+    assert {p.dtype for p in student.model.parameters()} == {torch.float32}
