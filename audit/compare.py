@@ -13,12 +13,8 @@ The report's JSON schema (``"kd-audit/compare/1"``) is documented in the README.
 from __future__ import annotations
 
 import dataclasses
-import datetime
-import hashlib
 import itertools
-import json
 from collections.abc import Callable, Iterable
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -28,12 +24,12 @@ from audit.errors import AuditError, warn
 from audit.load.causal_lm import CausalLM, check_same_tokenizer
 from audit.load.data import TextData, builtin_datasets, load_data
 from audit.load.data.builtin import text_corpora
-from audit.load.data.text import Documents, TokenWindows, read_documents, tokenize_windows
+from audit.load.data.text import Documents, read_documents, tokenize_windows
 from audit.load.labels import align_labels, data_labels, match_to_data
 from audit.load.models import Predictions, TextClassifier, predictions_bytes
 from audit.outputs import Output, check_outputs, write_files
 from audit.reduce.reduction import column_names
-from audit.report.envelope import versions
+from audit.report.envelope import envelope
 from audit.run.adapters import (
     Adapter,
     Setup,
@@ -43,7 +39,7 @@ from audit.run.adapters import (
     set_up,
     split_batch,
 )
-from audit.run.cache import CacheUnavailable, PredictionStore, file_sha256, model_fingerprint, prediction_key
+from audit.run.cache import PredictionStore, open_store, prediction_key, token_key
 from audit.run.device import resolve_batch_size, resolve_run
 from audit.run.distributed import ProcessGroup, is_main_process
 from audit.run.evaluate import callable_logits, evaluate_tokens, predict_text, token_columns, token_logits
@@ -110,16 +106,9 @@ def compare_predictions(teacher: Predictions, students: list[Predictions], label
             pairs[-1]["calibration_difference"] = stats.paired_difference_cis(
                 teacher.logits, s.logits, labels, n_bins=settings.n_bins, n_resamples=settings.n_bootstrap,
                 seed=settings.seed)
-    return {
-        "schema": SCHEMA,
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "versions": versions(),
-        "settings": {k: v for k, v in asdict(settings).items() if k not in ("progress", "cache")},
-        "data": {**(data_info or {}), "n": n, "label_names": teacher.label_names},
-        "models": models,
-        "pairs": pairs,
-        "students": student_differences({s.name: s.logits for s in students}, **boot) if len(students) > 1 else [],
-    }
+    differences = student_differences({s.name: s.logits for s in students}, **boot) if len(students) > 1 else []
+    return envelope(SCHEMA, settings, data={**(data_info or {}), "n": n, "label_names": teacher.label_names},
+                    models=models, pairs=pairs, students=differences)
 
 
 def compare(teacher: ModelLike, students: list[ModelLike], data: str | TextData | None, *,
@@ -395,41 +384,15 @@ def _max_length(model: TextClassifier, wanted: int) -> int:
 
 
 def _store(model: TextClassifier, data: TextData, device, dtype, settings: CompareSettings) -> PredictionStore | None:
-    """The cache entry of this model's logits on this data (see :mod:`audit.run.cache`); None when the cache
-    cannot be written (the run goes on uncached, with a warning)."""
+    """The cache entry of this model's logits on this data (see :mod:`audit.run.cache`), or None."""
     key = prediction_key(model, data, dtype=dtype, max_length=settings.max_length,
                          batch_size=resolve_batch_size(settings.batch_size, device), device=device)
-    try:
-        return PredictionStore.open(key, name=model.name, num_classes=model.num_classes)
-    except CacheUnavailable as err:
-        warn(f"running without the prediction cache: {err}")
-        return None
+    return open_store(key, name=model.name, width=model.num_classes)
 
 
 def logits_files(predictions: list[Predictions], folder: Path) -> dict[Path, bytes]:
     """``{folder / "<name>.safetensors": bytes}``: every model's logits as :func:`load_predictions` reads them."""
     return {Path(folder) / f"{p.name}.safetensors": predictions_bytes(p) for p in predictions}
-
-
-def _token_store(models: list, documents: Documents, windows: TokenWindows, columns: int, settings: CompareSettings,
-                 dtype: torch.dtype, device: torch.device, batch_size: int, temperatures: list[float] | None = None):
-    """The cache entry of these columns (every model, the documents and the windowing, the temperatures of
-    calibrated columns), or None when unusable."""
-    digest = hashlib.sha256()
-    for values in (documents.texts, documents.ids, documents.prompts or []):
-        digest.update(json.dumps(values).encode())
-    key = {"version": 1, "kind": "lm-columns",
-           "models": [[m.source, model_fingerprint(m) if isinstance(m, CausalLM) else file_sha256(Path(m.source))]
-                      for m in models],
-           "documents": digest.hexdigest(), "windows": windows.info, "dtype": str(dtype), "device": device.type,
-           "batch_size": batch_size}
-    if temperatures is not None:
-        key["temperatures"] = [float(t).hex() for t in temperatures]
-    try:
-        return PredictionStore.open(key, name="+".join(m.name for m in models), num_classes=columns)
-    except CacheUnavailable as err:
-        warn(f"running without the prediction cache: {err}")
-        return None
 
 
 def compare_lm(teacher: str | CausalLM, students: list[str | CausalLM], data: str | Documents, *,
@@ -482,8 +445,9 @@ def audit_tokens(setup: Setup, data: str | Documents, settings: CompareSettings)
                                              batch_size=batch_size)
     temperatures = None if calibration is None else calibration["temperatures"]
     n_columns = len(column_names([m.name for m in models], len(models) - 1)) * (1 if temperatures is None else 2)
-    store = _token_store([m.model for m in models], documents, windows, n_columns, settings, dtype, device,
-                         batch_size, temperatures) if settings.cache else None
+    store = open_store(token_key([m.model for m in models], documents, windows, dtype=dtype, device=device,
+                                 batch_size=batch_size, temperatures=temperatures),
+                       name="+".join(m.name for m in models), width=n_columns) if settings.cache else None
     columns = evaluate_tokens(models, windows, device=device, dtype=dtype, batch_size=batch_size,
                               progress=settings.progress, store=store, group=setup.group, temperatures=temperatures)
     data_info = {"name": documents.name, **documents.info, "unit": "token", "n": int(columns["sequence"].numel()),
@@ -551,16 +515,6 @@ def token_report(columns: dict[str, torch.Tensor], models: list, vocab_size: int
             "method": f"one temperature per model minimising NLL on {calibration['n']} random scored tokens of "
                       f"{calibration['n_sequences']} calibration documents (audit.stats.temperature.fit_temperature); "
                       "metrics after scaling on the test tokens"}
-    return {
-        "schema": TOKEN_SCHEMA,
-        "schema_changes": TOKEN_SCHEMA_CHANGES,
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "versions": versions(),
-        "settings": {**{k: v for k, v in asdict(settings).items() if k not in ("progress", "cache")}, **run,
-                     "ci_method": "percentile cluster bootstrap by sequence (document)"},
-        "data": data_info,
-        "models": model_stats,
-        "pairs": pairs,
-        "students": differences,
-        **extra,
-    }
+    return envelope(TOKEN_SCHEMA, settings, run={**run, "ci_method": "percentile cluster bootstrap by sequence (document)"},
+                    data=data_info, models=model_stats, pairs=pairs, students=differences,
+                    schema_changes=TOKEN_SCHEMA_CHANGES, **extra)

@@ -3,14 +3,36 @@ written atomically."""
 
 from __future__ import annotations
 
+import datetime
 import json
 import math
 import platform
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 from audit.atomic import write_atomic
+from audit.settings import CompareSettings
+
+
+def envelope(schema: str, settings: CompareSettings, *, data: dict, models: dict, pairs: list[dict],
+             students: list[dict], run: dict | None = None, **extra) -> dict:
+    """A compare report of any model kind: its numbers (``models``, ``pairs``, ``students``) in the envelope every
+    saved report has (schema, creation time, versions, the settings and how the models ran, the data).
+
+    ``extra`` adds top-level fields (``schema_changes``, ``calibration``)."""
+    return {
+        "schema": schema,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "versions": versions(),
+        "settings": {**{k: v for k, v in asdict(settings).items() if k not in ("progress", "cache")}, **(run or {})},
+        "data": data,
+        "models": models,
+        "pairs": pairs,
+        "students": students,
+        **extra,
+    }
 
 
 def versions() -> dict[str, str]:

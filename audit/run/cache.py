@@ -34,7 +34,9 @@ import torch
 
 from audit.atomic import write_atomic
 from audit.errors import AuditError, warn
+from audit.load.causal_lm import CausalLM
 from audit.load.data import TextData, cache_dir
+from audit.load.data.text import Documents, TokenWindows
 from audit.load.models import TextClassifier
 
 VERSION = 2
@@ -167,6 +169,34 @@ def prediction_key(classifier: TextClassifier, data: TextData, *, dtype: torch.d
         "batch_size": batch_size,
         "device": device.type,
     }
+
+
+def token_key(models: list, documents: Documents, windows: TokenWindows, *, dtype: torch.dtype,
+              device: torch.device, batch_size: int, temperatures: list[float] | None = None) -> dict:
+    """Everything a token audit's columns depend on, as :func:`prediction_key` for a classifier's logits: every
+    model (a top-k teacher by its file's bytes), the documents, the windowing, how they ran, and the temperatures
+    of calibrated columns."""
+    digest = hashlib.sha256()
+    for values in (documents.texts, documents.ids, documents.prompts or []):
+        digest.update(json.dumps(values).encode())
+    key = {"version": 1, "kind": "lm-columns",
+           "models": [[m.source, model_fingerprint(m) if isinstance(m, CausalLM) else file_sha256(Path(m.source))]
+                      for m in models],
+           "documents": digest.hexdigest(), "windows": windows.info, "dtype": str(dtype), "device": device.type,
+           "batch_size": batch_size}
+    if temperatures is not None:
+        key["temperatures"] = [float(t).hex() for t in temperatures]
+    return key
+
+
+def open_store(key: dict, *, name: str, width: int) -> PredictionStore | None:
+    """The cache entry of ``key`` (``width`` values per row), or None, with a warning, when the cache cannot be
+    written: the run goes on uncached."""
+    try:
+        return PredictionStore.open(key, name=name, num_classes=width)
+    except CacheUnavailable as err:
+        warn(f"running without the prediction cache: {err}")
+        return None
 
 
 def _tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
