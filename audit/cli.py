@@ -302,7 +302,8 @@ def replicate(
         raise AuditError("expected --plots/--html with one --task, got --task all; render a task's "
                          "OUT/TASK/summary.json with `python -m audit report`")
     if task == "shakespeare":  # the language-model grid (audit.recipes.replicate_lm)
-        from audit.recipes.replicate_lm import LMReplicateSettings, render_lm_summary, replicate_lm
+        from audit.recipes.replicate_lm import LMReplicateSettings, replicate_lm
+        from audit.report.replicate import render_lm_summary
 
         if eval_task or jobs is not None:
             raise AuditError("expected no --eval-task or --jobs with --task shakespeare, got one; the LM grid has no "

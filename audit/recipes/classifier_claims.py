@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import torch
 
@@ -20,9 +19,6 @@ from audit.errors import AuditError
 from audit.report.schema import REPLICATE_ALL as ALL_SCHEMA
 from audit.stats.claims import CORRELATION_DELTA, RANK_CORRELATION_DELTA, VERDICTS, ClaimResult, entropy_delta
 from audit.stats.temperature import TemperatureError, bootstrap_temperatures, fit_temperature
-
-if TYPE_CHECKING:
-    from audit.recipes.grid import Grid
 
 
 def mean_ci(x: torch.Tensor, n_bootstrap: int) -> dict:
@@ -51,16 +47,18 @@ def inheritance_statistics(entropy: dict[str, torch.Tensor], pairs: Sequence[tup
             "spearman": {"value": float(rank_corr(t_matrix[None], s_matrix[None])[0]), "ci": list(ci)}}
 
 
-def decide_classifier_claims(grid: Grid, entropy: dict[str, torch.Tensor], *, n_bootstrap: int,
+def decide_classifier_claims(entropy: dict[str, torch.Tensor], *, smoothing: Sequence[float],
+                             inheritance: Sequence[tuple[str, str]], n_bootstrap: int,
                              num_classes: int) -> tuple[list[ClaimResult], dict]:
-    """C1a-C2b of the classifier ``grid`` from per-example dev entropies (N,) per arm and scaled teacher (averaged
-    over seeds), and the inheritance table (:func:`inheritance_statistics`).
+    """C1a-C2b of the classifier grid (its ``smoothing`` strengths and ``inheritance`` pairs) from per-example dev
+    entropies (N,) per arm and scaled teacher (averaged over seeds), and the inheritance table
+    (:func:`inheritance_statistics`).
 
     Each check's delta is the one CLAIMS.md gives its statistic: 1% of log K for entropy differences,
     :data:`~audit.stats.claims.CORRELATION_DELTA` for per-example correlations and their differences,
     :data:`~audit.stats.claims.RANK_CORRELATION_DELTA` for the rank correlation over teachers.
     """
-    h, smoothing, pairs = entropy, grid.smoothing, grid.inheritance
+    h, pairs = entropy, inheritance
     ls_lo, big_ls = f"small-ls-{smoothing[0]}", f"big-ls-{smoothing[0]}"
     d_h = entropy_delta(num_classes)
     results = [

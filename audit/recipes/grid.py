@@ -91,7 +91,12 @@ class Grid(Generic[ProfileT]):
     def decide_claims(self, entropy: dict[str, torch.Tensor], **evaluation: Any) -> tuple[list[ClaimResult], dict]:
         """The claims and the inheritance table of per-unit dev entropies of every arm and scaled teacher
         (averaged over seeds), by :attr:`claims_decider` with the ``evaluation``'s keyword arguments."""
-        return self.claims_decider(self, entropy, **evaluation)
+        return self.claims_decider(entropy, smoothing=self.smoothing, inheritance=self.inheritance, **evaluation)
+
+    @property
+    def divergence_arms(self) -> list[str]:
+        """The KD arms of the undivided teacher, one per divergence (the LM grid's exploratory comparison)."""
+        return [a.name for a in self.arms if a.loss == "kd" and a.teacher_temperature == 1.0]
 
     @property
     def kd_settings(self) -> dict[str, float]:

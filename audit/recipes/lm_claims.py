@@ -6,16 +6,13 @@ and the deltas of CLAIMS.md (1% of log V for entropies).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
 
 import torch
 
 from audit import stats
 from audit.stats.claims import CORRELATION_DELTA, RANK_CORRELATION_DELTA, ClaimResult, entropy_delta
 from audit.stats.cluster import group_sums, resample_counts, statistic_from_sums
-
-if TYPE_CHECKING:
-    from audit.recipes.grid import Grid
 
 
 def resampled(requests: dict[str, tuple[str, tuple[torch.Tensor, ...]]], groups: torch.Tensor, *,
@@ -38,12 +35,13 @@ def percentile_interval(draws: torch.Tensor) -> tuple[float, float]:
     return low, high
 
 
-def decide_lm_claims(grid: Grid, entropy: dict[str, torch.Tensor], *, groups: torch.Tensor, vocab_size: int,
+def decide_lm_claims(entropy: dict[str, torch.Tensor], *, smoothing: Sequence[float],
+                     inheritance: Sequence[tuple[float, str]], groups: torch.Tensor, vocab_size: int,
                      n_bootstrap: int, seed: int = 0) -> tuple[list[ClaimResult], dict]:
-    """C1a, C1b, C2a and C2b of the LM ``grid`` from per-token entropies (P,) of every arm, the teacher and the
-    scaled teachers (``"teacher/T"``), with cluster-bootstrap CIs by ``groups`` (sequence ids); and the
-    inheritance table."""
-    h, smoothing, pairs = entropy, grid.smoothing, grid.inheritance
+    """C1a, C1b, C2a and C2b of the LM grid (its ``smoothing`` strengths and ``inheritance`` pairs) from per-token
+    entropies (P,) of every arm, the teacher and the scaled teachers (``"teacher/T"``), with cluster-bootstrap CIs
+    by ``groups`` (sequence ids); and the inheritance table."""
+    h, pairs = entropy, inheritance
     d_h = entropy_delta(vocab_size)
     ls_lo = f"ls-{smoothing[0]}"
     differences = {f"H(LS a={a}) - H(ERM)": (f"ls-{a}", "erm", +1, "C1a") for a in smoothing}
@@ -79,11 +77,10 @@ def decide_lm_claims(grid: Grid, entropy: dict[str, torch.Tensor], *, groups: to
     return results, inheritance
 
 
-def divergence_comparison(grid: Grid, columns: dict[str, dict[str, torch.Tensor]], groups: torch.Tensor, *,
-                          n_bootstrap: int, seed: int = 0) -> dict:
-    """The exploratory comparison: mean token entropy and ECE of the LM ``grid``'s KD arms of the undivided
-    teacher (forward KL, reverse KL, JSD) and the reverse-minus-forward differences, with cluster-bootstrap CIs."""
-    arms = [a.name for a in grid.arms if a.loss == "kd" and a.teacher_temperature == 1.0]
+def divergence_comparison(arms: Sequence[str], columns: dict[str, dict[str, torch.Tensor]],
+                          groups: torch.Tensor, *, n_bootstrap: int, seed: int = 0) -> dict:
+    """The exploratory comparison: mean token entropy and ECE of the LM grid's KD ``arms`` of the undivided
+    teacher (forward KL, reverse KL, JSD: :attr:`audit.recipes.grid.Grid.divergence_arms`) and the reverse-minus-forward differences, with cluster-bootstrap CIs."""
     requests = {}
     for arm in arms:
         requests[f"{arm} entropy"] = ("mean", (columns[arm]["entropy"],))

@@ -35,7 +35,6 @@ from audit.recipes.lm_claims import divergence_comparison, percentile_interval, 
 from audit.recipes.train_lm import TeacherLogits, train_lm, training_windows, unigram_perplexity
 from audit.reduce.reduction import reduce_logits
 from audit.report.envelope import versions, write_json
-from audit.report.replicate import render_lm_summary  # noqa: F401 (re-exported: audit.cli imports it from here)
 from audit.report.schema import REPLICATE as SCHEMA
 from audit.run.device import resolve_device
 from audit.run.evaluate import progress_bar
@@ -214,7 +213,7 @@ def replicate_lm(settings: LMReplicateSettings, *, progress: bool = True) -> dic
         "seed_verdicts": [],
         "inheritance": inheritance,
         "exploratory": {"question": "does reverse-KL KD give a more confident student than forward KL?",
-                        **divergence_comparison(LM_GRID, columns, groups, n_bootstrap=settings.n_bootstrap)},
+                        **divergence_comparison(LM_GRID.divergence_arms, columns, groups, n_bootstrap=settings.n_bootstrap)},
         "unigram_perplexity": unigram,
         # the students of deliberately flattened teachers are not checked: they are meant to be flatter
         "untrained_arms": [a.name for a in arms if a.teacher_temperature <= 1.0

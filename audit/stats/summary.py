@@ -7,6 +7,8 @@ import math
 import torch
 
 from audit import stats
+from audit.load.data.text import IGNORE_INDEX
+from audit.reduce.reduction import reduce_logits
 from audit.settings import CompareSettings
 from audit.stats.cluster import cluster_bootstrap_cis
 from audit.stats.inheritance import undefined, verdict
@@ -70,18 +72,21 @@ def confidence_summary(entropy: torch.Tensor, maxprob: torch.Tensor, num_classes
 
 
 def summarize_model(logits: torch.Tensor, labels: torch.Tensor | None, *, n_bins: int = 15) -> dict:
-    """Confidence and calibration of one classifier: :func:`confidence_summary` of its per-example columns,
-    plus what needs the whole (N, K) distribution (margin, Brier, class-wise ECE).
+    """Confidence and calibration of one classifier: :func:`confidence_summary` of the per-example columns of
+    :func:`audit.reduce.reduction.reduce_logits` (the reduction of every model kind, a classifier having one
+    position per example), plus what needs the whole (N, K) distribution (margin, Brier, class-wise ECE).
 
     Args:
         logits: (N, K) logits. labels: (N,) int64 class ids, or None (label-free numbers only).
     """
-    probs = torch.softmax(logits.float(), -1)
-    maxprob, predicted = probs.max(-1)  # ties go to the lowest index, as torch.argmax
-    columns = {"entropy": stats.entropy(probs), "maxprob": maxprob, "num_classes": probs.shape[1], "n_bins": n_bins}
-    if labels is not None:
-        columns.update(correct=predicted == labels, predicted=predicted, nll=stats.nll(logits.float(), labels))
-    out = {**confidence_summary(**columns), "margin_mean": float(stats.margin(probs).mean())}
+    logits = logits.float()
+    targets = labels if labels is not None else torch.full(logits.shape[:1], IGNORE_INDEX)
+    columns = reduce_logits(logits, [], targets, backend="torch").models[0]
+    probs = torch.softmax(logits, -1)
+    k = probs.shape[1]
+    out = confidence_summary(columns["entropy"], columns["maxprob"], k, n_bins=n_bins, **({} if labels is None else {
+        "correct": columns["correct"].bool(), "predicted": columns["top1"].long(), "nll": -columns["target_logprob"]}))
+    out["margin_mean"] = float(stats.margin(probs).mean())
     if labels is not None:
         out.update(brier=float(stats.brier(probs, labels).mean()), brier_convention=BRIER_CONVENTION,
                    ece_classwise=float(stats.classwise_ece(probs, labels, n_bins=n_bins)))

@@ -10,7 +10,6 @@ import torch
 from audit.errors import AuditError
 from audit.recipes.classifier_claims import (
     aggregate,
-    decide_classifier_claims,
     temperature_claim,
     temperature_statistics,
     untrained_arms,
@@ -122,7 +121,7 @@ SCENARIOS = {
 
 @pytest.mark.parametrize(("claim", "expected"), [(c, v) for c, cases in SCENARIOS.items() for v in cases])
 def test_each_claim_can_hold_fail_be_negligible_or_inconclusive(claim, expected):
-    results, _ = decide_classifier_claims(CLASSIFIER_GRID, _scenario(SCENARIOS[claim][expected]), n_bootstrap=400,
+    results, _ = CLASSIFIER_GRID.decide_claims(_scenario(SCENARIOS[claim][expected]), n_bootstrap=400,
                                           num_classes=2)
     checks = [r for r in results if r.claim_id == claim]
     assert overall_verdicts(results)[claim] == expected, [(r.statistic, r.verdict, r.value, r.ci) for r in checks]
@@ -132,7 +131,7 @@ def test_each_claim_can_hold_fail_be_negligible_or_inconclusive(claim, expected)
 
 
 def test_every_claim_holds_in_the_base_scenario():
-    results, inheritance = decide_classifier_claims(CLASSIFIER_GRID, _scenario({}), n_bootstrap=400, num_classes=2)
+    results, inheritance = CLASSIFIER_GRID.decide_claims(_scenario({}), n_bootstrap=400, num_classes=2)
     assert {r.verdict for r in results} == {"holds"}
     assert sorted({r.claim_id for r in results}) == ["C1a", "C1b", "C1c", "C2a", "C2b"]
     deltas = {r.claim_id: r.delta for r in results}
@@ -142,7 +141,7 @@ def test_every_claim_holds_in_the_base_scenario():
 
 def test_c2b_checks_the_correlation_itself():
     """C2b's first part (student and teacher confidences positively correlated) is a check of its own."""
-    results, _ = decide_classifier_claims(CLASSIFIER_GRID, _scenario({}), n_bootstrap=200, num_classes=2)
+    results, _ = CLASSIFIER_GRID.decide_claims(_scenario({}), n_bootstrap=200, num_classes=2)
     first = [r for r in results if r.claim_id == "C2b" and "-" not in r.statistic]
     assert len(first) == 1 and first[0].value > 0.99
 

@@ -11,7 +11,7 @@ from audit_cli import cli as _cli
 from test_stored_reports import differences
 
 from audit.recipes.grid import LM_GRID
-from audit.recipes.lm_claims import decide_lm_claims, divergence_comparison, resampled
+from audit.recipes.lm_claims import divergence_comparison, resampled
 from audit.stats.claims import claim_rows
 from audit.stats.cluster import cluster_bootstrap_cis
 
@@ -45,7 +45,7 @@ def _verdicts(results) -> dict[str, set[str]]:
 
 def test_claims_hold_when_the_entropies_say_so():
     h, groups = _entropies(0, ls_shift=0.5, kd_follows_teacher=True)
-    results, inheritance = decide_lm_claims(LM_GRID, h, groups=groups, vocab_size=V, n_bootstrap=300)
+    results, inheritance = LM_GRID.decide_claims(h, groups=groups, vocab_size=V, n_bootstrap=300)
     verdicts = _verdicts(results)
     assert verdicts["C1a"] == {"holds"} and verdicts["C2a"] == {"holds"} and verdicts["C2b"] == {"holds"}
     assert inheritance["spearman"]["value"] == 1.0
@@ -55,7 +55,7 @@ def test_claims_hold_when_the_entropies_say_so():
 
 def test_claims_fail_when_the_entropies_say_the_opposite():
     h, groups = _entropies(1, ls_shift=-0.5, kd_follows_teacher=False)
-    verdicts = _verdicts(decide_lm_claims(LM_GRID, h, groups=groups, vocab_size=V, n_bootstrap=300)[0])
+    verdicts = _verdicts(LM_GRID.decide_claims(h, groups=groups, vocab_size=V, n_bootstrap=300)[0])
     assert verdicts["C1a"] == {"fails"}
     assert "holds" not in verdicts["C2b"]
 
@@ -84,9 +84,9 @@ def _lm_claim_outputs() -> dict:
     h["ls-0.1"], h["ls-0.3"] = h["erm"] + 0.1 * draw(), h["erm"] + 0.3 * draw()
     columns = {arm: {"entropy": h.get(arm, 2 + draw()), "maxprob": draw(), "correct": (draw() < 0.5).double()}
                for arm in ("kd-forward-kl", "kd-reverse-kl", "kd-jsd-0.5")}
-    claims, inheritance = decide_lm_claims(LM_GRID, h, groups=groups, vocab_size=V, n_bootstrap=200)
+    claims, inheritance = LM_GRID.decide_claims(h, groups=groups, vocab_size=V, n_bootstrap=200)
     return {"claims": claim_rows(claims), "inheritance": inheritance,
-            "divergence": divergence_comparison(LM_GRID, columns, groups, n_bootstrap=200)}
+            "divergence": divergence_comparison(LM_GRID.divergence_arms, columns, groups, n_bootstrap=200)}
 
 
 def test_lm_claims_give_the_stored_numbers():
