@@ -1,13 +1,16 @@
-"""The auditor: teacher and students + data -> a confidence/calibration report (a JSON-ready dict).
+"""The auditor's Python API: teacher and students + data -> a confidence/calibration report (a JSON-ready dict).
 
-Data flows one way: specs -> :func:`audit.run.adapters.set_up` (one adapter per model, the audit picked by the
-teacher's kind) -> for classifiers, :mod:`audit.load.data` -> :mod:`audit.run.predict` (every model's full (N, K) logits)
--> label alignment -> :func:`summarize_model` and :mod:`audit.stats.inheritance` -> the report dict, which
-:mod:`audit.report` renders; causal LMs go to :func:`audit.compare.audit_tokens` instead.
-:func:`compare_predictions` is the pure core; :func:`compare` loads and runs; :func:`compare_callable` audits
-callables over a DataLoader (a notebook's teacher and student, no checkpoints).
+Data flows one way, whatever the model kind: specs -> :func:`audit.run.adapters.set_up` (one adapter per model,
+the kind picked by the teacher) -> :mod:`audit.load` (the data; for LMs its token windows) -> the evaluation loop
+of :mod:`audit.run.evaluate` (a classifier's (N, K) logits, which its calibration family needs while K is small;
+a causal LM's batches reduced to per-token columns at once) -> :mod:`audit.stats.summary` (one per-model summary
+of the columns, the pairs' statistics and verdicts) -> :func:`audit.report.envelope.envelope` -> the report dict,
+which :mod:`audit.report` renders. :func:`compare_predictions` is the classifier's pure core, :func:`token_report`
+the token audit's; :func:`compare` loads and runs; :func:`compare_callable` audits callables over a DataLoader (a
+notebook's teacher and student, no checkpoints).
 
-The report's JSON schema (``"kd-audit/compare/1"``) is documented in the README.
+The report schemas (``"kd-audit/compare/1"`` for classifiers, ``"kd-audit/compare/2"`` for tokens) are documented
+in the README and :mod:`audit.report.schema`.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
-"""The token-level audit of causal LMs (audit.lm) on the tiny Shakespeare fixture teacher and a cut of it.
+"""The token-level audit of causal LMs (audit.compare.compare_lm) on the tiny Shakespeare fixture teacher and a cut of
+it.
 
 Numbers are checked against transformers' own loss and a plain softmax over the model's logits, not against
-audit.lm's formulas; bad input is checked through the CLI (one line, exit 2, nothing written).
+the audit's own formulas; bad input is checked through the CLI (one line, exit 2, nothing written).
 """
 
 import json
