@@ -128,8 +128,8 @@ def _top(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
     """Per row of (P, V) logits: the maximum, its first index, and the ids of the k largest (a set: ties at
     the k-th place are broken as :func:`torch.topk` breaks them). One pass takes the maxima of blocks of
     :data:`TOP_BLOCK` entries; the top-1 then searches the best block, the top-k the k best: a row's k
-    largest entries lie in the k blocks of largest maxima. (On a CPU, max with indices and topk over
-    whole rows of 49,152 took 56% of the reduction's time.)"""
+    largest entries lie in the k blocks of largest maxima: on a CPU, max with indices and topk over whole rows
+    were most of the reduction's time (bench/RESULTS.md)."""
     p, v = x.shape
     if v < 4 * k * TOP_BLOCK:
         top, top1 = x.max(-1)

@@ -45,8 +45,7 @@ _HALVINGS = 10
 MESH_POINTS = 200
 # resampled examples materialised at once by smooth_reliability_band (as stats.MAX_CHUNK_ELEMENTS)
 _BAND_CHUNK_ELEMENTS = 4_000_000
-# examples per deposit pass on CPU: fastest on a 512 KiB-L2 CPU (2^13: +60%, 2^15: +20%); on a 2 MiB-L2 one
-# 2^15-2^17 tie (2^13: +43%)
+# examples per deposit pass on CPU: the chunk's buffers stay in L2 (sizes as measured: bench/RESULTS.md)
 _CPU_CHUNK = 1 << 17
 # the bisection's grids for sigma = 1/512, 1/256, 1/128, 10/1024 have m - 1 = 5120, 2560, 1280, 1024: all
 # are merged from one pass at this size (_merge_cells) instead of one pass each
