@@ -47,7 +47,7 @@ from audit.run.device import resolve_batch_size, resolve_run
 from audit.run.distributed import ProcessGroup, is_main_process
 from audit.run.evaluate import callable_logits, evaluate_tokens, predict_text, token_columns, token_logits
 from audit.settings import MAX_BINS, MAX_BOOTSTRAP, CompareSettings  # noqa: F401 (re-exported)
-from audit.stats.inheritance import pair_statistics, student_differences, verdict
+from audit.stats.inheritance import inheritance_verdict, pair_statistics, student_differences
 from audit.stats.summary import SCATTER_POINTS, summarize_model, summarize_tokens
 from audit.stats.temperature import (
     calibrated_metrics,
@@ -100,7 +100,7 @@ def compare_predictions(teacher: Predictions, students: list[Predictions], label
     teacher_maxprob = stats.max_probability(torch.softmax(teacher.logits, -1))
     for s in students:
         pair_stats = pair_statistics(teacher.logits, s.logits, **boot)
-        label, reason = verdict(pair_stats, models[teacher.name]["entropy_mean"], settings.rule)
+        label, reason = inheritance_verdict(pair_stats, models[teacher.name]["entropy_mean"], settings.rule)
         student_maxprob = stats.max_probability(torch.softmax(s.logits, -1))
         pairs.append({"teacher": teacher.name, "student": s.name, **pair_stats, "verdict": label, "verdict_reason": reason,
                       "scatter": {"teacher_maxprob": teacher_maxprob[scatter_rows].tolist(),
@@ -317,7 +317,7 @@ def add_calibration(report: dict, test: list[Predictions], test_labels: torch.Te
                                                       seed=settings.seed)
         pair_stats = pair_statistics(scaled_teacher, scale_logits(student.logits, temperatures[student.name]).float(),
                                 n_bootstrap=settings.n_bootstrap, seed=settings.seed)
-        label, reason = verdict(pair_stats, float(stats.entropy(torch.softmax(scaled_teacher, -1)).mean()), settings.rule)
+        label, reason = inheritance_verdict(pair_stats, float(stats.entropy(torch.softmax(scaled_teacher, -1)).mean()), settings.rule)
         pair["calibrated"] = {"entropy_shift": pair_stats["entropy_shift"],
                               "corr_entropy_spearman": pair_stats["corr_entropy_spearman"],
                               "verdict": label, "verdict_reason": reason,

@@ -44,7 +44,7 @@ def assert_inherits_confidence(teacher: ModelLike, student: ModelLike, data: str
                                min_correlation: float = 0.5, shift_band: float = 0.25,
                                settings: CompareSettings | None = None) -> dict:
     """The student inherits the teacher's confidence: the compare verdict is "inherits" under this rule
-    (see :func:`audit.stats.inheritance.verdict`)."""
+    (see :func:`audit.stats.inheritance.inheritance_verdict`)."""
     rule = VerdictRule(min_correlation=min_correlation, shift_band=shift_band)
     settings = dataclasses.replace(settings or CompareSettings(progress=False), rule=rule)
     _, pair = _pair_report(teacher, student, data, settings)

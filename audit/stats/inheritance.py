@@ -3,7 +3,7 @@
 Per-example confidence (entropy, max probability) of a teacher and a student on the same examples is
 compared by agreement, KL(teacher || student), the mean entropy shift (student - teacher) and the
 per-example correlation of confidences, each with a seeded percentile-bootstrap CI that resamples
-examples jointly. The verdict rule (:func:`verdict`) is stated in its docstring and in the README.
+examples jointly. The verdict rule (:func:`inheritance_verdict`) is stated in its docstring and in the README.
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ def pair_statistics(teacher_logits: torch.Tensor, student_logits: torch.Tensor, 
     return out
 
 
-def verdict(stats: dict[str, dict], teacher_entropy_mean: float, rule: VerdictRule | None = None) -> tuple[str, str]:
+def inheritance_verdict(stats: dict[str, dict], teacher_entropy_mean: float, rule: VerdictRule | None = None) -> tuple[str, str]:
     """``("inherits" | "moves_away" | "inconclusive", reason)`` for one pair.
 
     The student *inherits* the teacher's confidence when both hold: the CI of the per-example Spearman

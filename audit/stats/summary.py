@@ -11,7 +11,7 @@ from audit.load.data.text import IGNORE_INDEX
 from audit.reduce.reduction import reduce_logits
 from audit.settings import CompareSettings
 from audit.stats.cluster import cluster_bootstrap_cis
-from audit.stats.inheritance import undefined, verdict
+from audit.stats.inheritance import inheritance_verdict, undefined
 
 SCATTER_POINTS = 2000  # teacher-vs-student points kept for the scatter plot
 
@@ -192,7 +192,7 @@ def summarize_tokens(columns: dict[str, torch.Tensor], names: list[str], vocab_s
     for j in range(1, len(names)):
         pair_stats = {k: _stat(point[f"pair{j}.{k}"], cis[f"pair{j}.{k}"]) for k in pair_requests[j]}
         pair_stats.update({k.split(".", 1)[1]: v for k, v in undefined_stats.items() if k.startswith(f"pair{j}.")})
-        label, reason = verdict(pair_stats, models[names[0]]["entropy_mean"], settings.rule)
+        label, reason = inheritance_verdict(pair_stats, models[names[0]]["entropy_mean"], settings.rule)
         rows = torch.randperm(h_t.numel(), generator=torch.Generator().manual_seed(settings.seed))[:SCATTER_POINTS]
         pairs.append({"teacher": names[0], "student": names[j], **pair_stats, "verdict": label, "verdict_reason": reason,
                       "scatter": {"teacher_maxprob": p_t[rows].tolist(),

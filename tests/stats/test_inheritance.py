@@ -6,9 +6,9 @@ import torch
 from audit.stats.inheritance import (
     PAIR_STATISTICS,
     VerdictRule,
+    inheritance_verdict,
     pair_statistics,
     student_differences,
-    verdict,
 )
 
 
@@ -24,14 +24,14 @@ def test_identical_models():
     assert stats["kl"]["value"] == pytest.approx(0.0, abs=1e-6)
     assert stats["entropy_shift"]["value"] == pytest.approx(0.0, abs=1e-6)
     assert stats["corr_entropy_spearman"]["value"] == pytest.approx(1.0)
-    label, reason = verdict(stats, teacher_entropy_mean=0.5)
+    label, reason = inheritance_verdict(stats, teacher_entropy_mean=0.5)
     assert label == "inherits" and "Spearman" in reason
 
 
 def test_student_that_ignores_the_teacher_moves_away():
     stats = pair_statistics(_logits(seed=0), _logits(seed=1), n_bootstrap=200)
     assert abs(stats["corr_entropy_spearman"]["value"]) < 0.2
-    assert verdict(stats, teacher_entropy_mean=0.5)[0] == "moves_away"
+    assert inheritance_verdict(stats, teacher_entropy_mean=0.5)[0] == "moves_away"
 
 
 def test_uniformly_sharper_student_moves_away_overall():
@@ -39,14 +39,14 @@ def test_uniformly_sharper_student_moves_away_overall():
     stats = pair_statistics(z, 4 * z, n_bootstrap=200)  # same ranking of confidence, much more confident
     assert stats["corr_entropy_spearman"]["value"] > 0.9
     assert stats["entropy_shift"]["ci"][1] < 0
-    label, reason = verdict(stats, teacher_entropy_mean=float(torch.distributions.Categorical(logits=z).entropy().mean()))
+    label, reason = inheritance_verdict(stats, teacher_entropy_mean=float(torch.distributions.Categorical(logits=z).entropy().mean()))
     assert label == "moves_away" and "more confident" in reason
 
 
 def test_inconclusive_when_ci_crosses_threshold():
     stats = {"corr_entropy_spearman": {"value": 0.55, "ci": [0.45, 0.65]},
              "entropy_shift": {"value": 0.0, "ci": [-0.01, 0.01]}}
-    assert verdict(stats, 0.5, VerdictRule(min_correlation=0.5))[0] == "inconclusive"
+    assert inheritance_verdict(stats, 0.5, VerdictRule(min_correlation=0.5))[0] == "inconclusive"
 
 
 def test_student_differences_are_paired_and_signed():
