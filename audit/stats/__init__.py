@@ -5,7 +5,8 @@ confidence (:mod:`.confidence`), binned, bin-free and smooth calibration errors 
 :mod:`.estimators`, :mod:`.smooth`), bootstrap intervals by row or by cluster (:mod:`.stats`, :mod:`.model_ci`,
 :mod:`.cluster`), agreement and KL (:mod:`.pairwise`). Built on them: the per-model summary of a report
 (:mod:`.summary`), inheritance and its verdict (:mod:`.inheritance`), temperature scaling (:mod:`.temperature`)
-and the paper's claims (:mod:`.claims`). May import the foundation only.
+and the paper's claims (:mod:`.claims`). May import the foundation; the summary also :mod:`audit.reduce`, whose
+reduction gives a classifier its per-example columns.
 """
 
 from audit.stats.calibration import (

@@ -1,4 +1,6 @@
-"""Every per-model number of a report, from one model's outputs."""
+"""Every per-model number of a report, from one model's per-example (or per-token) columns: one summary for every
+model kind (:func:`confidence_summary`), with what a classifier adds from its (N, K) probabilities
+(:func:`summarize_model`) and the token audit's cluster-bootstrap intervals and pairs (:func:`summarize_tokens`)."""
 
 from __future__ import annotations
 
@@ -14,8 +16,6 @@ from audit.stats.cluster import cluster_bootstrap_cis
 from audit.stats.inheritance import inheritance_verdict, undefined
 
 SCATTER_POINTS = 2000  # teacher-vs-student points kept for the scatter plot
-
-
 BRIER_CONVENTION = "multiclass: mean over examples of sum_k (p_k - 1[k=y])^2, range [0, 2]"
 HISTOGRAM_BINS = 20
 CALIBRATION_EXTRAS = ("smece", "ece_debiased", "ece_sweep", "ece_toplabel", "ks")
