@@ -271,6 +271,15 @@ def test_calibrate_fits_each_models_temperature_and_scales_the_test_tokens(docs)
     assert ratio["ci"][0] <= ratio["ratio"] <= ratio["ci"][1]
     assert report["calibration"]["n"] == report["models"]["lm-teacher"]["n"]  # every dev token fits the sample
     assert report["pairs"][0]["calibrated"]["verdict"] in ("inherits", "moves_away", "inconclusive")
+    from rich.console import Console
+
+    from audit.report.html import render_html
+    from audit.report.terminal import render_compare
+
+    console = Console(record=True, width=200)
+    render_compare(report, console)
+    for page in (console.export_text(), render_html(report)):
+        assert "Temperature scaling" in page and "smooth ECE" in page and "KS calibration error" in page
 
 
 def test_calibrate_needs_calibration_text_and_a_teacher_with_full_logits(tmp_path, capsys, docs):
