@@ -446,13 +446,13 @@ def audit_tokens(setup: Setup, data: str | Documents, settings: CompareSettings)
                              "or drop --calibrate")
         calibration = fit_token_temperatures(models, lms[0].tokenizer, data, settings, device=device, dtype=dtype,
                                              batch_size=batch_size)
-    temperatures = None if calibration is None else calibration["temperatures"]
-    n_columns = len(column_names([m.name for m in models], len(models) - 1)) * (1 if temperatures is None else 2)
+    scaled = None if calibration is None else {"calibrated": dict(enumerate(calibration["temperatures"]))}
+    n_columns = len(column_names([m.name for m in models], len(models) - 1)) * (1 if scaled is None else 2)
     store = open_store(token_key([m.model for m in models], documents, windows, dtype=dtype, device=device,
-                                 batch_size=batch_size, temperatures=temperatures),
+                                 batch_size=batch_size, scaled=scaled),
                        name="+".join(m.name for m in models), width=n_columns) if settings.cache else None
     columns = evaluate_tokens(models, windows, device=device, dtype=dtype, batch_size=batch_size,
-                              progress=settings.progress, store=store, group=setup.group, temperatures=temperatures)
+                              progress=settings.progress, store=store, group=setup.group, scaled=scaled)
     data_info = {"name": documents.name, **documents.info, "unit": "token", "n": int(columns["sequence"].numel()),
                  "n_sequences": len(documents), "windows": windows.info, "label_names": None}
     return token_report(columns, models, vocab_size, settings=settings, data_info=data_info, topk=topk,

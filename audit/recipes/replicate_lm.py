@@ -25,7 +25,6 @@ from pathlib import Path
 import torch
 
 from audit import stats
-from audit.compare import MAX_BOOTSTRAP
 from audit.errors import AuditError
 from audit.load.causal_lm import CausalLM, load_causal_lm
 from audit.load.data.text import IGNORE_INDEX, TokenWindows, read_documents, tokenize_windows
@@ -33,12 +32,12 @@ from audit.package import fixtures_path
 from audit.recipes.grid import JSD_BETA, LM_GRID, SMOLLM2, Arm, LMProfile
 from audit.recipes.lm_claims import divergence_comparison, percentile_interval, resampled
 from audit.recipes.train_lm import TeacherLogits, train_lm, training_windows, unigram_perplexity
-from audit.reduce.reduction import reduce_logits
 from audit.report.envelope import versions, write_json
 from audit.report.schema import REPLICATE as SCHEMA
+from audit.run.adapters import adapter_of
 from audit.run.device import resolve_device
-from audit.run.evaluate import progress_bar
-from audit.settings import LMTrainSettings
+from audit.run.evaluate import evaluate_tokens
+from audit.settings import MAX_BOOTSTRAP, LMTrainSettings
 from audit.stats.claims import claim_rows, overall_verdicts
 
 TASK = "shakespeare"
@@ -124,29 +123,20 @@ class LMReplicateSettings:
 def arm_token_columns(teacher: CausalLM, students: dict[str, CausalLM], windows: TokenWindows, *, batch_size: int,
                       device: torch.device, progress: bool = False) -> dict[str, dict[str, torch.Tensor]]:
     """Per scored token (P,): entropy, max probability, correctness (top-1 = next token) and NLL of the teacher
-    (``"teacher"``), the teacher's logits divided by each of the LM grid's teacher temperatures (``"teacher/T"``)
-    and every student, in the row-major order of ``windows.targets != -100``; the teacher runs once per batch."""
-    temperatures = {LM_GRID.scaled_teacher_name("teacher", t): t for t in (1.0, *LM_GRID.teacher_temperatures)}
-    names = [*temperatures, *students]
-    parts: dict[str, dict[str, list]] = {n: {"entropy": [], "maxprob": [], "correct": [], "nll": []} for n in names}
-    with progress_bar(progress) as bar, torch.inference_mode():
-        task = bar.add_task("auditing the arms", total=len(windows))
-        for a in range(0, len(windows), batch_size):
-            ids, mask = windows.input_ids[a:a + batch_size].to(device), windows.attention_mask[a:a + batch_size].to(device)
-            targets = windows.targets[a:a + batch_size].to(device)
-            keep = targets != IGNORE_INDEX
-            t = teacher.model(input_ids=ids, attention_mask=mask).logits[keep].float()  # (P_batch, V)
-            for name in names:
-                if name in students:
-                    logits = students[name].model(input_ids=ids, attention_mask=mask).logits[keep].float()
-                else:
-                    logits = t / temperatures[name]
-                columns = reduce_logits(logits, [], targets[keep]).models[0]
-                for key, value in (("entropy", columns["entropy"]), ("maxprob", columns["maxprob"]),
-                                   ("correct", columns["correct"]), ("nll", -columns["target_logprob"])):
-                    parts[name][key].append(value.double().cpu())
-            bar.advance(task, ids.shape[0])
-    return {n: {k: torch.cat(v) for k, v in cols.items()} for n, cols in parts.items()}
+    (``"teacher/1"``), the teacher's logits divided by each of the LM grid's teacher temperatures (``"teacher/T"``)
+    and every student, in the row-major order of ``windows.targets != -100``: the audit's token evaluation
+    (:func:`audit.run.evaluate.evaluate_tokens`), where the teacher runs once per batch and its scaled views reuse
+    its logits."""
+    names = [LM_GRID.scaled_teacher_name("teacher", t) for t in (1.0, *LM_GRID.teacher_temperatures)]
+    scaled = {name: {0: t} for name, t in zip(names[1:], LM_GRID.teacher_temperatures)}
+    models = [adapter_of(teacher, names[0]), *(adapter_of(model, name) for name, model in students.items())]
+    columns = evaluate_tokens(models, windows, device=device, dtype=next(teacher.model.parameters()).dtype,
+                              batch_size=batch_size, progress=progress, scaled=scaled)
+    prefixes = {names[0]: "0.", **{name: f"{name}.0." for name in scaled},
+                **{name: f"{m}." for m, name in enumerate(students, start=1)}}
+    return {name: {"entropy": columns[f"{p}entropy"].double(), "maxprob": columns[f"{p}maxprob"].double(),
+                   "correct": columns[f"{p}correct"].double(), "nll": -columns[f"{p}target_logprob"].double()}
+            for name, p in prefixes.items()}
 
 
 def replicate_lm(settings: LMReplicateSettings, *, progress: bool = True) -> dict:

@@ -172,10 +172,10 @@ def prediction_key(classifier: TextClassifier, data: TextData, *, dtype: torch.d
 
 
 def token_key(models: list, documents: Documents, windows: TokenWindows, *, dtype: torch.dtype,
-              device: torch.device, batch_size: int, temperatures: list[float] | None = None) -> dict:
+              device: torch.device, batch_size: int, scaled: dict[str, dict[int, float]] | None = None) -> dict:
     """Everything a token audit's columns depend on, as :func:`prediction_key` for a classifier's logits: every
     model (a top-k teacher by its file's bytes), the documents, the windowing, how they ran, and the temperatures
-    of calibrated columns."""
+    of the scaled views (:func:`audit.run.evaluate.evaluate_tokens`)."""
     digest = hashlib.sha256()
     for values in (documents.texts, documents.ids, documents.prompts or []):
         digest.update(json.dumps(values).encode())
@@ -184,8 +184,8 @@ def token_key(models: list, documents: Documents, windows: TokenWindows, *, dtyp
                       for m in models],
            "documents": digest.hexdigest(), "windows": windows.info, "dtype": str(dtype), "device": device.type,
            "batch_size": batch_size}
-    if temperatures is not None:
-        key["temperatures"] = [float(t).hex() for t in temperatures]
+    if scaled:
+        key["scaled"] = {name: [[i, float(t).hex()] for i, t in view.items()] for name, view in scaled.items()}
     return key
 
 

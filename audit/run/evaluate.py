@@ -17,7 +17,7 @@ The callers: :func:`audit.run.evaluate.predict_text` (a classifier's logits, one
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -197,7 +197,7 @@ def token_columns(stream: Iterable[list], names: list[str]) -> tuple[dict[str, t
 def evaluate_tokens(models: list, windows: TokenWindows, *, device: torch.device, dtype: torch.dtype,
                     batch_size: int, progress: bool = False, store: PredictionStore | None = None,
                     group: ProcessGroup | None = None,
-                    temperatures: Sequence[float] | None = None) -> dict[str, torch.Tensor]:
+                    scaled: Mapping[str, Mapping[int, float]] | None = None) -> dict[str, torch.Tensor]:
     """Per-position columns of the teacher (``models[0]``) and its students on every scored token.
 
     ``models`` are :class:`CausalLM` or adapters (:mod:`audit.run.adapters`); a top-k teacher
@@ -205,8 +205,10 @@ def evaluate_tokens(models: list, windows: TokenWindows, *, device: torch.device
     and KLs use the tail bucket of :mod:`audit.reduce.topk` (approximations stated there). Per batch every model's
     adapter yields its logits of the same positions and :func:`reduce_batches` turns them into columns.
 
-    With ``temperatures`` (one per model, teacher first: ``--calibrate``'s T*), the same pass also reduces every
-    model's logits divided by its temperature, into the columns ``"calibrated.<column>"``.
+    ``scaled`` adds views of the same forwards at other temperatures: ``{name: {model index: T}}`` reduces those
+    models' logits divided by their T together (the first index as their teacher), into the columns
+    ``"<name>.<column>"`` (``--calibrate``: every model at its T*; the LM grid: the teacher at each of its
+    temperatures).
 
     Returns:
         ``{"0.entropy": (P,), ..., "pair0.kl": (P,), ..., "sequence": (P,) int64}`` float32 CPU columns in the
@@ -216,8 +218,8 @@ def evaluate_tokens(models: list, windows: TokenWindows, *, device: torch.device
     scored = (windows.targets != IGNORE_INDEX).sum(1)
     offsets = torch.cat([torch.zeros(1, dtype=torch.int64), scored.cumsum(0)])
     columns = column_names([m.name for m in adapters], len(adapters) - 1)
-    if temperatures is not None:
-        columns += [f"calibrated.{c}" for c in columns]
+    for name, view in (scaled or {}).items():
+        columns += [f"{name}.{c}" for c in column_names([adapters[i].name for i in view], len(view) - 1)]
     plan = _batches(windows, batch_size)
 
     def blocks(wanted: set[int]) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
@@ -225,10 +227,10 @@ def evaluate_tokens(models: list, windows: TokenWindows, *, device: torch.device
         for batches in zip(*streams):  # each model's batch of the same windows, teacher first
             index = batches[0].index
             block = reduction_block(reduce_batches(list(batches)))
-            if temperatures is not None:
-                scaled = [dataclasses.replace(b, logits=b.logits / t) for b, t in zip(batches, temperatures)]
-                block = torch.cat([block, reduction_block(reduce_batches(scaled))], 1)
-                del scaled
+            for view in (scaled or {}).values():
+                views = [dataclasses.replace(batches[i], logits=batches[i].logits / t) for i, t in view.items()]
+                block = torch.cat([block, reduction_block(reduce_batches(views))], 1)
+                del views
             del batches  # no frame keeps the logits while the caller stores the block
             a, b = plan[index]
             yield index, torch.arange(int(offsets[a]), int(offsets[b])), block
