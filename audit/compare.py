@@ -51,7 +51,6 @@ from audit.stats.inheritance import inheritance_verdict, pair_statistics, studen
 from audit.stats.summary import SCATTER_POINTS, summarize_model, summarize_tokens
 from audit.stats.temperature import (
     calibrated_metrics,
-    clustered_temperature_ratio,
     fit_temperature,
     scale_logits,
     temperature_ratio,
@@ -481,8 +480,8 @@ def fit_token_temperatures(models: list, tokenizer, data: str | Documents, setti
                                              max_positions=CALIBRATION_POSITIONS, seed=settings.seed)
     resamples = min(settings.n_bootstrap, TEMPERATURE_RESAMPLES)
     return {"temperatures": [fit_temperature(z, targets) for z in logits],
-            "ratios": [clustered_temperature_ratio(logits[0], z, targets, sequence, n_resamples=resamples,
-                                                   seed=settings.seed) for z in logits[1:]],
+            "ratios": [temperature_ratio(logits[0], z, targets, groups=sequence, n_resamples=resamples,
+                                         seed=settings.seed) for z in logits[1:]],
             "data": spec, "n": int(targets.numel()), "n_sequences": int(sequence.unique().numel())}
 
 

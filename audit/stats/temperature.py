@@ -242,23 +242,27 @@ def calibrated_metrics(cal_logits: torch.Tensor, cal_labels: torch.Tensor, test_
 
 
 def temperature_ratio(teacher_logits: torch.Tensor, student_logits: torch.Tensor, labels: torch.Tensor, *,
-                      n_resamples: int = 200, level: float = 0.95, seed: int = 0) -> dict:
+                      groups: torch.Tensor | None = None, n_resamples: int = 200, level: float = 0.95,
+                      seed: int = 0) -> dict:
     """``T*_student / T*_teacher`` on one calibration split, with a paired percentile bootstrap CI that
     refits both temperatures on each resample.
 
     Both models are refitted on the same resamples (:func:`bootstrap_temperatures`); fits at a bound are
-    counted in ``degenerate_resamples``.
+    counted in ``degenerate_resamples``. With ``groups`` (positions that come in groups: the tokens of a
+    sequence) whole groups are resampled and each resample's temperatures come from
+    :func:`one_step_temperatures`.
 
     Args:
         teacher_logits, student_logits: (N, K) floating logits of the same examples (K may differ).
         labels: (N,) class indices.
+        groups: (N,) integer group of each row, or None (rows resampled).
         n_resamples: bootstrap resamples >= 1.
         level: coverage in (0, 1).
         seed: generator seed.
 
     Returns:
         ``{"teacher": T_t, "student": T_s, "ratio": T_s / T_t, "ci": [low, high], "level": level,
-        "n_resamples": n_resamples, "degenerate_resamples": int}`` with Python numbers.
+        "n_resamples": n_resamples, "degenerate_resamples": int, "method": str}`` with Python numbers.
 
     Raises:
         TemperatureError, AuditError: as :func:`fit_temperature` on the full split, mismatched N or
@@ -283,13 +287,20 @@ def temperature_ratio(teacher_logits: torch.Tensor, student_logits: torch.Tensor
         raise AuditError(f"expected level in (0, 1), got {level!r}; pass e.g. 0.95")
     teacher = fit_temperature(teacher_logits, labels)
     student = fit_temperature(student_logits, labels)
-    resampled, degenerate = bootstrap_temperatures([teacher_logits, student_logits], labels,
-                                                   n_resamples=n_resamples, seed=seed)
+    if groups is None:
+        resampled, degenerate = bootstrap_temperatures([teacher_logits, student_logits], labels,
+                                                       n_resamples=n_resamples, seed=seed)
+        method = "bootstrap of examples; each resample's T* refitted"
+    else:
+        resampled = one_step_temperatures([teacher_logits, student_logits], labels, groups, [teacher, student],
+                                          n_resamples=n_resamples, seed=seed)
+        degenerate = int((resampled == T_MAX).sum())
+        method = "cluster bootstrap by sequence; each resample's T* one second-order step in 1/T from the fit"
     alpha = (1.0 - level) / 2
     low, high = torch.quantile(resampled[:, 1] / resampled[:, 0],
                                torch.tensor([alpha, 1.0 - alpha], dtype=torch.float64)).tolist()
     return {"teacher": teacher, "student": student, "ratio": student / teacher, "ci": [low, high], "level": level,
-            "n_resamples": n_resamples, "degenerate_resamples": degenerate}
+            "n_resamples": n_resamples, "degenerate_resamples": degenerate, "method": method}
 
 
 def bootstrap_temperatures(logits: list[torch.Tensor], labels: torch.Tensor, *, n_resamples: int,
@@ -375,35 +386,3 @@ def one_step_temperatures(logits: list[torch.Tensor], labels: torch.Tensor, grou
             columns.append(resampled)
         out.append(torch.stack(columns, 1))
     return torch.cat(out)
-
-
-def clustered_temperature_ratio(teacher_logits: torch.Tensor, student_logits: torch.Tensor, labels: torch.Tensor,
-                                groups: torch.Tensor, *, n_resamples: int = 200, level: float = 0.95,
-                                seed: int = 0) -> dict:
-    """:func:`temperature_ratio` for positions that come in groups (the tokens of a sequence): the CI resamples
-    whole groups, each resample's temperatures by :func:`one_step_temperatures`.
-
-    Args:
-        teacher_logits, student_logits: (P, V) floating logits of the same positions. labels: (P,) targets.
-        groups: (P,) integer group (sequence) of each position.
-
-    Returns:
-        As :func:`temperature_ratio`, with ``"method"`` naming the resampling.
-
-    Raises:
-        TemperatureError, AuditError: as :func:`fit_temperature`; n_resamples < 1 or level outside (0, 1).
-    """
-    if isinstance(n_resamples, bool) or not isinstance(n_resamples, int) or n_resamples < 1:
-        raise AuditError(f"expected n_resamples as an int >= 1, got {n_resamples!r}; pass e.g. 200")
-    if not 0.0 < level < 1.0:
-        raise AuditError(f"expected level in (0, 1), got {level!r}; pass e.g. 0.95")
-    teacher = fit_temperature(teacher_logits, labels)
-    student = fit_temperature(student_logits, labels)
-    resampled = one_step_temperatures([teacher_logits, student_logits], labels, groups, [teacher, student],
-                                      n_resamples=n_resamples, seed=seed)
-    alpha = (1.0 - level) / 2
-    low, high = torch.quantile(resampled[:, 1] / resampled[:, 0],
-                               torch.tensor([alpha, 1.0 - alpha], dtype=torch.float64)).tolist()
-    return {"teacher": teacher, "student": student, "ratio": student / teacher, "ci": [low, high], "level": level,
-            "n_resamples": n_resamples, "degenerate_resamples": int((resampled == T_MAX).sum()),
-            "method": "cluster bootstrap by sequence; each resample's T* one second-order step in 1/T from the fit"}

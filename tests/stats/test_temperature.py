@@ -238,12 +238,10 @@ def test_one_step_cluster_temperatures_follow_the_full_refits():
     assert float(fast[:, 1].max() - fast[:, 1].min()) > 0.05 * fitted[1]  # the resamples do move T*
 
 
-def test_clustered_ratio_is_the_ratio_of_the_fits_inside_its_interval():
-    from audit.stats.temperature import clustered_temperature_ratio
-
+def test_a_ratio_by_groups_is_the_ratio_of_the_fits_inside_its_interval():
     g = torch.Generator().manual_seed(4)
     labels = torch.randint(0, 5, (600,), generator=g)
     teacher = torch.randn(600, 5, generator=g) + 3 * torch.nn.functional.one_hot(labels, 5)
-    out = clustered_temperature_ratio(teacher, 2 * teacher, labels, torch.arange(600) // 20, n_resamples=100)
+    out = temperature_ratio(teacher, 2 * teacher, labels, groups=torch.arange(600) // 20, n_resamples=100)
     assert out["ratio"] == pytest.approx(2.0, rel=1e-6)  # doubled logits need twice the temperature
     assert out["ci"][0] <= out["ratio"] <= out["ci"][1] and out["ci"][1] - out["ci"][0] < 1e-6
