@@ -34,7 +34,7 @@ def undefined(reason: str) -> dict:
     return {"value": None, "ci": None, "reason": reason}
 
 
-def _constant(x: torch.Tensor) -> bool:
+def is_constant(x: torch.Tensor) -> bool:
     """True when x does not vary beyond float rounding (a correlation with it would be noise)."""
     x = x.double()
     return bool(x.max() - x.min() <= 1e-6 * max(1.0, float(x.abs().max())))
@@ -82,7 +82,7 @@ def pair_statistics(teacher_logits: torch.Tensor, student_logits: torch.Tensor, 
     out = {}
     for key in PAIR_STATISTICS:
         samples, fn = per_example[key], functions[key]
-        constant = [names[id(x)] for x in samples if len(samples) == 2 and _constant(x)]
+        constant = [names[id(x)] for x in samples if len(samples) == 2 and is_constant(x)]
         if constant:
             out[key] = undefined(f"the {' and the '.join(constant)} is constant on these data, so a correlation "
                                  "with it is undefined")

@@ -13,7 +13,7 @@ from audit.load.data.text import IGNORE_INDEX
 from audit.reduce.reduction import reduce_logits
 from audit.settings import CompareSettings
 from audit.stats.cluster import cluster_bootstrap_cis
-from audit.stats.inheritance import inheritance_verdict, undefined
+from audit.stats.inheritance import inheritance_verdict, is_constant, undefined
 
 SCATTER_POINTS = 2000  # teacher-vs-student points kept for the scatter plot
 BRIER_CONVENTION = "multiclass: mean over examples of sum_k (p_k - 1[k=y])^2, range [0, 2]"
@@ -112,11 +112,6 @@ def _stat(value: float, ci: tuple[float, float]) -> dict:
     return {"value": value, "ci": [ci[0], ci[1]]}
 
 
-def _constant(x: torch.Tensor) -> bool:
-    x = x.double()
-    return bool(x.max() - x.min() <= 1e-6 * max(1.0, float(x.abs().max())))
-
-
 def summarize_tokens(columns: dict[str, torch.Tensor], names: list[str], vocab_size: int, *,
                      settings: CompareSettings, topk: int | None = None) -> tuple[dict, list[dict], list[dict]]:
     """Per-model numbers, per-pair statistics with verdicts, and student-vs-student entropy differences.
@@ -162,7 +157,7 @@ def summarize_tokens(columns: dict[str, torch.Tensor], names: list[str], vocab_s
             "entropy_shift": ("mean", ((h_s - h_t).double(),)),
         }
         for kind, (x, y), label in (("entropy", (h_t, h_s), "entropy"), ("maxprob", (p_t, p_s), "max probability")):
-            constant = [who for who, v in (("teacher", x), ("student", y)) if _constant(v)]
+            constant = [who for who, v in (("teacher", x), ("student", y)) if is_constant(v)]
             for method in ("pearson", "spearman"):
                 key = f"corr_{kind}_{method}"
                 if constant:
