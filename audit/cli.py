@@ -15,7 +15,7 @@ from typing import Annotated
 
 import typer
 
-from audit.errors import AuditError, AuditWarning
+from audit.errors import AuditError, AuditWarning, warn
 from audit.outputs import Output, check_outputs, write_files
 from audit.package import fixtures_path, version
 from audit.settings import CompareSettings, TrainSettings
@@ -113,7 +113,7 @@ def compare(
 ) -> None:
     """Compare a teacher with its students: confidence, calibration and inheritance."""
     from audit.compare import compare_with_predictions as run_compare
-    from audit.compare import logits_files
+    from audit.compare import logits_files, refuse_saved_token_logits
     from audit.report.terminal import render_compare
     from audit.run.distributed import is_main_process
 
@@ -139,10 +139,9 @@ def compare(
     if save_logits is not None:
         outputs.append(Output(save_logits, "folder", "--save-logits"))
     check_outputs(outputs, [teacher, *student, data, calibration_data])
+    if save_logits is not None:
+        refuse_saved_token_logits(teacher, settings)
     report, predictions = run_compare(teacher, student, data, names=name, settings=settings)
-    if save_logits is not None and not predictions:
-        raise AuditError("expected --save-logits only for classifiers, got a language-model audit: per-token logits "
-                         "are as wide as the vocabulary; keep the report (--json) instead")
     if is_main_process():  # under torchrun / accelerate launch, rank 0 alone prints and writes
         render_compare(report)
         logits = logits_files(predictions, save_logits) if save_logits is not None else {}
@@ -241,7 +240,7 @@ def train(
 
     from audit.load.causal_lm import is_causal_lm_spec
     from audit.run.distributed import is_main_process
-    from audit.settings import TINY_LM, LMTrainSettings
+    from audit.settings import TINY_LM, LMTrainSettings, unused_loss_options
 
     # options left unset take the recipe's own default (its settings dataclass)
     given = {k: v for k, v in dict(epochs=epochs, batch_size=batch_size, lr=lr, max_length=max_length).items()
@@ -254,7 +253,13 @@ def train(
         topk = None if teacher_topk is None else str(teacher_topk)
         lm_only = {k: v for k, v in dict(divergence=divergence, beta=beta, steps=steps, stride=stride,
                                          teacher_topk=topk, freeze_embeddings=freeze_embeddings).items() if v is not None}
-        record = train_lm(LMTrainSettings(**shared, **given, **lm_only), overwrite=overwrite, progress=progress)
+        lm_settings = LMTrainSettings(**shared, **given, **lm_only)
+        unused = unused_loss_options(lm_settings)
+        if head_lr is not None:
+            unused.append("--head-lr has no effect on a causal-LM student (no new head)")
+        for message in unused:
+            warn(f"{message}; drop it")
+        record = train_lm(lm_settings, overwrite=overwrite, progress=progress)
         if is_main_process():
             dev = record["dev"]
             Console().print(f"saved {out}: {record['steps']} steps in {record['wall_seconds']:.1f} s; dev perplexity "
@@ -268,6 +273,8 @@ def train(
     from audit.recipes.train import train as run_train
 
     settings = TrainSettings(**shared, **given, head_lr=head_lr)
+    for message in unused_loss_options(settings):
+        warn(f"{message}; drop it")
     record = run_train(settings, overwrite=overwrite, progress=progress)
     if not is_main_process():
         return
@@ -305,9 +312,10 @@ def replicate(
         from audit.recipes.replicate_lm import LMReplicateSettings, replicate_lm
         from audit.report.replicate import render_lm_summary
 
-        if eval_task or jobs is not None:
-            raise AuditError("expected no --eval-task or --jobs with --task shakespeare, got one; the LM grid has no "
-                             "shift audit, and its arms share one teacher in one process")
+        if eval_task or jobs is not None or plots or html:
+            raise AuditError("expected no --eval-task, --jobs, --plots or --html with --task shakespeare, got one; the "
+                             "LM grid has no shift audit, its arms share one teacher in one process, and its summary "
+                             "renders in the terminal and --out's summary.json only")
         summary = replicate_lm(LMReplicateSettings(task=task, out=str(out), profile=profile, seeds=seeds, device=device,
                                                    n_bootstrap=bootstrap), progress=progress)
         render_lm_summary(summary)

@@ -37,6 +37,7 @@ from audit.run.adapters import (
     Adapter,
     Setup,
     TopkFileAdapter,
+    audit_kind,
     callable_batches,
     load_adapter,
     set_up,
@@ -46,7 +47,7 @@ from audit.run.cache import PredictionStore, open_store, prediction_key, token_k
 from audit.run.device import resolve_batch_size, resolve_run
 from audit.run.distributed import ProcessGroup, is_main_process
 from audit.run.evaluate import callable_logits, evaluate_tokens, predict_text, token_columns, token_logits
-from audit.settings import MAX_BINS, MAX_BOOTSTRAP, CompareSettings  # noqa: F401 (re-exported)
+from audit.settings import MAX_BINS, MAX_BOOTSTRAP, CompareSettings, unused_compare_options  # noqa: F401 (re-exported)
 from audit.stats.inheritance import inheritance_verdict, pair_statistics, student_differences
 from audit.stats.summary import SCATTER_POINTS, summarize_model, summarize_tokens
 from audit.stats.temperature import (
@@ -89,6 +90,8 @@ def compare_predictions(teacher: Predictions, students: list[Predictions], label
     for s in students:
         models[s.name] = {"role": "student", "source": s.source,
                           **summarize_model(s.logits, labels, n_bins=settings.n_bins)}
+    if settings.model_cis and labels is None:
+        warn("--model-cis has no effect without labels (the data has none); pass data with a label column or drop it")
     if settings.model_cis and labels is not None:
         for p in (teacher, *students):
             models[p.name]["ci"] = stats.model_cis(p.logits, labels, n_bins=settings.n_bins,
@@ -136,10 +139,22 @@ def compare(teacher: ModelLike, students: list[ModelLike], data: str | TextData 
     if save_logits is not None:
         check_outputs([Output(Path(save_logits), "folder", "save_logits")],
                       [s for s in (teacher, *students, data) if isinstance(s, str)])
+        refuse_saved_token_logits(teacher, settings or CompareSettings())
     report, predictions = compare_with_predictions(teacher, students, data, names=names, settings=settings)
     if save_logits is not None and is_main_process():
         write_files(logits_files(predictions, Path(save_logits)))
     return report
+
+
+def refuse_saved_token_logits(teacher: ModelLike, settings: CompareSettings) -> None:
+    """Refuse, before any work, to keep the logits of a token audit.
+
+    Raises:
+        AuditError: the teacher is a causal LM (or a top-k file).
+    """
+    if audit_kind(teacher, settings) == "lm":
+        raise AuditError("expected --save-logits only for classifiers, got a language-model audit: per-token logits "
+                         "are as wide as the vocabulary; keep the report (--json) instead")
 
 
 def compare_with_predictions(teacher: ModelLike, students: list[ModelLike], data: str | TextData | None, *,
@@ -152,12 +167,14 @@ def compare_with_predictions(teacher: ModelLike, students: list[ModelLike], data
     """
     settings = settings or CompareSettings()
     setup = set_up(teacher, students, names, settings)
-    if setup.kind == "lm":
-
-        return audit_tokens(setup, data, settings), []
     if setup.kind == "callable":
         raise AuditError("expected model specs or loaded models, got a callable; audit callables with "
                          "audit.compare_callable and their DataLoader")
+    audit = "lm" if setup.kind == "lm" else "logits" if all(m.saved for m in setup.models) else "classifier"
+    for unused in unused_compare_options(settings, audit):
+        warn(f"{unused}; drop it")
+    if audit == "lm":
+        return audit_tokens(setup, data, settings), []
     return audit_classifiers(setup, data, settings)
 
 

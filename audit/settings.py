@@ -78,6 +78,62 @@ class CompareSettings:
             raise AuditError(f"expected --batch-size auto or >= 1, got {self.batch_size}")
 
 
+AUDITS = ("classifier", "logits", "lm")
+AUDIT_NAMES = {"classifier": "a classifier audit", "logits": "an audit of saved logits files (no model runs)",
+               "lm": "a token audit of causal LMs"}
+# The compare options that act in some audits only ("classifier": checkpoints run over text; "logits": every
+# model a saved logits file; "lm": causal LMs, token by token). Every other option acts in all three, but for
+# --no-progress and --no-cache, which only turn something off and are never a mistake to pass.
+OPTION_AUDITS = {
+    "text_pair_column": {"classifier", "logits"},
+    "label_column": {"classifier", "logits"},
+    "id_column": {"classifier", "logits"},
+    "allow_pickle": {"classifier", "logits"},
+    "tokenizer": {"classifier"},
+    "allow_missing_weights": {"classifier"},
+    "trust_remote_code": {"classifier", "lm"},
+    "device": {"classifier", "lm"},
+    "dtype": {"classifier", "lm"},
+    "batch_size": {"classifier", "lm"},
+    "max_length": {"classifier", "lm"},
+    "stride": {"lm"},
+    "prompt_column": {"lm"},
+    "completion_column": {"lm"},
+}
+FLAGS = {"n_bins": "--bins", "n_bootstrap": "--bootstrap"}  # settings named otherwise on the command line
+
+
+def flag(field_name: str) -> str:
+    """The command-line option of a settings field."""
+    return FLAGS.get(field_name, "--" + field_name.replace("_", "-"))
+
+
+def given(settings: object, name: str) -> bool:
+    """Whether a settings field holds other than its default (what a user passed)."""
+    return getattr(settings, name) != getattr(type(settings), name, None)
+
+
+def unused_compare_options(settings: CompareSettings, audit: str) -> list[str]:
+    """The options given that have no effect in ``audit`` (one of :data:`AUDITS`), each with why."""
+    unused = [f"{flag(name)} has no effect on {AUDIT_NAMES[audit]}" for name, audits in OPTION_AUDITS.items()
+              if audit not in audits and given(settings, name)]
+    if settings.calibration_data is not None and not settings.calibrate:
+        unused.append("--calibration-data has no effect without --calibrate")
+    return unused
+
+
+def unused_loss_options(settings: TrainSettings | LMTrainSettings) -> list[str]:
+    """The training options given that the run's loss (or student kind) never reads, each with why."""
+    loss_options = {"label_smoothing": "ls", "temperature": "kd", "kd_weight": "kd"}
+    if isinstance(settings, TrainSettings):
+        loss_options["teacher"] = "kd"  # an LM student always uses its teacher (tokenizer, dev audit)
+    unused = [f"{flag(name)} has no effect with --loss {settings.loss} (only with --loss {loss})"
+              for name, loss in loss_options.items() if settings.loss != loss and given(settings, name)]
+    if isinstance(settings, LMTrainSettings) and settings.divergence != "jsd" and given(settings, "beta"):
+        unused.append(f"--beta has no effect with --divergence {settings.divergence or 'forward-kl'} (only with jsd)")
+    return unused
+
+
 @dataclass
 class TrainSettings:
     """Every option of a training run, with its default (the CLI reads these defaults).
