@@ -20,7 +20,7 @@ from audit.outputs import Output, check_outputs, write_files
 from audit.package import fixtures_path, version
 from audit.settings import CompareSettings, TrainSettings
 
-app = typer.Typer(add_completion=False, no_args_is_help=False, pretty_exceptions_enable=False,
+app = typer.Typer(add_completion=False, no_args_is_help=False, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="Audit what distillation did to a model's confidence. Without a command: compare (with no "
                        "options, the built-in teacher and students).")
 data_app = typer.Typer(help="Built-in data sets.", add_completion=False)
@@ -87,11 +87,11 @@ def compare(
     save_logits: Annotated[Path | None, typer.Option(help="Keep every model's logits in this folder.")] = None,
     plots: Annotated[Path | None, typer.Option(help="Write PNG figures into this folder.")] = None,
     html: Annotated[Path | None, typer.Option(help="Write a self-contained HTML report here.")] = None,
-    allow_pickle: Annotated[bool, typer.Option(help="Allow pickle weights (they can run code).")] = CompareSettings.allow_pickle,
-    trust_remote_code: Annotated[bool, typer.Option(help="Allow a model's own Python code.")] = CompareSettings.trust_remote_code,
+    allow_pickle: Annotated[bool, typer.Option("--allow-pickle", help="Allow pickle weights (they can run code).")] = CompareSettings.allow_pickle,
+    trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="Allow a model's own Python code.")] = CompareSettings.trust_remote_code,
     tokenizer: Annotated[str | None, typer.Option(help="Tokenizer folder or hub id for checkpoints saved without "
                                                        "one.")] = CompareSettings.tokenizer,
-    allow_missing_weights: Annotated[bool, typer.Option(help="Load checkpoints with missing weights (e.g. a "
+    allow_missing_weights: Annotated[bool, typer.Option("--allow-missing-weights", help="Load checkpoints with missing weights (e.g. a "
                                                               "random classification head).")] = CompareSettings.allow_missing_weights,
     kind: Annotated[str, typer.Option(help="auto | classifier | lm (auto: lm when the teacher is a causal LM, "
                                            "e.g. a *ForCausalLM folder or a .gguf file).")] = CompareSettings.kind,
@@ -101,9 +101,9 @@ def compare(
                                                            "scored).")] = CompareSettings.prompt_column,
     completion_column: Annotated[str | None, typer.Option(help="LM: completion column (the scored "
                                                                "tokens).")] = CompareSettings.completion_column,
-    model_cis: Annotated[bool, typer.Option(help="A bootstrap CI on every per-model number (every estimator "
+    model_cis: Annotated[bool, typer.Option("--model-cis", help="A bootstrap CI on every per-model number (every estimator "
                                                   "recomputed per resample: slow on big data).")] = CompareSettings.model_cis,
-    calibrate: Annotated[bool, typer.Option(help="Fit a temperature per model on calibration data; report each "
+    calibrate: Annotated[bool, typer.Option("--calibrate", help="Fit a temperature per model on calibration data; report each "
                                                  "model before/after and the student/teacher T* ratio.")] = CompareSettings.calibrate,
     calibration_data: Annotated[str | None, typer.Option(help="Calibration data for --calibrate (default: the dev "
                                                               "split of a built-in data set or text corpus).")] = CompareSettings.calibration_data,
@@ -220,7 +220,7 @@ def train(
     teacher_topk: Annotated[Path | None, typer.Option(help="LM KD targets from this top-k logits file of the teacher "
                                                            "(audit.reduce.topk) at the training windows, instead of its "
                                                            "forward; forward KL, --temperature 1.")] = None,
-    freeze_embeddings: Annotated[bool, typer.Option(help="Train an LM student's decoder layers only: its input "
+    freeze_embeddings: Annotated[bool, typer.Option("--freeze-embeddings", help="Train an LM student's decoder layers only: its input "
                                                          "embeddings and output head stay as they start.")] = False,
     epochs: Annotated[float | None, typer.Option(help="Epochs (classifier 3, LM 1).")] = None,
     steps: Annotated[int | None, typer.Option(help="Optimiser steps, instead of --epochs (LMs).")] = None,
@@ -232,7 +232,7 @@ def train(
     train_limit: Annotated[int | None, typer.Option(help="Use the first N training examples.")] = TrainSettings.train_limit,
     seed: Annotated[int, typer.Option()] = TrainSettings.seed,
     device: Annotated[str | None, typer.Option()] = TrainSettings.device,
-    overwrite: Annotated[bool, typer.Option(help="Replace a different run in --out.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a different run in --out.")] = False,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """Train a student with cross entropy, label smoothing or knowledge distillation."""

@@ -117,3 +117,15 @@ def test_replicate_refuses_outputs_the_lm_grid_does_not_write(tmp_path, capsys):
                        str(tmp_path / "r.html"), "--no-progress")
     assert code == 2 and "--html" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("command", ["compare", "train", "replicate", "report"])
+def test_help_is_readable_at_80_columns(command, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    code, out, _ = cli(capsys, command, "--help")
+    assert code == 0
+    assert all(len(line) <= 80 for line in out.splitlines())
+    for name in options(command):
+        param = next(p for p in get_command(app).commands[command].params if p.name == name)
+        for flag in param.opts:
+            assert flag in out, flag  # never cut to "--allow-missing-we…"
