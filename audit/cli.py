@@ -176,6 +176,13 @@ def write_outputs(report: dict, json_path: Path | None, plots: Path | None, html
 
         files[html] = render_html(report).encode()
     write_files(files)
+    written = [str(p) for p in (json_path, html) if p is not None]
+    if plots is not None:
+        written.append(f"{plots}/ ({sum(1 for p in files if p.parent == plots)} figures)")
+    if more:
+        written.append(f"{next(iter(more)).parent}/ ({len(more)} logits files)")
+    if written:
+        sys.stderr.write(f"kd-audit: wrote {', '.join(written)}\n")
 
 
 def _positive_int(value: str, option: str) -> int:

@@ -38,6 +38,7 @@ def test_default_run_as_a_user_runs_it(tmp_path):
         assert text in result.stdout
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["models"]["teacher"]["n"] == sum(1 for _ in open(DEFAULT_DATA))
+    assert result.stderr.strip().splitlines()[-1] == f"kd-audit: wrote {tmp_path / 'r.json'}"
 
 
 def test_json_schema(tmp_path):
