@@ -12,7 +12,13 @@ post-hoc temperature T*; :mod:`audit.recipes.classifier_claims` decides the clai
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
+import os
+import signal
+import sys
+import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, replace
@@ -124,7 +130,9 @@ def train_arms(arms: Sequence[Arm], train_arm: Callable[[Arm], object], *, jobs:
     """Call ``train_arm`` on every arm, each once its teacher arm is trained: in order when ``jobs`` is 1,
     else up to ``jobs`` at once in spawned worker processes that share the parent's threads (``train_arm``
     must pickle). The first error stops the grid once the arms in training finish (trained arms stay, so a
-    rerun resumes)."""
+    rerun resumes). A worker dies with this process, however it ends (:func:`die_with_parent`); the pool spawns
+    its workers from the thread that calls this function, which outlives them (the pool is shut down before it
+    returns)."""
     if jobs == 1:
         for arm in arms:
             train_arm(arm)
@@ -132,7 +140,7 @@ def train_arms(arms: Sequence[Arm], train_arm: Callable[[Arm], object], *, jobs:
     threads = max(1, torch.get_num_threads() // jobs)
     pending, trained, running = list(arms), set(), {}
     pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=torch.set_num_threads, initargs=(threads,))
+                               initializer=_start_worker, initargs=(threads, os.getpid()))
     try:
         with progress_bar(progress) as bar:
             task = bar.add_task(f"training arms, {jobs} at a time", total=len(arms))
@@ -150,6 +158,43 @@ def train_arms(arms: Sequence[Arm], train_arm: Callable[[Arm], object], *, jobs:
                     bar.advance(task)
     finally:
         pool.shutdown(cancel_futures=True)
+
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _start_worker(threads: int, parent: int) -> None:
+    """A worker process's initializer: die with ``parent``, then take its share of the threads."""
+    die_with_parent(parent)
+    torch.set_num_threads(threads)
+
+
+def die_with_parent(parent: int, *, poll_seconds: float = 1.0) -> None:
+    """End this process when process ``parent`` ends, even by SIGKILL (when no handler or ``finally`` of the
+    parent runs to stop its children).
+
+    On Linux the kernel does it: ``prctl(PR_SET_PDEATHSIG, SIGKILL)`` kills this process the moment its parent
+    exits, whatever this process is doing (in a long C kernel, holding the GIL); no polling. A parent that died
+    before the call (while this worker was still importing) leaves no signal to come: this process was already
+    adopted, its ``os.getppid()`` is no longer ``parent``, and it exits at once. Elsewhere (no prctl) a daemon
+    thread checks ``os.getppid()`` every ``poll_seconds`` and exits when it changes. The exit is ``os._exit``:
+    the arm in training is lost, and its folder (written atomically, a checkpoint every few steps) resumes on
+    the next run."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0:
+            if os.getppid() != parent:
+                os._exit(1)
+            return
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_seconds)
+        os._exit(1)
+
+    if os.getppid() != parent:
+        os._exit(1)
+    threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
 
 
 def _train_arm(arm: Arm, seed_dir: Path, profile: ClassifierProfile, settings: ReplicateSettings, seed: int,

@@ -17,7 +17,13 @@ from audit.atomic import write_atomic
 from audit.errors import AuditError
 from audit.load.data import TextData, load_data
 from audit.load.labels import data_labels, in_class_order, match_to_data
-from audit.load.models import Predictions, TextClassifier, load_model, save_predictions
+from audit.load.models import (
+    Predictions,
+    TextClassifier,
+    label_names_from_config,
+    load_model,
+    save_predictions,
+)
 from audit.losses import kd_loss, label_smoothed_cross_entropy
 from audit.outputs import Output, check_outputs
 from audit.recipes.training_run import (
@@ -28,6 +34,7 @@ from audit.recipes.training_run import (
     finished_record,
     fit,
     mixed_precision,
+    same_run,
     training_device,
 )
 from audit.run.distributed import ProcessGroup, on_main
@@ -39,6 +46,7 @@ from audit.stats.summary import summarize_model
 def build_classifier_student(spec: str, label_names: list[str], *, seed: int) -> TextClassifier:
     """A fresh classifier head on ``spec`` (see :class:`TrainSettings`) for ``label_names``."""
     from transformers import (
+        AutoConfig,
         AutoModelForSequenceClassification,
         AutoTokenizer,
         BertConfig,
@@ -63,13 +71,14 @@ def build_classifier_student(spec: str, label_names: list[str], *, seed: int) ->
     path = minilm_path() if base == "minilm-l6" else base
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
+        config = AutoConfig.from_pretrained(path)
+        if _has_classifier_head(config) and config.num_labels != len(label_names):
+            raise _head_mismatch(path, config, label_names)
         model = AutoModelForSequenceClassification.from_pretrained(path, **labels)
     except (OSError, ValueError, RuntimeError) as err:
         first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        if "size mismatch" in str(err) or "shape" in str(err):
-            raise AuditError(f"expected a base checkpoint for {len(label_names)} labels or a bare encoder, got "
-                             f"{path!r} with a head of another size ({first_line[:120]}); start from the encoder "
-                             "without its head, or from data with the same labels") from None
+        if any(sign in str(err) for sign in ("size mismatch", "shape", "ignore_mismatched_sizes")):
+            raise _head_mismatch(path, None, label_names) from None
         raise AuditError(f"could not load the student model {path!r} ({first_line[:200]}); pass a "
                          "checkpoint folder, minilm-l6 or tiny") from None
     if option:
@@ -80,6 +89,30 @@ def build_classifier_student(spec: str, label_names: list[str], *, seed: int) ->
         encoder.layer = encoder.layer[: int(value)]  # keep the first k layers, DistilBERT-style
         model.config.num_hidden_layers = int(value)
     return TextClassifier(spec, model, tokenizer, label_names, spec)
+
+
+def _has_classifier_head(config) -> bool:
+    """True when the checkpoint of ``config`` was saved with a sequence-classification head (its architecture's
+    name says so; a bare encoder's config also has ``num_labels``, 2 by default, but no head to load)."""
+    return any(name.endswith("ForSequenceClassification") for name in getattr(config, "architectures", None) or ())
+
+
+def _head_mismatch(path: str, config, label_names: list[str]) -> AuditError:
+    """The refusal of a student checkpoint whose classification head is over other labels than the data's."""
+    if config is None:
+        from transformers import AutoConfig
+
+        try:
+            config = AutoConfig.from_pretrained(path)
+        except (OSError, ValueError):
+            config = None
+    head = "a head of another size"
+    if config is not None:
+        names = label_names_from_config(config) or [str(i) for i in range(config.num_labels)]
+        head = f"a classification head over {config.num_labels} labels {names}"
+    return AuditError(f"expected a student checkpoint without a classification head or with one over the data's "
+                      f"{len(label_names)} labels {label_names}, got {path!r} with {head}; start from a checkpoint "
+                      "without the head (its base encoder, minilm-l6 or tiny), or train on data with the head's labels")
 
 
 def _tiny_sizes(spec: str) -> tuple[int, int, float]:
@@ -124,16 +157,30 @@ def teacher_logits(settings: TrainSettings, data: TextData, label_names: list[st
         if isinstance(teacher, TextClassifier):
             teacher = predict_text(teacher, data, device=device, dtype=torch.float32, max_length=settings.max_length,
                                    progress=group.is_main, group=group)
-    teacher = match_to_data(teacher, data)
+    teacher = check_teacher(teacher, data, label_names)
+    teacher.logits, teacher.label_names = in_class_order(teacher, label_names)
+    if not cached.exists() and group.is_main:
+        write_atomic(cached, lambda p: save_predictions(teacher, p))
+    return teacher.logits
+
+
+def check_teacher(teacher: TextClassifier | Predictions, data: TextData,
+                  label_names: list[str]) -> TextClassifier | Predictions:
+    """``teacher`` checked against the training ``data`` (saved logits matched to its examples, as
+    :func:`audit.load.labels.match_to_data` returns them; a checkpoint as it is).
+
+    Raises:
+        AuditError: saved logits that miss examples of ``data``, or a teacher over other labels than ``label_names``
+            (another number of classes, or other names).
+    """
+    if isinstance(teacher, Predictions):
+        teacher = match_to_data(teacher, data)
     same_set = teacher.label_names is None or sorted(teacher.label_names) == sorted(label_names)
     if teacher.num_classes != len(label_names) or not same_set:
         raise AuditError(f"expected a teacher over the data's {len(label_names)} labels {label_names}, got "
                          f"{teacher.num_classes} classes {teacher.label_names or ''}; distil from a teacher trained "
                          "on the same label set")
-    teacher.logits, teacher.label_names = in_class_order(teacher, label_names)
-    if not cached.exists() and group.is_main:
-        write_atomic(cached, lambda p: save_predictions(teacher, p))
-    return teacher.logits
+    return teacher
 
 
 def train(settings: TrainSettings, *, overwrite: bool = False, progress: bool = True,
@@ -146,7 +193,9 @@ def train(settings: TrainSettings, *, overwrite: bool = False, progress: bool = 
     the whole batch's, and rank 0 alone writes checkpoints, the model and the record.
 
     Raises:
-        AuditError: bad settings, or an ``out`` folder holding a different run without ``overwrite``.
+        AuditError: bad settings, or an ``out`` folder holding a different run without ``overwrite``; bad input
+            (data, a student checkpoint with a head over other labels, a teacher over other labels or saved logits
+            missing examples), all before anything is written to ``out``.
     """
     settings.validate()
     out = Path(settings.out)
@@ -163,10 +212,12 @@ def train(settings: TrainSettings, *, overwrite: bool = False, progress: bool = 
     dev = load_data(settings.data, split=settings.eval_split, limit=settings.eval_limit)
     label_names = data.label_names or [str(i) for i in range(max(data.labels) + 1)]
     labels = data_labels(data, label_names, len(label_names))
+    dev_labels = data_labels(dev, label_names, len(label_names))
     student = build_classifier_student(settings.model, label_names, seed=settings.seed)
     teacher = None
-    if settings.loss == "kd" and not (out / TEACHER_LOGITS).exists():
+    if settings.loss == "kd" and not (same_run(out, settings.run_key()) and (out / TEACHER_LOGITS).exists()):
         teacher = load_model(settings.teacher, name="teacher")
+        check_teacher(teacher, data, label_names)  # its labels, before anything is written
     on_main(lambda: claim_folder(out, settings.run_key()), group)
     model = student.model.to(device)
     targets = teacher_logits(settings, data, label_names, out, device, group, teacher) if settings.loss == "kd" else None
@@ -182,7 +233,7 @@ def train(settings: TrainSettings, *, overwrite: bool = False, progress: bool = 
     def record(trained: Trained) -> dict:
         dev_predictions = predict_text(student, dev, device=device, dtype=torch.float32,
                                        max_length=settings.max_length, progress=progress, group=group)
-        dev_metrics = summarize_model(dev_predictions.logits, data_labels(dev, label_names, len(label_names)))
+        dev_metrics = summarize_model(dev_predictions.logits, dev_labels)
         return {"settings": asdict(settings), "steps": trained.steps, "examples": len(data),
                 "wall_seconds": trained.wall_seconds, "device": str(device), "label_names": label_names,
                 "dev": dev_metrics}

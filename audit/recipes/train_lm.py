@@ -205,7 +205,8 @@ def train_lm(settings: LMTrainSettings, *, overwrite: bool = False, progress: bo
 
     Raises:
         AuditError: bad settings or input (see :meth:`LMTrainSettings.validate`, :func:`build_lm_student`,
-            :func:`training_windows`), all before ``out`` is created.
+            :func:`training_windows`; dev documents the dev audit's windows cannot hold), all before ``out`` is
+            created.
     """
     settings.validate()
     out = Path(settings.out)
@@ -226,6 +227,8 @@ def train_lm(settings: LMTrainSettings, *, overwrite: bool = False, progress: bo
     train_docs = read_documents(settings.data, split=settings.train_split, limit=settings.train_limit)
     dev_docs = read_documents(settings.data, split=settings.eval_split, limit=settings.eval_limit)
     windows = training_windows(train_docs, teacher.tokenizer, settings)
+    # the dev audit's windows too: a dev document it would refuse is refused now, not after the training
+    dev_windows = tokenize_windows(dev_docs, teacher.tokenizer, max_length=settings.max_length) if audit_dev else None
     topk = None
     if settings.teacher_topk is not None:
         topk = TopkTargets(settings.teacher_topk, windows, int(student.model.config.vocab_size))
@@ -258,7 +261,8 @@ def train_lm(settings: LMTrainSettings, *, overwrite: bool = False, progress: bo
         }
         if audit_dev:
             entries.update(dev_audit(settings, teacher, CausalLM("student", model, student.tokenizer, settings.model),
-                                     windows, dev_docs, device=device, group=group, progress=progress))
+                                     windows, dev_docs, device=device, group=group, progress=progress,
+                                     dev_windows=dev_windows))
         return entries
 
     trained = fit(settings, model, batch_loss, examples=len(windows),
@@ -276,13 +280,17 @@ def scored_tokens(windows: TokenWindows, rows: torch.Tensor) -> int:
 
 
 def dev_audit(settings: LMTrainSettings, teacher: CausalLM, student: CausalLM, windows: TokenWindows,
-              dev_docs: Documents, *, device: torch.device, group: ProcessGroup, progress: bool) -> dict:
+              dev_docs: Documents, *, device: torch.device, group: ProcessGroup, progress: bool,
+              dev_windows: TokenWindows | None = None) -> dict:
     """The record's dev entries: the student and teacher audited token by token on the dev documents, and the
     perplexity there of a unigram model of the training ``windows`` (the baseline a student must beat).
+    ``dev_windows``: the dev documents' windows when already made (:func:`train_lm` makes them before training,
+    to refuse a document they cannot hold before anything is written).
 
     The audit's numbers are those of ``audit.compare.compare_lm`` with :data:`DEV_BOOTSTRAP` resamples and the
     run's seed, from the layers it wraps (the recipes stay below the auditor)."""
-    dev_windows = tokenize_windows(dev_docs, teacher.tokenizer, max_length=settings.max_length)
+    if dev_windows is None:
+        dev_windows = tokenize_windows(dev_docs, teacher.tokenizer, max_length=settings.max_length)
     models = [adapter_of(teacher, "teacher"), adapter_of(student, "student")]
     vocab_size = int(teacher.model.config.vocab_size)
     trained_dtype = next(student.model.parameters()).dtype

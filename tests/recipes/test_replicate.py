@@ -3,6 +3,10 @@ refused options, resumption and the scheduler that trains several arms at once. 
 
 import functools
 import json
+import os
+import signal
+import subprocess
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -16,7 +20,7 @@ from audit.cli import app
 from audit.errors import AuditError
 from audit.load.data import load_data
 from audit.recipes.grid import CLASSIFIER_GRID
-from audit.recipes.replicate import train_arms
+from audit.recipes.replicate import die_with_parent, train_arms
 from audit.stats.claims import VERDICTS
 
 EXPECTED = Path(__file__).parents[1] / "expected"
@@ -196,3 +200,121 @@ def test_jobs_under_torchrun_are_refused(tmp_path, monkeypatch):
     out = tmp_path / "rep"
     _assert_refused(_replicate_cli(["--jobs", "2", "--out", str(out)]), "--jobs 1 under torchrun")
     assert not out.exists()
+
+
+def _children(pid: int) -> dict[int, str]:
+    """Every live process descended from ``pid`` (read from /proc): pid -> its command line."""
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        try:
+            stat = (entry / "stat").read_text()
+        except (OSError, ValueError):
+            continue
+        if entry.name.isdigit() and stat.rpartition(")")[2].split()[0] != "Z":
+            parents[int(entry.name)] = int(stat.rpartition(")")[2].split()[1])
+    found, frontier = {}, [pid]
+    while frontier:
+        parent = frontier.pop()
+        for child in [c for c, p in parents.items() if p == parent and c not in found]:
+            try:
+                found[child] = (Path("/proc") / str(child) / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            frontier.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie, killed but not yet reaped by whoever adopted it, is not running)."""
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads processes from /proc")
+def test_workers_die_with_a_killed_replication(tmp_path):
+    """SIGKILL of ``replicate --jobs 2`` (no handler runs, nothing is shut down) takes its worker processes with it:
+    none is left training arms once the parent is gone (issue 26)."""
+    out = tmp_path / "rep"
+    parent = subprocess.Popen([sys.executable, "-m", "audit", "replicate", "--task", "vader-movies", "--profile", "tiny",
+                               "--out", str(out), "--bootstrap", "50", "--jobs", "2", "--no-progress"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    workers: dict[int, str] = {}
+    try:
+        deadline = time.monotonic() + 180
+        while not list(out.glob("seed0/*/run.json")):  # a worker has claimed an arm's folder: it is training
+            assert parent.poll() is None, parent.stderr.read().decode()
+            assert time.monotonic() < deadline, "no arm started training within 3 minutes"
+            time.sleep(0.2)
+        workers = {pid: cmd for pid, cmd in _children(parent.pid).items() if "spawn_main" in cmd}
+        assert len(workers) == 2, _children(parent.pid)
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+        claimed = sorted(out.glob("seed0/*/run.json"))
+        deadline = time.monotonic() + 5
+        while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not [cmd for pid, cmd in workers.items() if _alive(pid)], "workers outlived their parent"
+        time.sleep(1)
+        assert sorted(out.glob("seed0/*/run.json")) == claimed, "arms were started after the parent died"
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+        for pid in workers:  # the unfixed recipe's orphans: stop them here, not after the test
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _fork(body) -> int:
+    """Run ``body`` in a forked child that never returns into pytest; its pid."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            body()
+        finally:
+            os._exit(0)
+    return pid
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads processes from /proc")
+@pytest.mark.parametrize("mechanism", ["prctl", "watchdog"])
+def test_die_with_parent_whether_the_parent_dies_before_or_after(mechanism):
+    """The worker's guard, by the kernel (Linux's prctl) and by the watchdog thread used elsewhere: a process whose
+    parent is already gone when it arms the guard exits at once (exit 1, the race prctl alone loses); one whose
+    parent is SIGKILLed later dies within a moment."""
+    def as_elsewhere() -> None:
+        if mechanism == "watchdog":
+            sys.platform = "darwin"  # this forked child only
+
+    def orphan() -> None:
+        as_elsewhere()
+        die_with_parent(os.getpid())  # a pid other than its parent's: its parent "died" before the guard
+        os._exit(0)
+
+    _, status = os.waitpid(_fork(orphan), 0)
+    assert os.waitstatus_to_exitcode(status) == 1
+    read, write = os.pipe()
+
+    def guarded() -> None:
+        as_elsewhere()
+        die_with_parent(os.getppid(), poll_seconds=0.05)
+        os.write(write, f"{os.getpid()}\n".encode())
+        time.sleep(60)
+
+    middle = _fork(lambda: _fork(guarded) and time.sleep(60))
+    child = int(os.read(read, 64))
+    try:
+        assert _alive(child)
+        os.kill(middle, signal.SIGKILL)
+        os.waitpid(middle, 0)
+        deadline = time.monotonic() + 3
+        while _alive(child) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not _alive(child), "the guarded process outlived its parent"
+    finally:
+        os.close(read)
+        os.close(write)
+        if _alive(child):
+            os.kill(child, signal.SIGKILL)

@@ -104,8 +104,8 @@ def test_the_grid_has_every_arm_of_the_issue():
 @pytest.mark.parametrize("args,message", [
     (["--profile", "nope"], "--profile quick or full or tiny"),
     (["--seeds", "0"], "--seeds >= 1"),
-    (["--eval-task", "sst2"], "no --eval-task or --jobs with --task shakespeare"),
-    (["--jobs", "2"], "no --eval-task or --jobs with --task shakespeare"),
+    (["--eval-task", "sst2"], "no --eval-task, --jobs, --plots or --html with --task shakespeare"),
+    (["--jobs", "2"], "no --eval-task, --jobs, --plots or --html with --task shakespeare"),
 ])
 def test_bad_options_are_one_line_and_write_nothing(args, message, tmp_path, capsys):
     code, _, err = _cli(capsys, "replicate", "--task", "shakespeare", "--out", str(tmp_path / "out"), *args,

@@ -5,11 +5,12 @@ import json
 
 import pytest
 import torch
+from audit_cli import cli
 
 from audit.errors import AuditError
 from audit.load.models import Predictions, load_model, save_predictions
 from audit.recipes import training_run
-from audit.recipes.train import TrainSettings, train
+from audit.recipes.train import TrainSettings, build_classifier_student, train
 from audit.recipes.training_run import TrainingBatch, batch_slice, fit
 from audit.run.distributed import ProcessGroup
 
@@ -95,6 +96,66 @@ def test_teacher_with_other_labels(separable, tmp_path):
     with pytest.raises(AuditError, match="same label set"):
         train(TrainSettings(data=separable, out=str(tmp_path / "kd"), loss="kd", teacher=str(teacher), **TINY),
               progress=False)
+
+
+def _refused(code: int, err: str, *needles: str) -> None:
+    """The house style of a refusal: exit 2 and one line ``kd-audit: error: expected ...`` naming ``needles``, no
+    traceback (other stderr lines, e.g. datasets' progress, are not the refusal's)."""
+    errors = [line for line in err.splitlines() if line.startswith("kd-audit: error:")]
+    assert code == 2 and "Traceback" not in err, err
+    assert len(errors) == 1 and errors[0].startswith("kd-audit: error: expected"), err
+    assert all(needle in errors[0] for needle in needles), errors[0]
+
+
+def _checkpoint(folder, label_names):
+    """A tiny random classifier over ``label_names`` saved as a Hugging Face checkpoint in ``folder``."""
+    model = build_classifier_student("tiny:hidden=32,layers=1", label_names, seed=0)
+    model.model.save_pretrained(folder)
+    model.tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+def _cli_args(options: dict) -> list[str]:
+    return [x for key, value in options.items() for x in (key, value)] + ["--no-progress"]
+
+
+@pytest.mark.parametrize("kind", ["checkpoint", "logits"])
+def test_teacher_with_other_labels_is_refused_before_anything_is_written(separable, tmp_path, capsys, kind):
+    """Issue 26: the refusal left run.json behind, and the rerun with the right teacher was then refused as a
+    different run."""
+    rows = [json.loads(line) for line in open(f"{separable}/train.jsonl")]
+    if kind == "checkpoint":
+        wrong = _checkpoint(tmp_path / "three", ["a", "b", "c"])
+    else:
+        wrong = str(tmp_path / "cats.safetensors")
+        save_predictions(Predictions("t", torch.zeros(len(rows), 2), [r["id"] for r in rows], ["cat", "dog"]), wrong)
+    right = tmp_path / "teacher.safetensors"
+    logits = torch.tensor([[0.0, 1.0] if r["label"] == "positive" else [1.0, 0.0] for r in rows])
+    save_predictions(Predictions("t", logits, [r["id"] for r in rows], ["negative", "positive"]), right)
+    out = tmp_path / "run"
+    options = {"--data": separable, "--model": TINY["model"], "--out": str(out), "--loss": "kd", "--epochs": "0.25",
+               "--batch-size": "16", "--max-length": "16", "--device": "cpu"}
+    code, _, err = cli(capsys, "train", *_cli_args({**options, "--teacher": wrong}))
+    _refused(code, err, "teacher over the data's 2 labels ['negative', 'positive']", "same label set")
+    assert not out.exists()
+    code, _, err = cli(capsys, "train", *_cli_args({**options, "--teacher": str(right)}))
+    assert code == 0, err
+    assert json.loads((out / "training_record.json").read_text())["settings"]["teacher"] == str(right)
+
+
+def test_student_head_over_other_labels_is_refused_in_one_line(tmp_path, capsys):
+    """Issue 26: a 2-label student checkpoint on 3-label data (with a 3-class teacher) got transformers'
+    "ignore_mismatched_sizes ... look at the above report"; now one line names both label sets and the fix."""
+    data = tmp_path / "three.jsonl"
+    data.write_text("".join(json.dumps({"text": f"text {i}", "label": "abc"[i % 3], "split": "train" if i < 12 else "dev"})
+                            + "\n" for i in range(18)))
+    student = _checkpoint(tmp_path / "two", ["negative", "positive"])
+    teacher = _checkpoint(tmp_path / "three", ["a", "b", "c"])
+    out = tmp_path / "run"
+    code, _, err = cli(capsys, "train", *_cli_args({"--data": str(data), "--model": student, "--out": str(out),
+                                                   "--loss": "kd", "--teacher": teacher, "--device": "cpu"}))
+    _refused(code, err, "3 labels ['a', 'b', 'c']", "2 labels ['negative', 'positive']", "without a classification head")
+    assert "ignore_mismatched_sizes" not in err and not out.exists()
 
 
 def test_output_folder_of_a_different_run(separable, tmp_path):
