@@ -415,6 +415,162 @@ def test_an_unusable_cache_folder_runs_uncached_with_a_warning(tmp_path, capsys,
     assert code == 0 and "Traceback" not in err
 
 
+# ---- top-k teacher files that lie (issue 26) ----------------------------------------------------------------
+
+LM_TEACHER = str(FIXTURES / "lm-teacher")
+LM_STUDENT = f"{LM_TEACHER}@layers=1"
+LM_FAST = ["--max-length", "32", "--bootstrap", "20", "--no-progress", "--no-cache"]
+
+
+@pytest.fixture(scope="module")
+def lm_docs(tmp_path_factory) -> tuple[Path, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """A folder of 3 documents, the LM teacher's top-16 ids and log-probabilities at their scored positions in
+    windows of 32 (stride 16), and those positions."""
+    from audit.load.causal_lm import load_causal_lm
+    from audit.load.data.text import read_documents, tokenize_windows
+    from audit.reduce.topk import topk_from_logits
+
+    folder = tmp_path_factory.mktemp("lm-docs")
+    for i in range(3):
+        (folder / f"scene{i}.txt").write_text("To be, or not to be, that is the question. " * (i + 2))
+    teacher = load_causal_lm(LM_TEACHER)
+    windows = tokenize_windows(read_documents(str(folder)), teacher.tokenizer, max_length=32)
+    with torch.no_grad():
+        logits = teacher.model(input_ids=windows.input_ids, attention_mask=windows.attention_mask).logits
+    return folder, topk_from_logits(logits[windows.targets != -100], 16), windows.scored()
+
+
+@pytest.mark.parametrize("lie, message", [
+    ("renormalised", "every row summing to 1 within rounding.*renormalised over the top k.*log_softmax over all"),
+    ("windows", r"max_length 32 and stride 16 \(the audit's\), got max_length 16 and stride 8.*pass --max-length 16 "
+                "--stride 8"),
+])
+def test_a_topk_teacher_file_that_lies_is_refused(tmp_path, capsys, lm_docs, lie, message):
+    """Log-probabilities renormalised over the top 16 gave KL 1.45 for 0.10 and reverse KL 11.4 for 0.09, still
+    called lower bounds; a file written from windows of 16/8 was audited at 64/32 without a word."""
+    from audit.reduce.topk import write_topk_logits
+
+    docs, (ids, logprobs), scored = lm_docs
+    if lie == "renormalised":
+        logprobs = torch.log_softmax(logprobs, -1)
+    metadata = {"max_length": "16", "stride": "8"} if lie == "windows" else None
+    path = write_topk_logits(tmp_path / "teacher-top16.safetensors", ids, logprobs, *scored, metadata=metadata)
+    out = tmp_path / "r.json"
+    code, _, err = cli(capsys, "compare", "--teacher", str(path), "--student", LM_STUDENT, "--data", str(docs),
+                       "--json", str(out), *LM_FAST)
+    assert_refused(code, err, message)
+    assert not out.exists()
+    if lie == "windows":  # the fix it names runs
+        code, _, err = cli(capsys, "compare", "--teacher", str(path), "--student", LM_STUDENT, "--data", str(docs),
+                           "--json", str(out), *LM_FAST[2:], "--max-length", "16", "--stride", "8")
+        assert code == 0, err
+
+
+# ---- messages that name the cause and a fix that works (issue 26) -------------------------------------------
+
+
+@pytest.mark.parametrize("kind", [[], ["--kind", "classifier"], ["--kind", "lm"]])
+def test_a_classifier_cut_with_layers_is_told_to_drop_it(tmp_path, capsys, kind):
+    """``--teacher fixtures/teacher@layers=1`` advised --kind classifier, which then called the BERT classifier
+    "the causal LM"."""
+    code, _, err = cli(capsys, "compare", "--teacher", f"{TEACHER}@layers=1", "--student", STUDENT, "--data", DATA,
+                       "--json", str(tmp_path / "r.json"), *kind, *FAST)
+    assert_refused(code, err, "@layers=1.*cuts causal LMs only|cuts the layers of causal LMs only; drop @layers=1")
+    assert "the causal LM" not in err and "with --kind classifier" not in err
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_layers_zero_names_the_layers_there_are(tmp_path, capsys, lm_docs):
+    code, _, err = cli(capsys, "compare", "--teacher", LM_TEACHER, "--student", f"{LM_TEACHER}@layers=0", "--data",
+                       str(lm_docs[0]), *LM_FAST)
+    assert_refused(code, err, r"1 <= k <= 2 .*got @layers=0; pass @layers=1 to @layers=2")
+    assert "fewer" not in err
+
+
+def test_a_topk_file_as_a_student_is_told_it_is_a_teacher(tmp_path, capsys, lm_docs):
+    """It said "check the path" for a file that exists."""
+    from audit.reduce.topk import write_topk_logits
+
+    docs, (ids, logprobs), scored = lm_docs
+    path = write_topk_logits(tmp_path / "top16.safetensors", ids, logprobs, *scored)
+    code, _, err = cli(capsys, "compare", "--teacher", LM_TEACHER, "--student", str(path), "--data", str(docs),
+                       *LM_FAST)
+    assert_refused(code, err, "a top-k logits file, which stands in for a teacher only.*as --teacher")
+    assert "check the path" not in err
+    code, _, err = cli(capsys, "compare", "--teacher", TEACHER, "--student", str(path), "--data", DATA, *FAST)
+    assert_refused(code, err, "got a top-k logits file.*pass it as --teacher of a token audit")
+    code, _, err = cli(capsys, "compare", "--teacher", str(path), "--student", LM_STUDENT, "--data", str(docs),
+                       "--json", str(tmp_path / "r.json"), *LM_FAST)  # where it belongs
+    assert code == 0, err
+
+
+def test_a_plain_hub_id_is_looked_up_as_a_namespaced_one(capsys, monkeypatch):
+    """``distilbert-base-uncased-finetuned-sst-2-english`` said "no such file or folder" where its namespaced name
+    said the Hub is out of reach and to use the local cache."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for spec in ("distilbert-base-uncased-finetuned-sst-2-english",
+                 "distilbert/distilbert-base-uncased-finetuned-sst-2-english"):
+        code, _, err = cli(capsys, "compare", "--teacher", spec, "--student", STUDENT, "--data", DATA, *FAST)
+        assert_refused(code, err, f"could not load the Hugging Face model '{spec}'.*hub id that is in the local cache")
+        assert "no such file or folder" not in err
+
+
+def test_a_data_folder_without_the_split_suggests_the_split_it_has(tmp_path, capsys, monkeypatch):
+    """A folder with only train.jsonl wrote into ~/.cache/huggingface/datasets and did not suggest --split train."""
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf" / "datasets"))
+    folder = tmp_path / "movies"
+    folder.mkdir()
+    shutil.copy(DATA, folder / "train.jsonl")
+    out = tmp_path / "r.json"
+    code, _, err = cli(capsys, "compare", "--teacher", TEACHER, "--student", STUDENT, "--data", str(folder),
+                       "--json", str(out), *FAST)
+    assert_refused(code, err, r"expected a test split in the folder .*movies, got only train \(train.jsonl\); "
+                              "pass --split train")
+    assert not out.exists()
+    code, _, err = cli(capsys, "compare", "--teacher", TEACHER, "--student", STUDENT, "--data", str(folder),
+                       "--split", "train", "--json", str(out), *FAST)
+    assert code == 0, err
+    assert not (tmp_path / "hf").exists()  # read without the datasets cache, refused or not
+    assert sorted(p.name for p in folder.iterdir()) == ["train.jsonl"]
+
+
+def test_a_json_array_of_logits_is_read(tmp_path, capsys):
+    """It got pyarrow's "JSON parse error: Column() changed from object to array"."""
+    rows = torch.randn(12, 2, generator=torch.Generator().manual_seed(0))
+    (tmp_path / "teacher.json").write_text(json.dumps(rows.tolist()))
+    (tmp_path / "student.json").write_text(json.dumps([{"logits": r} for r in (0.5 * rows).tolist()]))
+    out = tmp_path / "r.json"
+    code, _, err = cli(capsys, "compare", "--teacher", str(tmp_path / "teacher.json"), "--student",
+                       str(tmp_path / "student.json"), "--json", str(out), *FAST)
+    assert code == 0, err
+    assert json.loads(out.read_text())["models"]["teacher"]["n"] == 12
+    (tmp_path / "bad.json").write_text(json.dumps([[1.0, 2.0], "three"]))
+    code, _, err = cli(capsys, "compare", "--teacher", str(tmp_path / "bad.json"), "--student",
+                       str(tmp_path / "student.json"), *FAST)
+    assert_refused(code, err, "JSON array of logit rows")
+    assert "changed from object to array" not in err
+
+
+# ---- one checkpoint under two names (issue 26) ---------------------------------------------------------------
+
+
+def test_a_renamed_or_repeated_checkpoint_hits_its_cache_entry(tmp_path, capsys):
+    """The manifest stored the display name and the key did not: ``--name``, or a checkpoint audited against itself,
+    warned "whose manifest does not match its key; recomputing it"."""
+    cached = [a for a in FAST if a != "--no-cache"]
+    code, _, err = cli(capsys, "compare", "--teacher", TEACHER, "--student", STUDENT, "--data", DATA,
+                       "--json", str(tmp_path / "a.json"), *cached)
+    assert code == 0, err
+    for extra in (["--name", "big", "--name", "small"], ["--student", TEACHER]):
+        code, _, err = cli(capsys, "compare", "--teacher", TEACHER, "--student", STUDENT, "--data", DATA,
+                           "--json", str(tmp_path / "b.json"), *extra, *cached)
+        assert code == 0, err
+        assert "does not match its key" not in err and "warning" not in err, err
+    renamed = json.loads((tmp_path / "b.json").read_text())
+    assert renamed["models"]["teacher#2"]["nll"] == json.loads((tmp_path / "a.json").read_text())["models"]["teacher"]["nll"]
+
+
 # ---- the pytest plugin -------------------------------------------------------------------------------------
 
 

@@ -17,6 +17,7 @@ import json
 import os
 import pickle
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from audit.load.hub import hub_unreachable
 PREDICTION_SUFFIXES = (".npy", ".safetensors", ".pt", ".pth", ".parquet", ".jsonl", ".json")
 _GENERIC_LABEL = re.compile(r"^LABEL_\d+$")
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+_BARE_HUB_ID = re.compile(r"^[A-Za-z0-9][\w-]*$")
 
 
 @dataclass
@@ -117,6 +119,11 @@ def load_model(
     """
     name = name or name_from_spec(spec)
     path = Path(spec)
+    base, _, option = spec.partition("@")
+    if option and not path.exists() and Path(base).exists():
+        raise AuditError(f"expected a sequence classifier's folder, a hub id or saved logits, got {spec}: @{option} "
+                         f"cuts the layers of causal LMs only; drop @{option} to audit {base}, or train a cut student "
+                         f"(python -m audit train --model {spec} ...) and audit its folder")
     if path.is_file():
         if path.suffix not in PREDICTION_SUFFIXES:
             raise AuditError(
@@ -135,8 +142,14 @@ def load_model(
 
 
 def looks_like_hub_id(spec: str) -> bool:
-    """``owner/name``, not a relative or absolute path."""
-    return bool(_HUB_ID.match(spec)) and not spec.startswith((".", "/"))
+    """``owner/name``, or a bare legacy name the Hub still serves (``gpt2``,
+    ``distilbert-base-uncased-finetuned-sst-2-english``: letters, digits, ``-`` and ``_``, no dot, so never a file
+    name); not a relative or absolute path.
+
+    >>> [looks_like_hub_id(s) for s in ("gpt2", "owner/model-1.5", "./model", "logits.json", "a/b/c")]
+    [True, True, False, False, False]
+    """
+    return bool(_HUB_ID.match(spec) or _BARE_HUB_ID.match(spec)) and not spec.startswith((".", "/"))
 
 
 def _offline() -> bool:
@@ -207,8 +220,9 @@ def _load_hf(spec: str, name: str, trust_remote_code: bool, dtype: torch.dtype, 
         if "trust_remote_code" in str(err):
             raise AuditError(f"expected a model transformers can load without remote code, got {spec}; "
                              "pass --trust-remote-code if you trust its code") from None
-        raise AuditError(f"could not load the Hugging Face model {spec!r} ({first_line}); pass a local checkpoint "
-                         "folder, or a hub id that is in the local cache") from None
+        here = "" if Path(spec).exists() else ", and there is no file or folder of that name here"
+        raise AuditError(f"could not load the Hugging Face model {spec!r} ({first_line}{here}); pass a local "
+                         "checkpoint folder, or a hub id that is in the local cache") from None
     missing = sorted(info.get("missing_keys") or [])
     if missing and not allow_missing_weights:
         architectures = ", ".join(getattr(config, "architectures", None) or ["unknown"])
@@ -270,6 +284,10 @@ def _read_safetensors_predictions(path: Path) -> tuple[torch.Tensor, list[str] |
     _check_safetensors(path)
     with safe_open(str(path), framework="pt") as f:
         keys = list(f.keys())
+        if "topk_ids" in keys:
+            raise AuditError(f"expected per-example classifier logits in {path}, got a top-k logits file (a causal LM "
+                             "teacher's, audit.reduce.topk); pass it as --teacher of a token audit, with causal LM "
+                             "students")
         key = "logits" if "logits" in keys else (keys[0] if len(keys) == 1 else None)
         if key is None:
             raise AuditError(f"expected a tensor named 'logits' in {path}, got {keys}; rename the tensor")
@@ -296,20 +314,80 @@ def _read_torch_predictions(path: Path, allow_pickle: bool) -> tuple[torch.Tenso
     return torch.as_tensor(obj), None, None
 
 
+_ID_KEYS = ("id", "ids", "example_id", "idx")
+
+
 def _read_table_predictions(path: Path) -> tuple[torch.Tensor, list[str] | None]:
     import pyarrow.json as pa_json
     import pyarrow.parquet as pq
 
-    table = pq.read_table(path) if path.suffix == ".parquet" else pa_json.read_json(path)
+    if path.suffix == ".parquet":
+        table = pq.read_table(path)
+    else:
+        with path.open(encoding="utf-8-sig") as f:
+            head = f.read(1 << 12).lstrip()[:1]
+        if path.suffix == ".json" and head in ("[", "{") or head == "[":
+            return _read_json_predictions(path)
+        table = pa_json.read_json(path)
     if "logits" not in table.column_names:
         raise AuditError(f"expected a 'logits' column in {path}, got columns {table.column_names}; "
                          "write one list of logits per row")
-    rows = table.column("logits").to_pylist()
+    return _logit_rows(table.column("logits").to_pylist(), path), _ids(table.column_names,
+                                                                         lambda c: table.column(c).to_pylist())
+
+
+def _read_json_predictions(path: Path) -> tuple[torch.Tensor, list[str] | None]:
+    """One JSON value (a .json file) or one per line (.jsonl): rows of logits ``[[...], ...]``, objects with a
+    ``logits`` key (and an id) per example, or one object ``{"logits": [[...], ...], "ids": [...]}``."""
+    text = path.read_text(encoding="utf-8-sig")
+    try:
+        value = json.loads(text) if path.suffix == ".json" else None
+    except json.JSONDecodeError:
+        value = None  # JSON lines under a .json name
+    if value is None:
+        value = [json.loads(line) for line in text.splitlines() if line.strip()]
+    if isinstance(value, dict):
+        if "logits" not in value:
+            raise AuditError(f"expected a 'logits' key in the JSON object of {path}, got keys {sorted(value)}; "
+                             "write {\"logits\": [[...], ...]} or one list of logits per example")
+        ids = value.get("ids", value.get("id"))
+        return _logit_rows(value["logits"], path), None if ids is None else [str(i) for i in ids]
+    if not isinstance(value, list) or not value:
+        raise AuditError(f"expected a JSON array of logit rows in {path}, got {type(value).__name__} "
+                         f"{str(value)[:40]}; write one list of logits per example")
+    if all(isinstance(row, dict) for row in value):
+        missing = next((i for i, row in enumerate(value) if "logits" not in row), None)
+        if missing is not None:
+            raise AuditError(f"expected a 'logits' key in every object of {path}, got keys {sorted(value[missing])} at "
+                             f"row {missing}; write one list of logits per example")
+        columns = sorted({key for row in value for key in row})
+        return _logit_rows([row["logits"] for row in value], path), _ids(
+            columns, lambda key: [row.get(key) for row in value])
+    if all(isinstance(row, list) for row in value):
+        return _logit_rows(value, path), None
+    raise AuditError(f"expected a JSON array of logit rows ([[...], ...]) or of objects with a 'logits' key in {path}, "
+                     f"got {json.dumps(value)[:40]}; write one list of logits per example")
+
+
+def _logit_rows(rows: list, path: Path) -> torch.Tensor:
+    """(N, K) float32 logits of N lists of K numbers (JSON's NaN and Infinity included, refused later)."""
+    if not isinstance(rows, list) or not all(isinstance(r, list) for r in rows):
+        raise AuditError(f"expected one list of logits per example in {path}, got other values; "
+                         "write one list of logits per example")
     if len({len(r) for r in rows}) > 1:
         raise AuditError(f"expected the same number of logits on every row of {path}; check the file")
-    id_column = next((c for c in ("id", "ids", "example_id", "idx") if c in table.column_names), None)
-    ids = [str(i) for i in table.column(id_column).to_pylist()] if id_column else None
-    return torch.tensor(rows, dtype=torch.float32), ids
+    bad = next(((i, v) for i, r in enumerate(rows) for v in r
+                if isinstance(v, bool) or not isinstance(v, (int, float))), None)
+    if bad is not None:
+        raise AuditError(f"expected numbers as logits in {path}, got {bad[1]!r} at row {bad[0]}; write a number "
+                         "for every class")
+    return torch.tensor(rows, dtype=torch.float32)
+
+
+def _ids(columns: list[str], values: Callable[[str], list]) -> list[str] | None:
+    """The example ids of the first id column among ``columns`` (``values(column)`` its cells), as strings."""
+    id_column = next((c for c in _ID_KEYS if c in columns), None)
+    return [str(i) for i in values(id_column)] if id_column else None
 
 
 def save_predictions(predictions: Predictions, path: Path) -> None:

@@ -28,13 +28,16 @@ mass, which training itself moves.
 The file format (safetensors, written by :func:`write_topk_logits`):
 
 - ``topk_ids`` (P, k) int32/int64: token ids, each in [0, V);
-- ``topk_logprobs`` (P, k) float: log-probabilities (<= 0, finite, summing in probability to <= 1);
+- ``topk_logprobs`` (P, k) float: log-probabilities of the whole vocabulary (<= 0, finite, summing in probability
+  to <= 1; with k < V, a file whose every row sums to 1 within rounding was renormalised over its top k, which
+  leaves no tail and makes the KLs no bounds: it is refused);
 - ``sequence_ids`` (P,) int64 and ``positions`` (P,) int64: the document and the token position of the
   predicted token (position t: the distribution over token t given tokens < t), the keys that match the
   file to the data's scored positions;
 - metadata (strings, optional for an audit, required for training): ``max_length`` and ``stride`` of the windows
   the teacher saw. Windows of any length and stride score each token once, so the keys alone cannot tell
-  which context a stored distribution was conditioned on.
+  which context a stored distribution was conditioned on; an audit refuses metadata naming other windows than
+  its own.
 """
 
 from __future__ import annotations
@@ -271,7 +274,8 @@ def _check_file(tensors: dict[str, torch.Tensor], path: Path, vocab_size: int | 
         where = int(bad.any(1).nonzero()[0])
         raise AuditError(f"expected finite log-probabilities <= 0 in {path}, got {logprobs[where].tolist()} at row "
                          f"{where}; store log-softmax values (a -inf is not allowed: leave that id out)")
-    total = torch.logsumexp(logprobs.float(), -1).exp()
+    total = torch.logsumexp(logprobs.double(), -1).exp()
+    _check_tail(logprobs, total, path, vocab_size)
     if bool((total > 1 + SUM_TOLERANCE).any()):
         where = int((total > 1 + SUM_TOLERANCE).nonzero()[0])
         raise AuditError(f"expected top-k probabilities summing to <= 1 in {path}, got {float(total[where]):.4f} at "
@@ -291,22 +295,67 @@ def _check_file(tensors: dict[str, torch.Tensor], path: Path, vocab_size: int | 
                              f"{len(got)} ({first}); write the file from the same data, max_length and stride")
 
 
+def _rounding(logprobs: torch.Tensor) -> torch.Tensor:
+    """(P,) how far from its true value a row's top-k mass can be read, from the rounding of its stored
+    log-probabilities: sum_i q_i (1 + |log q_i|) times the storage dtype's epsilon (a relative rounding of each
+    log-probability moves q_i by q_i |log q_i| eps), and never below :data:`SUM_TOLERANCE`."""
+    q = logprobs.double().exp()
+    eps = torch.finfo(logprobs.dtype).eps
+    return (eps * (q * (1 + logprobs.double().abs())).sum(-1)).clamp(min=SUM_TOLERANCE)
+
+
+def _check_tail(logprobs: torch.Tensor, total: torch.Tensor, path: Path, vocab_size: int | None) -> None:
+    """Refuse a file whose every row's top-k mass is 1 within rounding while k < V: log-probabilities renormalised
+    over the top k (log_softmax of the top-k logits), which leave no tail bucket. A teacher's real tail is then
+    unknown, and the tail-bucket KLs are no lower bounds (the reverse KL weighs the student's tail against a teacher
+    tail of :data:`TAIL_FLOOR`). One confident row may hold all its mass in its top k; every row of a file does not.
+    """
+    k = logprobs.shape[1]
+    if vocab_size is None or k >= vocab_size or logprobs.shape[0] == 0:
+        return
+    if bool(((total - 1).abs() <= _rounding(logprobs)).all()):
+        raise AuditError(f"expected the teacher's log-probabilities over its whole vocabulary in {path} (the top {k} "
+                         f"of {vocab_size} ids summing below 1, the rest its tail), got every row summing to 1 within "
+                         f"rounding (smallest {float(total.min()):.6f}): log-probabilities renormalised over the top k, "
+                         "whose KLs are no lower bounds; store the top k of log_softmax over all "
+                         f"{vocab_size} logits (audit.reduce.topk.topk_from_logits), or all {vocab_size} ids")
+
+
+def _check_windows(metadata: dict[str, str], path: Path, windows: dict | None) -> None:
+    """Refuse window metadata (:data:`WINDOW_METADATA`) other than the audit's; absent metadata passes (optional
+    for an audit)."""
+    if windows is None:
+        return
+    expected = {key: str(windows[key]) for key in WINDOW_METADATA}
+    got = {key: metadata.get(key, expected[key]) for key in WINDOW_METADATA}
+    if got != expected:
+        raise AuditError(f"expected a top-k file of windows with max_length {expected['max_length']} and stride "
+                         f"{expected['stride']} (the audit's), got max_length {got['max_length']} and stride "
+                         f"{got['stride']} in the metadata of {path}; pass --max-length {got['max_length']} --stride "
+                         f"{got['stride']} to audit it with the windows its teacher saw, or write it again from "
+                         f"windows of {expected['max_length']}/{expected['stride']}")
+
+
 def read_topk_logits(
     path: str | Path, *, vocab_size: int | None = None, sequence_ids: torch.Tensor | None = None,
-    positions: torch.Tensor | None = None,
+    positions: torch.Tensor | None = None, windows: dict | None = None,
 ) -> TopkLogits:
     """Read and validate a top-k logits file (format in the module docstring); tensors on CPU.
 
     Args:
         path: the safetensors file.
-        vocab_size: the student's vocabulary size V; every id must be < V.
+        vocab_size: the student's vocabulary size V; every id must be < V, and with k < V the rows must leave a
+            tail (a file whose every row sums to 1 within rounding was renormalised over its top k).
         sequence_ids, positions: (P,) the data's scored positions (e.g. from
             :class:`audit.load.data.text.TokenWindows`); the file must hold exactly these, in this order.
+        windows: the audit's windows (``TokenWindows.info``: ``max_length``, ``stride``); the file's window
+            metadata, where it has some, must name the same.
 
     Raises:
         AuditError: missing file or tensors; wrong shapes or dtypes; ids outside [0, V); NaN, inf or
-            positive log-probabilities; top-k probabilities summing above 1; repeated ids in a row;
-            sequence ids or positions that do not match the data.
+            positive log-probabilities; top-k probabilities summing above 1, or every row summing to 1 with
+            k < V; repeated ids in a row; window metadata other than ``windows``; sequence ids or positions
+            that do not match the data.
     """
     from safetensors import SafetensorError, safe_open
 
@@ -320,6 +369,7 @@ def read_topk_logits(
     except (SafetensorError, OSError) as e:
         raise AuditError(f"expected a safetensors file at {path}, got one that does not parse ({e}); "
                          "write it with audit.reduce.topk.write_topk_logits") from e
+    _check_windows(metadata, path, windows)
     _check_file(tensors, path, vocab_size, sequence_ids, positions)
     return TopkLogits(tensors["topk_ids"], tensors["topk_logprobs"], tensors["sequence_ids"], tensors["positions"],
                       metadata)

@@ -244,11 +244,13 @@ class TopkFileAdapter(_Wrapper):
         """A copy holding the file's rows for every scored position of ``windows``, in order.
 
         Raises:
-            AuditError: ids outside the vocabulary, NaN, or positions that do not match the windows.
+            AuditError: ids outside the vocabulary, NaN, rows renormalised over the top k (no tail), window
+                metadata (``max_length``, ``stride``) other than the windows', or positions that do not match them.
         """
         sequence_ids, positions = windows.scored()
         return dataclasses.replace(self, logits=read_topk_logits(self.source, vocab_size=vocab_size,
-                                                                 sequence_ids=sequence_ids, positions=positions))
+                                                                 sequence_ids=sequence_ids, positions=positions,
+                                                                 windows=windows.info))
 
     @property
     def k(self) -> int:

@@ -152,7 +152,8 @@ def data_fingerprint(data: TextData, *, chunk: int = 10_000) -> str:
 
 def prediction_key(classifier: TextClassifier, data: TextData, *, dtype: torch.dtype, max_length: int,
                    batch_size: int, device: torch.device) -> dict:
-    """Everything a model's logits on ``data`` depend on, as a JSON-ready dict (its digest names the entry).
+    """Everything a model's logits on ``data`` depend on, as a JSON-ready dict (its digest names the entry): the
+    model by its content, never by its display name or the spelling of its path, so a renamed model hits its entry.
 
     ``batch_size`` and the device type are part of it because a batch's padding and kernels change the
     last bits of the logits; the number of processes is not (every process runs the same batches).
@@ -174,14 +175,14 @@ def prediction_key(classifier: TextClassifier, data: TextData, *, dtype: torch.d
 def token_key(models: list, documents: Documents, windows: TokenWindows, *, dtype: torch.dtype,
               device: torch.device, batch_size: int, scaled: dict[str, dict[int, float]] | None = None) -> dict:
     """Everything a token audit's columns depend on, as :func:`prediction_key` for a classifier's logits: every
-    model (a top-k teacher by its file's bytes), the documents, the windowing, how they ran, and the temperatures
-    of the scaled views (:func:`audit.run.evaluate.evaluate_tokens`)."""
+    model in order by its content (a top-k teacher by its file's bytes; no display name or path spelling), the
+    documents, the windowing, how they ran, and the temperatures of the scaled views
+    (:func:`audit.run.evaluate.evaluate_tokens`)."""
     digest = hashlib.sha256()
     for values in (documents.texts, documents.ids, documents.prompts or []):
         digest.update(json.dumps(values).encode())
-    key = {"version": 1, "kind": "lm-columns",
-           "models": [[m.source, model_fingerprint(m) if isinstance(m, CausalLM) else file_sha256(Path(m.source))]
-                      for m in models],
+    key = {"version": 2, "kind": "lm-columns",
+           "models": [model_fingerprint(m) if isinstance(m, CausalLM) else file_sha256(Path(m.source)) for m in models],
            "documents": digest.hexdigest(), "windows": windows.info, "dtype": str(dtype), "device": device.type,
            "batch_size": batch_size}
     if scaled:
@@ -191,7 +192,8 @@ def token_key(models: list, documents: Documents, windows: TokenWindows, *, dtyp
 
 def open_store(key: dict, *, name: str, width: int) -> PredictionStore | None:
     """The cache entry of ``key`` (``width`` values per row), or None, with a warning, when the cache cannot be
-    written: the run goes on uncached."""
+    written: the run goes on uncached. ``name`` labels a new entry in ``cache list``; it is no part of the match
+    (:meth:`PredictionStore.open`)."""
     try:
         return PredictionStore.open(key, name=name, num_classes=width)
     except CacheUnavailable as err:
@@ -231,24 +233,29 @@ class PredictionStore:
              root: Path | None = None) -> PredictionStore:
         """The entry for ``key`` (created with its manifest when new; rebuilt when its manifest is damaged).
 
+        ``name`` is a display name only: the manifest keeps the one the entry was first written under (what
+        :func:`list_cache` shows), and the entry is matched by ``key`` and ``num_classes`` alone, so a model renamed
+        (``--name``) or listed twice (``teacher#2``) opens the entry its logits are in.
+
         Raises:
             CacheUnavailable: the cache folder cannot be created or written.
         """
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
         folder = (root or _make_root()) / digest
-        manifest = {"key": key, "name": name, "num_classes": num_classes}
+        identity = {"key": key, "num_classes": num_classes}  # what the logits are of; the name is not
         try:
             folder.mkdir(parents=True, exist_ok=True)
             saved = _read_json(folder / MANIFEST, "cache manifest")
-            if saved is not None and {k: saved.get(k) for k in manifest} != manifest:
+            if saved is not None and ({k: saved.get(k) for k in identity} != identity
+                                      or not isinstance(saved.get("name"), str)):
                 warn(f"ignoring the cache entry {folder} whose manifest does not match its key; recomputing it")
                 saved = None
             if saved is None:
                 for shard in folder.glob(_SHARD_GLOB):
                     shard.unlink()
                 created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-                write_atomic(folder / MANIFEST, lambda p: p.write_text(json.dumps({**manifest, "created": created},
-                                                                                   indent=2)))
+                manifest = {"key": key, "name": name, "num_classes": num_classes, "created": created}
+                write_atomic(folder / MANIFEST, lambda p: p.write_text(json.dumps(manifest, indent=2)))
         except OSError as err:
             raise CacheUnavailable(f"expected a writable cache folder at {folder}, got {err.strerror or err}; set "
                                    "KD_AUDIT_CACHE to a writable folder or pass --no-cache") from None

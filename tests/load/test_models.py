@@ -116,3 +116,65 @@ def test_one_dimensional_predictions(tmp_path):
 def test_uncached_hub_id_fails_cleanly(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     _expect("could not load the Hugging Face model", "kd-audit-test/no-such-model")
+
+
+@pytest.mark.parametrize("spec", ["distilbert-base-uncased-finetuned-sst-2-english", "gpt2"])
+def test_a_plain_hub_id_is_looked_up_as_a_namespaced_one_is(monkeypatch, spec):
+    """Issue 26: a legacy hub id without an owner said "no such file or folder" where ``owner/name`` said the Hub
+    is out of reach and to use the local cache."""
+    from audit.load.models import looks_like_hub_id
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert looks_like_hub_id(spec)
+    with pytest.raises(AuditError, match=rf"could not load the Hugging Face model '{spec}' .*no file or folder of that "
+                                         "name here.*local cache") as err:
+        load_model(spec)
+    assert "check the path" not in str(err.value)
+    assert not any(looks_like_hub_id(s) for s in ("logits.json", "./model", "/abs/model", "a/b/c", "-x"))
+
+
+def test_a_classifier_with_layers_is_told_that_only_causal_lms_are_cut():
+    """Issue 26: ``fixtures/teacher@layers=1`` was sent to the causal-LM loader, whose advice (--kind classifier)
+    looped back to a message calling the BERT classifier "the causal LM"."""
+    spec = f"{FIXTURES / 'teacher'}@layers=1"
+    with pytest.raises(AuditError, match=r"@layers=1 cuts the layers of causal LMs only; drop @layers=1 to audit .*"
+                                         r"teacher, or train a cut student \(python -m audit train --model "):
+        load_model(spec)
+
+
+@pytest.mark.parametrize("content, ids", [
+    ("[[2.0, -1.0], [0.5, 0.25]]", None),  # a JSON array of logit rows (issue 26: pyarrow's "changed from object")
+    ('[{"id": "a", "logits": [2.0, -1.0]}, {"id": "b", "logits": [0.5, 0.25]}]', ["a", "b"]),
+    ('{"logits": [[2.0, -1.0], [0.5, 0.25]], "ids": ["a", "b"]}', ["a", "b"]),
+    ('{"id": "a", "logits": [2.0, -1.0]}\n{"id": "b", "logits": [0.5, 0.25]}\n', ["a", "b"]),  # JSON lines
+])
+def test_json_predictions_in_every_shape_a_user_writes(tmp_path, content, ids):
+    path = tmp_path / "model.json"
+    path.write_text(content)
+    predictions = load_model(str(path))
+    torch.testing.assert_close(predictions.logits, torch.tensor([[2.0, -1.0], [0.5, 0.25]]))
+    assert predictions.ids == ids
+    lines = tmp_path / "rows.jsonl"
+    lines.write_text("[2.0, -1.0]\n[0.5, 0.25]\n")  # JSON lines of bare rows
+    torch.testing.assert_close(load_model(str(lines)).logits, predictions.logits)
+
+
+@pytest.mark.parametrize("content, message", [
+    ("[[1, 2], [3]]", "same number of logits on every row"),
+    ('[[1, "x"], [3, 4]]', "expected numbers as logits .* got 'x' at row 0"),
+    ("[1, 2]", r"JSON array of logit rows \(\[\[...\], ...\]\) or of objects"),
+    ('[{"logits": [1, 2]}, {"score": [3, 4]}]', "'logits' key in every object .* at row 1"),
+    ('{"scores": [[1, 2]]}', "'logits' key in the JSON object"),
+])
+def test_json_predictions_that_are_not_logits_are_one_line(tmp_path, content, message):
+    path = tmp_path / "model.json"
+    path.write_text(content)
+    _expect(message, str(path))
+
+
+def test_a_topk_file_is_not_taken_for_classifier_logits(tmp_path):
+    from audit.reduce.topk import topk_from_logits, write_topk_logits
+
+    ids, logprobs = topk_from_logits(torch.randn(4, 10), 3)
+    path = write_topk_logits(tmp_path / "top3.safetensors", ids, logprobs, torch.zeros(4), torch.arange(4) + 1)
+    _expect("got a top-k logits file .*pass it as --teacher of a token audit", str(path))

@@ -205,3 +205,49 @@ def test_kd_loss_refuses_bad_arguments():
         topk_kd_loss(s, ids, lp, reduction="max")
     with pytest.raises(AuditError, match=r"\(P, k\) and student logits"):
         topk_kd_loss(s[:3], ids, lp)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_reader_refuses_log_probabilities_renormalised_over_the_top_k(tmp_path, dtype):
+    """Issue 26: log-softmax over the top k (each row summing to 1) made the tail bucket vanish, and the KLs it gave
+    were no lower bounds (KL 1.45 for 0.10, reverse KL 11.4 for 0.09); such a file is refused when k < V."""
+    t, _ = pair("random", p=24, v=50)
+    ids, lp = topk_from_logits(t, 8)
+    seq, pos = torch.zeros(24, dtype=torch.int64), torch.arange(24) + 1
+    good = write_topk_logits(tmp_path / "good.safetensors", ids, lp.to(dtype), seq, pos)
+    assert len(read_topk_logits(good, vocab_size=50)) == 24
+    renormalised = write_topk_logits(tmp_path / "renorm.safetensors", ids, torch.log_softmax(lp, -1).to(dtype), seq,
+                                     pos)
+    with pytest.raises(AuditError, match=r"top 8 of 50 ids.*renormalised over the top k.*log_softmax"):
+        read_topk_logits(renormalised, vocab_size=50)
+    read_topk_logits(renormalised)  # without the vocabulary, k < V cannot be told: the writer's checks only
+
+
+def test_confident_rows_and_a_whole_vocabulary_are_not_mistaken_for_renormalised_ones(tmp_path):
+    t, _ = pair("peaked", p=24, v=50)
+    t[:12, 0] = 60.0  # half the rows hold all their mass on one id: a tail below any rounding
+    ids, lp = topk_from_logits(t, 8)
+    seq, pos = torch.zeros(24, dtype=torch.int64), torch.arange(24) + 1
+    path = write_topk_logits(tmp_path / "confident.safetensors", ids, lp, seq, pos)
+    assert len(read_topk_logits(path, vocab_size=50)) == 24
+    ids, lp = topk_from_logits(t, 50)  # k = V: every row sums to 1, as it must
+    path = write_topk_logits(tmp_path / "whole.safetensors", ids, lp, seq, pos)
+    assert len(read_topk_logits(path, vocab_size=50)) == 24
+
+
+def test_reader_refuses_window_metadata_other_than_the_audits(tmp_path):
+    """Issue 26: a file written from windows of 16/8 was audited at 64/32 without a word (every window length scores
+    each token once, so the positions match; only the metadata tells the context the teacher saw)."""
+    t, _ = pair("peaked", p=12, v=50)
+    ids, lp = topk_from_logits(t, 4)
+    seq, pos = torch.zeros(12, dtype=torch.int64), torch.arange(12) + 1
+    path = write_topk_logits(tmp_path / "w16.safetensors", ids, lp, seq, pos,
+                             metadata={"max_length": "16", "stride": "8"})
+    with pytest.raises(AuditError, match=r"max_length 64 and stride 32 \(the audit's\), got max_length 16 and "
+                                         r"stride 8.*pass --max-length 16 --stride 8"):
+        read_topk_logits(path, windows={"max_length": 64, "stride": 32, "documents": 1})
+    with pytest.raises(AuditError, match="stride 8"):
+        read_topk_logits(path, windows={"max_length": 16, "stride": 4})
+    assert read_topk_logits(path, windows={"max_length": 16, "stride": 8}).metadata["stride"] == "8"
+    bare = write_topk_logits(tmp_path / "bare.safetensors", ids, lp, seq, pos)  # no metadata: optional for an audit
+    assert len(read_topk_logits(bare, windows={"max_length": 64, "stride": 32})) == 12

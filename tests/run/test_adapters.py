@@ -205,3 +205,38 @@ def test_causal_lm_adapter_yields_the_scored_next_token_positions():
         scored = windows.targets[a:b] != -100
         assert torch.equal(batch.mask, scored) and torch.equal(batch.targets, windows.targets[a:b][scored])
         torch.testing.assert_close(batch.logits, logits[scored])
+
+
+def _windows(max_length: int, stride: int):
+    """Token windows of one document of 9 tokens, 8 scored positions (1..8), as audit.load.data.text builds them."""
+    from audit.load.data.text import TokenWindows
+
+    ids = torch.arange(9)[None]
+    targets = torch.cat([ids[:, 1:], torch.full((1, 1), -100)], 1)
+    positions = torch.cat([torch.arange(1, 9)[None], torch.full((1, 1), -1)], 1)
+    return TokenWindows(ids, torch.ones_like(ids), targets, positions, torch.zeros(1, dtype=torch.int64),
+                        {"max_length": max_length, "stride": stride, "documents": 1})
+
+
+@pytest.mark.parametrize("lie, message", [
+    ("windows", r"max_length 64 and stride 32 \(the audit's\), got max_length 16 and stride 8"),
+    ("renormalised", "renormalised over the top k"),
+])
+def test_a_topk_file_that_lies_is_refused_when_read_for_the_windows(tmp_path, lie, message):
+    """Issue 26: a file renormalised over its top 16 (no tail: KL 1.45 for 0.10) or written from windows of 16/8
+    and audited at 64/32 was accepted without a word."""
+    from audit.load.causal_lm import TopkTeacher
+    from audit.reduce.topk import topk_from_logits, write_topk_logits
+    from audit.run.adapters import TopkFileAdapter
+
+    windows = _windows(64, 32)
+    ids, logprobs = topk_from_logits(torch.randn(8, 40, generator=torch.Generator().manual_seed(0)), 4)
+    if lie == "renormalised":
+        logprobs = torch.log_softmax(logprobs, -1)
+    metadata = {"max_length": "16", "stride": "8"} if lie == "windows" else {"max_length": "64", "stride": "32"}
+    path = write_topk_logits(tmp_path / "top4.safetensors", ids, logprobs, *windows.scored(), metadata=metadata)
+    adapter = TopkFileAdapter(TopkTeacher("top4", str(path)))
+    with pytest.raises(AuditError, match=message):
+        adapter.read(windows, 40)
+    if lie == "windows":  # the fix the message names: the windows the file was written from
+        assert adapter.read(_windows(16, 8), 40).k == 4

@@ -176,3 +176,65 @@ def test_entry_folder_is_named_by_the_key_digest():
     assert a.folder != b.folder and a.folder.parent == b.folder.parent == cache_root()
     assert json.loads((a.folder / "manifest.json").read_text())["key"] == {"test": "x"}
     assert {r["name"]: r["digest"] for r in list_cache()} == {"x": a.folder.name, "y": b.folder.name}
+
+
+def test_a_renamed_model_opens_its_entry_without_a_warning(recwarn):
+    """Issue 26: the manifest stored the display name and the key did not, so a renamed model (``--name``, or the
+    same checkpoint listed twice) warned "whose manifest does not match its key" and recomputed."""
+    store = _store("teacher")
+    store.add(0, torch.tensor([0, 1]), torch.ones(2, 2))
+    store.flush()
+    renamed = PredictionStore.open({"test": "teacher"}, name="big-model", num_classes=2)
+    assert renamed.folder == store.folder and renamed.cached_batches() == {0}
+    assert not [w for w in recwarn if "does not match" in str(w.message)]
+    assert json.loads((store.folder / "manifest.json").read_text())["name"] == "teacher"  # the name it was written as
+    with pytest.warns(UserWarning, match="does not match its key"):  # another width under the key still rebuilds
+        assert PredictionStore.open({"test": "teacher"}, name="teacher", num_classes=3).cached_batches() == set()
+
+
+def _count_forwards(monkeypatch) -> list[int]:
+    from audit.run.adapters import ClassifierAdapter
+
+    calls: list[int] = []
+    original = ClassifierAdapter._forward
+    monkeypatch.setattr(ClassifierAdapter, "_forward", lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
+    return calls
+
+
+def test_a_checkpoint_under_other_names_hits_its_cache_entry(setup, monkeypatch, recwarn):
+    """Renamed with names=/--name, or compared with itself (teacher and ``teacher#2``): every model's logits come
+    from the entries the first run wrote, with the same numbers and no warning."""
+    calls = _count_forwards(monkeypatch)
+    settings = CompareSettings(limit=20, n_bootstrap=20, progress=False, batch_size=4)
+    teacher, student, data = str(setup / "teacher"), str(setup / "student"), str(setup / "data.jsonl")
+    first = compare(teacher, [student], data, settings=settings)
+    assert calls
+    calls.clear()
+    renamed = compare(teacher, [student], data, names=["big", "small"], settings=settings)
+    assert calls == []  # both models' logits read from the cache
+    assert renamed["models"]["big"] == first["models"]["teacher"]
+    assert renamed["pairs"][0]["kl"] == first["pairs"][0]["kl"]
+    itself = compare(teacher, [teacher], data, settings=settings)
+    assert calls == [] and itself["pairs"][0]["kl"]["value"] == 0
+    assert not [w for w in recwarn if "does not match" in str(w.message)]
+
+
+def test_a_renamed_causal_lm_hits_its_token_cache_entry(tmp_path, monkeypatch, recwarn):
+    """The token audit's entry is keyed by the models' content, not by their names (stored as ``T+S``)."""
+    from audit.package import fixtures_path
+    from audit.run.adapters import CausalLMAdapter
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.txt").write_text("To be, or not to be, that is the question. " * 3)
+    teacher, student = str(fixtures_path() / "lm-teacher"), f"{fixtures_path() / 'lm-teacher'}@layers=1"
+    calls: list[int] = []
+    original = CausalLMAdapter.forward
+    monkeypatch.setattr(CausalLMAdapter, "forward", lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
+    settings = CompareSettings(max_length=32, n_bootstrap=20, progress=False)
+    first = compare(teacher, [student], str(docs), settings=settings)
+    assert calls
+    calls.clear()
+    renamed = compare(teacher, [student], str(docs), names=["big", "small"], settings=settings)
+    assert calls == [] and renamed["pairs"][0]["kl"] == first["pairs"][0]["kl"]
+    assert not [w for w in recwarn if "does not match" in str(w.message)]

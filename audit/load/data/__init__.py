@@ -4,7 +4,8 @@
 
 - a local file ``path.csv|.tsv|.jsonl|.json|.parquet`` (see :mod:`audit.load.data.files` for the formats;
   ``split`` picks the rows of a ``split`` column, dev and validation being one name),
-  or a folder of such files named by split (``train.csv``, ``test.csv``), read by ``datasets``;
+  or a folder of such files named by split (``train.csv``, ``test.csv``: the names ``datasets`` gives splits),
+  each file read as a single file is, and nothing written (``datasets``' cache is not used);
 - a built-in name ``vader-movies``, ``vader-tweets``, ``vader-amazon``, ``vader-nyt``, ``bbc-news``,
   optionally ``name:split`` with split train, dev or test (default test); see :mod:`audit.load.data.builtin`;
 - a Hub data set ``name[:config][:split]`` loaded with ``datasets.load_dataset`` (default split test;
@@ -41,6 +42,7 @@ from audit.load.data.files import (
     file_sha256,
     parse_hub_spec,
     read_file,
+    read_folder,
     read_hub,
     select_split,
 )
@@ -247,7 +249,7 @@ def load_data(
     path = Path(spec).expanduser()
     if path.is_dir():
         chosen_split = split or DEFAULT_SPLIT
-        table, class_names, info = read_hub(str(path), None, chosen_split, local=True)
+        table, class_names, info = read_folder(path, chosen_split)
         return _to_text_data(table, f"{path.name}:{chosen_split}", info, class_names, limit, *columns)
     if path.suffix.lower() in FILE_SUFFIXES or path.exists():
         table, class_names = read_file(path)

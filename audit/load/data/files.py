@@ -1,4 +1,4 @@
-"""Reading a local table file or a Hugging Face Hub data set into a pyarrow Table.
+"""Reading a local table file, a folder of them by split, or a Hugging Face Hub data set into a pyarrow Table.
 
 Cells are read as stored, except csv/tsv ones, which are all read as strings (ids like "007" keep
 their zeros; :func:`audit.load.data.load_data` reads all-integer label strings as class indices). tsv has
@@ -154,6 +154,65 @@ def read_file(path: Path) -> tuple[pa.Table, dict[str, list[str]]]:
                          f"({str(e).splitlines()[0]}); fix the file") from e
 
 
+def folder_splits(path: Path) -> dict[str, list[Path]]:
+    """The data files of a folder by split, named as ``datasets`` names them (``train.csv``, ``dev.jsonl`` or
+    ``validation/part-0.parquet``, ``test-00000-of-00001.parquet``; a folder whose names name no split is all
+    ``train``); only the suffixes of :data:`FILE_SUFFIXES`. Nothing is read or written.
+
+    Raises:
+        AuditError: a folder with no data file.
+    """
+    # datasets' own rules for split names, which resolve names only: nothing is read, no cache is written
+    from datasets.data_files import DataFilesDict, get_data_patterns
+
+    try:
+        patterns = get_data_patterns(str(path))
+        files = DataFilesDict.from_patterns(patterns, base_path=str(path), allowed_extensions=list(FILE_SUFFIXES))
+    except FileNotFoundError:
+        files = {}
+    splits = {str(split): [Path(f).resolve() for f in found] for split, found in files.items() if found}
+    if not splits:
+        raise AuditError(f"expected data files ({', '.join(FILE_SUFFIXES)}) named by split in the folder {path} "
+                         "(train.csv, test.jsonl, ...), got none; add them, or pass one data file")
+    return splits
+
+
+def read_folder(path: Path, split: str) -> tuple[pa.Table, dict[str, list[str]], dict]:
+    """The rows of split ``split`` of a folder of data files (:func:`folder_splits`; dev and validation are one
+    split), read as :func:`read_file` reads one file, without ``datasets``' cache; ClassLabel names by column, and
+    info.
+
+    Raises:
+        AuditError: no data file; no file of that split (naming the splits there are and ``--split``); a file that
+            does not parse; files of one split whose columns do not concatenate.
+    """
+    splits = folder_splits(path)
+    root = path.resolve()
+    chosen = next((s for s in (split, SPLIT_ALIASES.get(split)) if s in splits), None)
+    if chosen is None:
+        present = sorted(splits)
+        names = ", ".join(str(f.relative_to(root)) for s in present for f in splits[s])
+        only = "only " if len(present) == 1 else ""
+        raise AuditError(f"expected a {split} split in the folder {path}, got {only}{', '.join(present)} ({names}); "
+                         f"pass --split {present[0]}, or add a {split} file (e.g. {split}.jsonl)")
+    tables, class_names = [], {}
+    for file in sorted(splits[chosen]):
+        table, names = read_file(file)
+        tables.append(table)
+        class_names = class_names or names
+    try:
+        table = pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
+    except pa.ArrowException as e:
+        raise AuditError(f"expected the {chosen} files of {path} to share their columns, got ones that do not "
+                         f"concatenate ({str(e).splitlines()[0]}); give them the same columns") from e
+    digest = hashlib.sha256()
+    for file in sorted(splits[chosen]):
+        digest.update(f"{file.relative_to(root)}:{file_sha256(file)}\n".encode())
+    info = {"kind": "folder", "source": str(path), "config": None, "split": chosen,
+            "files": [str(f.relative_to(root)) for f in sorted(splits[chosen])], "sha256": digest.hexdigest()}
+    return table, class_names, info
+
+
 def _load_split(datasets, name: str, config: str | None, split: str):
     # kd-audit says dev where the Hub mostly says validation: try the other name before giving up
     try:
@@ -165,30 +224,26 @@ def _load_split(datasets, name: str, config: str | None, split: str):
         return datasets.load_dataset(name, config, split=other), other
 
 
-def read_hub(
-    name: str, config: str | None, split: str, *, local: bool = False
-) -> tuple[pa.Table, dict[str, list[str]], dict]:
-    """``datasets.load_dataset(name, config, split=split)`` as a table, ClassLabel names by column, and info.
-
-    ``local``: ``name`` is a folder of data files (train.csv, test.parquet, ...), which needs no network.
+def read_hub(name: str, config: str | None, split: str) -> tuple[pa.Table, dict[str, list[str]], dict]:
+    """``datasets.load_dataset(name, config, split=split)`` as a table, ClassLabel names by column, and info (a
+    local folder of data files is :func:`read_folder`'s).
 
     Raises:
         AuditError: the Hub cannot be reached (offline), or `datasets` cannot load that name/config/split.
     """
     spec = ":".join(p for p in (name, config, split) if p)
     advice = f"pass a local csv/tsv/jsonl/parquet file or a built-in name: {', '.join(builtin_datasets())}"
-    if not local and hub_unreachable():
+    if hub_unreachable():
         raise AuditError(f"could not load data set {spec} from the Hugging Face Hub (offline?); {advice}")
     import datasets  # heavy import, only on this path
 
     try:
         ds, chosen = _load_split(datasets, name, config, split)
     except (OSError, ValueError) as e:  # ConnectionError, DatasetNotFoundError, unknown split or config
-        where = "the folder" if local else "the Hugging Face Hub"
         why = str(e).splitlines()[0]
-        raise AuditError(f"could not load data set {spec} from {where} ({why}); {advice}") from e
+        raise AuditError(f"could not load data set {spec} from the Hugging Face Hub ({why}); {advice}") from e
     names = {col: f.names for col, f in ds.features.items() if isinstance(f, datasets.ClassLabel)}
-    info = {"kind": "folder" if local else "hub", "source": name, "config": config, "split": chosen,
+    info = {"kind": "hub", "source": name, "config": config, "split": chosen,
             "fingerprint": ds._fingerprint}
     return ds.with_format("arrow")[:], names, info
 

@@ -124,7 +124,7 @@ def test_parquet_classlabel_names(tmp_path):
     assert d.labels == [0, 1, 1] and d.label_names == ["neg", "pos"]
 
 
-def test_folder_of_split_files_through_datasets(tmp_path, monkeypatch):
+def test_folder_of_split_files(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf"))
     folder = tmp_path / "corpus"
     folder.mkdir()
@@ -272,13 +272,39 @@ def test_hub_offline_fails_fast_with_advice(spec, shown):
     assert shown in str(err.value) and "bbc-news" in str(err.value) and "local csv" in str(err.value)
 
 
-def test_folder_errors_from_datasets_become_audit_errors(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf"))
+def test_a_folder_without_the_split_names_the_splits_it_has_and_writes_nothing(tmp_path, monkeypatch):
+    """Issue 26: a folder with only train.csv went through `datasets`, which wrote into its cache
+    (~/.cache/huggingface/datasets), and the refusal did not suggest --split train."""
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf" / "datasets"))
     folder = tmp_path / "corpus"
     folder.mkdir()
     write(folder / "train.csv", RECORDS)
-    with pytest.raises(AuditError, match="could not load data set .*corpus:test from the folder"):
+    with pytest.raises(AuditError, match=r"expected a test split in the folder .*corpus, got only train \(train.csv\); "
+                                         "pass --split train"):
         load_data(str(folder))
+    assert len(load_data(str(folder), split="train")) == 4  # the fix it names works
+    assert not (tmp_path / "hf").exists()  # nothing written into the Hugging Face cache, refused or read
+    assert sorted(p.name for p in folder.iterdir()) == ["train.csv"]
+
+
+def test_folder_files_of_one_split_are_read_as_single_files_are(tmp_path):
+    folder = tmp_path / "corpus"
+    for split in ("test", "train"):
+        (folder / split).mkdir(parents=True)
+    write(folder / "test" / "part-0.jsonl", RECORDS[:2])
+    write(folder / "test" / "part-1.jsonl", RECORDS[2:])
+    write(folder / "train" / "all.csv", [{"id": "007", "text": "t", "label": "pos"}])
+    (folder / "notes.txt").write_text("not data")
+    d = load_data(str(folder))
+    assert d.ids == ["a1", "a2", "a3", "a4"] and d.labels == [2, 0, 1, 2] and d.label_names == ["neg", "neutral", "pos"]
+    assert d.info["files"] == ["test/part-0.jsonl", "test/part-1.jsonl"] and len(d.info["sha256"]) == 64
+    assert load_data(str(folder), split="train").ids == ["007"]  # a csv cell read as text, as in a single file
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("not data")
+    with pytest.raises(AuditError, match="expected data files .* named by split in the folder"):
+        load_data(str(empty))
 
 
 def test_malformed_hub_spec():
