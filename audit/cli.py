@@ -343,16 +343,22 @@ def report(
     html: Annotated[Path | None, typer.Option(help="Write a self-contained HTML report here.")] = None,
 ) -> None:
     """Re-render a saved compare or replicate report, without models."""
+    from rich.console import Console
+
     from audit.report.replicate import render_summary
     from audit.report.schema import kind_of, load_report
     from audit.report.terminal import render_compare
 
     check_outputs(report_outputs(None, plots, html), [run])
-    saved = load_report(run)
+    saved = load_report(run)  # its schema and cross-references: every field a renderer reads, present and typed
     if kind_of(saved) == "replicate-all" and (plots or html):
         raise AuditError(f"expected --plots/--html with a compare or one-task replicate report, got {run}, a summary "
                          "over tasks; render a task's OUT/TASK/summary.json with them")
-    (render_compare if kind_of(saved) == "compare" else render_summary)(saved)
+    console = Console()
+    with console.capture() as rendered:  # the whole report, then printed at once: never half of one
+        (render_compare if kind_of(saved) == "compare" else render_summary)(saved, console)
+    sys.stdout.write(rendered.get())
+    sys.stdout.flush()
     write_outputs(saved, None, plots, html)
 
 

@@ -8,12 +8,15 @@ per arm as horizontal bars, ``█`` up to the CI's lower end, ``▒`` across the
 
 from __future__ import annotations
 
+from rich.cells import cell_len
 from rich.columns import Columns
-from rich.console import Group, RenderableType
+from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
+from rich.measure import Measurement
 from rich.panel import Panel
 from rich.text import Text
 
 from audit.errors import AuditError
+from audit.report.format import format_value
 from audit.report.schema import kind_of
 
 BLOCKS = " ▁▂▃▄▅▆▇█"
@@ -116,7 +119,8 @@ def _compare_charts(report: dict) -> RenderableType:
         style = TEACHER_STYLE if m["role"] == "teacher" else STUDENT_STYLE
         parts = []
         if "reliability" in m:
-            parts += [Text(f"accuracy vs confidence, ECE {m['ece']:.4f}"), reliability_chart(m, style=style)]
+            parts += [Text(f"accuracy vs confidence, ECE {format_value(m['ece'], '{:.4f}')}"),
+                      reliability_chart(m, style=style)]
         parts += [Text("entropy (nats)"), histogram_chart(m["entropy_histogram"], vmax=vmax, style=style)]
         panels.append(Panel(Group(*parts), title=Text(f"{name} ({m['role']})"), expand=False))
     legend = Text("entropy histograms share one scale", style="dim")
@@ -144,6 +148,29 @@ def entropy_by_arm_chart(report: dict, *, width: int = 40) -> Text:
     return text
 
 
+class ArmBars:
+    """:func:`entropy_by_arm_chart` as a renderable whose bars are as wide as the console leaves them (up to
+    :data:`BAR_WIDTH`, at least :data:`MIN_BAR_WIDTH`): each arm's name, bar and numbers stay on one line."""
+
+    BAR_WIDTH, MIN_BAR_WIDTH = 40, 8
+
+    def __init__(self, report: dict) -> None:
+        self.report = report
+        self.label_width = max(cell_len(a["arm"]) for a in report["arms"])
+        numbers = max(len(f" {a['entropy']['value']:.3f} [{a['entropy']['ci'][0]:.3f}, {a['entropy']['ci'][1]:.3f}]")
+                      for a in report["arms"])
+        self.other = self.label_width + 1 + max(numbers, len("0.000  mean entropy (nats)") - 5)
+
+    def bar_width(self, max_width: int) -> int:
+        return max(self.MIN_BAR_WIDTH, min(self.BAR_WIDTH, max_width - self.other))
+
+    def __rich_measure__(self, console: Console, options: ConsoleOptions) -> Measurement:
+        return Measurement(self.other + self.MIN_BAR_WIDTH, self.other + self.bar_width(options.max_width))
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        yield entropy_by_arm_chart(self.report, width=self.bar_width(options.max_width))
+
+
 def terminal_charts(report: dict) -> RenderableType:
     """The report's charts as one rich renderable: ``Console().print(terminal_charts(report))``.
 
@@ -159,4 +186,4 @@ def terminal_charts(report: dict) -> RenderableType:
     """
     if kind_of(report) == "compare":
         return _compare_charts(report)
-    return Panel(entropy_by_arm_chart(report), title="Mean entropy by arm (95% bootstrap CI over dev examples)", expand=False)
+    return Panel(ArmBars(report), title="Mean entropy by arm (95% bootstrap CI over dev examples)", expand=False)

@@ -14,10 +14,10 @@ from html import escape
 from pathlib import Path
 
 from audit.atomic import write_atomic
-from audit.report.format import with_ci
+from audit.report.format import format_value, verdict_sentence, with_ci
 from audit.report.plots import build_figures, png_bytes
 from audit.report.schema import kind_of
-from audit.report.terminal import MODEL_ROWS, PAIR_ROWS, direction_label, format_value
+from audit.report.terminal import MODEL_ROWS, PAIR_ROWS, direction_label
 
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 VERDICT_CLASS = {"inherits": "good", "moves_away": "bad", "inconclusive": "unsure",
@@ -91,8 +91,9 @@ def _compare_body(report: dict) -> str:
             f"{settings['n_bins']} bins; {settings['n_bootstrap']} bootstrap resamples (seed {settings['seed']}); created {report.get('created', '-')}")
     parts = [f"<h1>kd-audit compare</h1><p class=\"meta\">{escape(meta)}</p>",
              "<h2>Verdict: did the student inherit the teacher's confidence?</h2><ul class=\"verdicts\">"]
-    parts += [f"<li><strong>{escape(p['student'])}</strong>: {_verdict(p['verdict'])} "
-              f"({escape(p['verdict_reason'])})</li>" for p in pairs]
+    for p in pairs:  # the verdict said once: a reason that opens with it continues the sentence
+        _, rest = verdict_sentence(p["verdict"], p["verdict_reason"])
+        parts.append(f"<li><strong>{escape(p['student'])}</strong>: {_verdict(p['verdict'])}{escape(rest)}</li>")
     parts.append("</ul>")
     rows = [_cell(label) + "".join(_cell(format_value(m.get(key), fmt), num=True) for m in models.values())
             for key, label, fmt in MODEL_ROWS if any(key in m for m in models.values())]
@@ -118,7 +119,8 @@ def _compare_body(report: dict) -> str:
             ratio = with_ci({"value": pair["temperature_ratio"]["ratio"], "ci": pair["temperature_ratio"]["ci"]},
                             "{:.3f}") if pair else "-"
             rows.append(_cell(name) + _cell(f"{m['temperature']:.3f}", num=True)
-                        + "".join(_cell(f"{m[k]:.4f} -> {m['calibrated'][k]:.4f}", num=True)
+                        + "".join(_cell(f"{format_value(m[k], '{:.4f}')} -> "
+                                        f"{format_value(m['calibrated'][k], '{:.4f}')}", num=True)
                                   for k in ("nll", "ece", "smece"))
                         + _cell(ratio, num=True) + (f"<td>{_verdict(pair['calibrated']['verdict'])}</td>" if pair
                                                     else _cell("-")))

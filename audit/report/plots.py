@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 
 from audit.atomic import write_atomic
 from audit.errors import AuditError
-from audit.report.format import with_ci
+from audit.report.format import format_value, with_ci
 from audit.report.schema import kind_of
 
 if TYPE_CHECKING:
@@ -84,7 +84,8 @@ def reliability_figure(report: dict) -> Figure | None:
         top.plot([edges[b] + w / 2 for b, w in zip(full, width, strict=True)],
                  [rel["confidence"][b] for b in full], ls="none", marker="o", ms=3.5, color="black",
                  label="mean confidence")
-        top.set_title(f"{_plain(name)} ({m['role']})\naccuracy {m['accuracy']:.3f}   ECE {m['ece']:.4f}",
+        top.set_title(f"{_plain(name)} ({m['role']})\naccuracy {format_value(m['accuracy'], '{:.3f}')}   "
+                      f"ECE {format_value(m['ece'], '{:.4f}')}",
                       fontsize=9)
         bottom.bar(edges[:-1], rel["count"], width=[hi - lo for lo, hi in pairwise(edges)], align="edge",
                    color="0.55", edgecolor="white", label="count")

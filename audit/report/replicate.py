@@ -4,8 +4,11 @@ grid (:func:`audit.recipes.replicate.replicate`, and the LM grid's common part),
 
 from __future__ import annotations
 
+from rich.text import Text
+
 from audit.report.charts import terminal_charts
 from audit.report.schema import REPLICATE_ALL as ALL_SCHEMA
+from audit.report.terminal import Column, fitted_tables
 from audit.stats.claims import VERDICTS
 
 
@@ -13,37 +16,35 @@ def render_summary(summary: dict, console=None) -> None:
     """The paper's table (mean dev entropy and accuracy per arm, with CIs) and the claim verdicts; for a
     ``--task all`` summary, the tables across tasks (:func:`render_aggregate`)."""
     from rich.console import Console
-    from rich.table import Table
 
     console = console or Console()
     if summary["schema"] == ALL_SCHEMA:
         render_aggregate(summary, console)
         return
     seeds = len(summary["seeds"])
-    table = Table(title=f"{summary['task']} ({summary['profile']} profile, {seeds} seed{'s' * (seeds > 1)}): "
-                        "mean dev entropy and accuracy, 95% bootstrap CI", title_justify="left")
     fitted = all("temperature" in arm for arm in summary["arms"])  # T* per arm: the classifier grid
-    numbers = ("entropy (nats)", "accuracy", *(("T* (fitted on dev)",) if fitted else ()))
-    for column in ("arm", "method", "setup", "teacher", *numbers):
-        table.add_column(column, justify="right" if column in numbers else "left")
     fmt = lambda s: f"{s['value']:.3f} [{s['ci'][0]:.3f}, {s['ci'][1]:.3f}]"  # noqa: E731
-    for arm in summary["arms"]:
-        teacher = arm["teacher"] or "-"
-        if arm["teacher_temperature"] != 1.0:
-            teacher += f" / {arm['teacher_temperature']:g}"
-        table.add_row(arm["arm"], arm["method"], arm["setup"], teacher, fmt(arm["entropy"]), fmt(arm["accuracy"]),
-                      *((fmt(arm["temperature"]),) if fitted else ()))
-    console.print(table)
+    arms = summary["arms"]
+    teachers = [(a["teacher"] or "-") + (f" / {a['teacher_temperature']:g}" if a["teacher_temperature"] != 1.0 else "")
+                for a in arms]
+    columns = [Column("arm", [a["arm"] for a in arms], "left"), Column("method", [a["method"] for a in arms], "left"),
+               Column("setup", [a["setup"] for a in arms], "left"), Column("teacher", teachers, "left"),
+               Column("entropy (nats)", [fmt(a["entropy"]) for a in arms]),
+               Column("accuracy", [fmt(a["accuracy"]) for a in arms])]
+    if fitted:
+        columns.append(Column("T* (fitted on dev)", [fmt(a["temperature"]) for a in arms]))
+    console.print(fitted_tables(f"{summary['task']} ({summary['profile']} profile, {seeds} seed{'s' * (seeds > 1)}): "
+                                "mean dev entropy and accuracy, 95% bootstrap CI", columns, console.width))
     exploratory = any(c["claim"] == "X1" for c in summary["claims"])
-    claims = Table(title="Claims (docs/CLAIMS.md" + ("; X1 is exploratory, a question the paper did not ask)"
-                                                        if exploratory else ")"), title_justify="left")
-    for column in ("claim", "statistic", "value [95% CI]", "verdict"):
-        claims.add_column(column)
+    claims = summary["claims"]
     style = {"holds": "green", "fails": "red", "inconclusive": "yellow", "negligible": "dim"}
-    for c in summary["claims"]:
-        claims.add_row(c["claim"], c["statistic"], f"{c['value']:+.3f} [{c['ci'][0]:+.3f}, {c['ci'][1]:+.3f}]",
-                       f"[{style[c['verdict']]}]{c['verdict']}[/]")
-    console.print(claims)
+    columns = [Column("claim", [c["claim"] for c in claims], "left"),
+               Column("statistic", [c["statistic"] for c in claims], "left", wrap=True),
+               Column("value [95% CI]", [f"{c['value']:+.3f} [{c['ci'][0]:+.3f}, {c['ci'][1]:+.3f}]" for c in claims],
+                      "left"),
+               Column("verdict", [Text(c["verdict"], style=style[c["verdict"]]) for c in claims], "left")]
+    console.print(fitted_tables("Claims (docs/CLAIMS.md" + ("; X1 is exploratory, a question the paper did not ask)"
+                                                            if exploratory else ")"), columns, console.width))
     console.print("overall: " + ", ".join(f"{c} {v}" for c, v in summary["claim_verdicts"].items()))
     if summary.get("untrained_arms"):
         console.print(f"[bold red]warning:[/] these arms did not learn (near-uniform predictions or majority-class "
@@ -60,24 +61,20 @@ def render_summary(summary: dict, console=None) -> None:
 
 def render_aggregate(summary: dict, console) -> None:
     """Mean dev entropy per arm and task with CIs, and per claim its verdict counts over tasks and runs."""
-    from rich.table import Table
-
     tasks = summary["tasks"]
-    table = Table(title=f"{len(tasks)} tasks ({summary['profile']} profile, {len(summary['seeds'])} seed(s)): mean dev "
-                        "entropy (nats), 95% bootstrap CI", title_justify="left")
-    for column in ("arm", *tasks):
-        table.add_column(column, justify="left" if column == "arm" else "right")
-    for arm in summary["entropy"]:
-        table.add_row(arm["arm"], *(f"{s['value']:.3f} [{s['ci'][0]:.3f}, {s['ci'][1]:.3f}]"
-                                    for s in (arm["by_task"][t] for t in tasks)))
-    console.print(table)
-    claims = Table(title="Claims (docs/CLAIMS.md): tasks (task x seed runs) per verdict", title_justify="left")
-    for column in ("claim", *VERDICTS, *tasks):
-        claims.add_column(column)
-    for claim, entry in summary["claims"].items():
-        claims.add_row(claim, *(f"{entry['tasks'][v]} ({entry['runs'][v]})" for v in VERDICTS),
-                       *(entry["by_task"].get(t, "-") for t in tasks))
-    console.print(claims)
+    entropy = summary["entropy"]
+    columns = [Column("arm", [arm["arm"] for arm in entropy], "left")]
+    columns += [Column(task, [f"{s['value']:.3f} [{s['ci'][0]:.3f}, {s['ci'][1]:.3f}]"
+                              for s in (arm["by_task"][task] for arm in entropy)]) for task in tasks]
+    console.print(fitted_tables(f"{len(tasks)} tasks ({summary['profile']} profile, {len(summary['seeds'])} seed(s)): "
+                                "mean dev entropy (nats), 95% bootstrap CI", columns, console.width))
+    claims = summary["claims"]
+    columns = [Column("claim", list(claims), "left")]
+    columns += [Column(v, [f"{entry['tasks'][v]} ({entry['runs'][v]})" for entry in claims.values()], "left")
+                for v in VERDICTS]
+    columns += [Column(task, [entry["by_task"].get(task, "-") for entry in claims.values()], "left") for task in tasks]
+    console.print(fitted_tables("Claims (docs/CLAIMS.md): tasks (task x seed runs) per verdict", columns,
+                                console.width))
     for claim, entry in summary["claims"].items():
         for eval_task, by_task in entry["survives"].items():
             kept = [t for t, v in by_task.items() if v]

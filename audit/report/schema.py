@@ -1,8 +1,9 @@
 """The one registry of report schemas: JSON Schemas for every report kd-audit writes, and reading them back.
 
-``python -m audit report`` and the renderers rely on the fields these schemas require; a saved report is
-validated (with ``jsonschema``) before anything renders it, so a hand-edited or truncated file gets one line
-naming the first bad field instead of a KeyError. Extra fields are allowed (newer writers may add some).
+``python -m audit report`` and the renderers rely on the fields these schemas require and type; a saved report
+is validated (with ``jsonschema``, then for the cross-references a schema cannot state: :func:`inconsistencies`)
+before anything renders it, so a hand-edited or truncated file gets one line naming the first bad field instead
+of a traceback or half a report. Extra fields are allowed (newer writers may add some).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import json
 from pathlib import Path
 
 from audit.errors import AuditError
+from audit.stats.claims import VERDICTS
 
 COMPARE = "kd-audit/compare/1"
 COMPARE_LM = "kd-audit/compare/2"
@@ -21,29 +23,41 @@ KINDS = {COMPARE: "compare", COMPARE_LM: "compare", REPLICATE: "replicate", REPL
 _NUMBER = {"type": "number"}
 _MAYBE_NUMBER = {"type": ["number", "null"]}
 _STRING = {"type": "string"}
-_STAT = {
-    "type": "object", "required": ["value", "ci"],
-    "properties": {
-        "value": _MAYBE_NUMBER,
-        "ci": {"oneOf": [{"type": "null"}, {"type": "array", "items": _NUMBER, "minItems": 2, "maxItems": 2}]},
-        "reason": _STRING,
-    },
-}
+_COUNT = {"type": "integer", "minimum": 0}
+_CI = {"oneOf": [{"type": "null"}, {"type": "array", "items": _NUMBER, "minItems": 2, "maxItems": 2}]}
+_STAT = {"type": "object", "required": ["value", "ci"], "properties": {"value": _MAYBE_NUMBER, "ci": _CI, "reason": _STRING}}
+# what replicate summaries hold: a mean and its bootstrap CI, never undefined (their renderers draw bars of them)
+_DEFINED_STAT = {"type": "object", "required": ["value", "ci"],
+                 "properties": {"value": _NUMBER, "ci": {"type": "array", "items": _NUMBER, "minItems": 2, "maxItems": 2}}}
 _NUMBERS = {"type": "array", "items": _MAYBE_NUMBER}
+_EDGES = {"type": "array", "items": _NUMBER, "minItems": 2}
 _HISTOGRAM = {"type": "object", "required": ["edges", "count"],
-              "properties": {"edges": _NUMBERS, "count": {"type": "array", "items": {"type": "integer"}}}}
+              "properties": {"edges": _EDGES, "count": {"type": "array", "items": {"type": "integer"}, "minItems": 1}}}
+PAIR_VERDICTS = ("inherits", "moves_away", "inconclusive")
+CLAIM_VERDICTS = VERDICTS
+MODEL_NUMBERS = ("entropy_mean", "entropy_normalized", "maxprob_mean", "margin_mean", "accuracy", "nll", "perplexity",
+                 "brier", "ece", "mce", "ece_adaptive", "ece_classwise", "smece", "ece_debiased", "ece_sweep",
+                 "ece_toplabel", "ks", "entropy_correct", "entropy_incorrect", "maxprob_correct", "maxprob_incorrect")
+"""A model's numbers the renderers print (every row of :data:`audit.report.terminal.MODEL_ROWS` but the count of
+sequences): a number, or null where undefined."""
+CALIBRATED_NUMBERS = ("nll", "ece", "smece")  # the temperature table's before -> after columns
 _MODEL = {
     "type": "object",
     "required": ["role", "n", "num_classes", "entropy_mean", "maxprob_mean", "entropy_histogram", "maxprob_histogram"],
     "properties": {
         "role": {"enum": ["teacher", "student"]}, "source": _STRING,
         "n": {"type": "integer", "minimum": 1}, "num_classes": {"type": "integer", "minimum": 1},
-        **{key: _MAYBE_NUMBER for key in ("entropy_mean", "entropy_normalized", "maxprob_mean", "margin_mean", "accuracy",
-                                          "nll", "brier", "ece", "mce", "ece_adaptive", "ece_classwise")},
+        "n_sequences": {"type": "integer", "minimum": 1},
+        **{key: _MAYBE_NUMBER for key in MODEL_NUMBERS},
         "entropy_histogram": _HISTOGRAM, "maxprob_histogram": _HISTOGRAM,
         "reliability": {"type": "object", "required": ["edges", "count", "confidence", "accuracy"],
-                        "properties": {k: _NUMBERS for k in ("edges", "count", "confidence", "accuracy")}},
+                        "properties": {"edges": _EDGES, "count": {"type": "array", "items": _NUMBER, "minItems": 1},
+                                       "confidence": _NUMBERS, "accuracy": _NUMBERS}},
+        "temperature": _NUMBER,
+        "calibrated": {"type": "object", "properties": {key: _MAYBE_NUMBER for key in CALIBRATED_NUMBERS}},
     },
+    # the reliability chart's title reads both
+    "dependentRequired": {"reliability": ["accuracy", "ece"]},
 }
 PAIR_STATISTICS = ("agreement", "kl", "entropy_shift", "corr_entropy_pearson", "corr_entropy_spearman",
                    "corr_maxprob_pearson", "corr_maxprob_spearman")
@@ -52,13 +66,21 @@ _PAIR = {
     "required": ["teacher", "student", "verdict", "verdict_reason", "scatter", *PAIR_STATISTICS],
     "properties": {
         "teacher": _STRING, "student": _STRING, "verdict_reason": _STRING,
-        "verdict": {"enum": ["inherits", "moves_away", "inconclusive"]},
+        "verdict": {"enum": list(PAIR_VERDICTS)},
         "scatter": {"type": "object", "required": ["teacher_maxprob", "student_maxprob"],
-                    "properties": {"teacher_maxprob": _NUMBERS, "student_maxprob": _NUMBERS}},
-        **{key: _STAT for key in PAIR_STATISTICS},
+                    "properties": {"teacher_maxprob": {"type": "array", "items": _NUMBER},
+                                   "student_maxprob": {"type": "array", "items": _NUMBER}}},
+        **{key: _STAT for key in (*PAIR_STATISTICS, "kl_reverse", "topk_overlap")},
+        "temperature_ratio": {"type": "object", "required": ["ratio", "ci"],
+                              "properties": {"ratio": _MAYBE_NUMBER, "ci": _CI}},
+        "calibrated": {"type": "object", "required": ["verdict", "verdict_survives"],
+                       "properties": {"verdict": {"enum": list(PAIR_VERDICTS)}, "verdict_survives": {"type": "boolean"},
+                                      "verdict_reason": _STRING}},
     },
 }
 _COMMON = {"settings": {"type": "object"}, "versions": {"type": "object", "additionalProperties": _STRING}}
+_CLAIM_VERDICT = {"enum": list(CLAIM_VERDICTS)}
+_SURVIVES = {"type": "object", "additionalProperties": {"type": ["boolean", "null"]}}
 
 SCHEMAS: dict[str, dict] = {
     COMPARE: {
@@ -67,13 +89,29 @@ SCHEMAS: dict[str, dict] = {
         "properties": {
             **_COMMON,
             "schema": {"const": COMPARE},
-            "data": {"type": "object", "required": ["n"], "properties": {"n": {"type": "integer", "minimum": 1}}},
+            "settings": {"type": "object", "required": ["n_bins", "n_bootstrap", "seed"],
+                         "properties": {"n_bins": {"type": "integer", "minimum": 1}, "n_bootstrap": _COUNT,
+                                        "seed": {"type": "integer"}}},
+            "data": {"type": "object", "required": ["n"],
+                     "properties": {"n": {"type": "integer", "minimum": 1}, "unit": _STRING,
+                                    "n_sequences": {"type": "integer", "minimum": 1}},
+                     # the header of a token audit counts its sequences
+                     "if": {"required": ["unit"], "properties": {"unit": {"const": "token"}}},
+                     "then": {"required": ["n_sequences"]}},
             "models": {"type": "object", "minProperties": 1, "additionalProperties": _MODEL},
             "pairs": {"type": "array", "items": _PAIR},
             "students": {"type": "array", "items": {"type": "object", "required": ["a", "b", "entropy_difference"],
                                                      "properties": {"a": _STRING, "b": _STRING,
                                                                     "entropy_difference": _STAT}}},
+            "calibration": {"type": "object", "required": ["data", "n"],
+                            "properties": {"data": _STRING, "n": {"type": "integer", "minimum": 1}}},
         },
+        # --calibrate: every model's temperature and numbers after scaling, every pair's ratio and verdict after
+        "dependentSchemas": {"calibration": {"properties": {
+            "models": {"additionalProperties": {
+                "required": ["temperature", "calibrated", *CALIBRATED_NUMBERS],
+                "properties": {"calibrated": {"required": list(CALIBRATED_NUMBERS)}}}},
+            "pairs": {"items": {"required": ["temperature_ratio", "calibrated"]}}}}},
     },
     REPLICATE: {
         "type": "object",
@@ -84,16 +122,35 @@ SCHEMAS: dict[str, dict] = {
             "task": _STRING, "profile": _STRING,
             "seeds": {"type": "array", "items": {"type": "integer"}, "minItems": 1},
             "arms": {"type": "array", "minItems": 1, "items": {
-                "type": "object", "required": ["arm", "entropy", "accuracy", "per_seed"],
-                "properties": {"arm": _STRING, "entropy": _STAT, "accuracy": _STAT,
-                               "per_seed": {"type": "array", "items": {"type": "object"}}}}},
+                "type": "object",
+                "required": ["arm", "method", "setup", "teacher", "teacher_temperature", "entropy", "accuracy",
+                             "per_seed"],
+                "properties": {
+                    "arm": _STRING, "method": _STRING, "setup": _STRING, "teacher": {"type": ["string", "null"]},
+                    "teacher_temperature": _NUMBER,
+                    "entropy": _DEFINED_STAT, "accuracy": _DEFINED_STAT, "temperature": _DEFINED_STAT,
+                    "per_seed": {"type": "array", "items": {
+                        "type": "object", "required": ["seed", "entropy"],
+                        "properties": {"seed": {"type": "integer"}, "entropy": _NUMBER,
+                                       **{k: _MAYBE_NUMBER for k in ("accuracy", "ece", "temperature")}}}}}}},
             "claims": {"type": "array", "items": {
-                "type": "object", "required": ["claim", "statistic", "verdict"],
-                "properties": {"claim": _STRING, "statistic": _STRING, "verdict": _STRING, "value": _MAYBE_NUMBER,
-                               "ci": {"oneOf": [{"type": "null"}, {"type": "array", "items": _NUMBER}]}}}},
-            "claim_verdicts": {"type": "object", "additionalProperties": _STRING},
-            "inheritance": {"type": "object"},
+                "type": "object", "required": ["claim", "statement", "statistic", "verdict", "value", "ci"],
+                "properties": {"claim": _STRING, "statement": _STRING, "statistic": _STRING,
+                               "verdict": _CLAIM_VERDICT, "value": _NUMBER,
+                               "ci": {"type": "array", "items": _NUMBER, "minItems": 2, "maxItems": 2},
+                               "detail": {"type": ["string", "null"]}}}},
+            "claim_verdicts": {"type": "object", "additionalProperties": _CLAIM_VERDICT},
+            "inheritance": {"type": "object",
+                            "properties": {"teacher_entropy": {"type": "array", "items": _NUMBER},
+                                           "student_entropy": {"type": "array", "items": _NUMBER},
+                                           "spearman": _STAT},
+                            "dependentRequired": {"teacher_entropy": ["student_entropy", "spearman"]}},
             "untrained_arms": {"type": "array", "items": _STRING},
+            "shift": {"type": "object", "additionalProperties": {
+                "type": "object", "required": ["split", "claim_verdicts", "survives"],
+                "properties": {"split": _STRING,
+                               "claim_verdicts": {"type": "object", "additionalProperties": _CLAIM_VERDICT},
+                               "survives": _SURVIVES, "at_majority_arms": {"type": "array", "items": _STRING}}}},
         },
     },
     REPLICATE_ALL: {
@@ -102,15 +159,18 @@ SCHEMAS: dict[str, dict] = {
         "properties": {
             **_COMMON,
             "schema": {"const": REPLICATE_ALL},
-            "tasks": {"type": "array", "items": _STRING, "minItems": 1}, "profile": _STRING,
+            "tasks": {"type": "array", "items": _STRING, "minItems": 1, "uniqueItems": True}, "profile": _STRING,
             "seeds": {"type": "array", "items": {"type": "integer"}, "minItems": 1},
             "entropy": {"type": "array", "items": {
                 "type": "object", "required": ["arm", "by_task"],
-                "properties": {"arm": _STRING, "by_task": {"type": "object", "additionalProperties": _STAT}}}},
+                "properties": {"arm": _STRING, "by_task": {"type": "object", "additionalProperties": _DEFINED_STAT}}}},
             "claims": {"type": "object", "additionalProperties": {
                 "type": "object", "required": ["tasks", "runs", "by_task", "survives"],
-                "properties": {k: {"type": "object", "additionalProperties": {"type": "integer", "minimum": 0}}
-                               for k in ("tasks", "runs")}}},
+                "properties": {
+                    **{k: {"type": "object", "propertyNames": _CLAIM_VERDICT, "additionalProperties": _COUNT}
+                       for k in ("tasks", "runs")},
+                    "by_task": {"type": "object", "additionalProperties": _CLAIM_VERDICT},
+                    "survives": {"type": "object", "additionalProperties": _SURVIVES}}}},
             "untrained_arms": {"type": "object", "additionalProperties": {"type": "array", "items": _STRING}},
         },
     },
@@ -148,10 +208,12 @@ def kind_of(report: object) -> str:
 
 
 def validate_report(report: object, source: str = "the report") -> str:
-    """Check a report against its schema; return the schema name.
+    """Check a report against its schema, then its cross-references (:func:`inconsistencies`); return the
+    schema name. A report that passes renders whole: every field a renderer reads is present and typed.
 
     Raises:
-        AuditError: not an object, an unknown schema, or the first field that breaks the schema (by its path).
+        AuditError: not an object, an unknown schema, or the first field that breaks the schema or a
+            cross-reference (by its path), in one line.
     """
     import jsonschema
 
@@ -159,10 +221,144 @@ def validate_report(report: object, source: str = "the report") -> str:
     name = report["schema"]
     error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(SCHEMAS[name]).iter_errors(report))
     if error is not None:
-        where = "/".join(str(p) for p in error.absolute_path) or "(top level)"
-        raise AuditError(f"expected a valid {name} report in {source}, got {where}: {error.message[:200]}; "
-                         "re-create the report with kd-audit")
+        where, what = "/".join(str(p) for p in error.absolute_path) or "(top level)", error.message
+    else:
+        where, what = next(iter(inconsistencies(report)), (None, None))
+    if where is not None:
+        what = " ".join(str(what).split())
+        raise AuditError(f"expected a valid {name} report in {source}, got {where}: "
+                         f"{what if len(what) <= 200 else what[:199] + '~'}; re-create the report with kd-audit")
     return name
+
+
+def _names(names) -> str:
+    names = [str(n) for n in names]
+    return ", ".join(names) if names else "none"
+
+
+def _compare_inconsistencies(report: dict):
+    models = report["models"]
+    roles = {name: m["role"] for name, m in models.items()}
+    teachers = [name for name, role in roles.items() if role == "teacher"]
+    if len(teachers) != 1:
+        yield "models", f"expected one model with role teacher, got {len(teachers)} ({_names(teachers)})"
+    students = [name for name, role in roles.items() if role == "student"]
+    for name, m in models.items():
+        for key in ("entropy_histogram", "maxprob_histogram"):
+            hist = m[key]
+            if len(hist["edges"]) != len(hist["count"]) + 1:
+                yield (f"models/{name}/{key}", f"{len(hist['count'])} counts need {len(hist['count']) + 1} edges, "
+                                               f"got {len(hist['edges'])}")
+        rel = m.get("reliability")
+        if rel is not None:
+            bins = len(rel["edges"]) - 1
+            lengths = {k: len(rel[k]) for k in ("count", "confidence", "accuracy")}
+            if set(lengths.values()) != {bins}:
+                yield f"models/{name}/reliability", f"{bins} bins (edges) but lengths {lengths}"
+                continue
+            halves = [b for b in range(bins) if (rel["confidence"][b] is None) != (rel["accuracy"][b] is None)]
+            if halves:
+                yield (f"models/{name}/reliability/confidence/{halves[0]}", "a bin with only one of its confidence "
+                                                                           "and accuracy (an empty bin has neither)")
+            if rel["edges"][0] > 1.0 / m["num_classes"]:
+                yield (f"models/{name}/reliability/edges/0", f"the first edge {rel['edges'][0]} is above 1/K "
+                                                              f"(K={m['num_classes']}): no bin holds 1/K")
+    paired: dict[str, int] = {}
+    for i, pair in enumerate(report["pairs"]):
+        for field, role in (("teacher", "teacher"), ("student", "student")):
+            name = pair[field]
+            if roles.get(name) != role:
+                got = "not a model of the report" if name not in roles else f"a {roles[name]}"
+                yield f"pairs/{i}/{field}", f"{name!r} is {got}; the {role}s in models: " + _names(
+                    n for n, r in roles.items() if r == role)
+        if pair["student"] in paired:
+            yield f"pairs/{i}/student", f"a second pair for {pair['student']!r} (the first is pairs/{paired[pair['student']]})"
+        paired.setdefault(pair["student"], i)
+        scatter = pair["scatter"]
+        if len(scatter["teacher_maxprob"]) != len(scatter["student_maxprob"]):
+            yield (f"pairs/{i}/scatter", f"{len(scatter['teacher_maxprob'])} teacher points but "
+                                         f"{len(scatter['student_maxprob'])} student points")
+    for name in students:
+        if name not in paired:
+            yield f"models/{name}", f"a student without a pair in pairs (pairs: {_names(paired)})"
+    for i, diff in enumerate(report["students"]):
+        for field in ("a", "b"):
+            if roles.get(diff[field]) != "student":
+                yield f"students/{i}/{field}", f"{diff[field]!r} is not a student of the report; students: {_names(students)}"
+
+
+def _replicate_inconsistencies(report: dict):
+    arms = [a["arm"] for a in report["arms"]]
+    claimed = {c["claim"] for c in report["claims"]}
+    verdicts = set(report["claim_verdicts"])
+    if claimed != verdicts:
+        yield "claim_verdicts", (f"verdicts for {_names(sorted(verdicts))} but claim rows for {_names(sorted(claimed))}; "
+                                 "every claim with rows has one overall verdict")
+    unknown = [a for a in report.get("untrained_arms", []) if a not in arms]
+    if unknown:
+        yield "untrained_arms", f"{_names(unknown)} is not an arm of the report (not in arms)"
+    inheritance = report.get("inheritance") or {}
+    if len(inheritance.get("teacher_entropy", [])) != len(inheritance.get("student_entropy", [])):
+        yield "inheritance", (f"{len(inheritance.get('teacher_entropy', []))} teacher entropies but "
+                              f"{len(inheritance.get('student_entropy', []))} student entropies")
+    for task, shift in report.get("shift", {}).items():
+        unknown = [a for a in shift.get("at_majority_arms", []) if a not in arms]
+        if unknown:
+            yield f"shift/{task}/at_majority_arms", f"{_names(unknown)} is not an arm of the report (not in arms)"
+        if set(shift["survives"]) != verdicts or not set(shift["claim_verdicts"]) <= verdicts:
+            yield (f"shift/{task}/survives", f"directions for {_names(sorted(shift['survives']))}, verdicts on "
+                                             f"{task} for {_names(sorted(shift['claim_verdicts']))}; expected both "
+                                             f"for the claims {_names(sorted(verdicts))}")
+
+
+def _replicate_all_inconsistencies(report: dict):
+    tasks = report["tasks"]
+
+    def other_tasks(names) -> str:
+        missing, extra = [t for t in tasks if t not in names], [t for t in names if t not in tasks]
+        return "; ".join(part for part in (f"missing {_names(missing)}" if missing else "",
+                                           f"tasks not run {_names(extra)}" if extra else "") if part)
+
+    for i, arm in enumerate(report["entropy"]):
+        if set(arm["by_task"]) != set(tasks):
+            yield f"entropy/{i}/by_task", f"expected the tasks {_names(tasks)}: {other_tasks(arm['by_task'])}"
+    for claim, entry in report["claims"].items():
+        for key in ("tasks", "runs"):
+            missing = [v for v in CLAIM_VERDICTS if v not in entry[key]]
+            if missing:
+                yield f"claims/{claim}/{key}", f"no count for {_names(missing)}; expected one per verdict"
+        if any(v not in entry["tasks"] for v in CLAIM_VERDICTS):
+            continue
+        extra = [t for t in entry["by_task"] if t not in tasks]
+        if extra:
+            yield f"claims/{claim}/by_task", f"verdicts for tasks not run: {_names(extra)} (tasks: {_names(tasks)})"
+        counts = {v: sum(1 for x in entry["by_task"].values() if x == v) for v in CLAIM_VERDICTS}
+        if not extra and counts != {v: entry["tasks"][v] for v in CLAIM_VERDICTS}:
+            yield (f"claims/{claim}/tasks", f"counts {dict(entry['tasks'])} disagree with the verdicts per task in "
+                                            f"by_task ({counts})")
+        for eval_task, by_task in entry["survives"].items():
+            extra = [t for t in by_task if t not in tasks]
+            if extra:
+                yield f"claims/{claim}/survives/{eval_task}", f"tasks not run: {_names(extra)} (tasks: {_names(tasks)})"
+    extra = [t for t in report["untrained_arms"] if t not in tasks]
+    if extra:
+        yield "untrained_arms", f"tasks not run: {_names(extra)} (tasks: {_names(tasks)})"
+
+
+def inconsistencies(report: dict):
+    """``(field path, what is wrong)`` for each cross-reference a JSON Schema cannot state, of a report that
+    passes its schema: a pair or comparison naming a model that is not in ``models`` (or one of the other
+    role), a student without its pair, bins, histograms and scatter points whose lengths disagree; in a
+    replicate summary, overall verdicts without claim rows, arms that are not in ``arms``, shift sections
+    without a direction per claim; in a summary over tasks, a task missing from ``by_task`` or one that was not
+    run, and verdict counts that disagree with the verdicts per task."""
+    kind = kind_of(report)
+    if kind == "compare":
+        yield from _compare_inconsistencies(report)
+    elif report["schema"] == REPLICATE:
+        yield from _replicate_inconsistencies(report)
+    else:
+        yield from _replicate_all_inconsistencies(report)
 
 
 def load_report(path: str | Path) -> dict:

@@ -1,14 +1,22 @@
-"""The compare report in the terminal (rich tables), rendered from the report dict alone."""
+"""The compare report in the terminal (rich tables), rendered from the report dict alone.
+
+Readable at any width, 80 columns included (what a redirected or CI run gets): a name or a number is never
+cut (unless it alone is wider than the console); a table wider than the console folds into several that each
+repeat its key column (:func:`fitted_tables`); only labels and titles wrap, at spaces.
+"""
 
 from __future__ import annotations
 
-from rich.console import Console, Group
+from dataclasses import dataclass, field
+
+from rich.cells import cell_len
+from rich.console import Console, Group, RenderableType
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
 from audit.report.charts import terminal_charts
-from audit.report.format import with_ci
+from audit.report.format import format_value, verdict_sentence, with_ci
 
 MODEL_ROWS = (
     ("n_sequences", "sequences", "{:d}"),
@@ -48,69 +56,135 @@ PAIR_ROWS = (
 VERDICT_STYLE = {"inherits": "bold green", "moves_away": "bold red", "inconclusive": "bold yellow"}
 
 
-def format_value(value, fmt: str) -> str:
-    return "-" if value is None else fmt.format(value)
+WIDE = 10_000  # no console: no folding
 
 
-def models_table(report: dict) -> Table:
+@dataclass
+class Column:
+    """One column of a terminal table: its header (lines split by ``\\n``) and cells. ``wrap``: may its text
+    wrap at spaces (labels); names and numbers (``wrap=False``) are never wrapped or cut."""
+
+    header: str
+    cells: list[str | Text] = field(default_factory=list)
+    justify: str = "right"
+    wrap: bool = False
+
+    def _parts(self, words: bool) -> list[str]:
+        texts = [self.header, *(c.plain if isinstance(c, Text) else c for c in self.cells)]
+        return [p for t in texts for p in (t.split() if words else t.split("\n"))]
+
+    def width(self) -> int:
+        """The fewest cells the column needs, padding included: its longest line, or (``wrap``) word."""
+        return max(map(cell_len, self._parts(self.wrap)), default=1) + 2
+
+    def natural(self) -> int:
+        """The cells the column takes unwrapped, padding included."""
+        return max(map(cell_len, self._parts(False)), default=1) + 2
+
+
+def _table_width(columns: list[Column]) -> int:
+    return sum(c.width() for c in columns) + len(columns) + 1  # the vertical rules and the two edges
+
+
+def _widths(columns: list[Column], width: int) -> list[int]:
+    """Each column's width (padding included) in a table of at most ``width`` cells: every column its natural
+    width where they fit; else names and numbers theirs, each wrapping column at least its longest word, and
+    the room left to the wrapping columns that lack the least first (a short label stays on one line)."""
+    natural = [c.natural() for c in columns]
+    room = width - len(columns) - 1
+    if sum(natural) <= room:
+        return natural
+    widths = [c.width() for c in columns]
+    spare = room - sum(widths)
+    for i in sorted(range(len(columns)), key=lambda i: natural[i] - widths[i]):
+        grow = max(0, min(spare, natural[i] - widths[i]))
+        widths[i] += grow
+        spare -= grow
+    return widths
+
+
+def fitted_tables(title: str, columns: list[Column], width: int | None, *, keys: int = 1) -> Group:
+    """One table, or (where it needs more than ``width`` columns) several stacked, each with the first ``keys``
+    columns and as many of the others, in order, as fit; the later ones titled ``"..., continued"``. A title is
+    a line of its own above its table, wrapping at the console's width (not the table's).
+
+    Every cell is text, not markup: a name with brackets prints as typed.
+
+    >>> wide = [Column("metric", ["entropy"], "left", wrap=True)] + [Column(f"model-{i}", ["0.123"]) for i in range(9)]
+    >>> [len(t.columns) for t in fitted_tables("numbers", wide, 80).renderables if isinstance(t, Table)]
+    [7, 4]
+    """
+    width = WIDE if width is None else width
+    key, rest = columns[:keys], columns[keys:]
+    chunks: list[list[Column]] = [[]]
+    for column in rest:
+        if chunks[-1] and _table_width(key + chunks[-1] + [column]) > width:
+            chunks.append([])
+        chunks[-1].append(column)
+    parts: list[RenderableType] = []
+    for i, chunk in enumerate(chunks):
+        parts.append(Text(title if i == 0 else f"{title}, continued", style="table.title"))
+        table = Table()
+        for column, cells in zip(key + chunk, _widths(key + chunk, width), strict=True):
+            table.add_column(Text(column.header), justify=column.justify, no_wrap=not column.wrap, overflow="fold",
+                             width=cells - 2)
+        for row in zip(*(c.cells for c in key + chunk), strict=True):
+            table.add_row(*(c if isinstance(c, Text) else Text(c) for c in row))
+        parts.append(table)
+    return Group(*parts)
+
+
+def models_table(report: dict, width: int | None = None) -> RenderableType:
     models = report["models"]
-    table = Table(title="Confidence and calibration per model", title_justify="left")
-    table.add_column("metric")
-    for name, m in models.items():
-        table.add_column(f"{name}\n({m['role']})", justify="right")
-    for key, label, fmt in MODEL_ROWS:
-        if any(key in m for m in models.values()):
-            table.add_row(label, *(format_value(m.get(key), fmt) for m in models.values()))
-    return table
+    rows = [(key, label, fmt) for key, label, fmt in MODEL_ROWS if any(key in m for m in models.values())]
+    columns = [Column("metric", [label for _, label, _ in rows], "left", wrap=True)]
+    columns += [Column(f"{name}\n({m['role']})", [format_value(m.get(key), fmt) for key, _, fmt in rows])
+                for name, m in models.items()]
+    return fitted_tables("Confidence and calibration per model", columns, width)
 
 
-def pairs_table(report: dict) -> Table:
+def pairs_table(report: dict, width: int | None = None) -> RenderableType:
     level = "95%"
     method = "cluster bootstrap by sequence" if report["data"].get("unit") == "token" else "bootstrap"
-    table = Table(title=f"Teacher -> student (value [{level} {method} CI])", title_justify="left")
-    table.add_column("statistic")
-    for pair in report["pairs"]:
-        table.add_column(f"{pair['teacher']} -> {pair['student']}", justify="right")
-    for key, label, fmt in PAIR_ROWS:
-        if any(key in pair for pair in report["pairs"]):
-            table.add_row(label, *(with_ci(pair.get(key), fmt) for pair in report["pairs"]))
-    return table
+    pairs = report["pairs"]
+    rows = [(key, label, fmt) for key, label, fmt in PAIR_ROWS if any(key in pair for pair in pairs)]
+    columns = [Column("statistic", [label for _, label, _ in rows], "left", wrap=True)]
+    columns += [Column(f"{pair['teacher']} ->\n{pair['student']}", [with_ci(pair.get(key), fmt) for key, _, fmt in rows])
+                for pair in pairs]
+    return fitted_tables(f"Teacher -> student (value [{level} {method} CI])", columns, width)
 
 
-def calibration_table(report: dict) -> Table:
+def calibration_table(report: dict, width: int | None = None) -> RenderableType:
     """``--calibrate``: each model's fitted temperature and its numbers before -> after scaling; each pair's
     T* ratio and whether its verdict survives."""
-    table = Table(title=f"Temperature scaling (T* fitted on {report['calibration']['data']}, "
-                        f"n={report['calibration']['n']}; before -> after on the test data)", title_justify="left")
-    for column in ("model", "T*", "NLL", "ECE", "smooth ECE", "T* / teacher's [95% CI]", "verdict after"):
-        table.add_column(column, justify="left" if column in ("model", "verdict after") else "right")
     pairs = {p["student"]: p for p in report["pairs"]}
-    for name, m in report["models"].items():
-        after = m["calibrated"]
+    models = report["models"]
+    columns = [Column("model", list(models), "left"), Column("T*", [f"{m['temperature']:.3f}" for m in models.values()])]
+    for key, header in (("nll", "NLL"), ("ece", "ECE"), ("smece", "smooth ECE")):
+        columns.append(Column(header, [f"{format_value(m[key], '{:.4f}')} -> {format_value(m['calibrated'][key], '{:.4f}')}"
+                                       for m in models.values()]))
+    ratios, after = [], []
+    for name in models:
         pair = pairs.get(name)
-        ratio = with_ci({"value": pair["temperature_ratio"]["ratio"], "ci": pair["temperature_ratio"]["ci"]},
-                        "{:.3f}") if pair else "-"
-        survives = "-" if pair is None else (f"{pair['calibrated']['verdict']}"
-                                              + ("" if pair["calibrated"]["verdict_survives"] else " (changed)"))
-        table.add_row(name, f"{m['temperature']:.3f}", *(f"{m[k]:.4f} -> {after[k]:.4f}" for k in ("nll", "ece", "smece")),
-                      ratio, survives)
-    return table
+        ratios.append("-" if pair is None else with_ci({"value": pair["temperature_ratio"]["ratio"],
+                                                        "ci": pair["temperature_ratio"]["ci"]}, "{:.3f}"))
+        after.append("-" if pair is None else (f"{pair['calibrated']['verdict']}"
+                                               + ("" if pair["calibrated"]["verdict_survives"] else " (changed)")))
+    columns += [Column("T* / teacher's\n[95% CI]", ratios), Column("verdict after", after, "left")]
+    calibration = report["calibration"]
+    return fitted_tables(f"Temperature scaling (T* fitted on {calibration['data']}, n={calibration['n']}; "
+                         "before -> after on the test data)", columns, width)
 
 
-def direction_table(report: dict) -> Table:
+def direction_table(report: dict, width: int | None = None) -> RenderableType:
     """The paper's comparison: which way each student moved from the teacher and from each other."""
-    table = Table(title="Which way each student moved (mean entropy, nats; lower = more confident)",
-                  title_justify="left")
-    table.add_column("comparison")
-    table.add_column("difference [95% CI]", justify="right")
-    table.add_column("direction")
-    for pair in report["pairs"]:
-        table.add_row(f"{pair['student']} vs {pair['teacher']} (teacher)", with_ci(pair["entropy_shift"], "{:+.4f}"),
-                      direction_label(pair["entropy_shift"]))
-    for diff in report["students"]:
-        stat = diff["entropy_difference"]
-        table.add_row(f"{diff['b']} vs {diff['a']}", with_ci(stat, "{:+.4f}"), direction_label(stat))
-    return table
+    moves = [(f"{p['student']} vs {p['teacher']} (teacher)", p["entropy_shift"]) for p in report["pairs"]]
+    moves += [(f"{d['b']} vs {d['a']}", d["entropy_difference"]) for d in report["students"]]
+    columns = [Column("comparison", [label for label, _ in moves], "left", wrap=True),
+               Column("difference [95% CI]", [with_ci(stat, "{:+.4f}") for _, stat in moves]),
+               Column("direction", [direction_label(stat) for _, stat in moves], "left", wrap=True)]
+    return fitted_tables("Which way each student moved (mean entropy, nats; lower = more confident)", columns,
+                         width)
 
 
 def direction_label(stat: dict) -> str:
@@ -125,31 +199,34 @@ def direction_label(stat: dict) -> str:
 
 
 def verdicts(report: dict) -> Group:
+    """One line per pair: the student, its verdict (said once: the reason continues it) and the reason."""
     lines = []
     for pair in report["pairs"]:
+        label, rest = verdict_sentence(pair["verdict"], pair["verdict_reason"])
         line = Text(f"{pair['student']}: ")
-        line.append(pair["verdict"].replace("_", " "), style=VERDICT_STYLE[pair["verdict"]])
-        line.append(f"  ({pair['verdict_reason']})")
+        line.append(label, style=VERDICT_STYLE[pair["verdict"]])
+        line.append(rest)
         lines.append(line)
     return Group(*lines)
 
 
 def render_compare(report: dict, console: Console | None = None) -> None:
-    """Print the whole compare report: header, tables, verdicts."""
+    """Print the whole compare report: header, tables, verdicts, fitted to the console's width."""
     console = console or Console()
+    width = console.width
     data = report["data"]
     settings = report["settings"]
     unit = f" tokens in {data['n_sequences']} sequences" if data.get("unit") == "token" else ""
     header = (f"data {data.get('name', '(predictions only)')}  n={data['n']}{unit}  "
               f"device {settings.get('device', '-')}  dtype {settings.get('dtype', '-')}  "
               f"bins {settings['n_bins']}  bootstrap {settings['n_bootstrap']} (seed {settings['seed']})")
-    console.print(Panel(header, title="kd-audit compare", expand=False))
-    console.print(models_table(report))
-    console.print(pairs_table(report))
+    console.print(Panel(Text(header), title="kd-audit compare", expand=False))
+    console.print(models_table(report, width))
+    console.print(pairs_table(report, width))
     if len(report["pairs"]) > 1:
-        console.print(direction_table(report))
+        console.print(direction_table(report, width))
     if "calibration" in report:
-        console.print(calibration_table(report))
+        console.print(calibration_table(report, width))
     console.print(Panel(verdicts(report), title="Verdict: did the student inherit the teacher's confidence?",
                         expand=False))
     console.print(terminal_charts(report))

@@ -316,7 +316,9 @@ def format_table(rows: Sequence[TableRow], width: int = 120) -> list[str]:
     """Plain-text lines of the claims table for a terminal ``width`` columns wide.
 
     The statement gets the room the other columns leave (at least 30 characters); statement and test
-    names that do not fit end in "~"; the figure comes last and is never cut.
+    names that do not fit end in "~"; the figure comes last and is never cut. Where an empirical (or
+    exploratory) claim reads "fails", a note under the table says that this is what a check measured on its
+    small synthetic data, a finding and not a failed test (a math claim's "fails" is a failed test).
 
     >>> format_table([TableRow("P8", "optimal gap", "test_p8", "holds", "tol 1e-8")], width=90)[1]
     'P8   optimal gap                    test_p8                            holds        tol 1e-8'
@@ -331,6 +333,14 @@ def format_table(rows: Sequence[TableRow], width: int = 120) -> list[str]:
     for row in (TableRow("id", "statement", "test", "verdict", "figure"), *rows):
         cells = (row.claim_id, row.statement, row.test, row.verdict)
         lines.append((" ".join(cell(text, size) for text, size in zip(cells, sizes, strict=True)) + " " + row.figure).rstrip())
+    findings = list(dict.fromkeys(r.claim_id for r in rows if r.verdict == "fails" and r.claim_id in CLAIMS
+                                  and CLAIMS[r.claim_id].kind != "math"))
+    if findings:
+        import textwrap
+
+        lines += textwrap.wrap(f"note: {', '.join(findings)} fails is what a check measured on the tests' small synthetic "
+                               "data: a finding about that data, not a failed test (pytest lists failed tests; an "
+                               "empirical check that could not run reads error)", max(width, 40))
     return lines
 
 

@@ -162,6 +162,22 @@ def test_format_table_cuts_long_cells_but_not_figures():
         assert f" {label} " in format_table([TableRow("C1a", "s", "t", label, "f")], width=80)[1]
 
 
+def test_format_table_says_an_empirical_fails_is_a_finding_not_a_failed_test():
+    """A passing test may record an empirical claim failing on its small synthetic data; the table says once,
+    under it, that such a "fails" is a finding; a math claim's "fails" (a test that failed) gets no such note."""
+    finding = TableRow("C2b", "per-example correlation", "test_c2b", "fails", "gap=-0.1 [-0.2, -0.05] delta 0.02")
+    exploratory = TableRow("X1", "T* rises with the teacher's", "test_x1", "fails", "rho=-0.5 [-0.9, -0.1]")
+    math_failure = TableRow("P8", "optimal gap", "test_p8", "fails", "tol 1e-8")
+    holds = TableRow("C1a", "LS higher entropy", "test_c1a", "holds", "d=0.2 [0.1, 0.3]")
+    lines = format_table([math_failure, holds, finding, exploratory], width=80)
+    table, note = lines[:5], " ".join(lines[5:])
+    assert len(table[1:]) == 4 and "finding" not in " ".join(table)
+    assert note.startswith("note: C2b, X1 fails ") and "not a failed test" in note and "P8" not in note
+    assert all(len(line) <= 80 for line in lines[5:])
+    for rows in ([math_failure, holds], [holds]):  # no empirical "fails": no note
+        assert len(format_table(rows, width=80)) == 1 + len(rows)
+
+
 CLAIM_TESTS = '''
 import pytest
 from audit.stats.claims import ClaimResult
@@ -197,6 +213,27 @@ def test_claims_table_is_printed(nested: pytest.Pytester):
         [r"=+ claims \(docs/CLAIMS\.md\) =+", r"P1 .* not run", r"P2 .* test_holds +holds +tol 1e-10",
          r"P3 .* test_broken +fails", r"C1a .* test_empirical +holds +entropy LS-ERM=0\.25 \[0\.125, 0\.5\] delta 0\.0069"]
     )
+
+
+FINDING_TESTS = '''
+import pytest
+from audit.stats.claims import ClaimResult
+
+@pytest.mark.claims
+def test_finding(record_claim):
+    """C2b: records a claim that fails on synthetic data; the test itself passes."""
+    record_claim(ClaimResult.from_interval("C2b", "gap", -0.25, (-0.5, -0.125), delta=0.02))
+'''
+
+
+def test_claims_table_says_fails_rows_of_passing_tests_are_findings(nested: pytest.Pytester):
+    nested.makepyfile(test_findings=FINDING_TESTS)
+    result = nested.runpytest("-p", "no:kd_audit", "-m", "claims")
+    result.assert_outcomes(passed=1)
+    result.stdout.re_match_lines([r"=+ claims \(docs/CLAIMS\.md\) =+", r"C2b .* test_finding +fails +gap=-0\.25",
+                                  r"note: C2b fails "])
+    note = " ".join(result.stdout.str().split("note: C2b fails ", 1)[1].split())
+    assert "a finding about that data, not a failed test" in note
 
 
 def test_no_table_without_claims_tests(nested: pytest.Pytester):
