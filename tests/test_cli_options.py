@@ -129,3 +129,49 @@ def test_help_is_readable_at_80_columns(command, capsys, monkeypatch):
         param = next(p for p in get_command(app).commands[command].params if p.name == name)
         for flag in param.opts:
             assert flag in out, flag  # never cut to "--allow-missing-we…"
+
+
+# train: options every student reads, those of causal-LM students only (refused for a classifier), the
+# classifier's own (warned about for an LM), and those a loss may leave unread (unused_loss_options)
+TRAIN_EVERY = {"data", "model", "out", "loss", "epochs", "batch_size", "lr", "max_length", "train_limit", "seed",
+               "device", "overwrite", "progress"}
+TRAIN_LM_ONLY = {"divergence": ["--divergence", "jsd"], "beta": ["--beta", "0.3"], "steps": ["--steps", "5"],
+                 "stride": ["--stride", "8"], "teacher_topk": ["--teacher-topk", "top.safetensors"],
+                 "freeze_embeddings": ["--freeze-embeddings"]}
+TRAIN_CLASSIFIER_ONLY = {"head_lr": ["--head-lr", "1e-3"]}
+TRAIN_BY_LOSS = {"label_smoothing", "teacher", "temperature", "kd_weight"}
+# replicate: options the LM grid (--task shakespeare) refuses; every other one acts in both grids
+REPLICATE_CLASSIFIER_ONLY = {"eval_task": ["--eval-task", "vader-tweets"], "jobs": ["--jobs", "2"],
+                             "plots": ["--plots", "figs"], "html": ["--html", "r.html"]}
+REPLICATE_EVERY = {"task", "out", "profile", "seeds", "device", "bootstrap", "progress"}
+
+
+def test_every_train_and_replicate_option_is_placed():
+    assert options("train") == TRAIN_EVERY | set(TRAIN_LM_ONLY) | set(TRAIN_CLASSIFIER_ONLY) | TRAIN_BY_LOSS
+    assert options("replicate") == REPLICATE_EVERY | set(REPLICATE_CLASSIFIER_ONLY)
+
+
+@pytest.mark.parametrize("name", sorted(TRAIN_LM_ONLY))
+def test_an_lm_only_train_option_is_refused_for_a_classifier(name, tmp_path, capsys):
+    code, _, err = cli(capsys, "train", "--data", str(tmp_path / "missing"), "--model", "tiny", "--out",
+                       str(tmp_path / "run"), *TRAIN_LM_ONLY[name], "--no-progress")
+    assert code == 2 and f"expected {TRAIN_LM_ONLY[name][0]} only for causal-LM students" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_classifier_only_train_option_is_warned_about_for_an_lm(tmp_path, capsys):
+    code, _, err = cli(capsys, "train", "--data", str(tmp_path / "missing"), "--model", "tiny-llama", "--teacher",
+                       str(FIXTURES / "lm-teacher"), "--out", str(tmp_path / "run"), *TRAIN_CLASSIFIER_ONLY["head_lr"],
+                       "--no-progress")
+    assert "kd-audit: warning: --head-lr has no effect on a causal-LM student" in err
+    assert code == 2 and not (tmp_path / "run").exists()  # then the missing data is refused
+
+
+@pytest.mark.parametrize("name", sorted(REPLICATE_CLASSIFIER_ONLY))
+def test_a_classifier_grid_option_is_refused_for_the_lm_grid(name, tmp_path, capsys):
+    value = REPLICATE_CLASSIFIER_ONLY[name]
+    args = [value[0], str(tmp_path / value[1])] if name in ("plots", "html") else value
+    code, _, err = cli(capsys, "replicate", "--task", "shakespeare", "--out", str(tmp_path / "r"), *args,
+                       "--no-progress")
+    assert code == 2 and value[0] in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "r").exists()
