@@ -14,6 +14,7 @@ import torch
 
 from audit import stats
 from audit.settings import VerdictRule
+from audit.stats.stats import bootstrap_cis
 
 PAIR_STATISTICS = (
     "agreement", "kl", "entropy_shift",
@@ -45,9 +46,24 @@ def _confidence(log_probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return stats.entropy(probs), stats.max_probability(probs)
 
 
+def _constant(xs: list[torch.Tensor]) -> list[bool]:
+    """:func:`is_constant` of each tensor, read back to the host once."""
+    if not xs:
+        return []
+    flags = []
+    for x in xs:
+        x = x.double()
+        flags.append(x.max() - x.min() <= 1e-6 * x.abs().max().clamp(min=1.0))
+    return torch.stack(flags).tolist()
+
+
 def pair_statistics(teacher_logits: torch.Tensor, student_logits: torch.Tensor, *, n_bootstrap: int = 1000,
                     seed: int = 0, level: float = 0.95) -> dict[str, dict]:
     """Teacher -> student statistics, each ``{"value": x, "ci": [lo, hi]}``.
+
+    Each CI is :func:`audit.stats.bootstrap_ci`'s for that statistic and seed; the statistics share the
+    index draws where ``bootstrap_ci`` would draw the same ones (:func:`audit.stats.stats.bootstrap_cis`),
+    and Spearman ranks all resamples of a chunk at once.
 
     Args:
         teacher_logits, student_logits: (N, K) logits on the same examples, same class order.
@@ -77,24 +93,29 @@ def pair_statistics(teacher_logits: torch.Tensor, student_logits: torch.Tensor, 
         "corr_entropy_pearson": stats.pearson, "corr_entropy_spearman": stats.spearman,
         "corr_maxprob_pearson": stats.pearson, "corr_maxprob_spearman": stats.spearman,
     }
-    names = {id(h_t): "teacher's per-example entropy", id(h_s): "student's per-example entropy",
-             id(m_t): "teacher's per-example max probability", id(m_s): "student's per-example max probability"}
-    out = {}
+    names = {"teacher's per-example entropy": h_t, "student's per-example entropy": h_s,
+             "teacher's per-example max probability": m_t, "student's per-example max probability": m_s}
+    constant = {id(x) for x, flag in zip(names.values(), _constant(list(names.values()))) if flag}
+    names = {id(x): name for name, x in names.items()}
+    out, requests = {}, {}
     for key in PAIR_STATISTICS:
-        samples, fn = per_example[key], functions[key]
-        constant = [names[id(x)] for x in samples if len(samples) == 2 and is_constant(x)]
-        if constant:
-            out[key] = undefined(f"the {' and the '.join(constant)} is constant on these data, so a correlation "
+        samples = per_example[key]
+        which = [names[id(x)] for x in samples if len(samples) == 2 and id(x) in constant]
+        if which:
+            out[key] = undefined(f"the {' and the '.join(which)} is constant on these data, so a correlation "
                                  "with it is undefined")
-            continue
-        value = fn(*samples)
-        ci = stats.bootstrap_ci(fn, *samples, n_resamples=n_bootstrap, level=level, seed=seed)
-        if not all(map(math.isfinite, (float(value), *ci))):
+        else:
+            requests[key] = (functions[key], samples)
+    values = torch.stack([fn(*samples).double() for fn, samples in requests.values()]).tolist() if requests else []
+    cis = bootstrap_cis(requests, n_resamples=n_bootstrap, level=level, seed=seed) if requests else {}
+    for key, value in zip(requests, values):
+        ci = cis[key]
+        if not all(map(math.isfinite, (value, *ci))):
             out[key] = undefined("too few distinct examples: the statistic or some bootstrap resamples are "
                                  "undefined (constant confidences)")
-            continue
-        out[key] = _stat(value, ci)
-    return out
+        else:
+            out[key] = _stat(value, ci)
+    return {key: out[key] for key in PAIR_STATISTICS}
 
 
 def inheritance_verdict(stats: dict[str, dict], teacher_entropy_mean: float, rule: VerdictRule | None = None) -> tuple[str, str]:
@@ -128,13 +149,17 @@ def inheritance_verdict(stats: dict[str, dict], teacher_entropy_mean: float, rul
 
 def student_differences(student_logits: dict[str, torch.Tensor], *, n_bootstrap: int = 1000, seed: int = 0,
                         level: float = 0.95) -> list[dict]:
-    """Paired mean entropy difference (b - a) with CI for every pair of students a, b (same examples)."""
+    """Paired mean entropy difference (b - a) with CI for every pair of students a, b (same examples).
+
+    The CIs are :func:`audit.stats.bootstrap_ci`'s, all pairs on one set of index draws."""
     entropies = {name: stats.entropy(torch.softmax(z.float(), -1)) for name, z in student_logits.items()}
     names = list(entropies)
-    out = []
-    for i, a in enumerate(names):
-        for b in names[i + 1:]:
-            diff = entropies[b] - entropies[a]
-            ci = stats.bootstrap_ci(_mean, diff, n_resamples=n_bootstrap, level=level, seed=seed)
-            out.append({"a": a, "b": b, "entropy_difference": _stat(_mean(diff), ci)})
-    return out
+    pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1:]]
+    if not pairs:
+        return []
+    diffs = [entropies[b] - entropies[a] for a, b in pairs]
+    values = torch.stack([_mean(d).double() for d in diffs]).tolist()
+    cis = bootstrap_cis({i: (_mean, (d,)) for i, d in enumerate(diffs)}, n_resamples=n_bootstrap, level=level,
+                        seed=seed)
+    return [{"a": a, "b": b, "entropy_difference": _stat(value, cis[i])}
+            for i, ((a, b), value) in enumerate(zip(pairs, values))]

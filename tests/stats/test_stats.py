@@ -140,3 +140,72 @@ def test_input_errors(call, match):
 
 def test_docstring_examples():
     assert doctest.testmod(stats).failed == 0
+
+
+@FAST
+@given(st.integers(1, 6), st.integers(2, 60), st.booleans(), st.sampled_from([torch.float32, torch.float64]),
+       st.integers(0, 2**31 - 1))
+def test_counted_resample_ranks_equal_sorted_ranks(b, n, grid, dtype, seed):
+    gen = torch.Generator().manual_seed(seed)
+    if grid:  # heavy ties, signed zeros and infinities (equal as the sort compares them)
+        pool = torch.tensor([-float("inf"), -1.5, -0.0, 0.0, 2.0, float("inf")], dtype=dtype)
+        x = pool[torch.randint(0, len(pool), (n,), generator=gen)]
+    else:
+        x = torch.randn(n, generator=gen, dtype=dtype)
+    index = torch.randint(0, n, (b, n), generator=gen)
+    codes, n_codes = stats._rank_codes(x)
+    ranks = stats._resampled_ranks(codes, n_codes, index, dtype)
+    assert ranks.dtype == dtype and torch.equal(ranks, stats._average_ranks(x[index]))
+
+
+def _sorted_spearman(x, y):  # not `spearman` itself: bootstrap_ci sorts each resample, as before counted ranks
+    return spearman(x, y)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("max_chunk", [None, 3 * 300 * 7])
+def test_bootstrap_spearman_by_counting_equals_sorting(monkeypatch, dtype, max_chunk):
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randint(0, 12, (300,), generator=gen).to(dtype)  # ties
+    y = (x + torch.randint(0, 6, (300,), generator=gen)).to(dtype)
+    if max_chunk is not None:
+        monkeypatch.setattr(stats, "MAX_CHUNK_ELEMENTS", max_chunk)
+    expected = bootstrap_ci(_sorted_spearman, x, y, n_resamples=150, seed=3)
+    assert bootstrap_ci(spearman, x, y, n_resamples=150, seed=3) == expected
+
+
+def test_bootstrap_spearman_with_nan_sorts_as_before():
+    x, y = _correlated(50, 5)
+    x[3] = float("nan")  # NaN != NaN: copies of one NaN example get distinct ranks, which counting cannot give
+    assert stats._rank_codes(x) is None
+    expected = bootstrap_ci(_sorted_spearman, x, y, n_resamples=40)
+    assert bootstrap_ci(spearman, x, y, n_resamples=40) == expected
+
+
+@pytest.mark.parametrize("max_chunk", [None, 2 * 200 * 3 + 1])
+def test_bootstrap_cis_equal_one_bootstrap_ci_each(monkeypatch, max_chunk):
+    x, y = _correlated(200, 6)
+    z = torch.stack([x, y], 1)
+    if max_chunk is not None:  # chunks of 3 resamples for the means, 2 for the pairs and the (N, 2) sample
+        monkeypatch.setattr(stats, "MAX_CHUNK_ELEMENTS", max_chunk)
+    requests = {"mean": (lambda b: b.mean(-1), (x,)), "pearson": (pearson, (x, y)), "spearman": (spearman, (x, y)),
+                "rows": (lambda b: b.sum(-1).mean(-1), (z,)), "other n": (lambda b: b.mean(-1), (x[:50],))}
+    cis = stats.bootstrap_cis(requests, n_resamples=90, level=0.8, seed=4)
+    assert list(cis) == list(requests)
+    for key, (fn, samples) in requests.items():
+        assert cis[key] == bootstrap_ci(fn, *samples, n_resamples=90, level=0.8, seed=4), key
+
+
+@pytest.mark.parametrize(
+    "requests, match",
+    [
+        ({"a": (pearson, ())}, "at least one sample"),
+        ({"a": (pearson, (torch.zeros(3), torch.zeros(3))), "b": (pearson, (torch.zeros(3), torch.zeros(4)))},
+         r"shape \(3,\)"),
+        ({"a": (spearman, (torch.zeros(3, dtype=torch.long), torch.zeros(3)))}, "floating"),
+        ({"a": (lambda b: b.mean(), (torch.zeros(3),))}, "statistic to return shape"),
+    ],
+)
+def test_bootstrap_cis_input_errors(requests, match):
+    with pytest.raises(AuditError, match=match):
+        stats.bootstrap_cis(requests, n_resamples=10)
