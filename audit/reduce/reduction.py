@@ -31,10 +31,19 @@ their exponentials, and every entropy and KL of a chunk comes from one batched p
 :mod:`audit.reduce.kernel`, CUDA or ``TRITON_INTERPRET=1``), ``"auto"`` (triton on CUDA tensors
 when Triton is importable, torch otherwise). The top-k overlap is always eager (block maxima, then
 :func:`torch.topk` over the best blocks).
+
+Logits come as (P, V) tensors, or as :class:`HeadLogits`: a causal LM's last hidden states of the P positions
+and its output layer, not yet multiplied (:class:`audit.run.adapters.CausalLMAdapter` where the model's head
+splits from its body), or :class:`KeptRows`: the P scored rows of a model's logits of more positions, not yet
+gathered. The eager backend computes each chunk's logits straight into its float32 buffer (gathers the
+chunk's kept rows), so no (P, V) logits tensor is allocated, copied or row-selected: on a CPU the output layer
+writing fresh pages cost as much again as the product itself, and the copies 40% of the audit (issue 25). The
+Triton backend and the top-k teacher's columns multiply them out first (:func:`as_tensor`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -45,12 +54,113 @@ from audit.errors import AuditError
 from audit.losses.kernels import _require, resolve_backend
 from audit.reduce.topk import topk_tail_kl, topk_teacher_columns
 
-# Logits (of all models together) upcast to float32 at once by the eager backend: 2^24 elements = 64 MiB of
-# float32, the fastest chunk measured (bench/RESULTS.md)
-CHUNK_ELEMENTS = 1 << 24
+# Logits (of all models together) upcast to float32 at once by the eager backend: 2^22 elements = 16 MiB of
+# float32 per half of the buffer, the fastest chunk measured once the output layer writes into it (the token
+# audit of bench_lm_audit, 2 models x 49,152: 2^21 / 2^22 / 2^23 / 2^24 took 9.7 / 8.8 / 11.3 / 12.9 s, medians
+# of 3 alternated one-thread rounds on the shared 2-core VM, 2026-12-06; before, with copies into the buffer,
+# 2^24 was fastest: bench/RESULTS.md)
+CHUNK_ELEMENTS = 1 << 22
 TOP_BLOCK = 64  # vocabulary entries per block of the top-1 / top-k search (_top)
 MODEL_KEYS = ("entropy", "maxprob", "top1", "target_logprob", "correct")
 PAIR_KEYS = ("kl", "kl_reverse", "topk_overlap")
+
+
+@dataclass(frozen=True)
+class HeadLogits:
+    """(P, V) logits not multiplied out yet: the (P, H) ``hidden`` states of P positions through an output layer
+    (``weight`` (V, H), ``bias`` (V,) or None), divided by ``temperature``: ``linear(hidden, weight, bias) /
+    temperature``, row for row the logits the model's own head gives those positions.
+
+    ``shape``, ``dtype``, ``device`` and ``is_cuda`` are those of the logits; ``logits / t`` is the same logits
+    divided by t again (a temperature-scaled view, nothing is computed)."""
+
+    hidden: torch.Tensor
+    weight: torch.Tensor
+    bias: torch.Tensor | None = None
+    temperature: float = 1.0
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((self.hidden.shape[0], self.weight.shape[0]))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.hidden.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.hidden.device
+
+    @property
+    def is_cuda(self) -> bool:
+        return self.hidden.is_cuda
+
+    def __truediv__(self, temperature: float) -> HeadLogits:
+        return dataclasses.replace(self, temperature=self.temperature * temperature)
+
+    def rows(self, start: int, stop: int, out: torch.Tensor | None = None) -> torch.Tensor:
+        """The logits of rows ``[start, stop)``; written into ``out`` ((stop - start, V) float32, any row stride)
+        when given: in place by the product itself where the model is float32, else by a copy."""
+        hidden = self.hidden[start:stop]
+        if out is not None and hidden.dtype == self.weight.dtype == out.dtype:
+            if self.bias is None:
+                torch.mm(hidden, self.weight.T, out=out)
+            else:
+                torch.addmm(self.bias, hidden, self.weight.T, out=out)
+            return out if self.temperature == 1 else out.div_(self.temperature)
+        logits = torch.nn.functional.linear(hidden, self.weight, self.bias)
+        logits = logits if self.temperature == 1 else logits / self.temperature
+        return logits if out is None else out.copy_(logits)
+
+    def materialize(self) -> torch.Tensor:
+        """The (P, V) logits as a tensor, in the model's dtype."""
+        return self.rows(0, self.hidden.shape[0])
+
+
+@dataclass(frozen=True)
+class KeptRows:
+    """Rows ``index`` (P,) of (N, V) ``logits``, not gathered: a model's logits of more positions than are scored
+    (its batch's span of positions), read by the eager backend a chunk of rows at a time where they lie, so the
+    P scored rows are never copied out whole. ``shape``, ``dtype``, ``device`` and ``is_cuda`` are those of the
+    kept rows; ``logits / t`` gathers them, then divides."""
+
+    logits: torch.Tensor
+    index: torch.Tensor
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((self.index.shape[0], self.logits.shape[1]))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.logits.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.logits.device
+
+    @property
+    def is_cuda(self) -> bool:
+        return self.logits.is_cuda
+
+    def __truediv__(self, temperature: float) -> torch.Tensor:
+        return self.materialize() / temperature
+
+    def rows(self, start: int, stop: int) -> torch.Tensor:
+        """The logits of kept rows ``[start, stop)``, gathered."""
+        return self.logits.index_select(0, self.index[start:stop])
+
+    def materialize(self) -> torch.Tensor:
+        """The (P, V) kept rows as a tensor."""
+        return self.logits.index_select(0, self.index)
+
+
+Logits = torch.Tensor | HeadLogits | KeptRows
+
+
+def as_tensor(logits: Logits) -> torch.Tensor:
+    """``logits`` as a (P, V) tensor (``materialize()``d; a tensor as it is)."""
+    return logits if isinstance(logits, torch.Tensor) else logits.materialize()
 
 
 @dataclass(frozen=True)
@@ -63,17 +173,24 @@ class Reduction:
     pairs: list[dict[str, torch.Tensor]]
 
 
-def _check(teacher: torch.Tensor, students: Sequence[torch.Tensor], targets: torch.Tensor, topk: int) -> None:
-    if not isinstance(teacher, torch.Tensor) or teacher.ndim != 2 or not teacher.is_floating_point():
+def _is_logits(x) -> bool:
+    """A floating (P, V) tensor, :class:`HeadLogits` or :class:`KeptRows` of one."""
+    if isinstance(x, KeptRows):
+        x = x.logits
+    return isinstance(x, HeadLogits) or (isinstance(x, torch.Tensor) and x.ndim == 2 and x.is_floating_point())
+
+
+def _check(teacher: Logits, students: Sequence[Logits], targets: torch.Tensor, topk: int) -> None:
+    if not _is_logits(teacher):
         got = f"{tuple(teacher.shape)} {teacher.dtype}" if isinstance(teacher, torch.Tensor) else type(teacher).__name__
         raise AuditError(f"expected teacher logits as a floating (P, V) tensor, got {got}; flatten (B, L, V) "
                          "to (P, V) after masking")
     if teacher.shape[1] < 1:
         raise AuditError(f"expected at least one class/token in the logits, got shape {tuple(teacher.shape)}")
     for j, s in enumerate(students):
-        if not isinstance(s, torch.Tensor) or s.shape != teacher.shape or not s.is_floating_point() \
-                or s.device != teacher.device:
-            got = f"{tuple(s.shape)} {s.dtype} on {s.device}" if isinstance(s, torch.Tensor) else type(s).__name__
+        if not _is_logits(s) or s.shape != teacher.shape or s.device != teacher.device:
+            got = f"{tuple(s.shape)} {s.dtype} on {s.device}" if isinstance(s, (torch.Tensor, HeadLogits, KeptRows)) \
+                else type(s).__name__
             raise AuditError(f"expected student {j} logits of shape {tuple(teacher.shape)} on {teacher.device}, "
                              f"got {got}; teacher and students must score the same positions over one vocabulary")
     if not isinstance(targets, torch.Tensor) or targets.shape != teacher.shape[:1] or targets.is_floating_point() \
@@ -142,6 +259,8 @@ def _top(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
 
     def entries(blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # (P, n) blocks -> ids, values
         ids = (blocks[:, :, None] * TOP_BLOCK + offsets).flatten(1)
+        if full == v:  # every block whole
+            return ids, x.gather(1, ids)
         values = x.gather(1, ids.clamp(max=v - 1))
         return ids, values.masked_fill(ids >= v, float("-inf"))  # past the last block's end: never chosen
 
@@ -157,19 +276,44 @@ def _top(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
     return top, top1, topk
 
 
-def _softmaxes(logits: Sequence[torch.Tensor], tops: Sequence[tuple[torch.Tensor, torch.Tensor]],
-               buffer: torch.Tensor) -> _Softmaxes:
-    """The softmaxes of the models' (P, V) ``logits``, given each one's row maximum and its index (``tops``),
-    written into ``buffer`` (2, >= P, M, V) float32: reused by every chunk, as fresh 64 MiB tensors cost a
-    page fault per 4 KiB on a CPU."""
-    p = logits[0].shape[0]
+def _softmaxes(logits: Sequence[Logits], start: int, stop: int, k: int,
+               buffer: torch.Tensor) -> tuple[_Softmaxes, list[torch.Tensor]]:
+    """The softmaxes of rows ``[start, stop)`` of the models' (P, V) ``logits``, and each model's top-k ids
+    (:func:`_top`), written into ``buffer`` (2, >= stop - start, M, V) float32: reused by every chunk, as fresh
+    64 MiB tensors cost a page fault per 4 KiB on a CPU.
+
+    Each model's float32 logits are written into the buffer's first half once and shifted there: a tensor (or
+    the chunk's :class:`KeptRows`) by one subtraction that reads it (its maximum taken first, in its own dtype),
+    :class:`HeadLogits` by the output layer's product itself, then shifted in place (the maxima read from the
+    buffer, every model's rows searched in one :func:`_top` when all are :class:`HeadLogits`); the exponentials
+    go to the second half. One write per element and model, then one exp, one sum and one batched product."""
+    p, n_models, v = stop - start, len(logits), buffer.shape[-1]
     shifted, weights = buffer[0, :p], buffer[1, :p]
-    for m, (x, (top, _)) in enumerate(zip(logits, tops)):
-        shifted[:, m].copy_(x).sub_(top.float()[:, None])
-    top1 = [index for _, index in tops]
+    if all(isinstance(x, HeadLogits) for x in logits):  # every model's logits in the buffer: one search for all
+        for m, x in enumerate(logits):
+            x.rows(start, stop, out=shifted[:, m])
+        top, index, top_ids = _top(shifted.view(p * n_models, v), k)
+        shifted.sub_(top.view(p, n_models, 1))
+        top1, ids = list(index.view(p, n_models).unbind(1)), list(top_ids.view(p, n_models, k).unbind(1))
+    else:
+        top1, ids = [], []
+        for m, x in enumerate(logits):
+            out = shifted[:, m]
+            if isinstance(x, HeadLogits):
+                top, index, top_ids = _top(x.rows(start, stop, out=out), k)
+                out.sub_(top[:, None])
+            else:
+                x = x.rows(start, stop) if isinstance(x, KeptRows) else x[start:stop]
+                top, index, top_ids = _top(x, k)
+                if x.dtype == torch.float64:  # rounded to float32 first, then shifted, as the kernel reads it
+                    out.copy_(x).sub_(top.float()[:, None])
+                else:  # exact upcast, then one float32 subtraction: the same values as copying, then subtracting
+                    torch.sub(x, top.float()[:, None], out=out)
+            top1.append(index)
+            ids.append(top_ids)
     torch.exp(shifted, out=weights)
     total = weights.sum(-1)
-    return _Softmaxes(shifted, weights, total, total.log(), top1, torch.bmm(weights, shifted.transpose(1, 2)))
+    return _Softmaxes(shifted, weights, total, total.log(), top1, torch.bmm(weights, shifted.transpose(1, 2))), ids
 
 
 def _model_columns(sm: _Softmaxes, m: int, targets: torch.Tensor, ignore_index: int) -> dict[str, torch.Tensor]:
@@ -214,21 +358,20 @@ def _overlap(ids_t: torch.Tensor, ids_s: torch.Tensor) -> torch.Tensor:
     return shared.float() / ids_t.shape[1]
 
 
-def _eager(teacher: torch.Tensor, students: Sequence[torch.Tensor], targets: torch.Tensor, topk: int,
+def _eager(teacher: Logits, students: Sequence[Logits], targets: torch.Tensor, topk: int,
            ignore_index: int) -> Reduction:
+    logits = [teacher, *students]
     n, v = teacher.shape
-    chunk = max(1, CHUNK_ELEMENTS // max(v * (1 + len(students)), 1))
-    models: list[list[dict]] = [[] for _ in range(1 + len(students))]
+    chunk = max(1, CHUNK_ELEMENTS // max(v * len(logits), 1))
+    models: list[list[dict]] = [[] for _ in logits]
     pairs: list[list[dict]] = [[] for _ in students]
     k = min(topk, v)
-    buffer = torch.empty(2, min(chunk, n), 1 + len(students), v, dtype=torch.float32, device=teacher.device)
+    buffer = torch.empty(2, min(chunk, n), len(logits), v, dtype=torch.float32, device=teacher.device)
     for start in range(0, n, chunk):
-        rows = slice(start, start + chunk)
-        y, chunk_logits = targets[rows], [teacher[rows], *(x[rows] for x in students)]
-        tops = [_top(x, k) for x in chunk_logits]
-        sm = _softmaxes(chunk_logits, [(top, top1) for top, top1, _ in tops], buffer)
-        ids = [ids for _, _, ids in tops]
-        for m in range(len(chunk_logits)):
+        stop = min(start + chunk, n)
+        y = targets[start:stop]
+        sm, ids = _softmaxes(logits, start, stop, k, buffer)
+        for m in range(len(logits)):
             models[m].append(_model_columns(sm, m, y, ignore_index))
         for j in range(len(students)):
             pairs[j].append({**_kl_columns(sm, 1 + j), "topk_overlap": _overlap(ids[0], ids[1 + j])})
@@ -247,6 +390,7 @@ def _fused(teacher: torch.Tensor, students: Sequence[torch.Tensor], targets: tor
            ignore_index: int) -> Reduction:
     from audit.reduce import kernel  # imports triton, an optional dependency
 
+    teacher, students = as_tensor(teacher), [as_tensor(s) for s in students]
     _require(teacher)
     if not students:  # the kernel needs a pair: pair the teacher with itself, keep its own columns only
         columns = kernel.reduce_pair(teacher, teacher, targets, ignore_index=ignore_index)
@@ -262,15 +406,17 @@ def _fused(teacher: torch.Tensor, students: Sequence[torch.Tensor], targets: tor
 
 
 def reduce_logits(
-    teacher_logits: torch.Tensor, student_logits: Sequence[torch.Tensor], targets: torch.Tensor, *,
+    teacher_logits: Logits, student_logits: Sequence[Logits], targets: torch.Tensor, *,
     topk: int = 5, ignore_index: int = -100, backend: str = "auto",
 ) -> Reduction:
     """Per-position scalars of a teacher and its students on the same P positions.
 
     Args:
         teacher_logits: (P, V) float logits (fp32, bf16, fp16 or fp64), positions already masked and
-            flattened by the caller (for an LM: ``logits[targets != -100]`` of a (B, L, V) batch).
-        student_logits: zero or more (P, V) float logits on the same device.
+            flattened by the caller (for an LM: ``logits[targets != -100]`` of a (B, L, V) batch), or those
+            positions' :class:`HeadLogits` or :class:`KeptRows`.
+        student_logits: zero or more (P, V) float logits (or :class:`HeadLogits`, :class:`KeptRows`) on the
+            same device.
         targets: (P,) int target ids (the next token; the label for a classifier), or ``ignore_index``.
         topk: k of the top-k overlap (capped at V).
         ignore_index: target value of positions without a target (their ``target_logprob`` and
@@ -303,10 +449,12 @@ def column_names(names: list[str], n_students: int) -> list[str]:
 
 def reduce_batches(batches: list) -> Reduction:
     """The reduction of one batch of every model (:class:`audit.run.adapters.Batch`, teacher first, on the same
-    positions); a top-k teacher's columns and KLs come from its file."""
+    positions; logits as tensors, :class:`HeadLogits` or :class:`KeptRows`); a top-k teacher's columns and KLs
+    come from its file."""
     teacher, students = batches[0], [b.logits for b in batches[1:]]
     if teacher.topk is None:
         return reduce_logits(teacher.logits, students, teacher.targets)
+    students = [as_tensor(s) for s in students]
     ids, logprobs = teacher.topk
     vocab = students[0].shape[1]
     columns = topk_teacher_columns(ids, logprobs, teacher.targets, vocab_size=vocab)

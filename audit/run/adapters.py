@@ -40,6 +40,7 @@ from audit.load.causal_lm import CausalLM, TopkTeacher, is_causal_lm_spec, is_to
 from audit.load.data import TextData
 from audit.load.data.text import IGNORE_INDEX, TokenWindows
 from audit.load.models import Predictions, TextClassifier, load_model
+from audit.reduce.reduction import HeadLogits, KeptRows
 from audit.reduce.topk import read_topk_logits
 from audit.run.device import resolve_run
 from audit.run.distributed import ProcessGroup
@@ -74,7 +75,9 @@ class Batch:
     Attributes:
         index: the batch's number in its plan (the key of the prediction cache and of the rank that runs it).
         logits: (P, K) floating logits of the P scored positions, on the device, in the row-major order of
-            ``mask``; None for a top-k teacher, whose ``topk`` stands in.
+            ``mask``; a causal LM's may be those positions' :class:`audit.reduce.reduction.HeadLogits` or
+            :class:`audit.reduce.reduction.KeptRows` (:meth:`CausalLMAdapter.batches` with ``lazy``); None for a
+            top-k teacher, whose ``topk`` stands in.
         targets: (P,) int64 target ids on the device (the label, or the next token), ``IGNORE_INDEX`` where the
             position has none.
         mask: (B, T) bool on the CPU: which of the batch's B rows x T positions are scored (T = 1 for one
@@ -84,7 +87,7 @@ class Batch:
     """
 
     index: int
-    logits: torch.Tensor | None
+    logits: torch.Tensor | HeadLogits | KeptRows | None
     targets: torch.Tensor
     mask: torch.Tensor
     groups: torch.Tensor
@@ -197,36 +200,86 @@ class LogitsFileAdapter(_Wrapper):
 
 @dataclass(frozen=True)
 class CausalLMAdapter(_Wrapper):
-    """A causal LM over token windows: the scored positions are the windows' targets other than -100."""
+    """A causal LM over token windows: the scored positions are the windows' targets other than -100.
+
+    The logits at a window's position t depend on its tokens up to t only (causal attention), so a batch runs up
+    to its last scored position (a window's last position never has a target: its next token lies past the
+    window), and logits are formed for the scored positions alone. Where the model's logits are its output
+    layer applied to its body's last hidden states (:meth:`head`, checked on the first window), the body runs
+    and the scored positions' hidden states are kept: their logits are :class:`audit.reduce.reduction.HeadLogits`,
+    multiplied out by the reduction a chunk of positions at a time, so that no (P, V) logits are allocated,
+    copied or row-selected. Elsewhere the whole model runs with ``logits_to_keep`` over the scored span, and the
+    reduction reads the scored rows of those logits in place (:class:`audit.reduce.reduction.KeptRows`).
+    """
 
     model: CausalLM
     kind: ClassVar[str] = "lm"
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, last: int = 0) -> torch.Tensor:
-        """(B, L, V) logits of (B, L) token windows, on the model's device (the one model call of the audit);
-        (B, last, V) for the last ``last`` positions only, where the model takes transformers' ``logits_to_keep``
-        (the output layer then runs on those rows alone)."""
-        if last and "logits_to_keep" in inspect.signature(self.model.model.forward).parameters:
-            return self.model.model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=last).logits
-        logits = self.model.model(input_ids=input_ids, attention_mask=attention_mask).logits
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, last: int = 0, *,
+                hidden: bool = False) -> torch.Tensor:
+        """(B, L, V) logits of (B, L) token windows, on the model's device (every model call of the audit goes
+        through here); (B, last, V) for the last ``last`` positions only, where the model takes transformers'
+        ``logits_to_keep`` (the output layer then runs on those rows alone). With ``hidden``, the (B, L, H) last
+        hidden states of the model's body instead (its ``base_model``, without a key-value cache)."""
+        model = self.model.model
+        if hidden:
+            body = model.base_model
+            cache = {"use_cache": False} if "use_cache" in inspect.signature(body.forward).parameters else {}
+            out = body(input_ids=input_ids, attention_mask=attention_mask, **cache)
+            return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+        if last and "logits_to_keep" in inspect.signature(model.forward).parameters:
+            return model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=last).logits
+        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
         return logits[:, -last:] if last else logits
 
+    def head(self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+             ) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+        """The output layer's ``(weight, bias)`` where the model's logits are ``linear(hidden, weight, bias)`` of
+        its body's last hidden states, else None. Checked on the last position of the first of the (B, L) windows:
+        the model's own logits there against that product, to 1e-4 of the largest logit (1e-2 in 16-bit), so that
+        a head with a soft cap, a scale or any other step of its own runs as the model runs it."""
+        model = self.model.model
+        layer = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        if not isinstance(layer, torch.nn.Linear) or getattr(model, "base_model", model) is model:
+            return None
+        own = self.forward(input_ids[:1], attention_mask[:1], 1)[0, -1].float()
+        hidden = self.forward(input_ids[:1], attention_mask[:1], hidden=True)[0, -1:]
+        split = torch.nn.functional.linear(hidden, layer.weight, layer.bias)[0].float()
+        tolerance = 1e-2 if layer.weight.element_size() < 4 else 1e-4
+        if own.shape != split.shape or not bool((own - split).abs().max() <= tolerance * own.abs().max().clamp(min=1)):
+            return None
+        return layer.weight, layer.bias
+
     def batches(self, windows: TokenWindows, plan: list[tuple[int, int]], wanted: set[int], *,
-                device: torch.device, dtype: torch.dtype) -> Iterator[Batch]:
-        """The ``wanted`` batches of ``plan`` (window ranges ``(start, end)``), in index order."""
+                device: torch.device, dtype: torch.dtype, lazy: bool = False) -> Iterator[Batch]:
+        """The ``wanted`` batches of ``plan`` (window ranges ``(start, end)``), in index order. With ``lazy``, a
+        batch's logits are :class:`audit.reduce.reduction.HeadLogits` where the output layer splits from the body,
+        else :class:`audit.reduce.reduction.KeptRows` where the batch's span holds unscored positions (for
+        :func:`audit.reduce.reduction.reduce_logits`); without, always a (P, V) tensor."""
         self.model.model.to(device=device, dtype=dtype)
+        split = None  # the output layer, checked on the first batch; False where it does not split off
         for index in sorted(wanted):
             a, b = plan[index]
             keep = windows.targets[a:b] != IGNORE_INDEX  # (B, L)
-            # a window after a document's first scores only its last L - overlap positions: logits for those
-            scored = keep.any(0).nonzero()
-            last = keep.shape[1] - int(scored[0]) if len(scored) else keep.shape[1]
-            rows = keep[:, -last:].reshape(-1).nonzero().squeeze(1).to(device)
-            logits = self.forward(windows.input_ids[a:b].to(device), windows.attention_mask[a:b].to(device), last)
-            # the (B, last, V) logits are dropped as soon as their scored rows are taken: no frame keeps them
-            logits = logits.reshape(-1, logits.shape[-1])
-            yield Batch(index, logits if len(rows) == len(logits) else logits.index_select(0, rows),
-                        windows.targets[a:b][keep].to(device), keep,
+            columns = keep.any(0).nonzero().squeeze(1)
+            # the model reads up to the last scored position; logits from the first scored one on (a window after
+            # a document's first scores only its last L - overlap positions)
+            first, end = (int(columns[0]), int(columns[-1]) + 1) if len(columns) else (0, 1)
+            input_ids = windows.input_ids[a:b, :end].to(device)
+            attention_mask = windows.attention_mask[a:b, :end].to(device)
+            rows = keep[:, first:end].reshape(-1).nonzero().squeeze(1).to(device)
+            if split is None:
+                split = self.head(input_ids, attention_mask) or False
+            if split:
+                hidden = self.forward(input_ids, attention_mask, hidden=True)[:, first:]
+                logits = HeadLogits(hidden.reshape(-1, hidden.shape[-1]).index_select(0, rows), *split)
+                logits = logits if lazy else logits.materialize()
+            else:
+                logits = self.forward(input_ids, attention_mask, end - first)
+                logits = logits.reshape(-1, logits.shape[-1])  # a view: the (B, end - first, V) logits
+                if len(rows) < len(logits):
+                    logits = KeptRows(logits, rows) if lazy else logits.index_select(0, rows)
+            yield Batch(index, logits, windows.targets[a:b][keep].to(device), keep,
                         windows.sequence_ids[a:b, None].expand_as(keep)[keep])
 
 

@@ -30,6 +30,7 @@ from audit.reduce.reduction import column_names, reduce_batches, reduction_block
 from audit.run.adapters import (
     WINDOW,
     CallableAdapter,
+    CausalLMAdapter,
     ClassifierAdapter,
     adapter_of,
     batch_plan,
@@ -223,7 +224,10 @@ def evaluate_tokens(models: list, windows: TokenWindows, *, device: torch.device
     plan = _batches(windows, batch_size)
 
     def blocks(wanted: set[int]) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
-        streams = [m.batches(windows, plan, wanted, device=device, dtype=dtype) for m in adapters]
+        # a causal LM's logits stay its hidden states and output layer until the reduction multiplies them out,
+        # a chunk of positions at a time, into its own buffer
+        streams = [m.batches(windows, plan, wanted, device=device, dtype=dtype,
+                             **({"lazy": True} if isinstance(m, CausalLMAdapter) else {})) for m in adapters]
         for batches in zip(*streams):  # each model's batch of the same windows, teacher first
             index = batches[0].index
             block = reduction_block(reduce_batches(list(batches)))

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from audit.losses import kernels
-from audit.reduce.reduction import reduce_logits
+from audit.reduce.reduction import HeadLogits, KeptRows, reduce_logits
 
 pytestmark = pytest.mark.skipif(not kernels.available(), reason="Triton not installed")
 
@@ -96,3 +96,15 @@ def test_strided_rows(device):
     assert_backends_agree(t[::2], [s[::2]], y[::2])
     wide = torch.cat([t, s], 1)  # (P, 2V): row stride 2V, unit column stride
     assert_backends_agree(wide[:, :3000], [wide[:, 3000:]], y)
+
+
+def test_head_logits_and_kept_rows_are_multiplied_out(device):
+    """Issue 25: a causal LM's hidden states and output layer, or the scored rows of its logits, reach the kernel
+    as the (P, V) logits they stand for."""
+    g = torch.Generator().manual_seed(6)
+    hidden, weight = torch.randn(2, 9, 16, generator=g), torch.randn(3000, 16, generator=g)
+    y = torch.randint(0, 3000, (9,), generator=g).to(device)
+    t, s = (HeadLogits(h.to(device), weight.to(device)) for h in hidden)
+    assert_backends_agree(t, [s / 2.0], y)
+    kept = KeptRows(torch.cat([t.materialize(), s.materialize()]), torch.arange(0, 18, 2, device=device))
+    assert_backends_agree(kept, [t], y)

@@ -9,7 +9,7 @@ from scipy.special import log_softmax, rel_entr
 
 from audit.errors import AuditError
 from audit.reduce import reduction as reduce_module
-from audit.reduce.reduction import MODEL_KEYS, PAIR_KEYS, reduce_logits, topk_overlap
+from audit.reduce.reduction import MODEL_KEYS, PAIR_KEYS, HeadLogits, KeptRows, reduce_logits, topk_overlap
 
 
 def numpy_reference(teacher: torch.Tensor, students: list[torch.Tensor], targets: torch.Tensor, k: int,
@@ -165,6 +165,61 @@ def test_bad_input_raises(bad):
     args.update(bad)
     with pytest.raises(AuditError, match="expected"):
         reduce_logits(args["teacher"], [args["student"]], args["targets"], topk=args["topk"], backend=args["backend"])
+
+
+def head_logits(p: int, v: int, seed: int, bias: bool = False, dtype=torch.float32) -> HeadLogits:
+    """(P, V) logits as P hidden states of 16 through an output layer (V, 16), as a causal LM's head gives them."""
+    g = torch.Generator().manual_seed(seed)
+    hidden, weight, b = torch.randn(p, 16, generator=g), torch.randn(v, 16, generator=g), torch.randn(v, generator=g)
+    return HeadLogits(hidden.to(dtype), weight.to(dtype), b.to(dtype) if bias else None)
+
+
+def assert_same_columns(got, want, rtol=0.0, atol=0.0):
+    for a, b in zip(got.models + got.pairs, want.models + want.pairs):
+        assert a.keys() == b.keys()
+        for key in a:
+            assert a[key].dtype == b[key].dtype, key
+            torch.testing.assert_close(a[key], b[key], rtol=rtol, atol=atol, equal_nan=True, msg=key)
+
+
+@pytest.mark.parametrize("dtype, bias, v", [(torch.float32, False, 300), (torch.float32, True, 300),
+                                            (torch.bfloat16, True, 300), (torch.float32, False, 5000)])
+def test_head_logits_reduce_as_their_product(monkeypatch, dtype, bias, v):
+    """Issue 25: the output layer multiplied out a chunk of positions at a time, straight into the buffer (float32)
+    or copied there (bf16), gives the columns of the logits it stands for, every chunk and a temperature-scaled
+    view included (V = 5000: the block search of every model's rows at once, the last block short); and the
+    definitions' values."""
+    t, s = head_logits(37, v, 0, bias, dtype), head_logits(37, v, 1, bias, dtype)
+    y = torch.randint(0, v, (37,), generator=torch.Generator().manual_seed(2))
+    y[::5] = -100
+    monkeypatch.setattr(reduce_module, "CHUNK_ELEMENTS", v * 2 * 5)  # 5 positions per chunk, the last one short
+    lazy = reduce_logits(t, [s / 2.0], y, backend="torch")
+    assert (s / 2.0).temperature == 2.0 and (s / 2.0).shape == (37, v) and (s / 2.0).dtype == dtype
+    # the product of 5 rows and of 37 may round differently in float32; bf16 products are rounded to bf16 alike
+    assert_same_columns(lazy, reduce_logits(t.materialize(), [s.materialize() / 2.0], y, backend="torch"),
+                        rtol=1e-6, atol=1e-6)
+    assert_matches(lazy, t.materialize(), [s.materialize() / 2.0], y)
+
+
+def test_kept_rows_reduce_as_the_rows_they_keep(monkeypatch):
+    """Issue 25: rows of a larger logits tensor, gathered a chunk at a time, give exactly the columns of those
+    rows gathered whole; a scaled view gathers them; a tensor and HeadLogits mix with them."""
+    x, z = logits(50, 300, 3), logits(50, 300, 4)
+    index = torch.randperm(50, generator=torch.Generator().manual_seed(5))[:37].sort().values
+    y = torch.randint(0, 300, (37,), generator=torch.Generator().manual_seed(6))
+    monkeypatch.setattr(reduce_module, "CHUNK_ELEMENTS", 300 * 3 * 5)
+    kept = KeptRows(z, index)
+    assert kept.shape == (37, 300) and torch.equal(kept / 2.0, z[index] / 2.0)
+    head = head_logits(37, 300, 7)
+    got = reduce_logits(KeptRows(x, index), [kept, head], y, backend="torch")
+    assert_same_columns(got, reduce_logits(x[index], [z[index], head], y, backend="torch"))
+
+
+def test_lazy_logits_of_another_shape_are_refused():
+    t, y = head_logits(4, 30, 8), torch.tensor([0, 1, 2, 3])
+    for student in (head_logits(4, 31, 9), KeptRows(torch.zeros(6, 30), torch.arange(3))):
+        with pytest.raises(AuditError, match="expected student 0 logits of shape"):
+            reduce_logits(t, [student], y, backend="torch")
 
 
 def test_auto_backend_is_eager_on_cpu(monkeypatch):

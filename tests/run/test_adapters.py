@@ -185,18 +185,25 @@ def test_classifier_adapter_yields_one_position_per_example():
             torch.testing.assert_close(logits, alone, atol=1e-5, rtol=1e-5)
 
 
-def test_causal_lm_adapter_yields_the_scored_next_token_positions():
-    from audit.load.causal_lm import load_causal_lm
+def _toy_windows(lm):
     from audit.load.data.text import Documents, tokenize_windows
-    from audit.package import fixtures_path
 
-    lm = load_causal_lm(str(fixtures_path() / "lm-teacher"))
     documents = Documents("toy", ["To be, or not to be, that is the question.", "Whether 'tis nobler in the mind"],
                           ["a", "b"])
-    windows = tokenize_windows(documents, lm.tokenizer, max_length=8, stride=4)
+    return tokenize_windows(documents, lm.tokenizer, max_length=8, stride=4)
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_causal_lm_adapter_yields_the_scored_next_token_positions(lazy):
+    from audit.load.causal_lm import load_causal_lm
+    from audit.package import fixtures_path
+    from audit.reduce.reduction import HeadLogits, as_tensor
+
+    lm = load_causal_lm(str(fixtures_path() / "lm-teacher"))
+    windows = _toy_windows(lm)
     plan = [(0, 2), (2, len(windows))]
     batches = list(CausalLMAdapter(lm).batches(windows, plan, {0, 1}, device=torch.device("cpu"),
-                                               dtype=torch.float32))
+                                               dtype=torch.float32, lazy=lazy))
     sequence_ids, _ = windows.scored()
     assert torch.equal(torch.cat([b.groups for b in batches]), sequence_ids)
     for batch, (a, b) in zip(batches, plan):
@@ -204,7 +211,71 @@ def test_causal_lm_adapter_yields_the_scored_next_token_positions():
             logits = lm.model(input_ids=windows.input_ids[a:b], attention_mask=windows.attention_mask[a:b]).logits
         scored = windows.targets[a:b] != -100
         assert torch.equal(batch.mask, scored) and torch.equal(batch.targets, windows.targets[a:b][scored])
-        torch.testing.assert_close(batch.logits, logits[scored])
+        # the head splits from the body: only the scored positions' hidden states are kept
+        assert isinstance(batch.logits, HeadLogits) if lazy else isinstance(batch.logits, torch.Tensor)
+        torch.testing.assert_close(as_tensor(batch.logits), logits[scored])
+
+
+def test_a_head_with_a_step_of_its_own_runs_as_the_model_runs_it(monkeypatch):
+    """Issue 25: a head that is more than a linear layer (here a soft cap, as Gemma 2's) fails the check on the first
+    window, and the model runs whole with logits_to_keep; the reduction then reads the scored rows in place."""
+    import functools
+
+    from audit.load.causal_lm import load_causal_lm
+    from audit.package import fixtures_path
+    from audit.reduce.reduction import KeptRows, as_tensor
+
+    lm = load_causal_lm(str(fixtures_path() / "lm-teacher"))
+    original = lm.model.forward
+
+    @functools.wraps(original)
+    def capped(*args, **kwargs):
+        out = original(*args, **kwargs)
+        out.logits = 30 * torch.tanh(out.logits / 30)
+        return out
+
+    monkeypatch.setattr(lm.model, "forward", capped)
+    windows = _toy_windows(lm)
+    adapter = CausalLMAdapter(lm)
+    with torch.no_grad():
+        assert adapter.head(windows.input_ids, windows.attention_mask) is None
+        assert CausalLMAdapter(load_causal_lm(str(fixtures_path() / "lm-teacher"))).head(
+            windows.input_ids, windows.attention_mask) is not None
+        logits = lm.model(input_ids=windows.input_ids, attention_mask=windows.attention_mask).logits
+    scored = windows.targets != -100
+    for lazy in (False, True):
+        [batch] = adapter.batches(windows, [(0, len(windows))], {0}, device=torch.device("cpu"), dtype=torch.float32,
+                                  lazy=lazy)
+        # the second window of the first text scores its last 4 positions only: rows of the span are left out
+        assert isinstance(batch.logits, KeptRows) if lazy else isinstance(batch.logits, torch.Tensor)
+        torch.testing.assert_close(as_tensor(batch.logits), logits[scored])
+
+
+@pytest.mark.parametrize("attention", ["eager", "sdpa"])
+def test_a_window_is_read_up_to_its_last_scored_position_only(attention):
+    """Issue 25: the audit drops each window's last position (it has no target). Causal attention: the last
+    token changes no earlier logit, bitwise; and the logits of the cut window are those of the whole one, bitwise
+    for eager attention, to float32 rounding for SDPA (the CPU kernel's blocks depend on the length: 6 ulp)."""
+    from transformers import AutoModelForCausalLM
+
+    from audit.load.causal_lm import load_causal_lm
+    from audit.package import fixtures_path
+
+    path = str(fixtures_path() / "lm-teacher")
+    windows = _toy_windows(load_causal_lm(path))
+    assert (windows.targets[:, -1] == -100).all()
+    model = AutoModelForCausalLM.from_pretrained(path, attn_implementation=attention, dtype=torch.float32).eval()
+    ids, mask = windows.input_ids, windows.attention_mask
+    other = ids.clone()
+    other[:, -1] = (other[:, -1] + 1) % model.config.vocab_size
+    with torch.no_grad():
+        whole = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
+        changed = model(input_ids=other, attention_mask=mask).logits[:, :-1]
+        cut = model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1]).logits
+    assert torch.equal(whole, changed)
+    if attention == "eager":
+        assert torch.equal(whole, cut)
+    torch.testing.assert_close(cut, whole, rtol=2e-6, atol=2e-6 * float(whole.abs().max()))
 
 
 def _windows(max_length: int, stride: int):
