@@ -35,9 +35,7 @@ from audit.settings import CompareSettings
 
 TOKENS, MAX_LENGTH, BATCH, CPU_BUDGET_S = 20_000, 128, 8, 30.0
 THREADS, ROUNDS, WARMUP = 1, 3, 1
-# the audit over the floor (issue 25). CPU, one thread, the shared 2-core VM (load average 1-2.7), medians of
-# 3 rounds: 0.96, 1.08, 1.10, 1.18 in four runs (2.92 before the change: forwards without logits_to_keep's
-# span, scored rows copied out, the reduction's copy into its buffer)
+# the audit over the floor (issue 25; measured ratios in bench/RESULTS.md)
 CPU_RATIO = GPU_RATIO = 1.15
 TEACHER = str(fixtures_path() / "lm-teacher")
 STUDENT = f"{TEACHER}@layers=1"
