@@ -2,7 +2,9 @@
 verdicts of ``tests/expected/`` (to 1e-6), so that moving code around cannot move a number.
 
 A report may gain fields; a stored field that disappears or changes fails. Regenerate a stored report only
-for an intended change of numbers, with the command in :data:`RUNS` (``--json tests/expected/NAME.json``).
+for an intended change of numbers, with the command in :data:`RUNS` (``--json tests/expected/NAME.json``), then
+write the checkout's path in it as ``<root>`` (paths are compared with the checkout's path as ``<root>``, so
+that the test passes in any clone).
 """
 
 from __future__ import annotations
