@@ -79,10 +79,11 @@ def compare(
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:N (default: CUDA when present).")] = None,
     dtype: Annotated[str, typer.Option(help="auto|fp32|bf16|fp16 (auto: bf16 on GPUs that have it).")] = CompareSettings.dtype,
     batch_size: Annotated[str, typer.Option(help="An integer, or auto (halves on out-of-memory).")] = str(CompareSettings.batch_size),
-    max_length: Annotated[int, typer.Option(help="Tokens per example.")] = CompareSettings.max_length,
+    max_length: Annotated[int | None, typer.Option(help="Tokens per example (classifiers: 256) or window (LMs: the "
+                                                        "smallest context of the models).")] = CompareSettings.max_length,
     bins: Annotated[int, typer.Option(help="Calibration bins.")] = CompareSettings.n_bins,
     bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for CIs.")] = CompareSettings.n_bootstrap,
-    seed: Annotated[int, typer.Option(help="Bootstrap seed.")] = CompareSettings.seed,
+    seed: Annotated[int, typer.Option(help="Bootstrap (and --generate sampling) seed.")] = CompareSettings.seed,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the report as JSON here.")] = None,
     save_logits: Annotated[Path | None, typer.Option(help="Keep every model's logits in this folder.")] = None,
     plots: Annotated[Path | None, typer.Option(help="Write PNG figures into this folder.")] = None,
@@ -101,12 +102,20 @@ def compare(
                                                            "scored).")] = CompareSettings.prompt_column,
     completion_column: Annotated[str | None, typer.Option(help="LM: completion column (the scored "
                                                                "tokens).")] = CompareSettings.completion_column,
+    limit_tokens: Annotated[int | None, typer.Option(help="LM: stop after N scored tokens (whole "
+                                                          "windows).")] = CompareSettings.limit_tokens,
     model_cis: Annotated[bool, typer.Option("--model-cis", help="A bootstrap CI on every per-model number (every estimator "
                                                   "recomputed per resample: slow on big data).")] = CompareSettings.model_cis,
     calibrate: Annotated[bool, typer.Option("--calibrate", help="Fit a temperature per model on calibration data; report each "
                                                  "model before/after and the student/teacher T* ratio.")] = CompareSettings.calibrate,
     calibration_data: Annotated[str | None, typer.Option(help="Calibration data for --calibrate (default: the dev "
                                                               "split of a built-in data set or text corpus).")] = CompareSettings.calibration_data,
+    generate: Annotated[bool, typer.Option("--generate", help="LM: each student also completes every prompt "
+                                                "(prompt column, or each document's first half-window); teacher and "
+                                                "student are audited on its own tokens too.")] = CompareSettings.generate,
+    max_new_tokens: Annotated[int, typer.Option(help="--generate: tokens per completion (fewer at EOS).")] = CompareSettings.max_new_tokens,
+    temperature: Annotated[float, typer.Option(help="--generate: sampling temperature (0: greedy).")] = CompareSettings.temperature,
+    top_p: Annotated[float, typer.Option(help="--generate: nucleus sampling mass (1: all).")] = CompareSettings.top_p,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = CompareSettings.progress,
     cache: Annotated[bool, typer.Option(help="Keep logits in the prediction cache as they are computed "
                                              "(a killed run resumes; python -m audit cache list|clear).")] = CompareSettings.cache,
@@ -133,7 +142,8 @@ def compare(
         max_length=max_length, n_bins=bins, n_bootstrap=bootstrap, seed=seed, allow_pickle=allow_pickle,
         trust_remote_code=trust_remote_code, tokenizer=tokenizer, allow_missing_weights=allow_missing_weights,
         kind=kind, stride=stride, prompt_column=prompt_column, completion_column=completion_column,
-        model_cis=model_cis, calibrate=calibrate, calibration_data=calibration_data, progress=progress, cache=cache,
+        limit_tokens=limit_tokens, model_cis=model_cis, calibrate=calibrate, calibration_data=calibration_data, progress=progress, cache=cache,
+        generate=generate, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
     )
     outputs = report_outputs(json_path, plots, html)
     if save_logits is not None:
@@ -236,6 +246,9 @@ def train(
     head_lr: Annotated[float | None, typer.Option(help="Learning rate of the new pooler/classifier head.")] = TrainSettings.head_lr,
     max_length: Annotated[int | None, typer.Option(help="Tokens per example or window (classifier 128, LM 64).")] = None,
     stride: Annotated[int | None, typer.Option(help="Tokens an LM training window advances (max-length - 1).")] = None,
+    prompt_column: Annotated[str | None, typer.Option(help="LM: prompt column (context, no loss).")] = None,
+    completion_column: Annotated[str | None, typer.Option(help="LM: completion column (the loss's "
+                                                               "tokens).")] = None,
     train_limit: Annotated[int | None, typer.Option(help="Use the first N training examples.")] = TrainSettings.train_limit,
     seed: Annotated[int, typer.Option()] = TrainSettings.seed,
     device: Annotated[str | None, typer.Option()] = TrainSettings.device,
@@ -259,7 +272,9 @@ def train(
 
         topk = None if teacher_topk is None else str(teacher_topk)
         lm_only = {k: v for k, v in dict(divergence=divergence, beta=beta, steps=steps, stride=stride,
-                                         teacher_topk=topk, freeze_embeddings=freeze_embeddings).items() if v is not None}
+                                         teacher_topk=topk, freeze_embeddings=freeze_embeddings,
+                                         prompt_column=prompt_column,
+                                         completion_column=completion_column).items() if v is not None}
         lm_settings = LMTrainSettings(**shared, **given, **lm_only)
         unused = unused_loss_options(lm_settings)
         if head_lr is not None:
@@ -274,7 +289,8 @@ def train(
                             f"{dev['entropy_mean']:.3f} nats, ECE {dev['ece']:.4f}")
         return
     for option, value in (("--divergence", divergence), ("--beta", beta), ("--steps", steps), ("--stride", stride),
-                          ("--teacher-topk", teacher_topk), ("--freeze-embeddings", freeze_embeddings or None)):
+                          ("--teacher-topk", teacher_topk), ("--freeze-embeddings", freeze_embeddings or None),
+                          ("--prompt-column", prompt_column), ("--completion-column", completion_column)):
         if value is not None:
             raise AuditError(f"expected {option} only for causal-LM students, got it with --model {model}; drop it")
     from audit.recipes.train import train as run_train
@@ -338,11 +354,13 @@ def replicate(
 @app.command()
 @handles_errors
 def report(
-    run: Annotated[Path, typer.Argument(help="A compare JSON (--json) or a replicate summary.json.")],
+    run: Annotated[Path, typer.Argument(help="A compare JSON (--json), a replicate summary.json, or a training "
+                                             "run's kd_audit folder (or the output_dir holding it).")],
     plots: Annotated[Path | None, typer.Option(help="Write PNG figures into this folder.")] = None,
     html: Annotated[Path | None, typer.Option(help="Write a self-contained HTML report here.")] = None,
 ) -> None:
-    """Re-render a saved compare or replicate report, without models."""
+    """Re-render a saved compare or replicate report, or draw a training run's audits over its steps, without
+    models."""
     from rich.console import Console
 
     from audit.report.replicate import render_summary
@@ -350,6 +368,9 @@ def report(
     from audit.report.terminal import render_compare
 
     check_outputs(report_outputs(None, plots, html), [run])
+    if run.is_dir():  # the step reports of audit.integrations.KDAuditCallback
+        report_training(run, plots, html)
+        return
     saved = load_report(run)  # its schema and cross-references: every field a renderer reads, present and typed
     if kind_of(saved) == "replicate-all" and (plots or html):
         raise AuditError(f"expected --plots/--html with a compare or one-task replicate report, got {run}, a summary "
@@ -360,6 +381,35 @@ def report(
     sys.stdout.write(rendered.get())
     sys.stdout.flush()
     write_outputs(saved, None, plots, html)
+
+
+def report_training(folder: Path, plots: Path | None, html: Path | None) -> None:
+    """``report`` of a training run's step reports: the table over steps, then the figures and page asked for."""
+    from rich.console import Console
+
+    from audit.report.plots import png_bytes
+    from audit.report.training import (
+        read_training_audits,
+        render_training,
+        render_training_html,
+        training_figures,
+    )
+
+    reports = read_training_audits(folder)
+    console = Console()
+    with console.capture() as rendered:
+        render_training(reports, console)
+    sys.stdout.write(rendered.get())
+    sys.stdout.flush()
+    figures = training_figures(reports) if plots is not None else {}
+    files = {plots / name: png_bytes(fig) for name, fig in figures.items()}
+    if html is not None:
+        files[html] = render_training_html(reports).encode()
+    write_files(files)
+    written = [f"{plots}/ ({len(figures)} figures)"] if plots is not None else []
+    written += [str(html)] if html is not None else []
+    if written:
+        sys.stderr.write(f"kd-audit: wrote {', '.join(written)}\n")
 
 
 @cache_app.command("list")

@@ -27,13 +27,14 @@ from audit.errors import AuditError, warn
 from audit.load.causal_lm import CausalLM, check_same_tokenizer
 from audit.load.data import TextData, builtin_datasets, load_data
 from audit.load.data.builtin import text_corpora
-from audit.load.data.text import Documents, read_documents, tokenize_windows
+from audit.load.data.text import IGNORE_INDEX, Documents, TokenWindows, read_documents, tokenize_windows
 from audit.load.labels import align_labels, data_labels, match_to_data
 from audit.load.models import Predictions, TextClassifier, predictions_bytes
 from audit.outputs import Output, check_outputs, write_files
 from audit.reduce.reduction import column_names
 from audit.report.envelope import envelope
 from audit.run.adapters import (
+    KIND_NAMES,
     Adapter,
     Setup,
     TopkFileAdapter,
@@ -47,8 +48,29 @@ from audit.run.cache import PredictionStore, open_store, prediction_key, token_k
 from audit.run.device import resolve_batch_size, resolve_run
 from audit.run.distributed import ProcessGroup, is_main_process
 from audit.run.evaluate import callable_logits, evaluate_tokens, predict_text, token_columns, token_logits
-from audit.settings import MAX_BINS, MAX_BOOTSTRAP, CompareSettings, unused_compare_options  # noqa: F401 (re-exported)
-from audit.stats.inheritance import inheritance_verdict, pair_statistics, student_differences
+from audit.run.generate import (
+    columns_key,
+    completion_windows,
+    generate_completions,
+    generation_key,
+    pad_token,
+    prompt_tokens,
+    stop_tokens,
+)
+from audit.settings import (  # noqa: F401 (MAX_BINS, MAX_BOOTSTRAP re-exported)
+    DEFAULT_MAX_LENGTH,
+    MAX_BINS,
+    MAX_BOOTSTRAP,
+    CompareSettings,
+    unused_compare_options,
+)
+from audit.stats.divergence import divergence_breakdown, example_divergence, row_details
+from audit.stats.inheritance import (
+    inheritance_verdict,
+    pair_statistics,
+    student_differences,
+    too_few_clusters,
+)
 from audit.stats.summary import SCATTER_POINTS, summarize_model, summarize_tokens
 from audit.stats.temperature import (
     calibrated_metrics,
@@ -65,6 +87,7 @@ TOKEN_SCHEMA_CHANGES = ("compare/2 = compare/1 for token-level audits of causal 
 TEMPERATURE_RESAMPLES = 200  # the T* ratio's resamples: a classifier's refit two temperatures each
 CALIBRATED_TOKEN_FIELDS = ("accuracy", "nll", "ece", "mce", "ece_adaptive", "smece", "ece_debiased", "ece_sweep",
                            "ece_toplabel", "ks")  # a classifier's calibrated fields but Brier (no full distribution kept)
+CONTEXT_TOKENS = 24  # tokens of text shown before each of a pair's largest-KL positions
 CALIBRATION_POSITIONS = 2048  # dev tokens whose full logits fit a token audit's T* (P x V float32 per model)
 
 ModelLike = str | Predictions | TextClassifier | CausalLM | Adapter
@@ -102,18 +125,37 @@ def compare_predictions(teacher: Predictions, students: list[Predictions], label
     teacher_maxprob = stats.max_probability(torch.softmax(teacher.logits, -1))
     for s in students:
         pair_stats = pair_statistics(teacher.logits, s.logits, **boot)
-        label, reason = inheritance_verdict(pair_stats, models[teacher.name]["entropy_mean"], settings.rule)
+        label, reason = inheritance_verdict(pair_stats, models[teacher.name]["entropy_mean"], settings.rule,
+                                            n_clusters=n)
         student_maxprob = stats.max_probability(torch.softmax(s.logits, -1))
         pairs.append({"teacher": teacher.name, "student": s.name, **pair_stats, "verdict": label, "verdict_reason": reason,
                       "scatter": {"teacher_maxprob": teacher_maxprob[scatter_rows].tolist(),
-                                  "student_maxprob": student_maxprob[scatter_rows].tolist()}})
+                                  "student_maxprob": student_maxprob[scatter_rows].tolist()},
+                      "divergence": _example_divergence(teacher, s)})
         if settings.model_cis and labels is not None:  # positive: the student is better calibrated than its teacher
             pairs[-1]["calibration_difference"] = stats.paired_difference_cis(
                 teacher.logits, s.logits, labels, n_bins=settings.n_bins, n_resamples=settings.n_bootstrap,
                 seed=settings.seed)
     differences = student_differences({s.name: s.logits for s in students}, **boot) if len(students) > 1 else []
+    warn_insufficient(n, "example", settings)
     return envelope(SCHEMA, settings, data={**(data_info or {}), "n": n, "label_names": teacher.label_names},
                     models=models, pairs=pairs, students=differences)
+
+
+def _example_divergence(teacher: Predictions, student: Predictions) -> dict:
+    """The pair's :func:`audit.stats.divergence.example_divergence`, its top examples named by id and label."""
+    out = example_divergence(teacher.logits, student.logits)
+    names = teacher.label_names or [str(k) for k in range(teacher.num_classes)]
+    for row in out["top_contexts"]:
+        row["id"] = teacher.ids[row["row"]] if teacher.ids else str(row["row"])
+        row["teacher_top1"], row["student_top1"] = names[row["teacher_top1"]], names[row["student_top1"]]
+    return out
+
+
+def warn_insufficient(n_clusters: int, unit: str, settings: CompareSettings) -> None:
+    """One warning line for an audit whose verdicts are all ``insufficient`` (too few bootstrap clusters)."""
+    if n_clusters < settings.rule.min_clusters:
+        warn(f"every verdict is insufficient: {too_few_clusters(n_clusters, unit, settings.rule)}")
 
 
 def compare(teacher: ModelLike, students: list[ModelLike], data: str | TextData | None, *,
@@ -166,6 +208,7 @@ def compare_with_predictions(teacher: ModelLike, students: list[ModelLike], data
     by :func:`audit.compare.audit_tokens`, whose per-token logits are never kept, so the list is empty then.
     """
     settings = settings or CompareSettings()
+    refuse_generation(teacher, settings)
     setup = set_up(teacher, students, names, settings)
     if setup.kind == "callable":
         raise AuditError("expected model specs or loaded models, got a callable; audit callables with "
@@ -175,6 +218,8 @@ def compare_with_predictions(teacher: ModelLike, students: list[ModelLike], data
         warn(f"{unused}; drop it")
     if audit == "lm":
         return audit_tokens(setup, data, settings), []
+    if settings.max_length is None:
+        settings = dataclasses.replace(settings, max_length=DEFAULT_MAX_LENGTH)
     return audit_classifiers(setup, data, settings)
 
 
@@ -197,6 +242,10 @@ def audit_classifiers(setup: Setup, data: str | TextData | None,
         labels = data_labels(text_data, label_names, predictions[0].num_classes)
         data_info = {"name": text_data.name, **text_data.info}
     report = compare_predictions(predictions[0], predictions[1:], labels, settings=settings, data_info=data_info)
+    if text_data is not None:
+        for pair in report["pairs"]:
+            for row in pair["divergence"]["top_contexts"]:
+                row["text"] = text_data.texts[row["row"]]
     report["settings"].update(device=str(device), dtype=str(dtype).removeprefix("torch."))
     if settings.calibrate:
         calibration = _calibration_predictions(loaded, data, text_data, label_names, device, dtype, settings, group)
@@ -333,7 +382,8 @@ def add_calibration(report: dict, test: list[Predictions], test_labels: torch.Te
                                                       seed=settings.seed)
         pair_stats = pair_statistics(scaled_teacher, scale_logits(student.logits, temperatures[student.name]).float(),
                                 n_bootstrap=settings.n_bootstrap, seed=settings.seed)
-        label, reason = inheritance_verdict(pair_stats, float(stats.entropy(torch.softmax(scaled_teacher, -1)).mean()), settings.rule)
+        label, reason = inheritance_verdict(pair_stats, float(stats.entropy(torch.softmax(scaled_teacher, -1)).mean()),
+                                            settings.rule, n_clusters=int(test_labels.numel()))
         pair["calibrated"] = {"entropy_shift": pair_stats["entropy_shift"],
                               "corr_entropy_spearman": pair_stats["corr_entropy_spearman"],
                               "verdict": label, "verdict_reason": reason,
@@ -376,7 +426,8 @@ def _predictions(model: Adapter, data: TextData | None, device, dtype, settings:
     if data is None:
         raise AuditError("expected --data for Hugging Face models, got none; pass a data file or a built-in name")
     classifier = model.model
-    settings = dataclasses.replace(settings, max_length=_max_length(classifier, settings.max_length))
+    wanted = settings.max_length or DEFAULT_MAX_LENGTH
+    settings = dataclasses.replace(settings, max_length=_max_length(classifier, wanted))
     store = _store(classifier, data, device, dtype, settings) if settings.cache else None
     predictions = predict_text(classifier, data, device=device, dtype=dtype, batch_size=settings.batch_size,
                                max_length=settings.max_length, progress=settings.progress, store=store, group=group)
@@ -423,8 +474,9 @@ def compare_lm(teacher: str | CausalLM, students: list[str | CausalLM], data: st
             :class:`CausalLM`.
         data: a spec for :func:`audit.load.data.text.read_documents`, or loaded :class:`Documents`.
         names: report names, teacher first (they replace loaded models' own names).
-        settings: ``max_length`` (window length), ``stride``, ``split``, ``text_column``, ``prompt_column``,
-            ``completion_column``, ``limit`` (documents), device, dtype, batch size, bins, bootstrap, seed, cache.
+        settings: ``max_length`` (window length; None: the smallest context of the models), ``stride``, ``split``,
+            ``text_column``, ``prompt_column``, ``completion_column``, ``limit`` (documents), ``limit_tokens``
+            (scored tokens, whole windows), device, dtype, batch size, bins, bootstrap, seed, cache.
 
     Raises:
         AuditError: any bad input (different tokenizers, a window longer than a model's context, text too short),
@@ -439,6 +491,9 @@ def audit_tokens(setup: Setup, data: str | Documents, settings: CompareSettings)
     models = list(setup.models)
     lms = [m.model for m in models if not m.saved]
     check_same_tokenizer(lms)
+    if settings.max_length is None:  # not given: windows as long as every model can read
+        contexts = [m.context for m in lms if m.context is not None]
+        settings = dataclasses.replace(settings, max_length=min(contexts, default=DEFAULT_MAX_LENGTH))
     for m in lms:
         if m.context is not None and settings.max_length > m.context:
             raise AuditError(f"expected --max-length at most {m.name}'s context of {m.context} tokens, got "
@@ -446,7 +501,10 @@ def audit_tokens(setup: Setup, data: str | Documents, settings: CompareSettings)
     documents = data if isinstance(data, Documents) else read_documents(
         data, split=settings.split, text_column=settings.text_column, prompt_column=settings.prompt_column,
         completion_column=settings.completion_column, limit=settings.limit)
-    windows = tokenize_windows(documents, lms[0].tokenizer, max_length=settings.max_length, stride=settings.stride)
+    windows = tokenize_windows(documents, lms[0].tokenizer, max_length=settings.max_length, stride=settings.stride,
+                               limit_tokens=settings.limit_tokens)
+    documents = documents.part(0, windows.info["documents"])  # the documents read before --limit-tokens stopped
+    prompts = generation_prompts(models, lms, documents, settings) if settings.generate else None
     vocab_size = int(lms[0].model.config.vocab_size)
     topk = None
     if isinstance(models[0], TopkFileAdapter):
@@ -471,9 +529,148 @@ def audit_tokens(setup: Setup, data: str | Documents, settings: CompareSettings)
                               progress=settings.progress, store=store, group=setup.group, scaled=scaled)
     data_info = {"name": documents.name, **documents.info, "unit": "token", "n": int(columns["sequence"].numel()),
                  "n_sequences": len(documents), "windows": windows.info, "label_names": None}
-    return token_report(columns, models, vocab_size, settings=settings, data_info=data_info, topk=topk,
-                        run={"device": str(device), "dtype": str(dtype).removeprefix("torch."),
-                             "batch_size": batch_size}, calibration=calibration)
+    if settings.limit_tokens is not None:
+        data_info["limit_tokens"] = {"requested": settings.limit_tokens, "taken": data_info["n"],
+                                     "documents": len(documents)}
+    report = token_report(columns, models, vocab_size, settings=settings, data_info=data_info, topk=topk,
+                          run={"device": str(device), "dtype": str(dtype).removeprefix("torch."),
+                               "batch_size": batch_size}, calibration=calibration)
+    add_token_divergence(report, columns, windows, lms[0].tokenizer)
+    if prompts is not None:
+        add_on_policy(report, models, documents, prompts, vocab_size, settings, device=device, dtype=dtype,
+                      batch_size=batch_size, group=setup.group)
+    return report
+
+
+GENERATIONS_SHOWN = 10  # completions per student written into the report: those where it diverged most
+PAIR_NAMES = ("teacher", "student", "scatter")  # a pair's fields that are not statistics of the text it is on
+
+
+def refuse_generation(teacher: ModelLike, settings: CompareSettings) -> None:
+    """Refuse ``--generate`` before any work where the teacher is not a causal LM (a classifier, saved logits, a
+    callable): only a causal LM writes text to audit.
+
+    Raises:
+        AuditError: ``settings.generate`` with a teacher of another kind.
+    """
+    kind = audit_kind(teacher, settings) if settings.generate else "lm"
+    if kind != "lm":
+        raise AuditError(f"expected a causal-LM teacher and students with --generate (models that write text), got a "
+                         f"{KIND_NAMES[kind]} teacher; drop --generate, or pass *ForCausalLM checkpoints")
+
+
+def generation_prompts(models: list[Adapter], lms: list[CausalLM], documents: Documents,
+                       settings: CompareSettings) -> list[list[int]]:
+    """``--generate``'s refusals and prompts (:func:`audit.run.generate.prompt_tokens`), before any model runs.
+
+    Raises:
+        AuditError: a teacher known only through a top-k logits file; ``--max-new-tokens`` that leaves no room for
+            a prompt in the smallest context of the models; a prompt that leaves no room for it.
+    """
+    if isinstance(models[0], TopkFileAdapter):
+        raise AuditError(f"expected a teacher that runs with --generate, got the top-k logits file {models[0].source}:"
+                         " it holds the teacher's log-probabilities on the data's own tokens only and cannot score the "
+                         "students' new text; pass the teacher's checkpoint, or drop --generate")
+    contexts = [m.context for m in lms if m.context is not None]
+    return prompt_tokens(documents, lms[0].tokenizer, max_length=settings.max_length,
+                         max_new_tokens=settings.max_new_tokens, context=min(contexts, default=None))
+
+
+def add_on_policy(report: dict, models: list[Adapter], documents: Documents, prompts: list[list[int]],
+                  vocab_size: int, settings: CompareSettings, *, device: torch.device, dtype: torch.dtype,
+                  batch_size: int, group: ProcessGroup | None = None) -> None:
+    """``--generate``: audit each student on its own completions of the prompts, into ``report`` (in place).
+
+    Each student completes every prompt (:func:`audit.run.generate.generate_completions`, cached); the teacher and
+    that student are scored on the completion's tokens alone (:func:`audit.run.evaluate.evaluate_tokens` on
+    :func:`audit.run.generate.completion_windows`) and summarised as the reference text is
+    (:func:`audit.stats.summary.summarize_tokens`, each prompt one cluster of the bootstrap). Adds
+    ``models[student]["on_policy"]`` (the student's per-model numbers on its own text, and how it wrote it),
+    ``pairs[i]["on_policy"]`` (the pair's statistics and verdict on that text under the pair's own names, the
+    teacher's numbers there as ``teacher_summary``, and the :data:`GENERATIONS_SHOWN` completions of largest mean
+    KL(teacher || student)), and ``report["on_policy"]`` (what the prompts are and how the students sampled).
+    """
+    teacher, students = models[0], models[1:]
+    sampling = {"max_new_tokens": settings.max_new_tokens, "temperature": settings.temperature,
+                "top_p": settings.top_p, "seed": settings.seed}
+    for pair, student in zip(report["pairs"], students):
+        lm = student.model
+        store = open_store(generation_key(lm, prompts, dtype=dtype, device=device, batch_size=batch_size, **sampling),
+                           name=f"{student.name} (generations)", width=settings.max_new_tokens) if settings.cache else None
+        completions = generate_completions(lm, prompts, device=device, dtype=dtype, batch_size=batch_size, store=store,
+                                           group=group, progress=settings.progress, **sampling)
+        windows = completion_windows(prompts, completions, pad=pad_token(lm))
+        pair_models = [teacher, student]
+        width = len(column_names([m.name for m in pair_models], 1))
+        store = open_store(columns_key([m.model for m in pair_models], windows, dtype=dtype, device=device,
+                                       batch_size=batch_size),
+                           name=f"{teacher.name}+{student.name} (own text)", width=width) if settings.cache else None
+        columns = evaluate_tokens(pair_models, windows, device=device, dtype=dtype, batch_size=batch_size,
+                                  progress=settings.progress, store=store, group=group)
+        model_stats, (own,), _ = summarize_tokens(columns, [teacher.name, student.name], vocab_size, settings=settings)
+        stops = stop_tokens(lm)
+        ended = sum(1 for c in completions if c[-1] in stops)
+        report["models"][student.name]["on_policy"] = {
+            **{k: v for k, v in model_stats[student.name].items() if k != "role"},
+            "generation": {"prompts": len(prompts), "tokens": sum(map(len, completions)), "ended_at_eos": ended,
+                           "mean_length": sum(map(len, completions)) / len(completions)}}
+        pair["on_policy"] = {**{k: v for k, v in own.items() if k not in PAIR_NAMES},
+                             "n": int(columns["sequence"].numel()), "n_sequences": len(prompts),
+                             "teacher_summary": {k: v for k, v in model_stats[teacher.name].items() if k != "role"},
+                             "generations": most_divergent(columns, documents, prompts, completions, lm, stops)}
+    report["on_policy"] = {
+        **sampling, "n_prompts": len(prompts),
+        "prompts": ("the prompt column" if documents.prompts is not None else
+                    f"the first half of each document's first window (min(tokens, {settings.max_length}) // 2 tokens, "
+                    f"at most the models' context less --max-new-tokens)"),
+        "sampling": ("greedy decoding" if settings.temperature == 0 else
+                     f"sampling at temperature {settings.temperature:g}, top-p {settings.top_p:g}, no top-k"),
+        "scored": "each student's completion tokens (EOS included), by the teacher and that student, at temperature 1",
+        "ci_method": "percentile cluster bootstrap by prompt"}
+
+
+def most_divergent(columns: dict[str, torch.Tensor], documents: Documents, prompts: list[list[int]],
+                   completions: list[list[int]], lm: CausalLM, stops: set[int]) -> list[dict]:
+    """The :data:`GENERATIONS_SHOWN` completions with the largest mean KL(teacher || student) over their tokens,
+    largest first: document id, prompt and completion text, tokens, whether it ended at EOS, and its mean KLs."""
+    sequence = columns["sequence"]
+    counts = torch.bincount(sequence, minlength=len(prompts)).double()
+    means = {key: torch.zeros(len(prompts), dtype=torch.float64).index_add_(0, sequence, columns[f"pair0.{key}"].double())
+             / counts for key in ("kl", "kl_reverse")}
+    order = sorted(range(len(prompts)), key=lambda i: -float(means["kl"][i]))[:GENERATIONS_SHOWN]
+    decode = lm.tokenizer.decode
+    return [{"id": documents.ids[i],
+             "prompt": documents.prompts[i] if documents.prompts is not None else decode(prompts[i]),
+             "completion": decode(completions[i], skip_special_tokens=True), "tokens": len(completions[i]),
+             "ended_at_eos": completions[i][-1] in stops, "kl": float(means["kl"][i]),
+             "kl_reverse": float(means["kl_reverse"][i])} for i in order]
+
+
+def add_token_divergence(report: dict, columns: dict[str, torch.Tensor], windows: TokenWindows, tokenizer) -> None:
+    """Each pair's ``divergence`` (:func:`audit.stats.divergence.divergence_breakdown` of its per-token columns),
+    with its top tokens as strings and its largest-KL positions as text: the :data:`CONTEXT_TOKENS` tokens up to
+    the position, the target token and both models' top-1 tokens."""
+    mask = windows.targets != IGNORE_INDEX
+    length = windows.input_ids.shape[1]
+    window_row = torch.arange(len(windows))[:, None].expand_as(mask)[mask]
+    position = torch.arange(length).expand_as(mask)[mask]
+    token = windows.targets[mask]
+    h_t = columns["0.entropy"]
+    for j, pair in enumerate(report["pairs"], 1):
+        kl, h_s = columns[f"pair{j - 1}.kl"], columns[f"{j}.entropy"]
+        out = divergence_breakdown(kl, h_s - h_t, h_t, position=position, window_length=length, token=token)
+        for entry in out["top_tokens"]:
+            entry["token"] = tokenizer.decode([entry["token_id"]])
+        contexts = row_details(out.pop("top_rows"), kl, h_t, h_s, columns["0.top1"], columns[f"{j}.top1"])
+        for entry in contexts:
+            w, c = int(window_row[entry["row"]]), int(position[entry["row"]])
+            entry.update(sequence=int(windows.sequence_ids[w]), position=c,
+                         context=tokenizer.decode(windows.input_ids[w, max(0, c + 1 - CONTEXT_TOKENS):c + 1].tolist()),
+                         target=tokenizer.decode([int(token[entry["row"]])]),
+                         teacher_top1=tokenizer.decode([entry["teacher_top1"]]),
+                         student_top1=tokenizer.decode([entry["student_top1"]]))
+        out["top_contexts"] = contexts
+        pair["divergence"] = out
 
 
 def fit_token_temperatures(models: list, tokenizer, data: str | Documents, settings: CompareSettings, *,
@@ -509,6 +706,7 @@ def token_report(columns: dict[str, torch.Tensor], models: list, vocab_size: int
     ``calibration`` (:func:`fit_token_temperatures`) adds the numbers after temperature scaling, read from the
     ``calibrated.*`` columns."""
     names = [m.name for m in models]
+    warn_insufficient(int(columns["sequence"].unique().numel()), "token", settings)
     plain = {k: v for k, v in columns.items() if not k.startswith("calibrated.")}
     model_stats, pairs, differences = summarize_tokens(plain, names, vocab_size, settings=settings, topk=topk)
     for m in models:

@@ -15,6 +15,7 @@ MAX_BOOTSTRAP = 100_000
 LOSSES = ("ce", "ls", "kd")
 DIVERGENCES = ("forward-kl", "reverse-kl", "jsd")  # audit.losses.DIVERGENCES, without importing torch
 TINY_LM = "tiny-llama"
+DEFAULT_MAX_LENGTH = 256  # compare's tokens per example for classifiers, and windows of LMs that state no context
 
 
 @dataclass(frozen=True)
@@ -24,10 +25,12 @@ class VerdictRule:
     Attributes:
         min_correlation: the per-example Spearman correlation of entropies the student must clearly exceed.
         shift_band: allowed |mean entropy shift| as a fraction of the teacher's mean entropy.
+        min_clusters: the fewest bootstrap clusters (examples; sequences in a token audit) that carry a verdict.
     """
 
     min_correlation: float = 0.5
     shift_band: float = 0.25
+    min_clusters: int = 10
 
 
 @dataclass
@@ -43,7 +46,7 @@ class CompareSettings:
     device: str | None = None
     dtype: str = "auto"
     batch_size: int | str = "auto"
-    max_length: int = 256
+    max_length: int | None = None  # None: DEFAULT_MAX_LENGTH for classifiers, the smallest context of LMs
     n_bins: int = 15
     n_bootstrap: int = 1000
     seed: int = 0
@@ -55,9 +58,14 @@ class CompareSettings:
     stride: int | None = None  # LM windows: tokens a window advances (default max_length // 2)
     prompt_column: str | None = None  # LM data: score only the completion's tokens
     completion_column: str | None = None
+    limit_tokens: int | None = None  # LM: stop after this many scored tokens (whole windows)
     model_cis: bool = False  # a bootstrap CI on every per-model number (all estimators recomputed per resample)
     calibrate: bool = False  # fit a temperature per model on calibration data and report before/after
     calibration_data: str | None = None  # default: the dev split of a built-in data set
+    generate: bool = False  # LM: each student completes every prompt; both models are scored on its tokens too
+    max_new_tokens: int = 64  # --generate: tokens each completion may have (it stops earlier at EOS)
+    temperature: float = 1.0  # --generate: the students' sampling temperature; 0 decodes greedily
+    top_p: float = 1.0  # --generate: nucleus sampling's probability mass (1: the whole distribution)
     progress: bool = True
     cache: bool = True
     rule: VerdictRule = field(default_factory=VerdictRule)
@@ -72,10 +80,27 @@ class CompareSettings:
                              "resamples give CIs to about two digits")
         if self.kind not in ("auto", "classifier", "lm"):
             raise AuditError(f"expected --kind auto, classifier or lm, got {self.kind!r}")
-        if self.max_length < 1:
+        if self.max_length is not None and self.max_length < 1:
             raise AuditError(f"expected --max-length >= 1 (tokens per example), got {self.max_length}; pass e.g. 256")
+        if self.limit_tokens is not None and self.limit_tokens < 1:
+            raise AuditError(f"expected --limit-tokens >= 1, got {self.limit_tokens}; omit it to use all tokens")
         if self.batch_size != "auto" and int(self.batch_size) < 1:
             raise AuditError(f"expected --batch-size auto or >= 1, got {self.batch_size}")
+        self._validate_sampling()
+
+    def _validate_sampling(self) -> None:
+        sampling = [flag(name) for name in SAMPLING if given(self, name)]
+        if sampling and not self.generate:
+            raise AuditError(f"expected {', '.join(sampling)} only with --generate (how the students sample), got "
+                             "no --generate; pass --generate to audit the students on their own completions, or drop "
+                             f"{', '.join(sampling)}")
+        if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+            raise AuditError(f"expected --max-new-tokens >= 1, got {self.max_new_tokens!r}; pass the tokens each "
+                             "completion may have, e.g. 64")
+        if not self.temperature >= 0:
+            raise AuditError(f"expected --temperature >= 0 (0: greedy decoding), got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise AuditError(f"expected --top-p in (0, 1], got {self.top_p}; 1 samples from the whole distribution")
 
 
 AUDITS = ("classifier", "logits", "lm")
@@ -99,8 +124,10 @@ OPTION_AUDITS = {
     "stride": {"lm"},
     "prompt_column": {"lm"},
     "completion_column": {"lm"},
+    "limit_tokens": {"lm"},
 }
 FLAGS = {"n_bins": "--bins", "n_bootstrap": "--bootstrap"}  # settings named otherwise on the command line
+SAMPLING = ("max_new_tokens", "temperature", "top_p")  # how --generate samples: refused without it
 
 
 def flag(field_name: str) -> str:
@@ -227,6 +254,9 @@ class LMTrainSettings:
     reference. ``data`` is a text spec of :func:`audit.load.data.text.read_documents` with ``train_split`` and
     ``eval_split``. ``steps`` (when set) replaces ``epochs``. ``stride`` of the training windows defaults to
     ``max_length - 1`` (every token a target once); the dev audit's windows advance by ``max_length // 2``.
+    ``prompt_column`` and ``completion_column`` (both or neither) train on the completions' tokens only, as a
+    ``messages`` column trains on the assistant turns' (:func:`audit.load.data.text.read_documents`); documents
+    shorter than a window are packed into shared windows (:mod:`audit.recipes.train_lm`).
     ``teacher_topk`` (KD only): a top-k logits file (:mod:`audit.reduce.topk`) of the teacher at exactly the training
     windows' scored positions, whose tail-bucket forward KL (:func:`audit.reduce.topk.topk_kd_loss`) replaces running
     the teacher in each step; at temperature 1 only (the file's log-probabilities cannot be re-tempered without
@@ -255,6 +285,8 @@ class LMTrainSettings:
     warmup: float = 0.1
     max_length: int = 64
     stride: int | None = None
+    prompt_column: str | None = None  # train on the completion's tokens only
+    completion_column: str | None = None
     train_split: str = "train"
     eval_split: str = "dev"
     train_limit: int | None = None  # documents

@@ -7,17 +7,23 @@ student's forward, the loss at the scored positions, backward, gradient clipping
 the fixture ``lm-teacher`` (2 x 64 Llama, SmolLM2's vocabulary of 49,152); student: its first layer
 (``lm-teacher@layers=1``, built by :func:`audit.recipes.train_lm.build_lm_student`); one batch of the recipe's default
 size (:class:`audit.settings.LMTrainSettings`: 8 windows of 64 tokens) from the built-in Shakespeare train
-split; forward-KL KD at the default T and w. One intra-op thread (``one_thread``).
+split; forward-KL KD at the default T and w.
 
 Providers (one set-up shared by both): ``ours``, the recipe's loss (:func:`audit.recipes.train_lm.lm_loss`, i.e.
 :func:`audit.losses.distillation_loss`: the torch backend on CPU, the fused Triton kernels on CUDA), and
 ``eager``, the textbook PyTorch KD loss (``F.cross_entropy`` + ``F.kl_div`` of log-softmaxes, times T^2).
-Their losses and every parameter gradient from one state are asserted to agree. Each records tokens/s (scored
-tokens per step over the median step time) in ``extra_info``; no target is set for this figure.
+Their losses and every parameter gradient from one state are asserted to agree.
 
-Measured on the shared 2-core machine (one thread, 504 scored tokens a step, the two providers back to back):
-eager 443 tokens/s, ours 483 (1.09x) at load ~4; 159 and 179 (1.12x) at load ~5. Before the torch backend
-stopped building full-size masks and label-smoothing terms it did not need, ours was 0.70x of eager.
+Timing is by :func:`fair.alternate` (one thread, the providers alternated round by round after the same warm-up,
+the ratio taken per round):
+
+- :func:`test_kd_step`: the whole step, each provider training its own copy of the student from the same state
+  (each loss must fall); target: ours at least :data:`TARGET_SPEEDUP` x eager's speed (median of the per-round
+  ratios; issue 25). ``extra_info``: tokens/s of each, scored tokens a step, the ratios;
+- :func:`test_kd_loss`: the loss alone, forward and backward on the step's (P, V) logits (the teacher's
+  computed once), no target: the share of the step the loss can change.
+
+Measurements, and why a target is missed where it is, are in ``bench/RESULTS.md``.
 """
 
 from __future__ import annotations
@@ -27,6 +33,8 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from fair import alternate
+from kd_targets import Target
 
 from audit.load.data.text import IGNORE_INDEX, read_documents
 from audit.package import fixtures_path
@@ -36,9 +44,10 @@ TEACHER = str(fixtures_path() / "lm-teacher")
 STUDENT = f"{TEACHER}@layers=1"
 SETTINGS = LMTrainSettings(data="shakespeare", model=STUDENT, out="unused", teacher=TEACHER, loss="kd",
                            device="cpu")
-DOCUMENTS, ROUNDS, WARMUP = 4, 5, 1  # train scenes read (the batch is their first windows); timed steps
+DOCUMENTS, ROUNDS, WARMUP = 4, 9, 1  # train scenes read (the batch is their first windows); timed rounds
 PROVIDERS = ["eager", "ours"]
-_rates: dict[str, float] = {}
+TARGET_SPEEDUP = 1.15  # ours over eager, the whole step (issue 25)
+RATIO = {"eager / ours": ("eager", "ours")}
 
 
 def eager_kd_loss(logits: torch.Tensor, targets: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
@@ -59,7 +68,7 @@ LOSSES = {"ours": ours_loss, "eager": eager_kd_loss}
 
 
 @pytest.fixture(scope="module")
-def setup(one_thread) -> dict:
+def setup() -> dict:
     """The teacher, the initial student and one batch (input ids, mask, scored-position mask, targets)."""
     from audit.load.causal_lm import load_causal_lm
     from audit.recipes.train_lm import build_lm_student, training_windows
@@ -101,28 +110,60 @@ def test_providers_agree(setup):
         torch.testing.assert_close(grad, grads_eager[name], rtol=0, atol=1e-4 * scale, msg=name)
 
 
-@pytest.mark.parametrize("provider", PROVIDERS)
-def test_kd_step(benchmark, setup, provider):
-    student = copy.deepcopy(setup["student"])
-    optimizer = torch.optim.AdamW(student.parameters(), lr=SETTINGS.lr, weight_decay=SETTINGS.weight_decay)
+def test_kd_step(benchmark, setup, targets):
+    losses: dict[str, list[float]] = {name: [] for name in PROVIDERS}
 
-    def step() -> float:
-        optimizer.zero_grad(set_to_none=True)
-        loss = loss_and_backward(setup, student, LOSSES[provider])
-        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
-        optimizer.step()
-        return loss.item()
+    def stepper(name: str):
+        student = copy.deepcopy(setup["student"])
+        optimizer = torch.optim.AdamW(student.parameters(), lr=SETTINGS.lr, weight_decay=SETTINGS.weight_decay)
 
-    losses = []
-    benchmark.pedantic(lambda: losses.append(step()), rounds=ROUNDS, warmup_rounds=WARMUP, iterations=1)
+        def step() -> None:
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_and_backward(setup, student, LOSSES[name])
+            torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+            optimizer.step()
+            losses[name].append(loss.item())
+
+        return step
+
+    measured = alternate(benchmark, {name: stepper(name) for name in PROVIDERS}, rounds=ROUNDS, warmup=WARMUP,
+                         ratios=RATIO)
+    for name, seen in losses.items():
+        assert all(torch.isfinite(torch.tensor(seen))) and seen[-1] < seen[0], (name, seen)
+    assert losses["ours"][0] == pytest.approx(losses["eager"][0], rel=1e-5)  # the same first state and batch
     tokens = int(setup["keep"].sum())
-    rate = tokens / benchmark.stats.stats.median
-    _rates[provider] = rate
-    benchmark.extra_info.update(tokens_per_second=round(rate, 1), tokens_per_step=tokens,
-                                windows=SETTINGS.batch_size, max_length=SETTINGS.max_length,
-                                vocab=int(setup["student"].config.vocab_size),
-                                student_layers=int(setup["student"].config.num_hidden_layers),
-                                threads=torch.get_num_threads(), device="cpu", first_loss=round(losses[0], 4))
-    if provider != "eager" and "eager" in _rates:
-        benchmark.extra_info["speedup_vs_eager"] = round(rate / _rates["eager"], 2)
-    assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0], losses
+    benchmark.extra_info.update(
+        tokens_per_second={name: round(tokens / measured.median(name), 1) for name in PROVIDERS},
+        tokens_per_step=tokens, windows=SETTINGS.batch_size, max_length=SETTINGS.max_length,
+        vocab=int(setup["student"].config.vocab_size), student_layers=int(setup["student"].config.num_hidden_layers),
+        device="cpu", first_loss=round(losses["ours"][0], 4))
+    targets(benchmark, Target(f"KD step, ours over eager, median of {ROUNDS} alternated rounds",
+                              measured.ratios["eager / ours"].median, TARGET_SPEEDUP, "x", at_most=False))
+
+
+def test_kd_loss(benchmark, setup):
+    with torch.no_grad():
+        teacher_logits = setup["teacher"](input_ids=setup["ids"], attention_mask=setup["mask"]).logits[setup["keep"]]
+        logits = setup["student"](input_ids=setup["ids"], attention_mask=setup["mask"]).logits[setup["keep"]]
+    teacher_logits = teacher_logits.float()
+
+    def forward_backward(name: str):
+        leaf = logits.clone().requires_grad_()
+
+        def run() -> tuple[torch.Tensor, torch.Tensor]:
+            leaf.grad = None
+            loss = LOSSES[name](leaf, setup["targets"], teacher_logits)
+            loss.backward()
+            return loss.detach(), leaf.grad
+
+        return run
+
+    def agree(results: dict) -> None:
+        (loss_ours, grad_ours), (loss_eager, grad_eager) = results["ours"], results["eager"]
+        torch.testing.assert_close(loss_ours, loss_eager, rtol=1e-5, atol=0)
+        torch.testing.assert_close(grad_ours, grad_eager, rtol=0, atol=1e-5 * grad_eager.abs().max().item())
+
+    measured = alternate(benchmark, {name: forward_backward(name) for name in PROVIDERS}, rounds=ROUNDS,
+                         warmup=WARMUP, check=agree, ratios=RATIO)
+    benchmark.extra_info.update(positions=int(logits.shape[0]), vocab=int(logits.shape[1]),
+                                ms={name: 1e3 * measured.median(name) for name in PROVIDERS})

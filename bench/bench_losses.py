@@ -15,14 +15,19 @@ error may not exceed ``max(FLOOR[dtype], 1.05 x torch's own error in that dtype)
 gradient no worse than torch's own). The targets of issue 5 and issue 16 (:data:`TARGETS`) are checked
 on an H100/H200 only, through the ``targets`` fixture of ``bench/conftest.py``.
 
-Each records in ``extra_info``: ms (``triton.testing.do_bench`` median on GPU, the pytest-benchmark
-median on CPU), GB/s over the fewest bytes a fused kernel moves (LS ``2 N V b``, KD ``3 N V b``), the
-percentage of the copy bandwidth measured in the same run, the extra memory of a step (CUDA peak minus
-allocated before; None on CPU), and the loss and gradient errors with their bounds.
+Each provider is its own benchmark and records in ``extra_info``: ms, GB/s over the fewest bytes a fused kernel
+moves (LS ``2 N V b``, KD ``3 N V b``), the percentage of the copy bandwidth measured in the same run, the extra
+memory of a step (CUDA peak minus allocated before; None on CPU), and the loss and gradient errors with their
+bounds. On a GPU ms is ``triton.testing.do_bench``'s median. On a CPU a provider is timed by
+:func:`fair.alternate` alternated with eager (the textbook baseline), one thread (the copy bandwidth too), the
+same warm-up (which compiles and leaves the gradient buffer allocated) and rounds, each call
+:func:`cpu_repeats` steps so that it lasts milliseconds; ms is its median a step, and ``ratios["eager /
+<provider>"]`` its per-round speed-up over eager (median and range). No CPU target is set.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import statistics
 import time
@@ -32,6 +37,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 import torch.nn.functional as F
+from fair import alternate, thread_count
 from kd_targets import Target
 
 from audit.losses import kd_loss, kernels, label_smoothed_cross_entropy
@@ -57,6 +63,7 @@ CASES = GPU_CASES if CUDA else CPU_CASES
 # Values only (no timing) of our kernels in every dtype at the GPU shapes, fp16 included.
 VALUE_DTYPES = [torch.bfloat16, torch.float16, torch.float32]
 PROVIDERS = ["eager", "compile", "liger", "ours", "ours-torch"]
+CPU_ROUNDS, CPU_WARMUP, CPU_CALL_ELEMENTS = 15, 2, 1 << 22  # a timed CPU call: steps over about 4M logits
 COPY_BYTES = 2 * 2**30 if CUDA else 256 * 2**20
 
 # Relative error floors: loss |L - L64| / max(|L64|, 1) (every provider accumulates in at least fp32);
@@ -172,8 +179,9 @@ def copy_gbps() -> float:
         y.copy_(x)
         _sync()
 
-    copy()
-    return 2 * COPY_BYTES / (_timer(copy)() * 1e-3) / 1e9
+    with thread_count(1) if not CUDA else contextlib.nullcontext():  # the CPU losses' thread count
+        copy()
+        return 2 * COPY_BYTES / (_timer(copy)() * 1e-3) / 1e9
 
 
 @dataclass
@@ -256,22 +264,22 @@ def test_forward_backward(case: tuple, provider: str, benchmark, copy_gbps: floa
     accuracy = assert_agrees(setup, *loss_and_grad(fn, setup.s, setup.t, setup.y), provider)
     s = setup.s.clone().requires_grad_()
     t = setup.t.clone()
-
-    def step() -> None:
-        s.grad = None
-        fn(s, t, setup.y).backward()
-        _sync()
-
-    step()  # compiles (torch.compile, Triton) outside the timing
-    step()  # leaves a gradient buffer allocated, as in training
-    extra_mib = None
     if CUDA:
+        def step() -> None:
+            s.grad = None
+            fn(s, t, setup.y).backward()
+            _sync()
+
+        step()  # compiles (torch.compile, Triton) outside the timing
+        step()  # leaves a gradient buffer allocated, as in training
         before = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
         step()
         extra_mib = (torch.cuda.max_memory_allocated() - before) / 2**20
-    benchmark.pedantic(step, rounds=20 if CUDA else 5, iterations=1, warmup_rounds=2 if CUDA else 1)
-    ms = _timer(step)() if CUDA else 1e3 * benchmark.stats.stats.median
+        benchmark.pedantic(step, rounds=20, iterations=1, warmup_rounds=2)
+        ms = _timer(step)()
+    else:
+        extra_mib, ms = None, _cpu_alternated(benchmark, provider, fn, setup)
     moved = (2 if loss == "ls" else 3) * n * v * s.element_size()
     gbps = moved / (ms * 1e-3) / 1e9
     benchmark.extra_info.update(
@@ -282,6 +290,34 @@ def test_forward_backward(case: tuple, provider: str, benchmark, copy_gbps: floa
     _ms[(key, provider)] = ms
     if provider == "ours":
         targets(benchmark, *_targets(key, ms, 100 * gbps / copy_gbps, extra_mib, n * v * s.element_size()))
+
+
+def cpu_repeats(n: int, v: int) -> int:
+    """Steps per timed call on a CPU: enough to touch about :data:`CPU_CALL_ELEMENTS` logits."""
+    return max(1, CPU_CALL_ELEMENTS // (n * v))
+
+
+def _cpu_alternated(benchmark, provider: str, fn: Callable, setup: Setup) -> float:
+    """ms a step of ``provider`` on a CPU, alternated with eager (:func:`fair.alternate`, one thread)."""
+    repeats = cpu_repeats(*setup.s.shape)
+
+    def steps(fn: Callable) -> Callable[[], None]:
+        s, t = setup.s.clone().requires_grad_(), setup.t.clone()
+
+        def run() -> None:
+            for _ in range(repeats):
+                s.grad = None
+                fn(s, t, setup.y).backward()
+
+        return run
+
+    providers = {provider: steps(fn)}
+    if provider != "eager":
+        providers["eager"] = steps(_provider("eager", setup.loss))
+    ratios = {f"eager / {provider}": ("eager", provider)} if provider != "eager" else {}
+    measured = alternate(benchmark, providers, rounds=CPU_ROUNDS, warmup=CPU_WARMUP, ratios=ratios)
+    benchmark.extra_info["steps_per_call"] = repeats
+    return 1e3 * measured.median(provider) / repeats
 
 
 def _targets(key: tuple, ms: float, pct: float, extra_mib: float | None, logits_bytes: int) -> list[Target]:

@@ -14,22 +14,19 @@ Providers, on the same logits (a grid of logits, so confidences tie as a classif
   at a time with the 1-D functions (:func:`per_resample`).
 
 The values are asserted equal to the loop's to 1e-12 (they are equal bit for bit at one thread), and to
-before's. Timing is at one intra-op thread (``one_thread``), providers alternated round by round in a
-rotating order after one warm-up round each; the ratio is taken per round and its median is the figure
-(``extra_info``: per-round seconds and ratios, median and range). The benchmark's own figure is the time of
-one round of all providers. Target: ours at least :data:`TARGET_SPEEDUP` x before (a CPU speed target:
-``--kd-targets`` in ``bench/conftest.py``).
+before's, in every round. Timing is by :func:`fair.alternate`: one thread, providers alternated round by round
+after the same warm-up, the ratio taken per round and its median the figure (``extra_info``: per-round seconds
+and ratios, median and range, the load average). Target: ours at least :data:`TARGET_SPEEDUP` x before (a CPU
+speed target: ``--kd-targets`` in ``bench/conftest.py``).
 """
 
 from __future__ import annotations
 
 import math
-import os
-import statistics
-import time
 
 import pytest
 import torch
+from fair import alternate
 from kd_targets import Target
 
 from audit import stats
@@ -41,10 +38,8 @@ N_BOOTSTRAP, SEED = 1000, 0
 CASES = {"default compare (N=1057, K=2)": (1057, 2, 5), "N=20000, K=3": (20_000, 3, 3)}
 LOOP_MAX_N = 5000  # the per-resample loop only where it takes seconds, not minutes
 WARMUP = 1
-TARGET_SPEEDUP = 3.0  # ours over before; measured 5.6-7.1x (N=1057) and 7.8-9.7x (N=20000), one thread, shared 2 cores
+TARGET_SPEEDUP = 3.0  # ours over before (measured ratios in bench/RESULTS.md)
 VALUE_ATOL = 1e-12
-
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def logits_pair(n: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -128,17 +123,6 @@ def per_resample(teacher_logits: torch.Tensor, student_logits: torch.Tensor) -> 
     return out
 
 
-def _one_round(providers: dict, args: tuple, turn: int) -> tuple[dict[str, float], dict]:
-    """Seconds and results of each provider, once each, the order rotated by ``turn``."""
-    names = list(providers)
-    seconds, results = {}, {}
-    for name in names[turn % len(names):] + names[:turn % len(names)]:
-        start = time.perf_counter()
-        results[name] = providers[name](*args)
-        seconds[name] = time.perf_counter() - start
-    return seconds, results
-
-
 def _assert_equal(got: dict, expected: dict, who: str) -> None:
     for key in PAIR_STATISTICS:
         assert all(map(math.isfinite, got[key])), key
@@ -153,25 +137,15 @@ def test_pair_statistics_batched_bootstrap(benchmark, targets, case):
     providers = {"ours": ours, "before": before}
     if n <= LOOP_MAX_N:
         providers["loop"] = per_resample
-    rounds: list[dict[str, float]] = []
 
-    def one_round() -> None:
-        seconds, results = _one_round(providers, args, turn=len(rounds))
-        rounds.append(seconds)
+    def agree(results: dict) -> None:
         for name in providers:
             if name != "ours":
                 _assert_equal(results["ours"], results[name], name)
 
-    benchmark.pedantic(one_round, rounds=n_rounds, warmup_rounds=WARMUP, iterations=1)
-    rounds = rounds[WARMUP:]  # warm-up rounds are recorded by one_round too
-    info = {"n": n, "k": k, "n_bootstrap": N_BOOTSTRAP, "threads": torch.get_num_threads(),
-            "load_average": os.getloadavg(), "seconds": rounds}
-    for name in providers:
-        if name == "ours":
-            continue
-        ratios = [r[name] / r["ours"] for r in rounds]
-        info[f"ours_vs_{name}"] = {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios),
-                                   "per_round": ratios}
-    benchmark.extra_info.update(info)
-    targets(benchmark, Target(f"ours over before, median of {len(rounds)} alternated rounds",
-                              info["ours_vs_before"]["median"], TARGET_SPEEDUP, "x", at_most=False))
+    measured = alternate(benchmark, {name: (lambda f=f: f(*args)) for name, f in providers.items()},
+                         rounds=n_rounds, warmup=WARMUP, check=agree,
+                         ratios={f"{name} / ours": (name, "ours") for name in providers if name != "ours"})
+    benchmark.extra_info.update(n=n, k=k, n_bootstrap=N_BOOTSTRAP)
+    targets(benchmark, Target(f"ours over before, median of {n_rounds} alternated rounds",
+                              measured.ratios["before / ours"].median, TARGET_SPEEDUP, "x", at_most=False))

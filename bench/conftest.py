@@ -12,7 +12,8 @@ Two kinds of assertion live in the benchmarks:
   it is for (:data:`MACHINES`); elsewhere it is recorded as not applicable.
 
 Every checked target is recorded in the benchmark's ``extra_info["targets"]`` (name, measured, limit,
-met, applies), so the JSON says what was asked of each figure.
+met, applies), so the JSON says what was asked of each figure. The thread count and the alternation of the
+providers a CPU figure is timed with are ``bench/fair.py``'s.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from collections.abc import Callable
 from dataclasses import asdict
 
 import pytest
-import torch
 from kd_targets import MACHINES, Target, TargetMissed
 
 MODES = ("enforce", "report")
@@ -73,15 +73,3 @@ def targets(request: pytest.FixtureRequest) -> Callable[..., None]:
         assert not failures, "missed: " + "; ".join(failures)
 
     return check
-
-
-@pytest.fixture(scope="module")
-def one_thread():
-    """One intra-op torch thread, here and (through OMP_NUM_THREADS) in launched processes: on a small shared
-    CPU a second thread spins, making small-model and small-tensor work 10-40x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("OMP_NUM_THREADS", "1")
-        yield
-    torch.set_num_threads(threads)

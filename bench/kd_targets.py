@@ -6,6 +6,7 @@ Imported by ``bench/conftest.py`` (the ``targets`` fixture and ``--kd-targets``)
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -20,8 +21,10 @@ def _hopper() -> bool:
     return torch.cuda.is_available() and any(name in torch.cuda.get_device_name() for name in ("H100", "H200"))
 
 
-# Where a target is meant to be checked: GPU targets were set for an H100/H200, CPU targets for any CPU run.
-MACHINES: dict[str, Callable[[], bool]] = {"h100/h200": _hopper, "cpu": lambda: True}
+# Where a target is meant to be checked: GPU targets were set for an H100/H200, CPU targets for any CPU run, and
+# targets set for two cores where there are at least two.
+MACHINES: dict[str, Callable[[], bool]] = {"h100/h200": _hopper, "cpu": lambda: True,
+                                           "cpu, 2+ cores": lambda: (os.cpu_count() or 1) >= 2}
 
 
 @dataclass(frozen=True)

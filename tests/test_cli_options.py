@@ -19,13 +19,15 @@ DATA = str(FIXTURES / "vader-movies-test.jsonl")
 EVERYWHERE = {"split", "text_column", "limit", "bins", "bootstrap", "seed", "kind", "model_cis", "calibrate",
               "calibration_data", "progress", "cache"}
 NOT_SETTINGS = {"teacher", "student", "data", "name", "json_path", "save_logits", "plots", "html"}
+# --generate and how it samples: token audits only, refused elsewhere (tests/test_compare_generate.py)
+GENERATION = {"generate", "max_new_tokens", "temperature", "top_p"}
 # a value other than the default for each option that acts in some audits only
 VALUES = {"text_pair_column": ["--text-pair-column", "other"], "label_column": ["--label-column", "label"],
           "id_column": ["--id-column", "id"], "allow_pickle": ["--allow-pickle"], "tokenizer": ["--tokenizer", "tok"],
           "allow_missing_weights": ["--allow-missing-weights"], "trust_remote_code": ["--trust-remote-code"],
           "device": ["--device", "cpu"], "dtype": ["--dtype", "fp32"], "batch_size": ["--batch-size", "4"],
           "max_length": ["--max-length", "32"], "stride": ["--stride", "8"], "prompt_column": ["--prompt-column", "p"],
-          "completion_column": ["--completion-column", "c"]}
+          "completion_column": ["--completion-column", "c"], "limit_tokens": ["--limit-tokens", "1000"]}
 
 
 def options(command: str) -> set[str]:
@@ -33,7 +35,7 @@ def options(command: str) -> set[str]:
 
 
 def test_every_compare_option_is_placed():
-    assert options("compare") == set(OPTION_AUDITS) | EVERYWHERE | NOT_SETTINGS
+    assert options("compare") == set(OPTION_AUDITS) | EVERYWHERE | NOT_SETTINGS | GENERATION
     assert set(VALUES) == set(OPTION_AUDITS)
 
 
@@ -137,7 +139,8 @@ TRAIN_EVERY = {"data", "model", "out", "loss", "epochs", "batch_size", "lr", "ma
                "device", "overwrite", "progress"}
 TRAIN_LM_ONLY = {"divergence": ["--divergence", "jsd"], "beta": ["--beta", "0.3"], "steps": ["--steps", "5"],
                  "stride": ["--stride", "8"], "teacher_topk": ["--teacher-topk", "top.safetensors"],
-                 "freeze_embeddings": ["--freeze-embeddings"]}
+                 "freeze_embeddings": ["--freeze-embeddings"], "prompt_column": ["--prompt-column", "p"],
+                 "completion_column": ["--completion-column", "c"]}
 TRAIN_CLASSIFIER_ONLY = {"head_lr": ["--head-lr", "1e-3"]}
 TRAIN_BY_LOSS = {"label_smoothing", "teacher", "temperature", "kd_weight"}
 # replicate: options the LM grid (--task shakespeare) refuses; every other one acts in both grids

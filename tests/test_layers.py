@@ -19,7 +19,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "audit"
 LAYERS = ("foundation", "losses", "load", "reduce", "run", "stats", "report", "compare", "recipes", "interfaces")
 FOUNDATION = {"audit.errors", "audit.settings", "audit.atomic", "audit.outputs", "audit.package"}
-INTERFACES = {"audit", "audit.__main__", "audit.cli", "audit.pytest_plugin", "audit.testing"}
+INTERFACES = {"audit", "audit.__main__", "audit.cli", "audit.integrations", "audit.pytest_plugin", "audit.testing"}
 # function-local imports of audit modules, by importing module: the reason they are deferred
 DEFERRED = {
     "audit": "the package face imports no torch until the API is used",

@@ -11,6 +11,17 @@ V x 4 bytes, 196 KB per token at SmolLM2's V = 49,152 (98 KB in bf16), so the Sh
 160 bytes a token, 214 MB for that split): with ``teacher_topk`` the KD targets come from such a file
 (:class:`TopkTargets`, :func:`audit.reduce.topk.topk_kd_loss`) and the teacher runs only for the dev audit.
 
+Data: any text spec of :func:`audit.load.data.text.read_documents`: running text (every token a target), prompt
+and completion columns (the loss on the completion's tokens only) or a ``messages`` column (rendered with the
+tokenizer's chat template, the loss on the assistant replies only). Documents longer than a window are cut into
+windows of ``max_length`` tokens; shorter ones (prompt/completion pairs, chats) are **packed** several to a window
+(:func:`audit.load.data.text.pack_windows`, best-fit decreasing) with **position ids that restart at 0 for each
+document and no attention mask**: transformers reads such rows as packed sequences and masks attention block by
+block, so no token attends to another document and each document's logits are those it has alone (TRL's
+``padding_free`` packing, not its EOS-separated packing, where attention crosses documents). The student and the
+teacher are checked for that on two random sequences before training (:func:`attends_within_documents`); where a
+model lets attention cross, each short document trains alone in its own padded window instead.
+
 The maths lives in :mod:`audit.losses`; the loop, folder handling, checkpoints and data parallelism are the
 classifier recipe's too (:mod:`audit.recipes.training_run`).
 """
@@ -24,9 +35,16 @@ from pathlib import Path
 
 import torch
 
-from audit.errors import AuditError
+from audit.errors import AuditError, warn
 from audit.load.causal_lm import CausalLM, check_same_tokenizer, keep_first_layers, load_causal_lm
-from audit.load.data.text import IGNORE_INDEX, Documents, TokenWindows, read_documents, tokenize_windows
+from audit.load.data.text import (
+    IGNORE_INDEX,
+    Documents,
+    TokenWindows,
+    pack_windows,
+    read_documents,
+    tokenize_windows,
+)
 from audit.losses import distillation_loss, label_smoothed_cross_entropy
 from audit.outputs import Output, check_outputs
 from audit.recipes.training_run import (
@@ -63,14 +81,15 @@ class TeacherLogits:
     def __init__(self, teacher: CausalLM, *, share: bool = False) -> None:
         self.teacher, self.share, self.kept = teacher, share, {}
 
-    def __call__(self, step: int, ids: torch.Tensor, mask: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    def __call__(self, step: int, inputs: dict[str, torch.Tensor], keep: torch.Tensor) -> torch.Tensor:
+        """The (P, V) logits at the ``keep`` positions of the batch ``inputs`` (the student's model inputs)."""
         if step in self.kept:
-            return self.kept[step].to(ids.device).float()
+            return self.kept[step].to(keep.device).float()
         with torch.no_grad():
-            logits = self.teacher.model(input_ids=ids, attention_mask=mask).logits[keep].float()  # (P, V)
+            logits = self.teacher.model(**inputs).logits[keep].float()  # (P, V)
         if self.share:
             self.kept[step] = logits.half().cpu()
-            return self.kept[step].to(ids.device).float()
+            return self.kept[step].to(keep.device).float()
         return logits
 
 
@@ -78,9 +97,11 @@ class TopkTargets:
     """A teacher's top-k log-probabilities (:mod:`audit.reduce.topk`) at the scored positions of the training windows,
     handed out per batch in the order of ``logits[targets != ignore_index]``.
 
-    The file must hold exactly the windows' scored positions, in order (same data, limit and tokenizer), and name
-    their ``max_length`` and ``stride`` in its metadata (:data:`audit.reduce.topk.WINDOW_METADATA`): every window length
-    and stride scores each token once, so only the metadata tells which context the teacher saw.
+    The file must hold exactly the windows' scored positions in document order (those of
+    :func:`audit.load.data.text.tokenize_windows` on the same data, limit and tokenizer: packing moves short documents
+    into shared rows, which this class follows), and name their ``max_length`` and ``stride`` in its metadata
+    (:data:`audit.reduce.topk.WINDOW_METADATA`): every window length and stride scores each token once, so only the
+    metadata tells which context the teacher saw.
 
     Raises (on construction):
         AuditError: the file fails :func:`audit.reduce.topk.read_topk_logits` against ``windows`` (positions of other
@@ -90,7 +111,12 @@ class TopkTargets:
 
     def __init__(self, path: str, windows: TokenWindows, vocab_size: int) -> None:
         sequence_ids, positions = windows.scored()
-        self.file = read_topk_logits(path, vocab_size=vocab_size, sequence_ids=sequence_ids, positions=positions)
+        # the file's rows follow the documents; packed windows put short documents out of that order
+        order = torch.argsort(sequence_ids * (int(positions.max()) + 1) + positions)
+        self.file = read_topk_logits(path, vocab_size=vocab_size, sequence_ids=sequence_ids[order],
+                                     positions=positions[order])
+        self.file_rows = torch.empty_like(order)
+        self.file_rows[order] = torch.arange(len(order))  # (P,) the file row of each scored position
         expected = {key: str(windows.info[key]) for key in WINDOW_METADATA}
         got = {key: self.file.metadata.get(key) for key in WINDOW_METADATA}
         if got != expected:
@@ -104,6 +130,7 @@ class TopkTargets:
         """(P, k) int64 ids and (P, k) float32 log-probabilities of windows ``rows``, on ``device``."""
         index = torch.cat([torch.arange(start, start + count)
                            for start, count in zip(self.starts[rows].tolist(), self.counts[rows].tolist())])
+        index = self.file_rows[index]
         return self.file.ids[index].long().to(device), self.file.logprobs[index].float().to(device)
 
 
@@ -148,21 +175,41 @@ def build_lm_student(spec: str, teacher: CausalLM, *, seed: int) -> CausalLM:
     return student
 
 
-def training_windows(documents: Documents, tokenizer, settings: LMTrainSettings) -> TokenWindows:
+def training_windows(documents: Documents, tokenizer, settings: LMTrainSettings, *, pack: bool = True) -> TokenWindows:
     """Windows of ``max_length`` tokens advancing by ``stride`` (default ``max_length - 1``: each token a
-    target once, with up to ``max_length - 1`` tokens of context).
+    target once, with up to ``max_length - 1`` tokens of context); with ``pack``, documents shorter than a window
+    share rows (:func:`audit.load.data.text.pack_windows`), else each has a padded row of its own.
 
     Raises:
-        AuditError: the text is too short for one full window.
+        AuditError: what :func:`audit.load.data.text.tokenize_windows` refuses.
     """
     windows = tokenize_windows(documents, tokenizer, max_length=settings.max_length,
                                stride=settings.stride or settings.max_length - 1)
-    longest = int(windows.attention_mask.sum(1).max())
-    if longest < settings.max_length:
-        raise AuditError(f"expected text of at least one window of --max-length {settings.max_length} tokens in "
-                         f"{documents.name}, got at most {longest} tokens per document; pass a smaller --max-length "
-                         "or more text")
-    return windows
+    return pack_windows(windows) if pack else windows
+
+
+def attends_within_documents(lm: CausalLM) -> bool:
+    """Whether ``lm`` keeps attention inside each packed document: given position ids that restart at 0 and no
+    attention mask (as in :func:`audit.load.data.text.pack_windows`' rows), a random sequence placed after another
+    gets the logits it gets alone (to 1e-4). transformers' models whose masks come from its packed-sequence
+    detection do; others let the second sequence attend to the first."""
+    model = lm.model
+    device = next(model.parameters()).device
+    generator = torch.Generator().manual_seed(0)
+    first, second = (torch.randint(int(model.config.vocab_size), (1, n), generator=generator).to(device)
+                     for n in (5, 4))
+    training = model.training
+    model.eval()  # no dropout in the comparison
+    try:
+        with torch.no_grad():
+            alone = model(input_ids=second, use_cache=False).logits.float()
+            packed = model(input_ids=torch.cat([first, second], 1), use_cache=False,
+                           position_ids=torch.tensor([[0, 1, 2, 3, 4, 0, 1, 2, 3]], device=device)).logits.float()
+    except (TypeError, ValueError):  # a forward without position ids
+        return False
+    finally:
+        model.train(training)
+    return torch.allclose(packed[:, 5:], alone, atol=1e-4, rtol=1e-4)
 
 
 def unigram_perplexity(train: TokenWindows, test: TokenWindows, vocab_size: int) -> float:
@@ -224,9 +271,16 @@ def train_lm(settings: LMTrainSettings, *, overwrite: bool = False, progress: bo
         if lm.context is not None and settings.max_length > lm.context:
             raise AuditError(f"expected --max-length at most the {lm.name}'s context of {lm.context} tokens, got "
                              f"{settings.max_length}")
-    train_docs = read_documents(settings.data, split=settings.train_split, limit=settings.train_limit)
-    dev_docs = read_documents(settings.data, split=settings.eval_split, limit=settings.eval_limit)
+    columns = dict(prompt_column=settings.prompt_column, completion_column=settings.completion_column)
+    train_docs = read_documents(settings.data, split=settings.train_split, limit=settings.train_limit, **columns)
+    dev_docs = read_documents(settings.data, split=settings.eval_split, limit=settings.eval_limit, **columns)
     windows = training_windows(train_docs, teacher.tokenizer, settings)
+    if windows.position_ids is not None:
+        crossing = [lm.name for lm in (student, teacher) if not attends_within_documents(lm)]
+        if crossing:
+            warn(f"{' and '.join(crossing)} let attention cross packed documents (no packed-sequence masks from "
+                 "position ids): each document shorter than --max-length trains in a padded window of its own")
+            windows = training_windows(train_docs, teacher.tokenizer, settings, pack=False)
     # the dev audit's windows too: a dev document it would refuse is refused now, not after the training
     dev_windows = tokenize_windows(dev_docs, teacher.tokenizer, max_length=settings.max_length) if audit_dev else None
     topk = None
@@ -242,19 +296,24 @@ def train_lm(settings: LMTrainSettings, *, overwrite: bool = False, progress: bo
     teacher_logits = teacher_logits or TeacherLogits(teacher)
 
     def batch_loss(forward: torch.nn.Module, batch: TrainingBatch) -> torch.Tensor:
-        ids, mask = windows.input_ids[batch.rows].to(device), windows.attention_mask[batch.rows].to(device)
+        inputs = {"input_ids": windows.input_ids[batch.rows].to(device)}
+        if windows.position_ids is None:
+            inputs["attention_mask"] = windows.attention_mask[batch.rows].to(device)
+        else:  # packed rows: each document's positions from 0 and no mask keep its attention inside it
+            inputs.update(position_ids=windows.position_ids[batch.rows].to(device), use_cache=False)
         targets = windows.targets[batch.rows].to(device)
         keep = targets != IGNORE_INDEX
         with mixed_precision(device):  # bf16 logits on CUDA go to the fused kernels as they are (fp32 math inside)
-            logits = forward(input_ids=ids, attention_mask=mask).logits[keep]  # (P, V)
+            logits = forward(**inputs).logits[keep]  # (P, V)
             soft = None
             if settings.loss == "kd" and topk is None:
-                soft = teacher_logits(batch.step, ids, mask, keep) / settings.teacher_temperature
+                soft = teacher_logits(batch.step, inputs, keep) / settings.teacher_temperature
         return lm_loss(settings, logits, targets[keep], soft, None if topk is None else topk(batch.rows, device))
 
     def record(trained: Trained) -> dict:
         entries = {
             "settings": asdict(settings), "steps": trained.steps, "windows": len(windows),
+            "packed": windows.info.get("packed"),
             "tokens_per_step": settings.batch_size * (settings.max_length - 1), "wall_seconds": trained.wall_seconds,
             "device": str(device), "loss_history": {"first_step": trained.first_step, "values": trained.losses},
             "dev": None, "dev_teacher": None, "dev_pair": None, "dev_unigram_perplexity": None, "dev_data": None,

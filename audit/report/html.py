@@ -17,10 +17,16 @@ from audit.atomic import write_atomic
 from audit.report.format import format_value, verdict_sentence, with_ci
 from audit.report.plots import build_figures, png_bytes
 from audit.report.schema import kind_of
-from audit.report.terminal import MODEL_ROWS, PAIR_ROWS, direction_label
+from audit.report.terminal import (
+    MODEL_ROWS,
+    ON_POLICY_PAIR_ROWS,
+    PAIR_ROWS,
+    bootstrap_method,
+    direction_label,
+)
 
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
-VERDICT_CLASS = {"inherits": "good", "moves_away": "bad", "inconclusive": "unsure",
+VERDICT_CLASS = {"inherits": "good", "moves_away": "bad", "inconclusive": "unsure", "insufficient": "unsure",
                  "holds": "good", "fails": "bad", "negligible": "small"}
 CSS = """
 body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto; max-width: 1200px;
@@ -77,6 +83,7 @@ COMPARE_CAPTIONS = {
                    "examples per bin; an empty bin has no bar",
     "histograms": "per-example entropy and max probability of every model",
     "scatter": "teacher vs student max probability per example, with the correlations over all examples",
+    "divergence": "mean KL(teacher || student) by decile of the teacher's entropy and by position in the window",
 }
 REPLICATE_CAPTIONS = {
     "entropy": "mean dev entropy per arm (bars) with its 95% bootstrap CI over dev examples (per-example values averaged over seeds); dots are single seeds",
@@ -101,7 +108,7 @@ def _compare_body(report: dict) -> str:
                                                                                models.items()], rows))
     rows = [_cell(label) + "".join(_cell(with_ci(p.get(key), fmt), num=True) for p in pairs)
             for key, label, fmt in PAIR_ROWS if any(key in p for p in pairs)]
-    method = "cluster bootstrap by sequence" if data.get("unit") == "token" else "bootstrap"
+    method = bootstrap_method(data)
     parts.append(_table(f"Teacher -> student (value [95% {method} CI])", ["statistic"] +
                         [f"{p['teacher']} -> {p['student']}" for p in pairs], rows))
     if len(pairs) > 1:
@@ -127,11 +134,72 @@ def _compare_body(report: dict) -> str:
         parts.append(_table(f"Temperature scaling (T* fitted on {report['calibration']['data']}; before -> after)",
                             ["model", "T*", "NLL", "ECE", "smooth ECE", "T* / teacher's [95% CI]", "verdict after"],
                             rows))
+    if any("divergence" in p for p in pairs):
+        parts.append(_divergence_body(report))
+    if "on_policy" in report:
+        parts.append(_on_policy_body(report))
     parts.append("<h2>Figures</h2>" + _figures(report, COMPARE_CAPTIONS))
     rows = [_cell(n) + _cell(m["role"]) + _cell(m.get("source", "-")) for n, m in models.items()]
     parts.append("<h2>Run</h2>" + _table("Models", ["name", "role", "source"], rows))
     parts.append(_key_values("Data", data) + _key_values("Settings", settings)
                  + _key_values("Versions", report["versions"]))
+    return "".join(parts)
+
+
+def _divergence_body(report: dict) -> str:
+    """Where each student diverges: the KL distribution, the tokens that carry it and the largest-KL contexts."""
+    token = report["data"].get("unit") == "token"
+    parts = ["<h2>Where each student diverges</h2>"]
+    for pair in (p for p in report["pairs"] if "divergence" in p):
+        d = pair["divergence"]
+        quantiles = {**{f"KL {k}": v for k, v in d["kl_quantiles"].items()},
+                     **{f"entropy shift {k}": v for k, v in d["entropy_shift_quantiles"].items()},
+                     "share of the KL in the top 1%": d["kl_top1pct_share"]}
+        parts.append(_table(f"{pair['teacher']} -> {pair['student']}: per-{'token' if token else 'example'} "
+                            "KL(teacher || student) and entropy shift (nats)", list(quantiles),
+                            ["".join(_cell(f"{v:.4g}", num=True) for v in quantiles.values())]))
+        if "top_tokens" in d:
+            rows = [_cell(repr(t["token"])) + _cell(t["n"], num=True) + _cell(f"{t['kl_total']:.4g}", num=True)
+                    + _cell(f"{t['kl_mean']:.4g}", num=True) for t in d["top_tokens"]]
+            parts.append(_table(f"{pair['student']}: the target tokens with the most total KL",
+                                ["token", "count", "total KL", "mean KL"], rows))
+        where = "context (target in brackets)" if token else "text"
+        rows = [_cell((c["context"] + "[" + c["target"] + "]") if token else c.get("text", c.get("id", "")))
+                + _cell(f"{c['kl']:.4g}", num=True) + _cell(repr(c["teacher_top1"])) + _cell(repr(c["student_top1"]))
+                for c in d["top_contexts"]]
+        parts.append(_table(f"{pair['student']}: the largest KL", [where, "KL", "teacher's top 1", "student's top 1"],
+                            rows))
+    return "".join(parts)
+
+
+def _on_policy_body(report: dict) -> str:
+    """``--generate``: the rows of :func:`audit.report.terminal.on_policy_table` (each student's gap to the teacher
+    on the reference text and on its own completions), then every completion the report holds, most divergent
+    first."""
+    on_policy, models, pairs = report["on_policy"], report["models"], report["pairs"]
+    teacher = next(name for name, m in models.items() if m["role"] == "teacher")
+    views = [(p["student"], view, stats, mine, theirs) for p in pairs
+             for view, stats, mine, theirs in (("reference", p, models[p["student"]], models[teacher]),
+                                               ("own text", p["on_policy"], models[p["student"]]["on_policy"],
+                                                p["on_policy"]["teacher_summary"]))]
+    rows = [_cell(label) + "".join(_cell(with_ci(stats.get(key), fmt), num=True) for _, _, stats, _, _ in views)
+            for key, label, fmt in ON_POLICY_PAIR_ROWS]
+    for label, who in (("student NLL (nats)", 3), ("teacher NLL (nats)", 4)):
+        rows.append(_cell(label) + "".join(
+            _cell(with_ci({"value": v[who].get("nll"), "ci": v[who].get("ci", {}).get("nll")}, "{:.3f}"), num=True)
+            for v in views))
+    rows.append(_cell("verdict") + "".join(f"<td>{_verdict(stats['verdict'])}</td>" for _, _, stats, _, _ in views))
+    sampling = on_policy.get("sampling") or f"temperature {on_policy['temperature']:g}, top-p {on_policy['top_p']:g}"
+    caption = (f"{on_policy['n_prompts']} prompts ({on_policy['prompts']}) completed with up to "
+               f"{on_policy['max_new_tokens']} new tokens, {sampling}, seed {on_policy['seed']}; value [95% cluster "
+               "bootstrap CI by prompt]")
+    parts = ["<h2>On the students' own text</h2>",
+             _table(caption, ["statistic"] + [f"{name}: {view}" for name, view, _, _, _ in views], rows)]
+    rows = [_cell(p["student"]) + _cell(g["id"]) + _cell(g["prompt"]) + _cell(g["completion"])
+            + _cell(format_value(g["kl"], "{:.4f}"), num=True) + _cell(format_value(g["kl_reverse"], "{:.4f}"), num=True)
+            for p in pairs for g in p["on_policy"]["generations"]]
+    parts.append(_table("What each student wrote where it diverged most (mean KL over the completion's tokens)",
+                        ["student", "id", "prompt", "completion", "KL(T || S)", "KL(S || T)"], rows))
     return "".join(parts)
 
 

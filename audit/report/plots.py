@@ -142,6 +142,32 @@ def scatter_figure(report: dict, pair: dict) -> Figure:
     return fig
 
 
+def divergence_figure(report: dict, pair: dict) -> Figure:
+    """Where one student diverges: mean KL(teacher || student) by decile of the teacher's entropy and (token
+    audits) by position in the window, each bar labelled with its count."""
+    divergence = pair["divergence"]
+    panels = [("by_teacher_entropy", "teacher entropy decile (low -> high)")]
+    if "by_position" in divergence:
+        panels.append(("by_position", "position in the window"))
+    fig = _figure(5.0 * len(panels), 3.6)
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    color = _model_colors(report["models"])[pair["student"]]
+    for ax, (key, xlabel) in zip(axes, panels):
+        buckets = divergence[key]
+        labels = ([f"{b['entropy_lo']:.2g}-{b['entropy_hi']:.2g}" for b in buckets] if key == "by_teacher_entropy"
+                  else [f"{b['position_lo']}-{b['position_hi']}" for b in buckets])
+        ax.bar(range(len(buckets)), [b["kl_mean"] or 0.0 for b in buckets], color=color, alpha=0.85)
+        for i, b in enumerate(buckets):
+            ax.text(i, (b["kl_mean"] or 0.0), f"{b['n']}", ha="center", va="bottom", fontsize=6, color="0.35")
+        ax.set_xticks(range(len(buckets)), labels, rotation=45, ha="right", fontsize=7)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("mean KL(teacher || student), nats")
+    unit = "tokens" if report["data"].get("unit") == "token" else "examples"
+    fig.suptitle(f"{_plain(pair['teacher'])} -> {_plain(pair['student'])}: where the KL is (counts of {unit} on bars)",
+                 fontsize=9)
+    return fig
+
+
 def entropy_by_arm_figure(report: dict) -> Figure:
     """Mean entropy per arm of a replicate report, with CI error bars and per-seed dots."""
     arms = report["arms"]
@@ -204,6 +230,8 @@ def _compare_figures(report: dict) -> dict[str, Figure]:
             name = f"scatter-{_slug(pair['student'])}-{suffix}.png"
             suffix += 1
         figures[name] = scatter_figure(report, pair)
+        if "divergence" in pair:
+            figures[name.replace("scatter-", "divergence-", 1)] = divergence_figure(report, pair)
     return figures
 
 

@@ -33,7 +33,7 @@ _NUMBERS = {"type": "array", "items": _MAYBE_NUMBER}
 _EDGES = {"type": "array", "items": _NUMBER, "minItems": 2}
 _HISTOGRAM = {"type": "object", "required": ["edges", "count"],
               "properties": {"edges": _EDGES, "count": {"type": "array", "items": {"type": "integer"}, "minItems": 1}}}
-PAIR_VERDICTS = ("inherits", "moves_away", "inconclusive")
+PAIR_VERDICTS = ("inherits", "moves_away", "inconclusive", "insufficient")
 CLAIM_VERDICTS = VERDICTS
 MODEL_NUMBERS = ("entropy_mean", "entropy_normalized", "maxprob_mean", "margin_mean", "accuracy", "nll", "perplexity",
                  "brier", "ece", "mce", "ece_adaptive", "ece_classwise", "smece", "ece_debiased", "ece_sweep",
@@ -61,6 +61,26 @@ _MODEL = {
 }
 PAIR_STATISTICS = ("agreement", "kl", "entropy_shift", "corr_entropy_pearson", "corr_entropy_spearman",
                    "corr_maxprob_pearson", "corr_maxprob_spearman")
+_BUCKETS = {"type": "array", "minItems": 1,
+            "items": {"type": "object", "required": ["n", "kl_mean", "entropy_shift_mean"],
+                      "properties": {"n": {"type": "integer", "minimum": 0}, "kl_mean": _MAYBE_NUMBER,
+                                     "entropy_shift_mean": _MAYBE_NUMBER}}}
+_DIVERGENCE = {  # audit.stats.divergence.divergence_breakdown, as the terminal and the HTML read it
+    "type": "object",
+    "required": ["kl_quantiles", "entropy_shift_quantiles", "kl_top1pct_share", "by_teacher_entropy", "top_contexts"],
+    "properties": {
+        "kl_quantiles": {"type": "object", "required": ["q50", "q90", "q99"], "additionalProperties": _NUMBER},
+        "entropy_shift_quantiles": {"type": "object", "additionalProperties": _NUMBER},
+        "kl_top1pct_share": {"type": "number", "minimum": 0, "maximum": 1.000001},
+        "by_teacher_entropy": _BUCKETS, "by_position": _BUCKETS,
+        "top_tokens": {"type": "array", "items": {"type": "object", "required": ["token", "n", "kl_total", "kl_mean"],
+                                                   "properties": {"token": _STRING, "n": {"type": "integer"},
+                                                                  "kl_total": _NUMBER, "kl_mean": _NUMBER}}},
+        "top_contexts": {"type": "array", "items": {"type": "object",
+                                                     "required": ["kl", "teacher_top1", "student_top1"],
+                                                     "properties": {"kl": _NUMBER}}},
+    },
+}
 _PAIR = {
     "type": "object",
     "required": ["teacher", "student", "verdict", "verdict_reason", "scatter", *PAIR_STATISTICS],
@@ -71,6 +91,7 @@ _PAIR = {
                     "properties": {"teacher_maxprob": {"type": "array", "items": _NUMBER},
                                    "student_maxprob": {"type": "array", "items": _NUMBER}}},
         **{key: _STAT for key in (*PAIR_STATISTICS, "kl_reverse", "topk_overlap")},
+        "divergence": _DIVERGENCE,
         "temperature_ratio": {"type": "object", "required": ["ratio", "ci"],
                               "properties": {"ratio": _MAYBE_NUMBER, "ci": _CI}},
         "calibrated": {"type": "object", "required": ["verdict", "verdict_survives"],
@@ -191,6 +212,52 @@ def _token_level(schema: dict) -> dict:
 
 
 SCHEMAS[COMPARE_LM] = _token_level(SCHEMAS[COMPARE])
+
+
+def _with_on_policy(schema: dict) -> dict:
+    """compare/2 with the optional fields of ``--generate`` (:func:`audit.compare.add_on_policy`): every student's
+    ``models[name].on_policy`` (a model's numbers, on its own completions, and ``generation``: how many it wrote),
+    every pair's ``on_policy`` (the pair's statistics and verdict there under the pair's own names, ``n``,
+    ``n_sequences``, the teacher's numbers there as ``teacher_summary``, and the ``generations`` where the student
+    diverged most), and the top-level ``on_policy`` (the prompts and the sampling), which requires the others."""
+    out = json.loads(json.dumps(schema))
+    model = out["properties"]["models"]["additionalProperties"]
+    pair = out["properties"]["pairs"]["items"]
+    on_text = json.loads(json.dumps(model))  # a model's numbers, on a student's own text
+    on_text["required"].remove("role")
+    on_text["properties"].pop("role")
+    model["properties"]["on_policy"] = {**on_text, "required": [*on_text["required"], "generation"], "properties": {
+        **on_text["properties"],
+        "generation": {"type": "object", "required": ["prompts", "tokens", "ended_at_eos"],
+                       "properties": {"prompts": {"type": "integer", "minimum": 1},
+                                      "tokens": {"type": "integer", "minimum": 1}, "ended_at_eos": _COUNT,
+                                      "mean_length": _NUMBER}}}}
+    names = ("teacher", "student", "scatter", "temperature_ratio", "calibrated")  # not statistics of the text
+    generation = {"type": "object", "required": ["id", "prompt", "completion", "tokens", "kl", "kl_reverse"],
+                  "properties": {"id": _STRING, "prompt": _STRING, "completion": _STRING,
+                                 "tokens": {"type": "integer", "minimum": 1}, "ended_at_eos": {"type": "boolean"},
+                                 "kl": _MAYBE_NUMBER, "kl_reverse": _MAYBE_NUMBER}}
+    pair["properties"]["on_policy"] = {
+        "type": "object",
+        "required": [*PAIR_STATISTICS, "kl_reverse", "topk_overlap", "verdict", "verdict_reason", "n", "n_sequences",
+                     "teacher_summary", "generations"],
+        "properties": {**{k: v for k, v in pair["properties"].items() if k not in names},
+                       "n": {"type": "integer", "minimum": 1}, "n_sequences": {"type": "integer", "minimum": 1},
+                       "teacher_summary": on_text, "generations": {"type": "array", "items": generation}}}
+    out["properties"]["on_policy"] = {
+        "type": "object", "required": ["n_prompts", "max_new_tokens", "temperature", "top_p", "seed", "prompts"],
+        "properties": {"n_prompts": {"type": "integer", "minimum": 1},
+                       "max_new_tokens": {"type": "integer", "minimum": 1}, "temperature": _NUMBER,
+                       "top_p": _NUMBER, "seed": {"type": "integer"}, "prompts": _STRING, "sampling": _STRING}}
+    # the renderers show the on-policy view where the report says how it sampled, for every student
+    out.setdefault("dependentSchemas", {})["on_policy"] = {"properties": {
+        "pairs": {"items": {"required": ["on_policy"]}},
+        "models": {"additionalProperties": {"if": {"required": ["role"], "properties": {"role": {"const": "student"}}},
+                                            "then": {"required": ["on_policy"]}}}}}
+    return out
+
+
+SCHEMAS[COMPARE_LM] = _with_on_policy(SCHEMAS[COMPARE_LM])
 
 
 def kind_of(report: object) -> str:

@@ -53,7 +53,8 @@ PAIR_ROWS = (
     ("corr_maxprob_pearson", "max-prob corr. Pearson", "{:.3f}"),
     ("corr_maxprob_spearman", "max-prob corr. Spearman", "{:.3f}"),
 )
-VERDICT_STYLE = {"inherits": "bold green", "moves_away": "bold red", "inconclusive": "bold yellow"}
+VERDICT_STYLE = {"inherits": "bold green", "moves_away": "bold red", "inconclusive": "bold yellow",
+                 "insufficient": "bold magenta"}
 
 
 WIDE = 10_000  # no console: no folding
@@ -145,13 +146,26 @@ def models_table(report: dict, width: int | None = None) -> RenderableType:
 
 def pairs_table(report: dict, width: int | None = None) -> RenderableType:
     level = "95%"
-    method = "cluster bootstrap by sequence" if report["data"].get("unit") == "token" else "bootstrap"
+    method = bootstrap_method(report["data"])
     pairs = report["pairs"]
     rows = [(key, label, fmt) for key, label, fmt in PAIR_ROWS if any(key in pair for pair in pairs)]
     columns = [Column("statistic", [label for _, label, _ in rows], "left", wrap=True)]
     columns += [Column(f"{pair['teacher']} ->\n{pair['student']}", [with_ci(pair.get(key), fmt) for key, _, fmt in rows])
                 for pair in pairs]
     return fitted_tables(f"Teacher -> student (value [{level} {method} CI])", columns, width)
+
+
+def bootstrap_method(data: dict) -> str:
+    """How the report's intervals were drawn, with how many clusters they had.
+
+    >>> bootstrap_method({"unit": "token", "n": 900, "n_sequences": 3})
+    'cluster bootstrap over 3 sequences'
+    >>> bootstrap_method({"n": 1057})
+    'bootstrap over 1057 examples'
+    """
+    if data.get("unit") == "token":
+        return f"cluster bootstrap over {data['n_sequences']} sequences"
+    return f"bootstrap over {data['n']} examples"
 
 
 def calibration_table(report: dict, width: int | None = None) -> RenderableType:
@@ -198,6 +212,101 @@ def direction_label(stat: dict) -> str:
     return "no clear change"
 
 
+ON_POLICY_PAIR_ROWS = (
+    ("kl", "KL(teacher || student)", "{:.4f}"),
+    ("kl_reverse", "KL(student || teacher)", "{:.4f}"),
+    ("entropy_shift", "entropy shift (S - T)", "{:+.4f}"),
+    ("agreement", "top-1 agreement", "{:.3f}"),
+)
+
+
+def _on_two_lines(stat: dict | None, fmt: str) -> str:
+    """:func:`with_ci` with the interval on a line of its own (a narrow cell)."""
+    return with_ci(stat, fmt).replace(" [", "\n[", 1)
+
+
+def _model_stat(model: dict, key: str) -> dict:
+    return {"value": model.get(key), "ci": model.get("ci", {}).get(key)}
+
+
+def on_policy_table(report: dict, width: int | None = None) -> RenderableType:
+    """``--generate``: each student's gap to the teacher on the reference text beside the same numbers on its own
+    completions, the NLL of both models on each, and the verdicts; then, per student, the completion where it
+    diverged most (the report holds more)."""
+    on_policy, models = report["on_policy"], report["models"]
+    teacher = next(name for name, m in models.items() if m["role"] == "teacher")
+    labels = [label for _, label, _ in ON_POLICY_PAIR_ROWS]
+    labels += ["student NLL (nats)", "teacher NLL (nats)", "verdict"]
+    columns = [Column("statistic", labels, "left", wrap=True)]
+    for pair in report["pairs"]:
+        student, own = models[pair["student"]], pair["on_policy"]
+        for view, stats, mine, theirs in (("reference", pair, student, models[teacher]),
+                                          ("own text", own, student["on_policy"], own["teacher_summary"])):
+            cells = [_on_two_lines(stats.get(key), fmt) for key, _, fmt in ON_POLICY_PAIR_ROWS]
+            cells += [_on_two_lines(_model_stat(mine, "nll"), "{:.3f}"), _on_two_lines(_model_stat(theirs, "nll"), "{:.3f}")]
+            cells.append(Text(stats["verdict"].replace("_", " "), style=VERDICT_STYLE.get(stats["verdict"], "")))
+            columns.append(Column(f"{pair['student']}\n{view}", cells))
+    sampling = on_policy.get("sampling") or f"temperature {on_policy['temperature']:g}, top-p {on_policy['top_p']:g}"
+    title = (f"On the students' own text: {on_policy['n_prompts']} prompts ({on_policy['prompts']}) completed with up "
+             f"to {on_policy['max_new_tokens']} new tokens, {sampling}, seed {on_policy['seed']}; value [95% cluster "
+             "bootstrap CI by prompt]")
+    lines: list[RenderableType] = [fitted_tables(title, columns, width)]
+    for pair in report["pairs"]:
+        worst = pair["on_policy"]["generations"][:1]
+        if worst:
+            g = worst[0]
+            line = (f"{pair['student']} diverged most on {g['id']} (mean KL {format_value(g['kl'], '{:.3f}')}): "
+                    + repr(" ".join(g["completion"].split())))
+            room = WIDE if width is None else width
+            lines.append(Text(line if len(line) <= room else line[:room - 3] + "..."))
+    return Group(*lines)
+
+
+SPARKS = "▁▂▃▄▅▆▇█"
+
+
+def sparkline(values: list[float | None]) -> str:
+    """One block character per value, scaled from 0 to the largest; a space for a missing one.
+
+    >>> sparkline([0.0, 0.5, 1.0, None])
+    '▁▅█ '
+    """
+    top = max((v for v in values if v is not None), default=0.0) or 1.0
+    return "".join(" " if v is None else SPARKS[min(len(SPARKS) - 1, round(v / top * (len(SPARKS) - 1)))]
+                   for v in values)
+
+
+def _range(buckets: list[dict]) -> str:
+    means = [b["kl_mean"] for b in buckets if b["kl_mean"] is not None]
+    return f"{sparkline([b['kl_mean'] for b in buckets])} {min(means):.3g}..{max(means):.3g}"
+
+
+def divergence_lines(report: dict) -> Group:
+    """Per pair, where its KL(teacher || student) is: quantiles, the top 1%'s share, the means by teacher entropy
+    decile and by position (sparklines), the tokens that carry most of it and the context with the largest."""
+    token = report["data"].get("unit") == "token"
+    lines: list[Text] = []
+    for pair in (p for p in report["pairs"] if "divergence" in p):
+        d = pair["divergence"]
+        q = d["kl_quantiles"]
+        lines.append(Text(f"{pair['student']}: KL median {q['q50']:.3g}, p90 {q['q90']:.3g}, p99 {q['q99']:.3g} nats; "
+                          f"the top 1% of {'tokens' if token else 'examples'} carry {d['kl_top1pct_share']:.1%} of it",
+                          style="bold"))
+        lines.append(Text(f"  by teacher entropy (low -> high deciles): {_range(d['by_teacher_entropy'])}"))
+        if "by_position" in d:
+            lines.append(Text(f"  by position in the window (start -> end): {_range(d['by_position'])}"))
+        if d.get("top_tokens"):
+            tokens = ", ".join(f"{t['token']!r} ({t['n']}x, {t['kl_total']:.3g})" for t in d["top_tokens"][:5])
+            lines.append(Text(f"  most total KL on: {tokens}"))
+        if d["top_contexts"]:
+            c = d["top_contexts"][0]
+            shown = (f"{c['context'][-60:]!r} -> [{c['target']!r}]" if token
+                     else repr(c.get("text", c["id"])[:80]))
+            lines.append(Text(f"  largest KL {c['kl']:.3g}: {shown} (teacher {c['teacher_top1']!r}, student "
+                              f"{c['student_top1']!r})"))
+    return Group(*lines)
+
+
 def verdicts(report: dict) -> Group:
     """One line per pair: the student, its verdict (said once: the reason continues it) and the reason."""
     lines = []
@@ -227,6 +336,11 @@ def render_compare(report: dict, console: Console | None = None) -> None:
         console.print(direction_table(report, width))
     if "calibration" in report:
         console.print(calibration_table(report, width))
+    if any("divergence" in p for p in report["pairs"]):
+        console.print(Panel(divergence_lines(report), title="Where each student diverges (KL(teacher || student))",
+                            expand=False))
+    if "on_policy" in report:
+        console.print(on_policy_table(report, width))
     console.print(Panel(verdicts(report), title="Verdict: did the student inherit the teacher's confidence?",
                         expand=False))
     console.print(terminal_charts(report))

@@ -118,15 +118,20 @@ def pair_statistics(teacher_logits: torch.Tensor, student_logits: torch.Tensor, 
     return {key: out[key] for key in PAIR_STATISTICS}
 
 
-def inheritance_verdict(stats: dict[str, dict], teacher_entropy_mean: float, rule: VerdictRule | None = None) -> tuple[str, str]:
-    """``("inherits" | "moves_away" | "inconclusive", reason)`` for one pair.
+def inheritance_verdict(stats: dict[str, dict], teacher_entropy_mean: float, rule: VerdictRule | None = None, *,
+                        n_clusters: int | None = None, unit: str = "example") -> tuple[str, str]:
+    """``("inherits" | "moves_away" | "inconclusive" | "insufficient", reason)`` for one pair.
 
-    The student *inherits* the teacher's confidence when both hold: the CI of the per-example Spearman
-    correlation of entropies lies above ``rule.min_correlation`` (it is confident where the teacher is), and
-    the CI of the mean entropy shift lies inside +-``rule.shift_band`` x the teacher's mean entropy (as confident
-    overall). It *moves away* when either CI lies wholly on the wrong side; otherwise *inconclusive*.
+    The student *inherits* the teacher's confidence when both hold: the CI of the per-example (per-token)
+    Spearman correlation of entropies lies above ``rule.min_correlation`` (it is confident where the teacher
+    is), and the CI of the mean entropy shift lies inside +-``rule.shift_band`` x the teacher's mean entropy (as
+    confident overall). It *moves away* when either CI lies wholly on the wrong side; otherwise *inconclusive*.
+    With fewer than ``rule.min_clusters`` bootstrap clusters (``n_clusters``: examples, or sequences for
+    ``unit="token"``) the intervals are too narrow to carry a verdict: *insufficient* (docs/CLAIMS.md).
     """
     rule = rule or VerdictRule()
+    if n_clusters is not None and n_clusters < rule.min_clusters:
+        return "insufficient", f"insufficient: {too_few_clusters(n_clusters, unit, rule)}"
     corr = stats["corr_entropy_spearman"]
     shift = stats["entropy_shift"]
     for label, stat in (("Spearman(entropy)", corr), ("the entropy shift", shift)):
@@ -141,10 +146,17 @@ def inheritance_verdict(stats: dict[str, dict], teacher_entropy_mean: float, rul
         return "inherits", "inherits the teacher's confidence: " + numbers
     direction = "more confident" if shift["value"] < 0 else "less confident"
     if corr_hi < rule.min_correlation:
-        return "moves_away", "moves away: its per-example confidence does not follow the teacher's: " + numbers
+        return "moves_away", f"moves away: its per-{unit} confidence does not follow the teacher's: " + numbers
     if shift_lo > band or shift_hi < -band:
         return "moves_away", f"moves away: {direction} than the teacher overall: " + numbers
     return "inconclusive", "inconclusive: a CI crosses a threshold: " + numbers
+
+
+def too_few_clusters(n_clusters: int, unit: str, rule: VerdictRule) -> str:
+    """Why a verdict is insufficient, in words: the clusters there are and the clusters a verdict needs."""
+    what = "sequences" if unit == "token" else "examples"
+    return (f"{n_clusters} {what} (bootstrap clusters), and a verdict needs at least {rule.min_clusters}: below that "
+            f"the 95% intervals cover the truth too rarely (docs/CLAIMS.md); pass more data")
 
 
 def student_differences(student_logits: dict[str, torch.Tensor], *, n_bootstrap: int = 1000, seed: int = 0,

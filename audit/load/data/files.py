@@ -19,8 +19,8 @@ import pyarrow.csv as pa_csv
 import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
-from audit.errors import AuditError
-from audit.load.data.builtin import builtin_datasets
+from audit.errors import AuditError, warn
+from audit.load.data.builtin import SPLITS, assign_splits, builtin_datasets
 from audit.load.hub import hub_unreachable
 
 FILE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json", ".parquet")
@@ -61,18 +61,41 @@ def check_utf8(path: Path) -> None:
                          f"{offset - len(decoder.getstate()[0])}; re-save the file as UTF-8") from None
 
 
-def select_split(table: pa.Table, split: str, path: Path) -> tuple[pa.Array, str]:
-    """Mask of the rows of a file whose ``split`` column equals ``split`` (dev and validation are one split)."""
+def select_split(table: pa.Table, split: str, path: Path, keys: list[str]) -> tuple[pa.Array, str]:
+    """Mask of the rows of a file whose ``split`` column equals ``split`` (dev and validation are one split), and
+    the split's name.
+
+    A file without a ``split`` column is split as the built-ins are (:func:`audit.load.data.builtin.assign_splits`:
+    80/10/10 by a seeded hash of each row's ``keys`` entry, rows of one key together), with a warning saying so.
+
+    Raises:
+        AuditError: a split that the file's ``split`` column does not hold, or a name other than train, dev
+            (validation) or test for a file without one.
+    """
     column = next((c for c in table.column_names if c.lower() == "split"), None)
     if column is None:
-        raise AuditError(f"expected a 'split' column in {path.name} to pick split {split!r}, got the columns "
-                         f"{table.column_names}; add one, or drop --split to use the whole file")
+        return _hash_split(split, path, keys)
     values = pc.cast(table.column(column), pa.string())
     present = sorted(set(values.to_pylist()) - {None})
     chosen = next((s for s in (split, SPLIT_ALIASES.get(split)) if s in present), None)
     if chosen is None:
         raise AuditError(f"expected a split among {present} in {path.name}, got {split!r}; pass one of those")
     return pc.fill_null(pc.equal(values, chosen), False), chosen
+
+
+def _hash_split(split: str, path: Path, keys: list[str]) -> tuple[pa.Array, str]:
+    chosen = "dev" if split == "validation" else split
+    if chosen not in SPLITS:
+        raise AuditError(f"expected a split among {', '.join(SPLITS)} for {path.name}, which has no 'split' column "
+                         f"and is split as the built-ins are, got {split!r}; pass one of those, or add a 'split' column")
+    order, names = assign_splits(keys)
+    of_row = [""] * len(keys)
+    for row, name in zip(order, names):
+        of_row[row] = name
+    counts = ", ".join(f"{s} {of_row.count(s)}" for s in SPLITS)
+    warn(f"{path.name} has no 'split' column: its {len(keys)} rows are split 80/10/10 by a seeded hash of each "
+         f"prompt or text, as the built-ins are ({counts}); add a 'split' column to choose the rows")
+    return pa.array([name == chosen for name in of_row], pa.bool_()), chosen
 
 
 def column_strings(table: pa.Table, column: str) -> list[str]:

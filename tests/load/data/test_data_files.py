@@ -206,7 +206,7 @@ ONE = [{"text": "a"}]
     ("filename", "records", "kwargs", "message"),
     [
         ("missing.csv", None, {}, "got no such file"),
-        ("x.csv", RECORDS, {"split": "test"}, r"expected a 'split' column in x.csv to pick split 'test'"),
+        ("x.csv", RECORDS, {"split": "eval"}, r"expected a split among train, dev, test for x.csv, which has no 'split'"),
         ("x.csv", [{"text": "a", "split": "train"}], {"split": "test"}, r"among \['train'\] in x.csv, got 'test'"),
         ("x.csv", [{"text": "a", "sentence": "b"}], {}, r"several candidates \['text', 'sentence'\]"),
         ("x.csv", [{"body": "a", "y": 1}], {}, r"columns \['body', 'y'\], got none; pass --text-column"),
