@@ -138,6 +138,17 @@ class KDAuditCallback(TrainerCallback):
         finally:
             model.train(was_training)
 
+    def evaluate(self, model: torch.nn.Module, tokenizer: Any = None, *, step: int, epoch: float | None = None,
+                 output_dir: str | Path | None = None) -> dict[str, float | str]:
+        """One evaluation of a training loop, trainer or not: :meth:`audit` of ``model``, its report written (with
+        its ``training`` section) to ``output_dir/kd_audit/step-NNNNNN.json`` when ``output_dir`` is given, and the
+        ``kd_audit/*`` numbers to log returned (a statistic the report holds as undefined is left out)."""
+        report = self.audit(model, tokenizer)
+        report["training"] = {"step": step, "epoch": epoch}
+        if output_dir is not None:
+            write_json(report, Path(output_dir) / FOLDER / step_file(step))
+        return {PREFIX + k: v for k, v in step_metrics(report).items() if v is not None}
+
     def _teacher_adapter(self, tokenizer: Any) -> Adapter:
         """The teacher as an adapter; a ``transformers`` model is wrapped on first use, with ``tokenizer``."""
         if isinstance(self.teacher, torch.nn.Module):
@@ -161,14 +172,11 @@ class KDAuditCallback(TrainerCallback):
         if model is None:
             raise AuditError("expected the trainer to pass its model to KDAuditCallback.on_evaluate, got none; use "
                              "the callback with a transformers.Trainer (or a subclass)")
-        report = self.audit(model, processing_class)
-        report["training"] = {"step": state.global_step, "epoch": state.epoch}
+        logs = self.evaluate(model, processing_class, step=state.global_step, epoch=state.epoch,
+                             output_dir=args.output_dir if state.is_world_process_zero else None)
         self._audited_step = state.global_step
-        logs = {PREFIX + k: v for k, v in step_metrics(report).items() if v is not None}
         if metrics is not None:
             metrics.update(logs)
-        if state.is_world_process_zero:
-            write_json(report, Path(args.output_dir) / FOLDER / step_file(state.global_step))
         if self.trainer is not None:
             self.trainer.log(dict(logs))
             return

@@ -14,7 +14,7 @@
 #               our kernels' values in bf16, fp16 and fp32; targets enforced (H100/H200)
 #   calibration bench/bench_calibration_cuda.py: issue 13's estimators and fit_temperature on 1M x 10 on the GPU
 #   throughput  bench/bench_throughput.py, the CUDA case: compare's evaluation against a transformers pipeline
-#   lm          bench/bench_lm*.py, when such files exist
+#   lm          bench/bench_lm*.py, when such files exist: their gpu-marked cases (the CPU ones are the CPU run's)
 #   replicate   python -m audit replicate --profile full, one task, one seed, with the time left (--no-replicate)
 # Writes OUT_DIR/gpu.json (pytest-benchmark's JSON of every step plus kd_audit_summary), OUT_DIR/gpu.md (the
 # tables) and OUT_DIR/gpu.log (everything printed). Exit: 0 every step passed or skipped, 1 a step failed or
@@ -124,7 +124,7 @@ else
 fi
 lm_benches=(bench/bench_lm*.py)
 if [[ -e "${lm_benches[0]}" ]]; then
-  run_step lm 90 "${lm_benches[*]}" "${pytest[@]}" "${lm_benches[@]}" -m "" --kd-targets=enforce \
+  run_step lm 90 "${lm_benches[*]}, the gpu-marked cases" "${pytest[@]}" "${lm_benches[@]}" -m gpu --kd-targets=enforce \
     --benchmark-json="$work/lm.json" --junitxml="$work/lm.xml"
 else
   record lm skipped null 0 "no bench/bench_lm*.py yet"

@@ -38,7 +38,8 @@ LM_RECIPES = {  # fixtures/build_lm.py's student, through kd-audit's LM recipe
                   temperature=2.0, kd_weight=0.5, steps=100, batch_size=8, lr=1e-2, max_length=64,
                   data="shakespeare", device="cpu"),
 }
-LM_AUDIT = dict(data="shakespeare:test", limit=8, max_length=128)
+LM_DATA = "shakespeare:test"
+LM_AUDIT = dict(limit=20, max_length=128)
 
 
 def _pair(report: dict) -> dict:
@@ -78,12 +79,12 @@ def lm_spread(out: Path, seeds: list[int]) -> dict:
             folder = out / recipe / f"seed{seed}"
             train_lm(LMTrainSettings(out=str(folder), seed=seed, **options), overwrite=False, progress=False)
             folders.append(str(folder))
-        teacher = compare_lm(options["teacher"], folders, LM_AUDIT["data"], settings=settings)
+        teacher = compare_lm(options["teacher"], folders, LM_DATA, settings=settings)
         first = teacher["pairs"][0]["teacher"]
         result[recipe] = {
             "teacher_entropy_mean": teacher["models"][first]["entropy_mean"],
             "against_teacher": [_pair({"pairs": [p], "models": teacher["models"]}) for p in teacher["pairs"]],
-            "between_seeds": [_pair(compare_lm(a, [b], LM_AUDIT["data"], names=["a", "b"], settings=settings))
+            "between_seeds": [_pair(compare_lm(a, [b], LM_DATA, names=["a", "b"], settings=settings))
                               for a, b in itertools.combinations(folders, 2)],
         }
     return result

@@ -100,7 +100,8 @@ def divergence_breakdown(kl: torch.Tensor, entropy_shift: torch.Tensor, teacher_
         size = int(token.max()) + 1
         total = torch.zeros(size, dtype=torch.float64).index_add_(0, token.long(), kl.double())
         count = torch.zeros(size, dtype=torch.float64).index_add_(0, token.long(), torch.ones_like(kl, dtype=torch.float64))
-        top = torch.topk(total, min(TOP_TOKENS, int((count > 0).sum()))).indices.tolist()
+        seen = total.masked_fill(count == 0, -math.inf)  # a token never scored is never a top token, even at KL 0
+        top = torch.topk(seen, min(TOP_TOKENS, int((count > 0).sum()))).indices.tolist()
         out["top_tokens"] = [{"token_id": t, "n": int(count[t]), "kl_total": float(total[t]),
                               "kl_mean": float(total[t] / count[t])} for t in top]
     out["top_rows"] = torch.topk(kl.double(), min(TOP_CONTEXTS, kl.numel())).indices.tolist()

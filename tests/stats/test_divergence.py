@@ -14,7 +14,13 @@ from audit.compare import compare_lm
 from audit.load.causal_lm import load_causal_lm
 from audit.load.data.text import IGNORE_INDEX, read_documents, tokenize_windows
 from audit.settings import CompareSettings
-from audit.stats.divergence import ENTROPY_BUCKETS, POSITION_BUCKETS, TOP_TOKENS, divergence_breakdown, top_share
+from audit.stats.divergence import (
+    ENTROPY_BUCKETS,
+    POSITION_BUCKETS,
+    TOP_TOKENS,
+    divergence_breakdown,
+    top_share,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -66,6 +72,14 @@ def test_breakdown_matches_numpy_on_skewed_columns():
     assert got["top_rows"] == want["top_rows"]
     means = [b["kl_mean"] for b in got["by_teacher_entropy"]]
     assert means[-1] > 2 * means[0]  # the planted dependence on the teacher's entropy shows
+
+
+def test_top_tokens_are_scored_ones_even_at_zero_kl():
+    """A student identical to its teacher: every KL is 0, and the top tokens are still tokens that occur."""
+    token = torch.tensor([5, 7, 5, 9])
+    got = divergence_breakdown(torch.zeros(4), torch.zeros(4), torch.rand(4), token=token)
+    assert sorted(t["token_id"] for t in got["top_tokens"]) == [5, 7, 9]
+    assert all(t["kl_mean"] == 0.0 and t["n"] >= 1 for t in got["top_tokens"])
 
 
 def test_top_share_is_one_for_a_single_carrier():

@@ -205,7 +205,7 @@ def _conversations(table: pa.Table, column: str, name: str) -> list[list[dict]]:
     return out
 
 
-def split_keys(table: pa.Table, columns: dict[str, str | None]) -> list[str]:
+def _split_keys(table: pa.Table, columns: dict[str, str | None]) -> list[str]:
     """What keys a row in a hash split (:func:`audit.load.data.files.select_split`): its prompt (a chat's turns
     before its first assistant turn), else its text, so that copies of a prompt share a split."""
     if columns["messages"] is not None:
@@ -302,7 +302,7 @@ def read_documents(
         info = {"kind": "file", "source": str(path.resolve()), "sha256": file_sha256(path), "split": split}
         if split is None:
             return _from_table(table, path.stem, info, limit, columns)
-        keep, info["split"] = select_split(table, split, path, split_keys(table, columns))
+        keep, info["split"] = select_split(table, split, path, _split_keys(table, columns))
         rows = [i for i, kept in enumerate(keep.to_pylist()) if kept]
         return _from_table(table.filter(keep), f"{path.stem}:{info['split']}", info, limit, columns, rows)
     name, _, spec_split = spec.partition(":")
