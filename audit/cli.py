@@ -239,6 +239,10 @@ def train(
                                                            "forward; forward KL, --temperature 1.")] = None,
     freeze_embeddings: Annotated[bool, typer.Option("--freeze-embeddings", help="Train an LM student's decoder layers only: its input "
                                                          "embeddings and output head stay as they start.")] = False,
+    lmbda: Annotated[float | None, typer.Option(help="LM KD on prompts (GKD's lambda): the chance a step trains on "
+                                                     "the student's own replies, scored by the teacher (0: off).")] = None,
+    max_new_tokens: Annotated[int | None, typer.Option(help="LM on-policy steps: tokens of each reply at most "
+                                                            "(32).")] = None,
     epochs: Annotated[float | None, typer.Option(help="Epochs (classifier 3, LM 1).")] = None,
     steps: Annotated[int | None, typer.Option(help="Optimiser steps, instead of --epochs (LMs).")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Examples or windows per step (classifier 32, LM 8).")] = None,
@@ -273,15 +277,17 @@ def train(
         topk = None if teacher_topk is None else str(teacher_topk)
         lm_only = {k: v for k, v in dict(divergence=divergence, beta=beta, steps=steps, stride=stride,
                                          teacher_topk=topk, freeze_embeddings=freeze_embeddings,
-                                         prompt_column=prompt_column,
-                                         completion_column=completion_column).items() if v is not None}
+                                         prompt_column=prompt_column, completion_column=completion_column,
+                                         lmbda=lmbda, max_new_tokens=max_new_tokens).items() if v is not None}
         lm_settings = LMTrainSettings(**shared, **given, **lm_only)
         unused = unused_loss_options(lm_settings)
         if head_lr is not None:
             unused.append("--head-lr has no effect on a causal-LM student (no new head)")
         for message in unused:
             warn(f"{message}; drop it")
-        record = train_lm(lm_settings, overwrite=overwrite, progress=progress)
+        from audit.integrations import dev_evaluation
+
+        record = train_lm(lm_settings, overwrite=overwrite, progress=progress, evaluate=dev_evaluation)
         if is_main_process():
             dev = record["dev"]
             Console().print(f"saved {out}: {record['steps']} steps in {record['wall_seconds']:.1f} s; dev perplexity "
@@ -290,7 +296,8 @@ def train(
         return
     for option, value in (("--divergence", divergence), ("--beta", beta), ("--steps", steps), ("--stride", stride),
                           ("--teacher-topk", teacher_topk), ("--freeze-embeddings", freeze_embeddings or None),
-                          ("--prompt-column", prompt_column), ("--completion-column", completion_column)):
+                          ("--prompt-column", prompt_column), ("--completion-column", completion_column),
+                          ("--lmbda", lmbda), ("--max-new-tokens", max_new_tokens)):
         if value is not None:
             raise AuditError(f"expected {option} only for causal-LM students, got it with --model {model}; drop it")
     from audit.recipes.train import train as run_train

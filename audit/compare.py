@@ -621,6 +621,8 @@ def add_on_policy(report: dict, models: list[Adapter], documents: Documents, pro
     report["on_policy"] = {
         **sampling, "n_prompts": len(prompts),
         "prompts": ("the prompt column" if documents.prompts is not None else
+                    "each conversation rendered by the chat template up to its last assistant reply, with the "
+                    "assistant header" if documents.messages is not None else
                     f"the first half of each document's first window (min(tokens, {settings.max_length}) // 2 tokens, "
                     f"at most the models' context less --max-new-tokens)"),
         "sampling": ("greedy decoding" if settings.temperature == 0 else

@@ -22,6 +22,9 @@ the teacher against the live model the trainer passes, on the held-out text ``da
 - writes the whole report, with a ``training`` section (step, epoch), to
   ``output_dir/kd_audit/step-NNNNNN.json`` (atomically; ``python -m audit report output_dir`` draws the steps).
 
+``python -m audit train`` (kd-audit's own LM recipe) runs the same audit for its dev evaluation through
+:func:`dev_evaluation`, so its ``--out`` folder holds ``kd_audit/step-NNNNNN.json`` too.
+
 A callback cannot reach the trainer's loggers by itself: transformers logs an evaluation's metrics before
 ``on_evaluate`` runs and hands callbacks no trainer. :meth:`KDAuditCallback.attach` gives it the trainer (as TRL's
 own ``LogCompletionsCallback`` takes one); a callback passed as ``callbacks=[...]`` without it still writes the
@@ -49,11 +52,12 @@ from audit.compare import audit_tokens
 from audit.errors import AuditError, warn
 from audit.load.causal_lm import CausalLM
 from audit.load.data.text import Documents, read_documents
+from audit.recipes.train_lm import DEV_BOOTSTRAP
 from audit.report.envelope import write_json
 from audit.report.training import FOLDER, step_file, step_metrics
 from audit.run.adapters import Adapter, CausalLMAdapter, Setup, distinct_names, load_adapter
 from audit.run.distributed import process_group
-from audit.settings import CompareSettings, unused_compare_options
+from audit.settings import CompareSettings, LMTrainSettings, unused_compare_options
 
 PREFIX = "kd_audit/"
 STUDENT = "student"  # the report's name of the model being trained, unless ``names`` gives one
@@ -96,6 +100,7 @@ class KDAuditCallback(TrainerCallback):
             prompt_column=self.settings.prompt_column, completion_column=self.settings.completion_column,
             limit=self.settings.limit)
         self.trainer = None
+        self.report: dict | None = None  # the last evaluation's report
         self._audited_step = None
         self._warned = False
 
@@ -141,12 +146,14 @@ class KDAuditCallback(TrainerCallback):
     def evaluate(self, model: torch.nn.Module, tokenizer: Any = None, *, step: int, epoch: float | None = None,
                  output_dir: str | Path | None = None) -> dict[str, float | str]:
         """One evaluation of a training loop, trainer or not: :meth:`audit` of ``model``, its report written (with
-        its ``training`` section) to ``output_dir/kd_audit/step-NNNNNN.json`` when ``output_dir`` is given, and the
-        ``kd_audit/*`` numbers to log returned (a statistic the report holds as undefined is left out)."""
+        its ``training`` section) to ``output_dir/kd_audit/step-NNNNNN.json`` when ``output_dir`` is given and kept
+        as :attr:`report`, and the ``kd_audit/*`` numbers to log returned (a statistic the report holds as undefined
+        is left out)."""
         report = self.audit(model, tokenizer)
         report["training"] = {"step": step, "epoch": epoch}
         if output_dir is not None:
             write_json(report, Path(output_dir) / FOLDER / step_file(step))
+        self.report = report
         return {PREFIX + k: v for k, v in step_metrics(report).items() if v is not None}
 
     def _teacher_adapter(self, tokenizer: Any) -> Adapter:
@@ -185,6 +192,19 @@ class KDAuditCallback(TrainerCallback):
             self._warned = True
             warn("KDAuditCallback is not attached to its trainer, so report_to loggers do not get kd_audit/* (they "
                  "are in trainer.state.log_history and output_dir/kd_audit); call KDAuditCallback(...).attach(trainer)")
+
+
+def dev_evaluation(settings: LMTrainSettings, teacher: CausalLM, student: CausalLM, documents: Documents, *,
+                   step: int, epoch: float, out: Path | None, progress: bool) -> dict:
+    """``audit train``'s dev evaluation (an :class:`audit.recipes.train_lm.DevEvaluation`): a
+    :class:`KDAuditCallback` of the loaded ``teacher`` on the dev ``documents`` (the run's window length, its
+    seed, :data:`audit.recipes.train_lm.DEV_BOOTSTRAP` resamples, the auditor's other defaults) evaluating the
+    trained ``student`` at step ``step``; the step report is written to ``out/kd_audit/step-NNNNNN.json`` (when
+    ``out`` is given) and returned."""
+    callback = KDAuditCallback(teacher, documents, names=["teacher", "student"], max_length=settings.max_length,
+                               n_bootstrap=DEV_BOOTSTRAP, seed=settings.seed, progress=progress)
+    callback.evaluate(student.model, student.tokenizer, step=step, epoch=epoch, output_dir=out)
+    return callback.report
 
 
 def _settings(settings: CompareSettings | None, options: dict[str, Any]) -> CompareSettings:

@@ -158,6 +158,8 @@ def unused_loss_options(settings: TrainSettings | LMTrainSettings) -> list[str]:
               for name, loss in loss_options.items() if settings.loss != loss and given(settings, name)]
     if isinstance(settings, LMTrainSettings) and settings.divergence != "jsd" and given(settings, "beta"):
         unused.append(f"--beta has no effect with --divergence {settings.divergence or 'forward-kl'} (only with jsd)")
+    if isinstance(settings, LMTrainSettings) and settings.lmbda == 0 and given(settings, "max_new_tokens"):
+        unused.append("--max-new-tokens has no effect without --lmbda (only on-policy steps sample)")
     return unused
 
 
@@ -262,6 +264,9 @@ class LMTrainSettings:
     the teacher in each step; at temperature 1 only (the file's log-probabilities cannot be re-tempered without
     the tail's shape). ``freeze_embeddings`` trains the decoder layers only: the input embeddings and the output
     head (for ``@layers=k``, the teacher's; one matrix when tied) stay as they start.
+    ``lmbda`` (KD on prompt/completion or chat data; GKD's λ): the chance that a step trains on the student's own
+    replies (up to ``max_new_tokens`` tokens each) to its documents' prompts instead of the data's
+    (:mod:`audit.recipes.train_lm`); 0 is off.
     """
 
     data: str
@@ -277,6 +282,8 @@ class LMTrainSettings:
     teacher_temperature: float = 1.0  # the teacher's logits are divided by this first (a graded teacher)
     teacher_topk: str | None = None  # KD targets from this top-k logits file (audit.reduce.topk), not the teacher's forward
     freeze_embeddings: bool = False  # the input embeddings and the output head keep their first weights
+    lmbda: float = 0.0  # on-policy: the chance a step trains on the student's own samples
+    max_new_tokens: int = 32  # tokens of each on-policy sample at most
     epochs: float = 1.0
     steps: int | None = None
     batch_size: int = 8
@@ -330,6 +337,22 @@ class LMTrainSettings:
             tiny_lm_sizes(self.model)
         if self.teacher_topk is not None:
             self._validate_topk()
+        self._validate_on_policy()
+
+    def _validate_on_policy(self) -> None:
+        if not 0 <= self.lmbda <= 1:
+            raise AuditError(f"expected --lmbda in [0, 1] (the chance a step trains on the student's own samples), "
+                             f"got {self.lmbda}")
+        if self.lmbda == 0:
+            return
+        if self.loss != "kd" or self.teacher_topk is not None:
+            got = f"--loss {self.loss}" if self.loss != "kd" else "--teacher-topk"
+            raise AuditError(f"expected --lmbda with --loss kd and a teacher that runs (it scores the student's new "
+                             f"tokens), got --lmbda {self.lmbda} with {got}; pass --loss kd without --teacher-topk, "
+                             "or drop --lmbda")
+        if not 1 <= self.max_new_tokens <= self.max_length - 1:
+            raise AuditError(f"expected --max-new-tokens in [1, {self.max_length - 1}] (a prompt and its sample fill at "
+                             f"most a --max-length window), got {self.max_new_tokens}")
 
     def _validate_topk(self) -> None:
         if self.loss != "kd":
@@ -349,4 +372,7 @@ class LMTrainSettings:
         key = asdict(self)
         for transient in ("out", "device", "checkpoint_every"):
             key.pop(transient)
+        if self.lmbda == 0:  # off: the key of the same run before on-policy training existed
+            key.pop("lmbda")
+            key.pop("max_new_tokens")
         return key

@@ -69,7 +69,8 @@ def test_options_without_effect_are_warned_about_by_name(audit, tmp_path, capsys
     code, _, err = cli(capsys, "compare", *specs(audit, tmp_path, docs), "--bootstrap", "20", "--no-progress",
                        *given, "--calibration-data", DATA)
     assert code == 0, err
-    warnings = [line for line in err.splitlines() if line.startswith("kd-audit: warning:")]
+    warnings = [line for line in err.splitlines() if line.startswith("kd-audit: warning:")
+                and "every verdict is insufficient" not in line]  # the fixture data's size, not an option
     for name in idle:
         flag = VALUES[name][0]
         assert any(f"{flag} has no effect" in line for line in warnings), (flag, warnings)

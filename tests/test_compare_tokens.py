@@ -43,6 +43,17 @@ def docs(tmp_path):
     return str(folder)
 
 
+@pytest.fixture
+def many_docs(tmp_path):
+    """12 documents: enough bootstrap clusters for a verdict (VerdictRule.min_clusters = 10)."""
+    folder = tmp_path / "many"
+    folder.mkdir()
+    words = TEXT.split()
+    for i in range(12):
+        (folder / f"scene{i}.txt").write_text(" ".join(words[i:] + words[:i]))
+    return str(folder)
+
+
 def run_compare(data, *students, **options):
     from audit import compare
 
@@ -77,6 +88,19 @@ def test_the_report_matches_transformers_loss_and_a_plain_softmax(docs):
     assert model["num_classes"] == teacher.model.config.vocab_size
 
 
+@pytest.mark.parametrize("n_docs", [1, 2])
+def test_too_few_documents_give_insufficient_with_one_warning(docs, n_docs, tmp_path):
+    """The same identical pair that inherits on 12 documents: on 1 or 2 the bootstrap has nothing to resample."""
+    with pytest.warns(UserWarning) as caught:
+        report = run_compare(docs, TEACHER, limit=n_docs)
+    pair = report["pairs"][0]
+    assert pair["verdict"] == "insufficient" and f"{n_docs} sequences" in pair["verdict_reason"]
+    assert "at least 10" in pair["verdict_reason"]
+    insufficient = [w for w in caught if "every verdict is insufficient" in str(w.message)]
+    assert len(insufficient) == 1 and f"{n_docs} sequences" in str(insufficient[0].message)
+    validate_report(report)
+
+
 def test_sliding_windows_score_every_token_once_with_context(docs):
     whole = run_compare(docs, max_length=512)
     windowed = run_compare(docs, max_length=24, stride=12)
@@ -86,8 +110,8 @@ def test_sliding_windows_score_every_token_once_with_context(docs):
     assert windowed["models"]["lm-teacher"]["nll"] == pytest.approx(whole["models"]["lm-teacher"]["nll"], rel=0.1)
 
 
-def test_a_teacher_against_itself_and_against_a_cut_of_itself(docs):
-    report = run_compare(docs, TEACHER, STUDENT)
+def test_a_teacher_against_itself_and_against_a_cut_of_itself(many_docs):
+    report = run_compare(many_docs, TEACHER, STUDENT)
     same, cut = report["pairs"]
     assert same["student"] == "lm-teacher#2"
     assert same["kl"]["value"] == pytest.approx(0.0, abs=1e-5) and same["kl_reverse"]["value"] == pytest.approx(0.0, abs=1e-5)

@@ -22,6 +22,20 @@ block, so no token attends to another document and each document's logits are th
 teacher are checked for that on two random sequences before training (:func:`attends_within_documents`); where a
 model lets attention cross, each short document trains alone in its own padded window instead.
 
+**On-policy distillation** (GKD, Agarwal et al. 2024, as TRL's ``GKDTrainer`` does it), for KD on
+prompt/completion or chat data: with probability ``lmbda`` a step's documents are replaced by the student's own
+replies to their prompts (:func:`own_samples`: the prompt as the audit's ``--generate`` takes it, the student
+sampling from its own distribution at temperature 1 with :func:`audit.run.generate.generate_completions`, up to
+``max_new_tokens`` tokens or its EOS, seeded from the run's seed and the step), and the loss is the soft term alone
+on the sampled tokens, with the teacher scoring them: T² D(student_T, teacher_T) for the run's ``divergence``
+(``beta`` for JSD; a CE term on the student's own sample would teach it its own text, so GKD has none). Whether a
+step samples is a seeded draw of the step too (:func:`on_policy_step`), so a resumed run samples where an
+uninterrupted one does. TRL's ``seq_kd`` (training on the teacher's samples) is not offered.
+
+The dev evaluation at the end is :func:`dev_audit`, or the ``evaluate`` hook a caller passes (``audit train``
+passes :func:`audit.integrations.dev_evaluation`, which runs the training callback's audit and writes its step
+report into ``out/kd_audit``; the recipes stay below the auditor, so the hook comes from above).
+
 The maths lives in :mod:`audit.losses`; the loop, folder handling, checkpoints and data parallelism are the
 classifier recipe's too (:mod:`audit.recipes.training_run`).
 """
@@ -30,8 +44,10 @@ from __future__ import annotations
 
 import copy
 import math
+import random
 from dataclasses import asdict
 from pathlib import Path
+from typing import Protocol
 
 import torch
 
@@ -61,11 +77,12 @@ from audit.run.adapters import adapter_of
 from audit.run.device import resolve_batch_size, resolve_dtype
 from audit.run.distributed import ProcessGroup, on_main
 from audit.run.evaluate import evaluate_tokens
+from audit.run.generate import batch_seed, completion_windows, generate_completions, pad_token, reply_prompts
 from audit.settings import TINY_LM, CompareSettings, LMTrainSettings, tiny_lm_sizes
 from audit.stats.summary import summarize_tokens
 
 DEV_BOOTSTRAP = 200  # resamples of the dev audit's cluster bootstrap (the record's CIs)
-REPORT_ONLY = ("entropy_histogram", "maxprob_histogram", "reliability", "scatter")  # large fields left out
+REPORT_ONLY = ("entropy_histogram", "maxprob_histogram", "reliability", "scatter", "divergence")  # large fields left out
 
 
 class TeacherLogits:
@@ -85,12 +102,28 @@ class TeacherLogits:
         """The (P, V) logits at the ``keep`` positions of the batch ``inputs`` (the student's model inputs)."""
         if step in self.kept:
             return self.kept[step].to(keep.device).float()
-        with torch.no_grad():
-            logits = self.teacher.model(**inputs).logits[keep].float()  # (P, V)
+        logits = self.score(inputs, keep)
         if self.share:
             self.kept[step] = logits.half().cpu()
             return self.kept[step].to(keep.device).float()
         return logits
+
+    def score(self, inputs: dict[str, torch.Tensor], keep: torch.Tensor) -> torch.Tensor:
+        """The (P, V) logits at the ``keep`` positions of ``inputs``, never shared (an on-policy step's tokens are
+        its run's own)."""
+        with torch.no_grad():
+            return self.teacher.model(**inputs).logits[keep].float()  # (P, V)
+
+
+class DevEvaluation(Protocol):
+    """A dev evaluation for :func:`train_lm` (``audit train`` passes :func:`audit.integrations.dev_evaluation`)."""
+
+    def __call__(self, settings: LMTrainSettings, teacher: CausalLM, student: CausalLM, documents: Documents, *,
+                 step: int, epoch: float, out: Path | None, progress: bool) -> dict:
+        """The token-level compare report (``"kd-audit/compare/2"``) of ``teacher`` (named ``teacher``) against the
+        trained ``student`` (named ``student``) on the dev ``documents`` in windows of ``settings.max_length`` tokens
+        (stride ``max_length // 2``), at training step ``step``; ``out``: the run's folder to write step files in
+        (None on processes other than the main one)."""
 
 
 class TopkTargets:
@@ -220,11 +253,56 @@ def unigram_perplexity(train: TokenWindows, test: TokenWindows, vocab_size: int)
     return math.exp(float(-logp[test.targets[test.targets != IGNORE_INDEX]].mean()))
 
 
+def on_policy_step(settings: LMTrainSettings, step: int) -> bool:
+    """Whether step ``step`` trains on the student's own samples: a uniform draw in [0, 1) seeded by the run's seed
+    and the step, below ``settings.lmbda`` (never at 0, always at 1; a resumed run draws the same)."""
+    return random.Random(f"kd-audit on-policy {settings.seed} {step}").random() < settings.lmbda
+
+
+def sampling_seed(settings: LMTrainSettings, step: int) -> int:
+    """The ``seed`` of step ``step``'s samples (:func:`audit.run.generate.generate_completions`)."""
+    return batch_seed(settings.seed, step)
+
+
+def batch_documents(windows: TokenWindows, rows: torch.Tensor) -> list[int]:
+    """The documents (indices into the training documents) with tokens in windows ``rows``, ascending."""
+    found = windows.sequence_ids[rows] if windows.documents is None else windows.documents[rows]
+    return sorted(set(found[found >= 0].tolist()))
+
+
+def own_samples(student: CausalLM, prompts: list[list[int]], settings: LMTrainSettings, step: int,
+                device: torch.device) -> TokenWindows:
+    """The student's replies to ``prompts`` as windows that score the reply's tokens only
+    (:func:`audit.run.generate.completion_windows`: one right-padded row per prompt, with an attention mask).
+
+    Each prompt keeps its last ``max_length - max_new_tokens`` tokens, so that it and its reply fit a window. The
+    student samples from its own distribution (temperature 1, top-p 1, no top-k) up to ``max_new_tokens`` tokens or
+    its EOS, in eval mode (no dropout) and in its own dtype, seeded by :func:`sampling_seed`.
+    """
+    room = settings.max_length - settings.max_new_tokens
+    prompts = [prompt[-room:] for prompt in prompts]
+    model = student.model
+    training = model.training
+    model.eval()
+    try:
+        completions = generate_completions(student, prompts, max_new_tokens=settings.max_new_tokens, temperature=1.0,
+                                           top_p=1.0, seed=sampling_seed(settings, step), device=device,
+                                           dtype=next(model.parameters()).dtype, batch_size=len(prompts))
+    finally:
+        model.train(training)
+    return completion_windows(prompts, completions, pad=pad_token(student))
+
+
 def lm_loss(settings: LMTrainSettings, logits: torch.Tensor, targets: torch.Tensor,
             teacher_logits: torch.Tensor | None = None,
-            teacher_topk: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+            teacher_topk: tuple[torch.Tensor, torch.Tensor] | None = None, *, on_policy: bool = False) -> torch.Tensor:
     """The training loss of (P, V) student logits at P scored positions with (P,) next tokens; KD's targets
-    are the teacher's (P, V) logits or its (P, k) top-k ids and log-probabilities (``settings.teacher_topk``)."""
+    are the teacher's (P, V) logits or its (P, k) top-k ids and log-probabilities (``settings.teacher_topk``).
+    ``on_policy``: the tokens are the student's own samples, and the loss is KD's soft term alone."""
+    if on_policy:
+        return distillation_loss(logits, teacher_logits, None, divergence=settings.divergence or "forward-kl",
+                                 beta=settings.beta, temperature=settings.temperature, kd_weight=1.0,
+                                 backend=settings.backend)
     if settings.loss == "kd" and teacher_topk is not None:
         return topk_kd_loss(logits, *teacher_topk, targets, kd_weight=settings.kd_weight, backend=settings.backend)
     if settings.loss == "kd":
@@ -237,7 +315,8 @@ def lm_loss(settings: LMTrainSettings, logits: torch.Tensor, targets: torch.Tens
 
 def train_lm(settings: LMTrainSettings, *, overwrite: bool = False, progress: bool = True,
              stop_after: int | None = None, teacher: CausalLM | None = None,
-             teacher_logits: TeacherLogits | None = None, audit_dev: bool = True) -> dict:
+             teacher_logits: TeacherLogits | None = None, audit_dev: bool = True,
+             evaluate: DevEvaluation | None = None) -> dict:
     """Train a causal-LM student; return its training record (also written to ``out/training_record.json``).
 
     Deterministic for a seed (window order from ``seed`` and the epoch; no dropout in the tiny student);
@@ -248,12 +327,13 @@ def train_lm(settings: LMTrainSettings, *, overwrite: bool = False, progress: bo
     ``teacher``: ``settings.teacher`` already loaded (a replication trains many students of one teacher);
     ``teacher_logits``: a :class:`TeacherLogits` of it shared with runs of the same windows, seed and batch size.
     ``audit_dev=False`` leaves out the dev audit (the record's ``dev`` entries are None; a replication audits
-    all its students together).
+    all its students together). ``evaluate``: the dev audit to run instead of :func:`dev_audit` (its report's
+    student, teacher, pair and data make the record's entries).
 
     Raises:
         AuditError: bad settings or input (see :meth:`LMTrainSettings.validate`, :func:`build_lm_student`,
-            :func:`training_windows`; dev documents the dev audit's windows cannot hold), all before ``out`` is
-            created.
+            :func:`training_windows`; dev documents the dev audit's windows cannot hold; ``lmbda`` on documents
+            without prompts), all before ``out`` is created.
     """
     settings.validate()
     out = Path(settings.out)
@@ -274,6 +354,13 @@ def train_lm(settings: LMTrainSettings, *, overwrite: bool = False, progress: bo
     columns = dict(prompt_column=settings.prompt_column, completion_column=settings.completion_column)
     train_docs = read_documents(settings.data, split=settings.train_split, limit=settings.train_limit, **columns)
     dev_docs = read_documents(settings.data, split=settings.eval_split, limit=settings.eval_limit, **columns)
+    prompts = None
+    if settings.lmbda > 0:
+        if train_docs.prompts is None and train_docs.messages is None:
+            raise AuditError(f"expected prompt/completion or chat data with --lmbda (the student replies to its "
+                             f"prompts), got plain text in {train_docs.name}; pass --prompt-column and "
+                             "--completion-column or data with a messages column, or drop --lmbda")
+        prompts = reply_prompts(train_docs, teacher.tokenizer)
     windows = training_windows(train_docs, teacher.tokenizer, settings)
     if windows.position_ids is not None:
         crossing = [lm.name for lm in (student, teacher) if not attends_within_documents(lm)]
@@ -296,6 +383,16 @@ def train_lm(settings: LMTrainSettings, *, overwrite: bool = False, progress: bo
     teacher_logits = teacher_logits or TeacherLogits(teacher)
 
     def batch_loss(forward: torch.nn.Module, batch: TrainingBatch) -> torch.Tensor:
+        if prompts is not None and on_policy_step(settings, batch.step):  # the student's own replies instead
+            own = own_samples(student, [prompts[d] for d in batch_documents(windows, batch.rows)], settings,
+                              batch.step, device)
+            inputs = {"input_ids": own.input_ids.to(device), "attention_mask": own.attention_mask.to(device)}
+            targets = own.targets.to(device)
+            keep = targets != IGNORE_INDEX
+            with mixed_precision(device):
+                logits = forward(**inputs).logits[keep]  # (P, V) at the sampled tokens
+                soft = teacher_logits.score(inputs, keep) / settings.teacher_temperature
+            return lm_loss(settings, logits, targets[keep], soft, on_policy=True)
         inputs = {"input_ids": windows.input_ids[batch.rows].to(device)}
         if windows.position_ids is None:
             inputs["attention_mask"] = windows.attention_mask[batch.rows].to(device)
@@ -317,11 +414,27 @@ def train_lm(settings: LMTrainSettings, *, overwrite: bool = False, progress: bo
             "tokens_per_step": settings.batch_size * (settings.max_length - 1), "wall_seconds": trained.wall_seconds,
             "device": str(device), "loss_history": {"first_step": trained.first_step, "values": trained.losses},
             "dev": None, "dev_teacher": None, "dev_pair": None, "dev_unigram_perplexity": None, "dev_data": None,
+            "on_policy": None,
         }
-        if audit_dev:
-            entries.update(dev_audit(settings, teacher, CausalLM("student", model, student.tokenizer, settings.model),
-                                     windows, dev_docs, device=device, group=group, progress=progress,
-                                     dev_windows=dev_windows))
+        if prompts is not None:
+            room = settings.max_length - settings.max_new_tokens
+            entries["on_policy"] = {
+                "lmbda": settings.lmbda, "steps": sum(on_policy_step(settings, s) for s in range(trained.steps)),
+                "max_new_tokens": settings.max_new_tokens, "prompts_cut": sum(len(p) > room for p in prompts),
+                "sampling": "the student's own distribution (temperature 1, top-p 1), until its EOS",
+                "loss": "the soft term alone on the sampled tokens, scored by the teacher"}
+        trained_student = CausalLM("student", model, student.tokenizer, settings.model)
+        if audit_dev and evaluate is not None:
+            report = evaluate(settings, teacher, trained_student, dev_docs, step=trained.steps,
+                              epoch=trained.steps / math.ceil(len(windows) / settings.batch_size),
+                              out=out if group.is_main else None, progress=progress)
+            entries.update(dev=_brief(report["models"]["student"]), dev_teacher=_brief(report["models"]["teacher"]),
+                           dev_pair=_brief(report["pairs"][0]), dev_data=report["data"],
+                           dev_unigram_perplexity=unigram_perplexity(windows, dev_windows,
+                                                                     int(teacher.model.config.vocab_size)))
+        elif audit_dev:
+            entries.update(dev_audit(settings, teacher, trained_student, windows, dev_docs, device=device, group=group,
+                                     progress=progress, dev_windows=dev_windows))
         return entries
 
     trained = fit(settings, model, batch_loss, examples=len(windows),

@@ -16,7 +16,7 @@ from rich.panel import Panel
 from rich.text import Text
 
 from audit.errors import AuditError
-from audit.report.format import format_value
+from audit.report.format import format_value, unit_word
 from audit.report.schema import kind_of
 
 BLOCKS = " ▁▂▃▄▅▆▇█"
@@ -126,7 +126,7 @@ def _compare_charts(report: dict) -> RenderableType:
     legend = Text("entropy histograms share one scale", style="dim")
     if any("reliability" in m for m in models.values()):
         legend = Text("reliability: bar = accuracy per confidence bin, ─ = its mean confidence, blank = empty bin, "
-                      "n = examples per bin; " + legend.plain, style="dim")
+                      f"n = {unit_word(report)} per bin; " + legend.plain, style="dim")
     return Group(legend, Columns(panels))
 
 

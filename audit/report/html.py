@@ -14,7 +14,7 @@ from html import escape
 from pathlib import Path
 
 from audit.atomic import write_atomic
-from audit.report.format import format_value, verdict_sentence, with_ci
+from audit.report.format import format_value, unit_word, verdict_sentence, with_ci
 from audit.report.plots import build_figures, png_bytes
 from audit.report.schema import kind_of
 from audit.report.terminal import (
@@ -23,6 +23,8 @@ from audit.report.terminal import (
     PAIR_ROWS,
     bootstrap_method,
     direction_label,
+    model_cell,
+    row_label,
 )
 
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
@@ -78,13 +80,19 @@ def _figures(report: dict, captions: dict[str, str]) -> str:
     return "".join(out)
 
 
-COMPARE_CAPTIONS = {
-    "reliability": "accuracy (bars) and mean confidence (dots) per confidence bin; the lower panels count the "
-                   "examples per bin; an empty bin has no bar",
-    "histograms": "per-example entropy and max probability of every model",
-    "scatter": "teacher vs student max probability per example, with the correlations over all examples",
-    "divergence": "mean KL(teacher || student) by decile of the teacher's entropy and by position in the window",
-}
+def compare_captions(report: dict) -> dict[str, str]:
+    """The captions of a compare report's figures, in its unit (examples, or tokens)."""
+    unit = unit_word(report, plural=False)
+    return {
+        "reliability": "accuracy (bars) and mean confidence (dots) per confidence bin; the lower panels count the "
+                       f"{unit}s per bin; an empty bin has no bar",
+        "histograms": f"per-{unit} entropy and max probability of every model",
+        "scatter": f"teacher vs student max probability per {unit}, with the correlations over all {unit}s",
+        "divergence": "mean KL(teacher || student) by decile of the teacher's entropy"
+                      + (" and by position in the window" if unit == "token" else ""),
+    }
+
+
 REPLICATE_CAPTIONS = {
     "entropy": "mean dev entropy per arm (bars) with its 95% bootstrap CI over dev examples (per-example values averaged over seeds); dots are single seeds",
     "inheritance": "KD student vs teacher mean entropy, one point per teacher",
@@ -102,14 +110,14 @@ def _compare_body(report: dict) -> str:
         _, rest = verdict_sentence(p["verdict"], p["verdict_reason"])
         parts.append(f"<li><strong>{escape(p['student'])}</strong>: {_verdict(p['verdict'])}{escape(rest)}</li>")
     parts.append("</ul>")
-    rows = [_cell(label) + "".join(_cell(format_value(m.get(key), fmt), num=True) for m in models.values())
+    rows = [_cell(row_label(key, label, report)) + "".join(_cell(model_cell(m, key, fmt), num=True) for m in models.values())
             for key, label, fmt in MODEL_ROWS if any(key in m for m in models.values())]
     parts.append(_table("Confidence and calibration per model", ["metric"] + [f"{n} ({m['role']})" for n, m in
                                                                                models.items()], rows))
     rows = [_cell(label) + "".join(_cell(with_ci(p.get(key), fmt), num=True) for p in pairs)
             for key, label, fmt in PAIR_ROWS if any(key in p for p in pairs)]
     method = bootstrap_method(data)
-    parts.append(_table(f"Teacher -> student (value [95% {method} CI])", ["statistic"] +
+    parts.append(_table(f"Teacher -> student (value [95% CI, {method}])", ["statistic"] +
                         [f"{p['teacher']} -> {p['student']}" for p in pairs], rows))
     if len(pairs) > 1:
         moves = [(f"{p['student']} vs {p['teacher']} (teacher)", p["entropy_shift"]) for p in pairs]
@@ -138,7 +146,7 @@ def _compare_body(report: dict) -> str:
         parts.append(_divergence_body(report))
     if "on_policy" in report:
         parts.append(_on_policy_body(report))
-    parts.append("<h2>Figures</h2>" + _figures(report, COMPARE_CAPTIONS))
+    parts.append("<h2>Figures</h2>" + _figures(report, compare_captions(report)))
     rows = [_cell(n) + _cell(m["role"]) + _cell(m.get("source", "-")) for n, m in models.items()]
     parts.append("<h2>Run</h2>" + _table("Models", ["name", "role", "source"], rows))
     parts.append(_key_values("Data", data) + _key_values("Settings", settings)

@@ -7,6 +7,7 @@ repeat its key column (:func:`fitted_tables`); only labels and titles wrap, at s
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from rich.cells import cell_len
@@ -16,13 +17,13 @@ from rich.table import Table
 from rich.text import Text
 
 from audit.report.charts import terminal_charts
-from audit.report.format import format_value, verdict_sentence, with_ci
+from audit.report.format import Format, format_value, perplexity, unit_word, verdict_sentence, with_ci
 
 MODEL_ROWS = (
     ("n_sequences", "sequences", "{:d}"),
     ("accuracy", "accuracy", "{:.3f}"),
     ("nll", "NLL (nats)", "{:.3f}"),
-    ("perplexity", "perplexity", "{:.2f}"),
+    ("perplexity", "perplexity", perplexity),
     ("brier", "Brier (multiclass, 0-2)", "{:.3f}"),
     ("entropy_mean", "entropy (nats)", "{:.3f}"),
     ("entropy_normalized", "entropy / log K", "{:.1%}"),
@@ -135,13 +136,35 @@ def fitted_tables(title: str, columns: list[Column], width: int | None, *, keys:
     return Group(*parts)
 
 
+TOKEN_LABELS = {"accuracy": "next-token accuracy"}  # a token audit's words for a row
+
+
+def row_label(key: str, label: str, report: dict) -> str:
+    """A row's label in this report: a token audit says what its accuracy is of."""
+    return TOKEN_LABELS.get(key, label) if unit_word(report) == "tokens" else label
+
+
+def model_cell(model: dict, key: str, fmt: Format) -> str:
+    """A model's number, with its 95% CI where the report has one (``model["ci"][key]``; perplexity's is the
+    exponential of NLL's)."""
+    cis = model.get("ci") or {}
+    ci = cis.get(key)
+    if key == "perplexity" and "nll" in cis and cis["nll"] is not None:
+        ci = [math.exp(min(x, 700.0)) for x in cis["nll"]]
+    if ci is None or model.get(key) is None:
+        return format_value(model.get(key), fmt)
+    return with_ci({"value": model[key], "ci": ci}, fmt)
+
+
 def models_table(report: dict, width: int | None = None) -> RenderableType:
     models = report["models"]
     rows = [(key, label, fmt) for key, label, fmt in MODEL_ROWS if any(key in m for m in models.values())]
-    columns = [Column("metric", [label for _, label, _ in rows], "left", wrap=True)]
-    columns += [Column(f"{name}\n({m['role']})", [format_value(m.get(key), fmt) for key, _, fmt in rows])
+    columns = [Column("metric", [row_label(key, label, report) for key, label, _ in rows], "left", wrap=True)]
+    columns += [Column(f"{name}\n({m['role']})", [model_cell(m, key, fmt) for key, _, fmt in rows])
                 for name, m in models.items()]
-    return fitted_tables("Confidence and calibration per model", columns, width)
+    cis = any(m.get("ci") for m in models.values())
+    title = "Confidence and calibration per model" + (f" (value [95% CI, {bootstrap_method(report['data'])}])" if cis else "")
+    return fitted_tables(title, columns, width)
 
 
 def pairs_table(report: dict, width: int | None = None) -> RenderableType:
@@ -152,7 +175,7 @@ def pairs_table(report: dict, width: int | None = None) -> RenderableType:
     columns = [Column("statistic", [label for _, label, _ in rows], "left", wrap=True)]
     columns += [Column(f"{pair['teacher']} ->\n{pair['student']}", [with_ci(pair.get(key), fmt) for key, _, fmt in rows])
                 for pair in pairs]
-    return fitted_tables(f"Teacher -> student (value [{level} {method} CI])", columns, width)
+    return fitted_tables(f"Teacher -> student (value [{level} CI, {method}])", columns, width)
 
 
 def bootstrap_method(data: dict) -> str:

@@ -6,9 +6,11 @@ GKD, on-policy distillation and DistiLLM train on the student's samples for that
 samples and shapes them for the token audit's own loop:
 
 1. :func:`prompt_tokens`: one prompt per document. With a prompt column, the prompt, tokenised as
-   :func:`audit.load.data.text.tokenize_windows` tokenises it; for plain documents, the first half of the
-   document's first window (``min(tokens, max_length) // 2`` tokens, at least one). Prompt and completion must fit
-   the models' context together.
+   :func:`audit.load.data.text.tokenize_windows` tokenises it; for a conversation (a ``messages`` column), the
+   conversation rendered by the chat template up to its last assistant reply, with the template's assistant header
+   (:func:`reply_prompts`); for plain documents, the first half of the document's first window
+   (``min(tokens, max_length) // 2`` tokens, at least one). Prompt and completion must fit the models' context
+   together.
 2. :func:`generate_completions`: batched ``model.generate`` on the device, prompts left-padded and batched longest
    first, each batch seeded from the audit's seed and its index (so a resumed run, or a batch that another process
    runs, samples the same tokens), pure sampling at ``temperature`` with nucleus ``top_p`` (no top-k, no penalty;
@@ -30,7 +32,7 @@ import torch
 
 from audit.errors import AuditError
 from audit.load.causal_lm import CausalLM
-from audit.load.data.text import IGNORE_INDEX, Documents, TokenWindows
+from audit.load.data.text import IGNORE_INDEX, Documents, TokenWindows, document_tokens
 from audit.run.cache import PredictionStore, model_fingerprint
 from audit.run.distributed import ProcessGroup
 from audit.run.evaluate import evaluate_plan
@@ -44,6 +46,32 @@ EXACT_IDS = 2 ** 24  # token ids are cached as float32 values, exact below this
 
 def _digest(values: object) -> str:
     return hashlib.sha256(json.dumps(values).encode()).hexdigest()
+
+
+def reply_prompts(documents: Documents, tokenizer) -> list[list[int]]:
+    """The token ids a model is given to write each document's last reply: every token before the last run of
+    scored tokens of :func:`audit.load.data.text.document_tokens`. For prompt/completion documents that is the
+    prompt, tokenised as the audit and the training tokenise it; for a conversation, the chat template's rendering
+    of the turns before its last assistant reply followed by the assistant header (what
+    ``apply_chat_template(turns, add_generation_prompt=True)`` renders), tokenised piece by piece as the
+    conversation is.
+
+    Raises:
+        AuditError: documents of plain text (no prompt column, no messages: nothing says where a reply starts);
+            what :func:`audit.load.data.text.document_tokens` refuses.
+    """
+    if documents.prompts is None and documents.messages is None:
+        raise AuditError(f"expected prompt/completion or chat documents (a prompt to write a reply to), got plain "
+                         f"text in {documents.name}; pass data with prompt and completion columns or a messages "
+                         "column")
+    prompts = []
+    for tokens, scored in document_tokens(documents, tokenizer):
+        end = max(j for j, s in enumerate(scored) if s) + 1  # past the last reply's last scored token
+        start = end
+        while start > 0 and scored[start - 1]:
+            start -= 1
+        prompts.append(tokens[:start])
+    return prompts
 
 
 def prompt_tokens(documents: Documents, tokenizer, *, max_length: int, max_new_tokens: int,
@@ -62,18 +90,19 @@ def prompt_tokens(documents: Documents, tokenizer, *, max_length: int, max_new_t
 
     Raises:
         AuditError: ``max_new_tokens`` leaves no room for a prompt in the context; a prompt of no tokens; a prompt
-            column's prompt that leaves no room for ``max_new_tokens`` (plain documents' prompts are cut instead).
+            column's or conversation's prompt that leaves no room for ``max_new_tokens`` (plain documents' prompts
+            are cut instead).
     """
     if context is not None and max_new_tokens >= context:
         raise AuditError(f"expected --max-new-tokens below the models' context of {context} tokens (a prompt needs "
                          f"at least one), got {max_new_tokens}; pass --max-new-tokens {context // 2} or less")
     room = None if context is None else context - max_new_tokens
-    if documents.prompts is None:
+    if documents.prompts is None and documents.messages is None:
         tokens = tokenizer(documents.texts)["input_ids"]
         half = [min(len(t), max_length) // 2 for t in tokens]
         prompts = [t[:max(1, h) if room is None else min(max(1, h), room)] for t, h in zip(tokens, half)]
     else:
-        prompts = tokenizer(documents.prompts)["input_ids"]
+        prompts = reply_prompts(documents, tokenizer)
     for i, prompt in enumerate(prompts):
         if not prompt:
             raise AuditError(f"expected a prompt of at least one token to complete in document {documents.ids[i]!r} "

@@ -230,7 +230,7 @@ def check_rendered(driver, url: str, min_tables: int, min_images: int, texts: li
 
 @pytest.mark.browser
 def test_compare_page_in_chromium(browser, compare_report: dict, pages: dict[str, Path]) -> None:
-    texts = ["ECE (equal-width)", "top-1 agreement", "Which way", 'student <ls> & "co"', "Where each student diverges",
+    texts = ["ECE (equal-width)", "top-1 agreement", "Which way", 'student <ls> & "co"', "student-kd: the largest KL",
              compare_report["versions"]["torch"]]
     check_rendered(browser, pages["compare"].as_uri(), min_tables=6, min_images=6, texts=texts)
 

@@ -37,7 +37,8 @@ def _check_png(path, min_width: int = 300, min_height: int = 300) -> None:
 def test_write_plots_compare_files(compare_report: dict, tmp_path) -> None:
     paths = write_plots(compare_report, tmp_path / "plots")
     names = [p.name for p in paths]
-    assert names == ["reliability.png", "histograms.png", "scatter-student-kd.png", "scatter-student-ls-co.png"]
+    assert names == ["reliability.png", "histograms.png", "scatter-student-kd.png", "divergence-student-kd.png",
+                     "scatter-student-ls-co.png", "divergence-student-ls-co.png"]
     assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == sorted(names)  # no temp files left
     for path in paths:
         _check_png(path)
@@ -98,7 +99,16 @@ def test_scatter_points_and_title(compare_report: dict, compare_figures: dict) -
 
 def test_unlabeled_report_has_no_reliability(unlabeled_report: dict) -> None:
     names = list(build_figures(unlabeled_report))
-    assert names == ["histograms.png", "scatter-student-kd.png", "scatter-student-ls-co.png"]
+    assert names == ["histograms.png", "scatter-student-kd.png", "divergence-student-kd.png",
+                     "scatter-student-ls-co.png", "divergence-student-ls-co.png"]
+
+
+def test_divergence_bars_are_the_reports_means(compare_report: dict, compare_figures: dict) -> None:
+    for pair, name in zip(compare_report["pairs"], ["divergence-student-kd.png", "divergence-student-ls-co.png"],
+                          strict=True):
+        (ax,) = compare_figures[name].axes  # a classifier: by teacher entropy only, no positions
+        heights = [bar.get_height() for bar in ax.patches]
+        assert heights == pytest.approx([b["kl_mean"] for b in pair["divergence"]["by_teacher_entropy"]])
 
 
 def test_names_with_dollars_and_colliding_slugs(compare_report: dict) -> None:
