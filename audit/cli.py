@@ -8,6 +8,7 @@ once.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import sys
 from pathlib import Path
@@ -18,7 +19,7 @@ import typer
 from audit.errors import AuditError, AuditWarning, warn
 from audit.outputs import Output, check_outputs, write_files
 from audit.package import fixtures_path, version
-from audit.settings import CompareSettings, TrainSettings
+from audit.settings import VERDICT_RULES, CompareSettings, TrainSettings, VerdictRule
 
 app = typer.Typer(add_completion=False, no_args_is_help=False, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="Audit what distillation did to a model's confidence. Without a command: compare (with no "
@@ -62,6 +63,13 @@ def options(
     """Options before the command (``--version``)."""
 
 
+def verdict_rule_of(name: str, **overrides) -> VerdictRule:
+    """``--verdict-rule`` with the thresholds given on the command line in place of its own."""
+    if name not in VERDICT_RULES:
+        raise AuditError(f"expected --verdict-rule {' or '.join(VERDICT_RULES)}, got {name!r}")
+    return dataclasses.replace(VERDICT_RULES[name], **{k: v for k, v in overrides.items() if v is not None})
+
+
 @app.command()
 @handles_errors
 def compare(
@@ -84,6 +92,15 @@ def compare(
     bins: Annotated[int, typer.Option(help="Calibration bins.")] = CompareSettings.n_bins,
     bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for CIs.")] = CompareSettings.n_bootstrap,
     seed: Annotated[int, typer.Option(help="Bootstrap (and --generate sampling) seed.")] = CompareSettings.seed,
+    verdict_rule: Annotated[str, typer.Option(help="measured (default: thresholds from the seed-to-seed spread, "
+                                                   "docs/CLAIMS.md) | fixed (the older +-25% band and 0.5 "
+                                                   "correlation).")] = "measured",
+    shift_band: Annotated[float | None, typer.Option(help="Verdict: allowed |entropy shift| as a fraction of the "
+                                                          "teacher's mean entropy (default: the rule's).")] = None,
+    min_correlation: Annotated[float | None, typer.Option(help="Verdict: the Spearman correlation of entropies to "
+                                                               "exceed (default: the rule's).")] = None,
+    min_clusters: Annotated[int | None, typer.Option(help="Verdict: the fewest bootstrap clusters (examples; "
+                                                          "sequences) for one (default: the rule's).")] = None,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the report as JSON here.")] = None,
     save_logits: Annotated[Path | None, typer.Option(help="Keep every model's logits in this folder.")] = None,
     plots: Annotated[Path | None, typer.Option(help="Write PNG figures into this folder.")] = None,
@@ -144,6 +161,8 @@ def compare(
         kind=kind, stride=stride, prompt_column=prompt_column, completion_column=completion_column,
         limit_tokens=limit_tokens, model_cis=model_cis, calibrate=calibrate, calibration_data=calibration_data, progress=progress, cache=cache,
         generate=generate, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+        rule=verdict_rule_of(verdict_rule, shift_band=shift_band, min_correlation=min_correlation,
+                             min_clusters=min_clusters),
     )
     outputs = report_outputs(json_path, plots, html)
     if save_logits is not None:

@@ -16,7 +16,6 @@ import dataclasses
 from audit.compare import CompareSettings, ModelLike, compare, load_eval_data, predict
 from audit.load.data import TextData
 from audit.load.labels import data_labels
-from audit.stats.inheritance import VerdictRule
 from audit.stats.summary import summarize_model
 
 RECORDS: list[dict] = []
@@ -41,12 +40,15 @@ def _ci(stat: dict) -> str:
 
 
 def assert_inherits_confidence(teacher: ModelLike, student: ModelLike, data: str | TextData | None = None, *,
-                               min_correlation: float = 0.5, shift_band: float = 0.25,
+                               min_correlation: float | None = None, shift_band: float | None = None,
                                settings: CompareSettings | None = None) -> dict:
-    """The student inherits the teacher's confidence: the compare verdict is "inherits" under this rule
-    (see :func:`audit.stats.inheritance.inheritance_verdict`)."""
-    rule = VerdictRule(min_correlation=min_correlation, shift_band=shift_band)
-    settings = dataclasses.replace(settings or CompareSettings(progress=False), rule=rule)
+    """The student inherits the teacher's confidence: the compare verdict is "inherits" under this rule (the
+    settings' rule, by default the measured :class:`audit.settings.VerdictRule`, for what is not given; see
+    :func:`audit.stats.inheritance.inheritance_verdict`)."""
+    settings = settings or CompareSettings(progress=False)
+    rule = dataclasses.replace(settings.rule, **{k: v for k, v in (("min_correlation", min_correlation),
+                                                                  ("shift_band", shift_band)) if v is not None})
+    settings = dataclasses.replace(settings, rule=rule)
     _, pair = _pair_report(teacher, student, data, settings)
     numbers = {"teacher": pair["teacher"], "student": pair["student"], "verdict": pair["verdict"],
                "corr_entropy_spearman": pair["corr_entropy_spearman"], "entropy_shift": pair["entropy_shift"]}

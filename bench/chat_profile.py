@@ -52,6 +52,7 @@ PROFILE = LM_GRID.profiles["quick"]
 LMBDA = 0.5
 MAX_NEW_TOKENS = 24  # the dev replies' median is 22 tokens
 PROMPTS = 200  # dev pairs audited (bootstrap clusters)
+AUDIT_LENGTH = 256  # the audit's windows (a dialogue pair is one): not SmolLM2's context of 8,192, padded to
 ARMS = {
     "erm": dict(loss="ce"),
     "kd-forward-kl": dict(loss="kd", divergence="forward-kl"),
@@ -132,7 +133,8 @@ def main() -> None:
 
     at = time.perf_counter()
     dev = read_documents(DATA, split="dev", limit=args.prompts)
-    settings = CompareSettings(generate=True, max_new_tokens=MAX_NEW_TOKENS, temperature=1.0, top_p=1.0, seed=0,
+    settings = CompareSettings(max_length=AUDIT_LENGTH, generate=True, max_new_tokens=MAX_NEW_TOKENS, temperature=1.0,
+                               top_p=1.0, seed=0,
                                n_bootstrap=args.bootstrap, device="cpu", dtype="fp32", progress=False, cache=False)
     report = compare_lm(replace(teacher, name="SmolLM2-135M-Instruct"), students, dev, settings=settings)
     times["audit (reference + own replies)"] = time.perf_counter() - at

@@ -17,7 +17,7 @@ FIXTURES = fixtures_path()
 DATA = str(FIXTURES / "vader-movies-test.jsonl")
 # compare's options that act in every audit, and those that are not settings (models, data, outputs)
 EVERYWHERE = {"split", "text_column", "limit", "bins", "bootstrap", "seed", "kind", "model_cis", "calibrate",
-              "calibration_data", "progress", "cache"}
+              "calibration_data", "progress", "cache", "verdict_rule", "shift_band", "min_correlation", "min_clusters"}
 NOT_SETTINGS = {"teacher", "student", "data", "name", "json_path", "save_logits", "plots", "html"}
 # --generate and how it samples: token audits only, refused elsewhere (tests/test_compare_generate.py)
 GENERATION = {"generate", "max_new_tokens", "temperature", "top_p"}
@@ -141,7 +141,8 @@ TRAIN_EVERY = {"data", "model", "out", "loss", "epochs", "batch_size", "lr", "ma
 TRAIN_LM_ONLY = {"divergence": ["--divergence", "jsd"], "beta": ["--beta", "0.3"], "steps": ["--steps", "5"],
                  "stride": ["--stride", "8"], "teacher_topk": ["--teacher-topk", "top.safetensors"],
                  "freeze_embeddings": ["--freeze-embeddings"], "prompt_column": ["--prompt-column", "p"],
-                 "completion_column": ["--completion-column", "c"]}
+                 "completion_column": ["--completion-column", "c"], "lmbda": ["--lmbda", "0.5"],
+                 "max_new_tokens": ["--max-new-tokens", "8"]}
 TRAIN_CLASSIFIER_ONLY = {"head_lr": ["--head-lr", "1e-3"]}
 TRAIN_BY_LOSS = {"label_smoothing", "teacher", "temperature", "kd_weight"}
 # replicate: options the LM grid (--task shakespeare) refuses; every other one acts in both grids

@@ -31,7 +31,7 @@ def _difference(claim: str, statistic: str, x: torch.Tensor, direction: int, n_b
                 detail: str = "") -> ClaimResult:
     stat = mean_ci(x, n_bootstrap)
     return ClaimResult.from_interval(claim, statistic, stat["value"], tuple(stat["ci"]), direction=direction,
-                                     delta=delta, detail=detail)
+                                     delta=delta, detail=detail, n_clusters=x.numel())
 
 
 def inheritance_statistics(entropy: dict[str, torch.Tensor], pairs: Sequence[tuple[str, str]],
@@ -95,7 +95,8 @@ def _correlation(claim: str, statistic: str, function, samples: tuple[torch.Tens
     :data:`~audit.stats.claims.CORRELATION_DELTA` (a correlation is its difference from zero)."""
     value = float(function(*(x[None] for x in samples))[0])
     ci = stats.bootstrap_ci(function, *samples, n_resamples=n_bootstrap)
-    return ClaimResult.from_interval(claim, statistic, value, ci, delta=CORRELATION_DELTA)
+    return ClaimResult.from_interval(claim, statistic, value, ci, delta=CORRELATION_DELTA,
+                                     n_clusters=samples[0].numel())
 
 
 def _fitted(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, bool]:

@@ -52,8 +52,9 @@ def decide_lm_claims(entropy: dict[str, torch.Tensor], *, smoothing: Sequence[fl
     requests |= {stat: ("mean", (h[a] - h[b],)) for stat, (a, b, _, _) in differences.items()}
     requests |= {f"spearman {n}": ("spearman", (h["teacher"], h[n])) for n in ("kd-forward-kl", "erm", ls_lo)}
     draws = resampled(requests, groups, n_resamples=n_bootstrap, seed=seed)
+    n_clusters = int(groups.unique().numel())
     results = [ClaimResult.from_interval(claim, stat, float((h[a] - h[b]).mean()), percentile_interval(draws[stat]),
-                                         direction=direction, delta=d_h)
+                                         direction=direction, delta=d_h, n_clusters=n_clusters)
                for stat, (a, b, direction, claim) in differences.items()]
     t_means = torch.stack([draws[f"mean {n}"] for n in teachers], -1)  # (B, teachers)
     s_means = torch.stack([draws[f"mean {s}"] for _, s in pairs], -1)
@@ -69,11 +70,13 @@ def decide_lm_claims(entropy: dict[str, torch.Tensor], *, smoothing: Sequence[fl
         detail=", ".join(f"{t}: {ht:.3f} -> {hs:.3f}" for t, ht, hs in zip(teachers, t_point, s_point))))
     corr = {n: float(stats.spearman(h["teacher"], h[n])) for n in ("kd-forward-kl", "erm", ls_lo)}
     results.append(ClaimResult.from_interval("C2b", "Spearman(T, KD) per token", corr["kd-forward-kl"],
-                                             percentile_interval(draws["spearman kd-forward-kl"]), delta=CORRELATION_DELTA))
+                                             percentile_interval(draws["spearman kd-forward-kl"]), delta=CORRELATION_DELTA,
+                                             n_clusters=n_clusters))
     for other in ("erm", ls_lo):
         results.append(ClaimResult.from_interval(
             "C2b", f"Spearman(T, KD) - Spearman(T, {other})", corr["kd-forward-kl"] - corr[other],
-            percentile_interval(draws["spearman kd-forward-kl"] - draws[f"spearman {other}"]), delta=CORRELATION_DELTA))
+            percentile_interval(draws["spearman kd-forward-kl"] - draws[f"spearman {other}"]), delta=CORRELATION_DELTA,
+            n_clusters=n_clusters))
     return results, inheritance
 
 

@@ -361,6 +361,10 @@ def train_lm(settings: LMTrainSettings, *, overwrite: bool = False, progress: bo
                              f"prompts), got plain text in {train_docs.name}; pass --prompt-column and "
                              "--completion-column or data with a messages column, or drop --lmbda")
         prompts = reply_prompts(train_docs, teacher.tokenizer)
+        empty = next((i for i, prompt in enumerate(prompts) if not prompt), None)
+        if empty is not None:
+            raise AuditError(f"expected a prompt of at least one token to reply to in every document with --lmbda, "
+                             f"got none in document {train_docs.ids[empty]!r} of {train_docs.name}; drop that row")
     windows = training_windows(train_docs, teacher.tokenizer, settings)
     if windows.position_ids is not None:
         crossing = [lm.name for lm in (student, teacher) if not attends_within_documents(lm)]

@@ -23,20 +23,27 @@ distribution:
 - ``topk_overlap``: ``|topk(q) & topk(p)| / k`` with ``k = min(topk, V)``, float32 (ties broken by
   :func:`torch.topk`).
 
-Every quantity is computed in float32 (bf16/fp16 inputs are upcast; float64 inputs too, so the backends
-agree). Backends: ``"torch"`` (eager, chunked over positions so that at most :data:`CHUNK_ELEMENTS` logits
-of all the models together are upcast at a time; each model's softmax is kept as its max-shifted logits and
-their exponentials, and every entropy and KL of a chunk comes from one batched product of the two),
-``"triton"`` (the fused one-pass kernel of
-:mod:`audit.reduce.kernel`, CUDA or ``TRITON_INTERPRET=1``), ``"auto"`` (triton on CUDA tensors
-when Triton is importable, torch otherwise). The top-k overlap is always eager (block maxima, then
-:func:`torch.topk` over the best blocks).
+Every quantity is computed in float32 (bf16/fp16 inputs are upcast; float64 inputs are rounded to float32
+first, so the backends agree; top-1 and top-k ids are those of the float32 logits). Backends: ``"torch"``
+(eager; below), ``"triton"`` (the fused one-pass kernel of :mod:`audit.reduce.kernel`, CUDA or
+``TRITON_INTERPRET=1``), ``"auto"`` (triton on CUDA tensors when Triton is importable, torch otherwise). The top-k
+overlap is always eager (block maxima, then :func:`torch.topk` over the best blocks).
+
+The eager backend reduces the logits a **tile** at a time: a chunk of positions by a range of the vocabulary, for
+all the models together. Each tile's float32 logits are written once into a reused buffer, shifted there by the
+tile's row maxima, exponentiated, and multiplied in one batched product with the shifted logits (every entropy
+and KL is a difference of those sums; see :func:`_chunk`); the tiles' sums are then combined at each row's
+maximum. On a CPU a tile holds :data:`TILE_ELEMENTS` logits, so that the tile and its exponentials stay in a
+core's L2 cache and every pass after the first is a pass over cached data; elsewhere a tile spans the vocabulary
+(:data:`CHUNK_ELEMENTS` logits at a time). The top-1 and top-k ids come from each row's maxima of blocks of
+:data:`TOP_BLOCK` entries, taken per tile, and the entries of the few best blocks (:func:`_search`).
 
 Logits come as (P, V) tensors, or as :class:`HeadLogits`: a causal LM's last hidden states of the P positions
 and its output layer, not yet multiplied (:class:`audit.run.adapters.CausalLMAdapter` where the model's head
 splits from its body), or :class:`KeptRows`: the P scored rows of a model's logits of more positions, not yet
-gathered. The eager backend computes each chunk's logits straight into its float32 buffer (gathers the
-chunk's kept rows), so no (P, V) logits tensor is allocated, copied or row-selected: on a CPU the output layer
+gathered. The eager backend computes each tile of :class:`HeadLogits` by the output layer's product straight into
+its buffer (and the entries the search and the targets need by dot products), and copies each tile of kept rows
+from where they lie, so no (P, V) logits tensor is allocated, copied or row-selected: on a CPU the output layer
 writing fresh pages cost as much again as the product itself, and the copies 40% of the audit (issue 25). The
 Triton backend and the top-k teacher's columns multiply them out first (:func:`as_tensor`).
 """
@@ -54,13 +61,17 @@ from audit.errors import AuditError
 from audit.losses.kernels import _require, resolve_backend
 from audit.reduce.topk import topk_tail_kl, topk_teacher_columns
 
-# Logits (of all models together) upcast to float32 at once by the eager backend: 2^22 elements = 16 MiB of
-# float32 per half of the buffer, the fastest chunk measured once the output layer writes into it (the token
-# audit of bench_lm_audit, 2 models x 49,152: 2^21 / 2^22 / 2^23 / 2^24 took 9.7 / 8.8 / 11.3 / 12.9 s, medians
-# of 3 alternated one-thread rounds on the shared 2-core VM, 2026-12-06; before, with copies into the buffer,
-# 2^24 was fastest: bench/RESULTS.md)
+# Eager tiles (measured on the token audit of bench_lm_audit, 2 models x 49,152, one thread, shared 2-core VM:
+# bench/RESULTS.md). Off the CPU: logits of all models together upcast per tile, the tile spanning the vocabulary.
 CHUNK_ELEMENTS = 1 << 22
-TOP_BLOCK = 64  # vocabulary entries per block of the top-1 / top-k search (_top)
+# On a CPU: logits of all models together per tile (512 KiB of float32: with the exponentials and the ones row,
+# about 1.3 MiB, inside a core's 2 MiB L2), and at most TILE_ROWS positions per tile, so that the output layer's
+# product reads each of its rows once for many positions
+TILE_ELEMENTS = 1 << 17
+TILE_ROWS = 512
+TOP_BLOCK = 64  # vocabulary entries per block of the top-1 / top-k search (_search)
+# HeadLogits.entries: gathered output-layer weights per batched dot product (2 MiB of float32)
+ENTRY_ELEMENTS = 1 << 19
 MODEL_KEYS = ("entropy", "maxprob", "top1", "target_logprob", "correct")
 PAIR_KEYS = ("kl", "kl_reverse", "topk_overlap")
 
@@ -98,23 +109,44 @@ class HeadLogits:
     def __truediv__(self, temperature: float) -> HeadLogits:
         return dataclasses.replace(self, temperature=self.temperature * temperature)
 
-    def rows(self, start: int, stop: int, out: torch.Tensor | None = None) -> torch.Tensor:
-        """The logits of rows ``[start, stop)``; written into ``out`` ((stop - start, V) float32, any row stride)
-        when given: in place by the product itself where the model is float32, else by a copy."""
-        hidden = self.hidden[start:stop]
-        if out is not None and hidden.dtype == self.weight.dtype == out.dtype:
-            if self.bias is None:
-                torch.mm(hidden, self.weight.T, out=out)
+    def block(self, rows: slice, columns: slice, out: torch.Tensor) -> torch.Tensor:
+        """The logits ``[rows, columns]`` written into ``out`` (float32, any row stride) and returned: by the
+        product itself where the model is float32, else by a copy of its product in its own dtype."""
+        hidden, weight = self.hidden[rows], self.weight[columns]
+        bias = None if self.bias is None else self.bias[columns]
+        if hidden.dtype == weight.dtype == out.dtype:
+            if bias is None:
+                torch.mm(hidden, weight.T, out=out)
             else:
-                torch.addmm(self.bias, hidden, self.weight.T, out=out)
+                torch.addmm(bias, hidden, weight.T, out=out)
             return out if self.temperature == 1 else out.div_(self.temperature)
-        logits = torch.nn.functional.linear(hidden, self.weight, self.bias)
-        logits = logits if self.temperature == 1 else logits / self.temperature
-        return logits if out is None else out.copy_(logits)
+        logits = torch.nn.functional.linear(hidden, weight, bias)
+        return out.copy_(logits if self.temperature == 1 else logits / self.temperature)
+
+    def entries(self, rows: slice, ids: torch.Tensor) -> torch.Tensor:
+        """(n, j) float32 logits of the vocabulary entries ``ids`` ((n, j) int64) of rows ``rows``: dot products of
+        each row's hidden state with the output layer's rows ``ids``, a few rows at a time (the gathered rows of
+        the output layer stay in cache), rounded to the model's dtype as its own product rounds them."""
+        hidden = self.hidden[rows]
+        out = torch.empty(ids.shape, dtype=torch.float32, device=ids.device)
+        step = max(1, ENTRY_ELEMENTS // max(ids.shape[1] * hidden.shape[1], 1))
+        for start in range(0, ids.shape[0], step):
+            part = ids[start:start + step]
+            weight = self.weight.index_select(0, part.reshape(-1)).view(*part.shape, -1)  # (n, j, H)
+            values = torch.bmm(weight.float(), hidden[start:start + step, :, None].float()).squeeze(2)
+            if self.bias is not None:
+                values += self.bias[part].float()
+            if self.dtype != torch.float32:  # the model's product rounds to its dtype, then divides in it
+                values = values.to(self.dtype)
+            if self.temperature != 1:
+                values = values / self.temperature
+            out[start:start + step] = values
+        return out
 
     def materialize(self) -> torch.Tensor:
         """The (P, V) logits as a tensor, in the model's dtype."""
-        return self.rows(0, self.hidden.shape[0])
+        logits = torch.nn.functional.linear(self.hidden, self.weight, self.bias)
+        return logits if self.temperature == 1 else logits / self.temperature
 
 
 @dataclass(frozen=True)
@@ -146,9 +178,13 @@ class KeptRows:
     def __truediv__(self, temperature: float) -> torch.Tensor:
         return self.materialize() / temperature
 
-    def rows(self, start: int, stop: int) -> torch.Tensor:
-        """The logits of kept rows ``[start, stop)``, gathered."""
-        return self.logits.index_select(0, self.index[start:stop])
+    def block(self, rows: slice, columns: slice, out: torch.Tensor) -> torch.Tensor:
+        """The logits ``[rows, columns]`` of the kept rows, copied into ``out`` (float32, any row stride)."""
+        return out.copy_(self.logits[self.index[rows], columns])
+
+    def entries(self, rows: slice, ids: torch.Tensor) -> torch.Tensor:
+        """(n, j) float32 logits of the vocabulary entries ``ids`` ((n, j) int64) of kept rows ``rows``."""
+        return self.logits[self.index[rows][:, None], ids].float()
 
     def materialize(self) -> torch.Tensor:
         """The (P, V) kept rows as a tensor."""
@@ -211,135 +247,200 @@ def _check_targets(targets: torch.Tensor, vocab: int, ignore_index: int) -> None
                          f"[{int(kept.min())}, {int(kept.max())}]; check the tokenizer or label mapping")
 
 
-def _with_masked_rows(fast: torch.Tensor, exact) -> torch.Tensor:
-    """``fast`` (P,), recomputed by ``exact(rows)`` on its NaN rows: rows with -inf (masked) logits, where a
-    term is 0 * inf; there 0 log 0 = 0, and a > 0 where b = 0 still gives +inf."""
-    rows = fast.isnan()
-    if bool(rows.any()):
-        fast = fast.clone()
-        fast[rows] = exact(rows)
-    return fast
+def _block(x: Logits, rows: slice, columns: slice, out: torch.Tensor) -> torch.Tensor:
+    """The float32 logits ``[rows, columns]`` of ``x``, written into ``out``."""
+    return out.copy_(x[rows, columns]) if isinstance(x, torch.Tensor) else x.block(rows, columns, out)
 
 
-class _Softmaxes(NamedTuple):
-    """Every model's softmax on one chunk of positions (model 0 the teacher, then the students), kept as
-    ``p = weights / total`` and ``log p = shifted - log_total``."""
+def _entries(x: Logits, rows: slice, ids: torch.Tensor) -> torch.Tensor:
+    """(n, j) float32 logits of the vocabulary entries ``ids`` ((n, j) int64) of ``x``'s rows ``rows``."""
+    return x[rows].gather(1, ids).float() if isinstance(x, torch.Tensor) else x.entries(rows, ids)
 
-    shifted: torch.Tensor  # (P, M, V) float32: logits minus their row maximum (<= 0; -inf where masked)
-    weights: torch.Tensor  # (P, M, V): exp(shifted)
-    total: torch.Tensor  # (P, M): sum of weights, >= 1
-    log_total: torch.Tensor  # (P, M)
-    top1: list[torch.Tensor]  # per model (P,) int64: the first index of the row maximum, as argmax
-    # (P, M, M): cross[:, i, k] = sum_v weights_i shifted_k. Every entropy and KL is a difference of these,
-    # from one batched matrix product (two rows at once run several times faster than row-by-row dots)
-    cross: torch.Tensor
 
-    def p(self, m: int, rows: torch.Tensor) -> torch.Tensor:
-        return self.weights[rows, m] / self.total[rows, m, None]
+def _rows(x: Logits, index: torch.Tensor) -> torch.Tensor:
+    """(n, V) float32 logits of ``x``'s rows ``index`` (n,), whole."""
+    if isinstance(x, HeadLogits):
+        return as_tensor(dataclasses.replace(x, hidden=x.hidden[index])).float()
+    if isinstance(x, KeptRows):
+        return x.logits[x.index[index]].float()
+    return x[index].float()
 
-    def log_p(self, m: int, rows: torch.Tensor) -> torch.Tensor:
-        return self.shifted[rows, m] - self.log_total[rows, m, None]
+
+def _sub_block_maxima(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """The maxima of (..., V) ``x`` over blocks of :data:`TOP_BLOCK` entries (the last one short): (..., ceil(V / TOP_BLOCK))."""
+    v = x.shape[-1]
+    full = v // TOP_BLOCK * TOP_BLOCK
+    if out is None:
+        out = x.new_empty((*x.shape[:-1], -(-v // TOP_BLOCK)))
+    if full:
+        torch.amax(x[..., :full].unflatten(-1, (-1, TOP_BLOCK)), -1, out=out[..., : full // TOP_BLOCK])
+    if full < v:
+        torch.amax(x[..., full:], -1, keepdim=True, out=out[..., full // TOP_BLOCK:])
+    return out
+
+
+def _search(block_max: torch.Tensor, entries, k: int, v: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per row of (n, ceil(V / TOP_BLOCK)) ``block_max``: the first index of the row maximum (as argmax), the ids of
+    the k largest entries (a set: ties at the k-th place broken as :func:`torch.topk` breaks them), and whether the
+    row has fewer than k finite entries (its top-k ids must come from the whole row). ``entries(ids)`` gives the
+    (n, j) values of (n, j) entry ids. A row's maximum lies in its first block of largest maximum, its k largest
+    entries in its k blocks of largest maxima: only those 1 + k blocks are read."""
+    offsets = torch.arange(TOP_BLOCK, device=block_max.device)
+    best = block_max.max(-1).indices  # max: the first index of tied maxima, as argmax
+    blocks = torch.cat([best[:, None], block_max.topk(k, dim=-1).indices], 1)  # (n, 1 + k)
+    ids = (blocks[:, :, None] * TOP_BLOCK + offsets).flatten(1)  # (n, (1 + k) * TOP_BLOCK)
+    if v % TOP_BLOCK:  # past the last block's end: never chosen
+        values = entries(ids.clamp(max=v - 1)).masked_fill(ids >= v, float("-inf"))
+    else:
+        values = entries(ids)
+    top1 = ids.gather(1, values[:, :TOP_BLOCK].max(-1).indices[:, None]).squeeze(1)
+    chosen = values[:, TOP_BLOCK:].topk(k, dim=-1)
+    topk = ids[:, TOP_BLOCK:].gather(1, chosen.indices)
+    return top1, topk, chosen.values[:, -1] == float("-inf")
 
 
 def _top(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per row of (P, V) logits: the maximum, its first index, and the ids of the k largest (a set: ties at
-    the k-th place are broken as :func:`torch.topk` breaks them). One pass takes the maxima of blocks of
-    :data:`TOP_BLOCK` entries; the top-1 then searches the best block, the top-k the k best: a row's k
-    largest entries lie in the k blocks of largest maxima: on a CPU, max with indices and topk over whole rows
-    were most of the reduction's time (bench/RESULTS.md)."""
-    p, v = x.shape
-    if v < 4 * k * TOP_BLOCK:
+    """Per row of (P, V) logits: the maximum, its first index, and the ids of the k largest (:func:`_search` over
+    the row's block maxima; max and topk over whole rows where V < 4 k :data:`TOP_BLOCK`): on a CPU, max with
+    indices and topk over whole rows were most of the reduction's time (bench/RESULTS.md)."""
+    if x.shape[1] < 4 * k * TOP_BLOCK:
         top, top1 = x.max(-1)
         return top, top1, x.topk(k, dim=-1).indices
-    full = v // TOP_BLOCK * TOP_BLOCK
-    block_max = x[:, :full].view(p, -1, TOP_BLOCK).amax(-1)
-    if full < v:
-        block_max = torch.cat([block_max, x[:, full:].amax(-1, keepdim=True)], 1)
-    offsets = torch.arange(TOP_BLOCK, device=x.device)
-
-    def entries(blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # (P, n) blocks -> ids, values
-        ids = (blocks[:, :, None] * TOP_BLOCK + offsets).flatten(1)
-        if full == v:  # every block whole
-            return ids, x.gather(1, ids)
-        values = x.gather(1, ids.clamp(max=v - 1))
-        return ids, values.masked_fill(ids >= v, float("-inf"))  # past the last block's end: never chosen
-
-    top, best = block_max.max(-1)  # max: the first index of tied maxima, as argmax
-    ids, values = entries(best[:, None])
-    top1 = ids.gather(1, values.max(-1).indices[:, None]).squeeze(1)
-    ids, values = entries(block_max.topk(k, dim=-1).indices)
-    chosen = values.topk(k, dim=-1)
-    topk = ids.gather(1, chosen.indices)
-    short = chosen.values[:, -1] == float("-inf")  # rows with fewer than k finite logits: the whole row decides
+    block_max = _sub_block_maxima(x)
+    top1, topk, short = _search(block_max, lambda ids: x.gather(1, ids), k, x.shape[1])
     if bool(short.any()):
         topk[short] = x[short].topk(k, dim=-1).indices
-    return top, top1, topk
+    return block_max.amax(-1), top1, topk
 
 
-def _softmaxes(logits: Sequence[Logits], start: int, stop: int, k: int,
-               buffer: torch.Tensor) -> tuple[_Softmaxes, list[torch.Tensor]]:
-    """The softmaxes of rows ``[start, stop)`` of the models' (P, V) ``logits``, and each model's top-k ids
-    (:func:`_top`), written into ``buffer`` (2, >= stop - start, M, V) float32: reused by every chunk, as fresh
-    64 MiB tensors cost a page fault per 4 KiB on a CPU.
+class _Chunk(NamedTuple):
+    """Every model's softmax on one chunk of positions (model 0 the teacher, then the students), as sums over
+    the vocabulary of the logits shifted by their row maximum."""
 
-    Each model's float32 logits are written into the buffer's first half once and shifted there: a tensor (or
-    the chunk's :class:`KeptRows`) by one subtraction that reads it (its maximum taken first, in its own dtype),
-    :class:`HeadLogits` by the output layer's product itself, then shifted in place (the maxima read from the
-    buffer, every model's rows searched in one :func:`_top` when all are :class:`HeadLogits`); the exponentials
-    go to the second half. One write per element and model, then one exp, one sum and one batched product."""
-    p, n_models, v = stop - start, len(logits), buffer.shape[-1]
-    shifted, weights = buffer[0, :p], buffer[1, :p]
-    if all(isinstance(x, HeadLogits) for x in logits):  # every model's logits in the buffer: one search for all
-        for m, x in enumerate(logits):
-            x.rows(start, stop, out=shifted[:, m])
-        top, index, top_ids = _top(shifted.view(p * n_models, v), k)
-        shifted.sub_(top.view(p, n_models, 1))
-        top1, ids = list(index.view(p, n_models).unbind(1)), list(top_ids.view(p, n_models, k).unbind(1))
-    else:
-        top1, ids = [], []
-        for m, x in enumerate(logits):
-            out = shifted[:, m]
-            if isinstance(x, HeadLogits):
-                top, index, top_ids = _top(x.rows(start, stop, out=out), k)
-                out.sub_(top[:, None])
-            else:
-                x = x.rows(start, stop) if isinstance(x, KeptRows) else x[start:stop]
-                top, index, top_ids = _top(x, k)
-                if x.dtype == torch.float64:  # rounded to float32 first, then shifted, as the kernel reads it
-                    out.copy_(x).sub_(top.float()[:, None])
-                else:  # exact upcast, then one float32 subtraction: the same values as copying, then subtracting
-                    torch.sub(x, top.float()[:, None], out=out)
-            top1.append(index)
-            ids.append(top_ids)
-    torch.exp(shifted, out=weights)
-    total = weights.sum(-1)
-    return _Softmaxes(shifted, weights, total, total.log(), top1, torch.bmm(weights, shifted.transpose(1, 2))), ids
+    top: torch.Tensor  # (P, M) float32: the row maximum
+    total: torch.Tensor  # (P, M): sum_v exp(x_v - top), >= 1
+    log_total: torch.Tensor  # (P, M)
+    # (P, M, M): cross[:, i, k] = sum_v exp(x_iv - top_i) (x_kv - top_k). Every entropy and KL is a difference of
+    # these; a tile's come from one batched product (two rows at once run several times faster than row-by-row dots)
+    cross: torch.Tensor
+    block_max: torch.Tensor  # (P, M, ceil(V / TOP_BLOCK)): maxima of blocks of TOP_BLOCK entries, for _search
 
 
-def _model_columns(sm: _Softmaxes, m: int, targets: torch.Tensor, ignore_index: int) -> dict[str, torch.Tensor]:
-    total, log_total = sm.total[:, m], sm.log_total[:, m]
-    # entropy = log total - sum p shifted: two non-negative terms, no cancellation
-    entropy = _with_masked_rows(log_total - sm.cross[:, m, m] / total,
-                                lambda rows: -(sm.p(m, rows) * sm.log_p(m, rows)).nansum(-1))
+def _tiling(n: int, v: int, n_models: int, device: torch.device) -> tuple[int, int]:
+    """Positions per chunk and vocabulary entries per tile of the eager backend: on a CPU, tiles of
+    :data:`TILE_ELEMENTS` logits of all the models together, of at most :data:`TILE_ROWS` positions (chunks of
+    even size) and a multiple of :data:`TOP_BLOCK` entries, or the whole vocabulary where it fits; elsewhere the
+    whole vocabulary, :data:`CHUNK_ELEMENTS` logits at a time."""
+    if device.type != "cpu":
+        return max(1, min(n, CHUNK_ELEMENTS // max(n_models * v, 1))), v
+    rows = -(-n // -(-n // TILE_ROWS)) if n else 1
+    width = TILE_ELEMENTS // (n_models * rows) // TOP_BLOCK * TOP_BLOCK
+    if width >= v:
+        return max(rows, min(n, TILE_ELEMENTS // (n_models * v))), v
+    return rows, max(width, TOP_BLOCK)
+
+
+def _chunk(logits: Sequence[Logits], start: int, stop: int, tile: torch.Tensor, exps: torch.Tensor) -> _Chunk:
+    """The softmaxes of rows ``[start, stop)`` of the models' (P, V) ``logits``, one tile of vocabulary at a time.
+
+    ``tile`` ((>= stop - start, M + 1, W) float32, its row M all ones) and ``exps`` ((>= stop - start, M, W)) are
+    reused by every tile: on a CPU they stay in cache, so that only the first pass over a tile (the output layer's
+    product, or the read of the logits) leaves it. Per tile: every model's float32 logits written into ``tile``,
+    their block maxima, the tile's row maxima, the logits shifted by them in place, their exponentials, and one
+    batched product of those with the shifted logits and the ones (each tile's sums of exponentials). The tiles'
+    sums are then shifted to the row maxima: ``sum_v e_i (x_k - top_k) = sum_v e_i (x_k - m_k) + (m_k - top_k)
+    sum_v e_i`` with ``e_i = exp(x_i - m_i)`` scaled by ``exp(m_i - top_i)``; both terms are <= 0, no cancellation.
+    """
+    p, n_models, v, width = stop - start, len(logits), logits[0].shape[1], tile.shape[-1]
+    rows, per_tile = slice(start, stop), width // TOP_BLOCK if width < v else -(-v // TOP_BLOCK)
+    n_tiles, device = -(-v // width), tile.device
+    block_max = torch.empty(n_tiles, p, n_models, per_tile, device=device)
+    maxima = torch.empty(n_tiles, p, n_models, device=device)
+    sums = torch.empty(n_tiles, p, n_models, n_models + 1, device=device)
+    masked = not all(isinstance(x, HeadLogits) for x in logits)  # only logits in memory can hold -inf
+    for t, v0 in enumerate(range(0, v, width)):
+        v1 = min(v0 + width, v)
+        x = tile[:p, :, : v1 - v0]  # (p, M + 1, w): every model's logits, then ones
+        shifted = x[:, :n_models]
+        for m, source in enumerate(logits):
+            _block(source, rows, slice(v0, v1), shifted[:, m])
+        if v1 - v0 < per_tile * TOP_BLOCK:  # the last tile is short: its missing blocks are never chosen
+            block_max[t].fill_(float("-inf"))
+        _sub_block_maxima(shifted, block_max[t, :, :, : -(-(v1 - v0) // TOP_BLOCK)])
+        top = torch.amax(block_max[t], -1, out=maxima[t])
+        if masked:  # a tile of -inf logits is shifted by a finite number: its exponentials are 0, not NaN
+            top.clamp_(min=torch.finfo(torch.float32).min)
+        shifted.sub_(top[..., None])
+        torch.bmm(torch.exp(shifted, out=exps[:p, :, : v1 - v0]), x.transpose(1, 2), out=sums[t])
+    top = maxima.amax(0)
+    offset = maxima - top  # (T, p, M) <= 0
+    scale = offset.exp()
+    total = (scale * sums[..., n_models]).sum(0)
+    cross = (scale[..., None] * torch.addcmul(sums[..., :n_models], offset[:, :, None, :],
+                                              sums[..., n_models, None])).sum(0)
+    block_max = block_max.permute(1, 2, 0, 3).flatten(2)[..., : -(-v // TOP_BLOCK)]  # (p, M, blocks) in order
+    return _Chunk(top, total, total.log(), cross, block_max)
+
+
+def _top_ids(x: Logits, rows: slice, block_max: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first index of the maximum of every row ``rows`` of ``x`` and the ids of its k largest entries, from
+    the rows' (n, blocks) maxima of blocks (:func:`_search`); whole rows where V < 4 k :data:`TOP_BLOCK`."""
+    v = x.shape[1]
+    index = torch.arange(rows.start, rows.stop, device=block_max.device)
+    if v < 4 * k * TOP_BLOCK:
+        whole = _rows(x, index)
+        return whole.max(-1).indices, whole.topk(k, dim=-1).indices
+    top1, topk, short = _search(block_max, lambda ids: _entries(x, rows, ids), k, v)
+    if bool(short.any()):
+        topk[short] = _rows(x, index[short]).topk(k, dim=-1).indices
+    return top1, topk
+
+
+def _exact(logits: Sequence[Logits], index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(n, M, V) probabilities and log-probabilities of rows ``index`` (n,) from their whole float32 logits, with
+    ``0 log 0`` terms to drop by ``nansum``: rows with -inf (masked) logits, where a fast column is 0 * inf (NaN);
+    there 0 log 0 = 0, and a > 0 where b = 0 still gives +inf."""
+    x = torch.stack([_rows(source, index) for source in logits], 1)
+    shifted = x - x.amax(-1, keepdim=True)
+    weights = shifted.exp()
+    total = weights.sum(-1, keepdim=True)
+    return weights / total, shifted - total.log()
+
+
+def _columns(logits: Sequence[Logits], start: int, chunk: _Chunk, targets: torch.Tensor, k: int,
+             ignore_index: int) -> tuple[list[dict[str, torch.Tensor]], list[dict[str, torch.Tensor]]]:
+    """Every model's and pair's columns (:data:`MODEL_KEYS`, :data:`PAIR_KEYS`) of one chunk."""
+    rows = slice(start, start + len(targets))
     keep = targets != ignore_index
     safe = torch.where(keep, targets, torch.zeros_like(targets)).long()
-    nan = torch.full_like(entropy, float("nan"))
-    target_logprob = torch.where(keep, sm.shifted[:, m].gather(1, safe[:, None]).squeeze(1) - log_total, nan)
-    correct = torch.where(keep, (sm.top1[m] == safe).float(), nan)
-    return {"entropy": entropy, "maxprob": total.reciprocal(), "top1": sm.top1[m], "target_logprob": target_logprob,
-            "correct": correct}
-
-
-def _kl_columns(sm: _Softmaxes, j: int) -> dict[str, torch.Tensor]:
-    """KL between the teacher (model 0, q) and model j (p): ``KL(q||p) = sum q (shifted_q - shifted_p) -
-    (log_total_q - log_total_p)``, and the reverse likewise."""
-    offset = sm.log_total[:, 0] - sm.log_total[:, j]
-    forward = (sm.cross[:, 0, 0] - sm.cross[:, 0, j]) / sm.total[:, 0] - offset
-    reverse = (sm.cross[:, j, j] - sm.cross[:, j, 0]) / sm.total[:, j] + offset
-    return {"kl": _with_masked_rows(forward, lambda rows: (sm.p(0, rows) * (sm.log_p(0, rows) - sm.log_p(j, rows)))
-                                    .nansum(-1)),
-            "kl_reverse": _with_masked_rows(reverse, lambda rows: (sm.p(j, rows) * (sm.log_p(j, rows)
-                                                                                    - sm.log_p(0, rows))).nansum(-1))}
+    total, log_total, cross = chunk.total, chunk.log_total, chunk.cross
+    # entropy = log total - sum p shifted: two non-negative terms, no cancellation
+    entropy = log_total - torch.diagonal(cross, dim1=1, dim2=2) / total  # (p, M)
+    # KL(q || p) = sum q (shifted_q - shifted_p) - (log_total_q - log_total_p), and the reverse likewise
+    offset = log_total[:, :1] - log_total[:, 1:]
+    forward = (cross[:, 0, :1] - cross[:, 0, 1:]) / total[:, :1] - offset
+    reverse = (torch.diagonal(cross, dim1=1, dim2=2)[:, 1:] - cross[:, 1:, 0]) / total[:, 1:] + offset
+    nan = torch.cat([entropy, forward, reverse], 1).isnan().any(1)
+    if bool(nan.any()):
+        index = nan.nonzero().squeeze(1)
+        p, log_p = _exact(logits, index + start)  # (n, M, V)
+        exact_entropy = -(p * log_p).nansum(-1)
+        exact_forward = (p[:, :1] * (log_p[:, :1] - log_p[:, 1:])).nansum(-1)
+        exact_reverse = (p[:, 1:] * (log_p[:, 1:] - log_p[:, :1])).nansum(-1)
+        for fast, exact in ((entropy, exact_entropy), (forward, exact_forward), (reverse, exact_reverse)):
+            fast[index] = torch.where(fast[index].isnan(), exact, fast[index])
+    nan_column = torch.full_like(targets, float("nan"), dtype=torch.float32)
+    models, ids = [], []
+    for m, source in enumerate(logits):
+        top1, topk = _top_ids(source, rows, chunk.block_max[:, m], k)
+        target = _entries(source, rows, safe[:, None]).squeeze(1)
+        models.append({"entropy": entropy[:, m], "maxprob": total[:, m].reciprocal(), "top1": top1,
+                       "target_logprob": torch.where(keep, target - chunk.top[:, m] - log_total[:, m], nan_column),
+                       "correct": torch.where(keep, (top1 == safe).float(), nan_column)})
+        ids.append(topk)
+    pairs = [{"kl": forward[:, j], "kl_reverse": reverse[:, j], "topk_overlap": _overlap(ids[0], ids[1 + j])}
+             for j in range(len(logits) - 1)]
+    return models, pairs
 
 
 def topk_overlap(teacher: torch.Tensor, student: torch.Tensor, k: int = 5) -> torch.Tensor:
@@ -362,20 +463,19 @@ def _eager(teacher: Logits, students: Sequence[Logits], targets: torch.Tensor, t
            ignore_index: int) -> Reduction:
     logits = [teacher, *students]
     n, v = teacher.shape
-    chunk = max(1, CHUNK_ELEMENTS // max(v * len(logits), 1))
+    n_models, k = len(logits), min(topk, v)
+    rows, width = _tiling(n, v, n_models, teacher.device)
+    tile = torch.empty(rows, n_models + 1, width, dtype=torch.float32, device=teacher.device)
+    tile[:, n_models] = 1  # each tile's product with the ones is its rows' sums of exponentials
+    exps = torch.empty(rows, n_models, width, dtype=torch.float32, device=teacher.device)
     models: list[list[dict]] = [[] for _ in logits]
     pairs: list[list[dict]] = [[] for _ in students]
-    k = min(topk, v)
-    buffer = torch.empty(2, min(chunk, n), len(logits), v, dtype=torch.float32, device=teacher.device)
-    for start in range(0, n, chunk):
-        stop = min(start + chunk, n)
-        y = targets[start:stop]
-        sm, ids = _softmaxes(logits, start, stop, k, buffer)
-        for m in range(len(logits)):
-            models[m].append(_model_columns(sm, m, y, ignore_index))
-        for j in range(len(students)):
-            pairs[j].append({**_kl_columns(sm, 1 + j), "topk_overlap": _overlap(ids[0], ids[1 + j])})
-        del sm
+    for start in range(0, n, rows):
+        stop = min(start + rows, n)
+        chunk_models, chunk_pairs = _columns(logits, start, _chunk(logits, start, stop, tile, exps),
+                                             targets[start:stop], k, ignore_index)
+        for out, part in zip(models + pairs, chunk_models + chunk_pairs):
+            out.append(part)
 
     def cat(parts: list[dict], keys: tuple[str, ...]) -> dict[str, torch.Tensor]:
         if not parts:  # P = 0

@@ -37,7 +37,7 @@ def render_summary(summary: dict, console=None) -> None:
                                 "mean dev entropy and accuracy, 95% bootstrap CI", columns, console.width))
     exploratory = any(c["claim"] == "X1" for c in summary["claims"])
     claims = summary["claims"]
-    style = {"holds": "green", "fails": "red", "inconclusive": "yellow", "negligible": "dim"}
+    style = {"holds": "green", "fails": "red", "inconclusive": "yellow", "negligible": "dim", "insufficient": "magenta"}
     columns = [Column("claim", [c["claim"] for c in claims], "left"),
                Column("statistic", [c["statistic"] for c in claims], "left", wrap=True),
                Column("value [95% CI]", [f"{c['value']:+.3f} [{c['ci'][0]:+.3f}, {c['ci'][1]:+.3f}]" for c in claims],

@@ -49,21 +49,23 @@ def _digest(values: object) -> str:
 
 
 def reply_prompts(documents: Documents, tokenizer) -> list[list[int]]:
-    """The token ids a model is given to write each document's last reply: every token before the last run of
-    scored tokens of :func:`audit.load.data.text.document_tokens`. For prompt/completion documents that is the
-    prompt, tokenised as the audit and the training tokenise it; for a conversation, the chat template's rendering
-    of the turns before its last assistant reply followed by the assistant header (what
-    ``apply_chat_template(turns, add_generation_prompt=True)`` renders), tokenised piece by piece as the
-    conversation is.
+    """The token ids a model is given to write each document's last reply, as
+    :func:`audit.load.data.text.document_tokens` tokenises the document: a prompt column's prompt (with the
+    tokenizer's special tokens; empty for an empty prompt); for a conversation, every token before its last run of
+    scored tokens: the chat template's rendering of the turns before the last assistant reply followed by the
+    assistant header (what ``apply_chat_template(turns, add_generation_prompt=True)`` renders), tokenised piece by
+    piece as the conversation is.
 
     Raises:
         AuditError: documents of plain text (no prompt column, no messages: nothing says where a reply starts);
-            what :func:`audit.load.data.text.document_tokens` refuses.
+            what :func:`audit.load.data.text.document_tokens` refuses for conversations.
     """
     if documents.prompts is None and documents.messages is None:
         raise AuditError(f"expected prompt/completion or chat documents (a prompt to write a reply to), got plain "
                          f"text in {documents.name}; pass data with prompt and completion columns or a messages "
                          "column")
+    if documents.messages is None:
+        return tokenizer(documents.prompts)["input_ids"]
     prompts = []
     for tokens, scored in document_tokens(documents, tokenizer):
         end = max(j for j, s in enumerate(scored) if s) + 1  # past the last reply's last scored token

@@ -31,10 +31,12 @@ from typing import Literal
 import torch
 
 from audit.errors import AuditError
+from audit.settings import VerdictRule
 
-Verdict = Literal["negligible", "holds", "fails", "inconclusive"]
-VERDICTS: tuple[str, ...] = ("negligible", "holds", "fails", "inconclusive")
-OVERALL_ORDER = ("fails", "inconclusive", "negligible", "holds")  # a claim's verdict is its weakest check's
+Verdict = Literal["negligible", "holds", "fails", "inconclusive", "insufficient"]
+VERDICTS: tuple[str, ...] = ("negligible", "holds", "fails", "inconclusive", "insufficient")
+OVERALL_ORDER = ("fails", "insufficient", "inconclusive", "negligible", "holds")
+MIN_CLUSTERS = VerdictRule.min_clusters  # the fewest bootstrap clusters a verdict needs (docs/CLAIMS.md)  # a claim's verdict is its weakest check's
 
 CORRELATION_DELTA = 0.02
 """delta of CLAIMS.md for a difference of two correlations (C2b)."""
@@ -98,7 +100,8 @@ def _check_claim_id(claim_id: str) -> None:
         raise AuditError(f"expected a claim id of CLAIMS.md ({', '.join(CLAIMS)}), got {claim_id!r}; fix the id")
 
 
-def verdict(estimate: float, ci: tuple[float, float], direction: int = +1, *, delta: float) -> Verdict:
+def verdict(estimate: float, ci: tuple[float, float], direction: int = +1, *, delta: float,
+            n_clusters: int | None = None) -> Verdict:
     """The verdict on an empirical claim from a statistic, its confidence interval and the smallest effect
     worth reporting, by the rule of CLAIMS.md.
 
@@ -106,7 +109,9 @@ def verdict(estimate: float, ci: tuple[float, float], direction: int = +1, *, de
     ``"negligible"`` when the whole interval lies inside [-delta, +delta]; it ``"holds"`` when the whole
     interval lies strictly on the claimed side of zero and the estimate is outside [-delta, +delta],
     ``"fails"`` when the same is true on the other side; anything else (the interval contains zero, or
-    straddles an edge of the band with the estimate inside it) is ``"inconclusive"``.
+    straddles an edge of the band with the estimate inside it) is ``"inconclusive"``. A CI from fewer than
+    :data:`MIN_CLUSTERS` bootstrap clusters (``n_clusters``: examples, or sequences of tokens) carries no verdict:
+    ``"insufficient"``.
 
     Args:
         estimate: the point estimate; must lie inside ``ci``.
@@ -138,6 +143,8 @@ def verdict(estimate: float, ci: tuple[float, float], direction: int = +1, *, de
         raise AuditError(f"expected delta >= 0, got {delta}; pass the smallest effect worth reporting")
     if not low <= estimate <= high:
         raise AuditError(f"expected low <= estimate <= high, got {estimate} in {ci}; pass (low, high) of this estimate")
+    if n_clusters is not None and n_clusters < MIN_CLUSTERS:
+        return "insufficient"
     if -delta <= low and high <= delta:
         return "negligible"
     if abs(estimate) > delta:
@@ -185,11 +192,13 @@ class ClaimResult:
     @classmethod
     def from_interval(
         cls, claim_id: str, statistic: str, value: float, ci: tuple[float, float], *, delta: float,
-        direction: int = +1, detail: str = "",
+        direction: int = +1, detail: str = "", n_clusters: int | None = None,
     ) -> ClaimResult:
-        """A result whose verdict is :func:`verdict` of ``value``, ``ci``, ``direction`` and ``delta``."""
+        """A result whose verdict is :func:`verdict` of ``value``, ``ci``, ``direction``, ``delta`` and
+        ``n_clusters``."""
         ci = (float(ci[0]), float(ci[1]))
-        return cls(claim_id, verdict(value, ci, direction, delta=delta), statistic, value, ci, detail, delta)
+        return cls(claim_id, verdict(value, ci, direction, delta=delta, n_clusters=n_clusters), statistic, value, ci,
+                   detail, delta)
 
     @property
     def figure(self) -> str:
@@ -345,7 +354,8 @@ def format_table(rows: Sequence[TableRow], width: int = 120) -> list[str]:
 
 
 def overall_verdicts(results: list[ClaimResult]) -> dict[str, str]:
-    """One verdict per claim id, from the weakest of its checks: fails if any check fails, else inconclusive
+    """One verdict per claim id, from the weakest of its checks: fails if any check fails, else insufficient if any
+    check had too few clusters, else inconclusive
     if any is inconclusive, else negligible if any is negligible (a part of the claim measured too small to
     matter), else holds (every check holds)."""
     by_claim: dict[str, set[str]] = {}

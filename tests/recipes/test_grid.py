@@ -213,10 +213,14 @@ def test_aggregate_counts_tasks_and_runs():
                       survives={"C1a": False, "C2a": None})
     summary = aggregate([a, b])
     assert summary["schema"] == "kd-audit/replicate-all/1" and summary["tasks"] == ["vader-movies", "vader-tweets"]
-    assert summary["claims"]["C1a"]["tasks"] == {"negligible": 0, "holds": 1, "fails": 1, "inconclusive": 0}
-    assert summary["claims"]["C1a"]["runs"] == {"negligible": 0, "holds": 1, "fails": 2, "inconclusive": 1}
-    assert summary["claims"]["C2a"]["tasks"] == {"negligible": 2, "holds": 0, "fails": 0, "inconclusive": 0}
-    assert summary["claims"]["C2a"]["runs"] == {"negligible": 2, "holds": 1, "fails": 1, "inconclusive": 0}
+    assert summary["claims"]["C1a"]["tasks"] == {"negligible": 0, "holds": 1, "fails": 1, "inconclusive": 0,
+                                                "insufficient": 0}
+    assert summary["claims"]["C1a"]["runs"] == {"negligible": 0, "holds": 1, "fails": 2, "inconclusive": 1,
+                                               "insufficient": 0}
+    assert summary["claims"]["C2a"]["tasks"] == {"negligible": 2, "holds": 0, "fails": 0, "inconclusive": 0,
+                                                "insufficient": 0}
+    assert summary["claims"]["C2a"]["runs"] == {"negligible": 2, "holds": 1, "fails": 1, "inconclusive": 0,
+                                               "insufficient": 0}
     assert summary["claims"]["C1a"]["survives"] == {"vader-nyt": {"vader-movies": True, "vader-tweets": False}}
     assert summary["entropy"][0]["by_task"]["vader-tweets"] == b["arms"][0]["entropy"]
     with pytest.raises(AuditError, match="one grid"):

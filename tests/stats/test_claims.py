@@ -262,3 +262,13 @@ def test_direction_survives():
     before = {"C1a": "holds", "C1b": "fails", "C1c": "holds", "C2a": "inconclusive", "C2b": "negligible"}
     after = {"C1a": "holds", "C1b": "fails", "C1c": "negligible", "C2a": "holds", "C2b": "holds"}
     assert direction_survives(before, after) == {"C1a": True, "C1b": True, "C1c": False, "C2a": None, "C2b": None}
+
+
+def test_too_few_clusters_carry_no_claim_verdict():
+    """A clear effect from 9 clusters is insufficient, the same from 10 holds (VerdictRule.min_clusters)."""
+    assert verdict(0.3, (0.1, 0.5), delta=0.01, n_clusters=9) == "insufficient"
+    assert verdict(0.3, (0.1, 0.5), delta=0.01, n_clusters=10) == "holds"
+    assert ClaimResult.from_interval("C1a", "H(LS) - H(ERM)", 0.3, (0.1, 0.5), delta=0.01, n_clusters=4).verdict == \
+        "insufficient"
+    assert overall_verdicts([ClaimResult.from_interval("C1a", "a", 0.3, (0.1, 0.5), delta=0.01, n_clusters=4),
+                             ClaimResult.from_interval("C1a", "b", 0.3, (0.1, 0.5), delta=0.01)]) == {"C1a": "insufficient"}

@@ -174,3 +174,38 @@ def test_student_differences_share_one_set_of_draws():
         ci = audit_stats.bootstrap_ci(lambda x: x.float().mean(-1), diff, n_resamples=80, seed=2)
         assert d["entropy_difference"] == {"value": float(diff.float().mean()), "ci": list(ci)}
     assert student_differences({"only": t}) == []
+
+
+def _entropy(z: torch.Tensor) -> torch.Tensor:
+    return torch.distributions.Categorical(logits=z.double()).entropy()
+
+
+@pytest.mark.parametrize("fraction, expected", [(0.03, "inherits"), (0.3, "moves_away")])
+def test_a_known_shift_inside_the_band_inherits_and_outside_moves(fraction, expected):
+    """A student that is the teacher at a temperature chosen to move its mean entropy by a known fraction of
+    the teacher's: inside the measured band (10%) it inherits, outside it moves away (same per-example order)."""
+    z = _logits(n=3000)
+    h_t = float(_entropy(z).mean())
+    lo, hi = 0.5, 3.0  # bisect the temperature whose mean entropy is h_t * (1 + fraction)
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if float(_entropy(z / mid).mean()) < h_t * (1 + fraction) else (lo, mid)
+    student = z / lo
+    stats = pair_statistics(z, student, n_bootstrap=300)
+    assert stats["entropy_shift"]["value"] == pytest.approx(fraction * h_t, rel=1e-3)  # the shift is what was planted
+    assert inheritance_verdict(stats, h_t, VerdictRule(), n_clusters=3000)[0] == expected
+
+
+def test_too_few_clusters_are_insufficient_whatever_the_numbers():
+    z = _logits()
+    stats = pair_statistics(z, z.clone(), n_bootstrap=50)
+    label, reason = inheritance_verdict(stats, 0.5, n_clusters=9, unit="token")
+    assert label == "insufficient" and "9 sequences" in reason and "at least 10" in reason
+    assert inheritance_verdict(stats, 0.5, n_clusters=10)[0] == "inherits"
+
+
+def test_the_fixed_rule_keeps_the_older_thresholds():
+    from audit.settings import VERDICT_RULES
+
+    assert (VERDICT_RULES["fixed"].shift_band, VERDICT_RULES["fixed"].min_correlation) == (0.25, 0.5)
+    assert VERDICT_RULES["measured"] == VerdictRule()
