@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -525,8 +526,12 @@ def audit_tokens(setup: Setup, data: str | Documents, settings: CompareSettings)
     store = open_store(token_key([m.model for m in models], documents, windows, dtype=dtype, device=device,
                                  batch_size=batch_size, scaled=scaled),
                        name="+".join(m.name for m in models), width=n_columns) if settings.cache else None
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
     columns = evaluate_tokens(models, windows, device=device, dtype=dtype, batch_size=batch_size,
-                              progress=settings.progress, store=store, group=setup.group, scaled=scaled)
+                              progress=settings.progress, store=store, group=setup.group, scaled=scaled,
+                              timings=timings)
+    evaluation_seconds = time.perf_counter() - start
     data_info = {"name": documents.name, **documents.info, "unit": "token", "n": int(columns["sequence"].numel()),
                  "n_sequences": len(documents), "windows": windows.info, "label_names": None}
     if settings.limit_tokens is not None:
@@ -536,6 +541,7 @@ def audit_tokens(setup: Setup, data: str | Documents, settings: CompareSettings)
                           run={"device": str(device), "dtype": str(dtype).removeprefix("torch."),
                                "batch_size": batch_size}, calibration=calibration)
     add_token_divergence(report, columns, windows, lms[0].tokenizer)
+    add_timing(report, models, timings, evaluation_seconds)
     if prompts is not None:
         add_on_policy(report, models, documents, prompts, vocab_size, settings, device=device, dtype=dtype,
                       batch_size=batch_size, group=setup.group)
@@ -646,6 +652,20 @@ def most_divergent(columns: dict[str, torch.Tensor], documents: Documents, promp
              "completion": decode(completions[i], skip_special_tokens=True), "tokens": len(completions[i]),
              "ended_at_eos": completions[i][-1] in stops, "kl": float(means["kl"][i]),
              "kl_reverse": float(means["kl_reverse"][i])} for i in order]
+
+
+def add_timing(report: dict, models: list, timings: dict[str, float], evaluation_seconds: float) -> None:
+    """How long the token audit's evaluation took: per model its own forwards (``forward_seconds``, a causal
+    LM's output layer excluded: the reduction applies it) and ``tokens_per_second`` over the positions it computed
+    (null when every batch came from the cache); the whole loop and the reduction in ``report["timing"]``."""
+    computed = int(timings.get("positions", 0))
+    for i, m in enumerate(models):
+        seconds = timings.get(f"model.{i}", 0.0)
+        report["models"][m.name].update(forward_seconds=seconds,
+                                        tokens_per_second=computed / seconds if computed and seconds > 0 else None)
+    report["timing"] = {"evaluation_seconds": evaluation_seconds, "reduction_seconds": timings.get("reduction", 0.0),
+                        "positions_computed": computed, "positions_cached": report["data"]["n"] - computed,
+                        "tokens_per_second": computed / evaluation_seconds if computed else None}
 
 
 def add_token_divergence(report: dict, columns: dict[str, torch.Tensor], windows: TokenWindows, tokenizer) -> None:

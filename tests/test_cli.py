@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from audit.cli import DEFAULT_DATA, FIXTURES, app
 from audit.load.models import Predictions, save_predictions
+from audit.report.schema import PAIR_VERDICTS
 
 TEACHER = str(FIXTURES / "teacher")
 STUDENT = str(FIXTURES / "student-kd")
@@ -56,7 +57,7 @@ def test_json_schema(tmp_path):
     assert len(report["pairs"]) == 2
     for pair in report["pairs"]:
         assert PAIR_KEYS <= set(pair)
-        assert pair["verdict"] in {"inherits", "moves_away", "inconclusive"}
+        assert pair["verdict"] in PAIR_VERDICTS
         for key in PAIR_KEYS - {"teacher", "student", "verdict"}:
             lo, hi = pair[key]["ci"]
             assert lo <= pair[key]["value"] <= hi or np.isclose(lo, hi)

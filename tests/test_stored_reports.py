@@ -24,7 +24,8 @@ RUNS = {
     "lm-fixture": ["compare", "--teacher", "fixtures/lm-teacher", "--student", "fixtures/lm-student", "--data",
                    "shakespeare:test", "--limit", "4", "--max-length", "128", "--bootstrap", "200"],
 }
-NOT_NUMBERS = {"created", "versions", "cache", "schema_changes"}  # when and with what it ran, not what it found
+# when, how fast and with what it ran, not what it found
+NOT_NUMBERS = {"created", "versions", "cache", "schema_changes", "timing", "forward_seconds", "tokens_per_second"}
 
 
 def differences(expected, actual, where: str = "") -> list[str]:

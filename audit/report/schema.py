@@ -37,7 +37,8 @@ PAIR_VERDICTS = ("inherits", "moves_away", "inconclusive", "insufficient")
 CLAIM_VERDICTS = VERDICTS
 MODEL_NUMBERS = ("entropy_mean", "entropy_normalized", "maxprob_mean", "margin_mean", "accuracy", "nll", "perplexity",
                  "brier", "ece", "mce", "ece_adaptive", "ece_classwise", "smece", "ece_debiased", "ece_sweep",
-                 "ece_toplabel", "ks", "entropy_correct", "entropy_incorrect", "maxprob_correct", "maxprob_incorrect")
+                 "ece_toplabel", "ks", "entropy_correct", "entropy_incorrect", "maxprob_correct", "maxprob_incorrect",
+                 "tokens_per_second")
 """A model's numbers the renderers print (every row of :data:`audit.report.terminal.MODEL_ROWS` but the count of
 sequences): a number, or null where undefined."""
 CALIBRATED_NUMBERS = ("nll", "ece", "smece")  # the temperature table's before -> after columns

@@ -24,6 +24,7 @@ MODEL_ROWS = (
     ("accuracy", "accuracy", "{:.3f}"),
     ("nll", "NLL (nats)", "{:.3f}"),
     ("perplexity", "perplexity", perplexity),
+    ("tokens_per_second", "tokens/s (own forward)", "{:,.0f}"),
     ("brier", "Brier (multiclass, 0-2)", "{:.3f}"),
     ("entropy_mean", "entropy (nats)", "{:.3f}"),
     ("entropy_normalized", "entropy / log K", "{:.1%}"),
@@ -352,6 +353,11 @@ def render_compare(report: dict, console: Console | None = None) -> None:
     header = (f"data {data.get('name', '(predictions only)')}  n={data['n']}{unit}  "
               f"device {settings.get('device', '-')}  dtype {settings.get('dtype', '-')}  "
               f"bins {settings['n_bins']}  bootstrap {settings['n_bootstrap']} (seed {settings['seed']})")
+    timing = report.get("timing")
+    if timing:
+        rate = timing["tokens_per_second"]
+        header += (f"  evaluated in {timing['evaluation_seconds']:.1f} s"
+                   + (f" ({rate:,.0f} tokens/s)" if rate else " (from the cache)"))
     console.print(Panel(Text(header), title="kd-audit compare", expand=False))
     console.print(models_table(report, width))
     console.print(pairs_table(report, width))

@@ -17,6 +17,7 @@ The callers: :func:`audit.run.evaluate.predict_text` (a classifier's logits, one
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING
 
@@ -195,10 +196,31 @@ def token_columns(stream: Iterable[list], names: list[str]) -> tuple[dict[str, t
     return columns, vocab_size
 
 
+def _clock(device: torch.device) -> float:
+    """Seconds on the CPU clock once the device's queued work is done (CUDA runs asynchronously)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+def _timed(stream: Iterable, timings: dict[str, float], key: str, device: torch.device) -> Iterator:
+    """``stream``'s items, the seconds spent producing them added to ``timings[key]``."""
+    items = iter(stream)
+    while True:
+        start = _clock(device)
+        try:
+            item = next(items)
+        except StopIteration:
+            return
+        timings[key] = timings.get(key, 0.0) + _clock(device) - start
+        yield item
+
+
 def evaluate_tokens(models: list, windows: TokenWindows, *, device: torch.device, dtype: torch.dtype,
                     batch_size: int, progress: bool = False, store: PredictionStore | None = None,
                     group: ProcessGroup | None = None,
-                    scaled: Mapping[str, Mapping[int, float]] | None = None) -> dict[str, torch.Tensor]:
+                    scaled: Mapping[str, Mapping[int, float]] | None = None,
+                    timings: dict[str, float] | None = None) -> dict[str, torch.Tensor]:
     """Per-position columns of the teacher (``models[0]``) and its students on every scored token.
 
     ``models`` are :class:`CausalLM` or adapters (:mod:`audit.run.adapters`); a top-k teacher
@@ -210,6 +232,11 @@ def evaluate_tokens(models: list, windows: TokenWindows, *, device: torch.device
     models' logits divided by their T together (the first index as their teacher), into the columns
     ``"<name>.<column>"`` (``--calibrate``: every model at its T*; the LM grid: the teacher at each of its
     temperatures).
+
+    ``timings`` (a dict, filled in): seconds each model's adapter spent producing its batches (``"model.<i>"``;
+    a causal LM's body, its output layer being applied in the reduction), seconds in the reduction
+    (``"reduction"``: output layers and columns of every model) and the positions computed (``"positions"``;
+    batches read from the cache are not), on the CPU clock after a device synchronisation.
 
     Returns:
         ``{"0.entropy": (P,), ..., "pair0.kl": (P,), ..., "sequence": (P,) int64}`` float32 CPU columns in the
@@ -228,8 +255,11 @@ def evaluate_tokens(models: list, windows: TokenWindows, *, device: torch.device
         # a chunk of positions at a time, into its own buffer
         streams = [m.batches(windows, plan, wanted, device=device, dtype=dtype,
                              **({"lazy": True} if isinstance(m, CausalLMAdapter) else {})) for m in adapters]
+        if timings is not None:
+            streams = [_timed(s, timings, f"model.{i}", device) for i, s in enumerate(streams)]
         for batches in zip(*streams):  # each model's batch of the same windows, teacher first
             index = batches[0].index
+            start = _clock(device)
             block = reduction_block(reduce_batches(list(batches)))
             for view in (scaled or {}).values():
                 views = [dataclasses.replace(batches[i], logits=batches[i].logits / t) for i, t in view.items()]
@@ -237,6 +267,9 @@ def evaluate_tokens(models: list, windows: TokenWindows, *, device: torch.device
                 del views
             del batches  # no frame keeps the logits while the caller stores the block
             a, b = plan[index]
+            if timings is not None:
+                timings["reduction"] = timings.get("reduction", 0.0) + _clock(device) - start
+                timings["positions"] = timings.get("positions", 0) + int(offsets[b] - offsets[a])
             yield index, torch.arange(int(offsets[a]), int(offsets[b])), block
 
     all_values = evaluate_plan([int(offsets[b] - offsets[a]) for a, b in plan], blocks, total=int(offsets[-1]),

@@ -155,9 +155,9 @@ def _verdict_lines(text: str) -> dict[str, str]:
 
 # By hand, from the stored default report's verdicts and reasons (audit.stats.inheritance words them).
 SAID_ONCE = {
-    "student-ce": ("inconclusive", "student-ce: inconclusive: a CI crosses a threshold: Spearman(entropy) 0.79"),
+    "student-ce": ("moves away", "student-ce: moves away: less confident than the teacher overall: Spearman"),
     "student-ls": ("moves away", "student-ls: moves away: less confident than the teacher overall: Spearman"),
-    "student-kd": ("inherits", "student-kd: inherits the teacher's confidence: Spearman(entropy) 0.83"),
+    "student-kd": ("inconclusive", "student-kd: inconclusive: a CI crosses a threshold: Spearman(entropy) 0.83"),
 }
 
 
