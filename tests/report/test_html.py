@@ -10,6 +10,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+import torch
 
 from audit.errors import AuditError
 from audit.report.html import render_html, write_html
@@ -247,3 +248,30 @@ def test_network_check_sees_a_remote_image(browser, tmp_path) -> None:
     page = tmp_path / "remote.html"
     page.write_text('<!DOCTYPE html><html><body><img src="http://127.0.0.1:9/x.png"></body></html>')
     assert offsite(open_page(browser, page.as_uri()), page.as_uri()) == ["http://127.0.0.1:9/x.png"]
+
+
+def _insufficient_report() -> dict:
+    """A real compare report on 6 examples: too few for a verdict (VerdictRule.min_clusters = 10)."""
+    from audit.compare import CompareSettings, compare_predictions
+    from audit.load.models import Predictions
+
+    g = torch.Generator().manual_seed(1)
+    teacher = torch.randn(6, 3, generator=g)
+    with pytest.warns(UserWarning, match="every verdict is insufficient: 6 examples"):
+        return compare_predictions(Predictions("teacher", teacher), [Predictions("student", teacher + 0.1)],
+                                   torch.tensor([0, 1, 2, 0, 1, 2]), settings=CompareSettings(n_bootstrap=20))
+
+
+def test_an_insufficient_verdict_is_on_the_page(tmp_path) -> None:
+    report = _insufficient_report()
+    assert report["pairs"][0]["verdict"] == "insufficient"
+    text = write_html(report, tmp_path / "r.html").read_text(encoding="utf-8")
+    assert '<span class="unsure">insufficient</span>' in text and "6 examples (bootstrap clusters)" in text
+
+
+@pytest.mark.browser
+def test_an_insufficient_verdict_in_chromium(browser, tmp_path) -> None:
+    path = write_html(_insufficient_report(), tmp_path / "r.html")
+    open_page(browser, path.as_uri())
+    body = browser.execute_script("return document.body.innerText")
+    assert "insufficient" in body and "a verdict needs at least 10" in body
