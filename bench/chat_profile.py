@@ -17,9 +17,9 @@ speaker's reply; the loss on the reply's tokens):
 
 The teacher runs once per step for all KD arms (its float16 logits shared; the on-policy arm's sampled steps run it
 again on the samples). Then one ``compare --generate`` (:func:`audit.compare.compare_lm`) of the teacher and the
-four students on the first ``--prompts`` dev pairs: the reference view scores each reference reply, the on-policy
-view each student's own reply to the same prompt (sampled at temperature 1, up to ``MAX_NEW_TOKENS`` tokens), each
-prompt one cluster of the bootstrap. Writes ``OUT/compare.json`` (the report), ``OUT/profile.json`` (the table's
+four students on ``--prompts`` short dev pairs (:func:`audit_documents`): the reference view scores each reference
+reply, the on-policy view each student's own reply to the same prompt (sampled at temperature 1, up to
+``MAX_NEW_TOKENS`` tokens), each prompt one cluster of the bootstrap. Writes ``OUT/compare.json`` (the report), ``OUT/profile.json`` (the table's
 figures and the wall times) and prints the table as Markdown.
 
 Why a script and not a ``replicate`` profile: the replication grids decide the paper's claims from dev entropies,
@@ -41,7 +41,7 @@ import torch
 
 from audit.compare import compare_lm
 from audit.load.causal_lm import load_causal_lm
-from audit.load.data.text import read_documents
+from audit.load.data.text import Documents, read_documents
 from audit.recipes.grid import LM_GRID, SMOLLM2
 from audit.recipes.replicate_lm import resolve_teacher
 from audit.recipes.train_lm import TeacherLogits, train_lm
@@ -50,9 +50,9 @@ from audit.settings import CompareSettings, LMTrainSettings
 DATA = "shakespeare-dialogue"
 PROFILE = LM_GRID.profiles["quick"]
 LMBDA = 0.5
-MAX_NEW_TOKENS = 24  # the dev replies' median is 22 tokens
-PROMPTS = 200  # dev pairs audited (bootstrap clusters)
-AUDIT_LENGTH = 256  # the audit's windows (a dialogue pair is one): not SmolLM2's context of 8,192, padded to
+MAX_NEW_TOKENS = 16  # of each sampled reply, in training and in the audit (the dev replies' median is 22 tokens)
+PROMPTS = 100  # dev pairs audited (bootstrap clusters)
+AUDIT_LENGTH = 128  # the audit's windows (a selected pair is one): not SmolLM2's context of 8,192, padded to
 ARMS = {
     "erm": dict(loss="ce"),
     "kd-forward-kl": dict(loss="kd", divergence="forward-kl"),
@@ -68,6 +68,22 @@ def arm_settings(name: str, teacher: str, out: Path, steps: int) -> LMTrainSetti
                            steps=steps, batch_size=PROFILE.batch_size, lr=PROFILE.lr, max_length=PROFILE.max_length,
                            freeze_embeddings=PROFILE.freeze_embeddings, temperature=LM_GRID.kd_temperature,
                            kd_weight=LM_GRID.kd_weight, device="cpu", seed=0, **ARMS[name])
+
+
+def audit_documents(n: int, tokenizer) -> Documents:
+    """``n`` dev pairs spread evenly over the dev split (every play of it), among the pairs whose prompt and reply
+    each fit the students' training window (``PROFILE.max_length`` tokens): the short exchanges the students were
+    trained on, and each prompt's forward cheap (the split's longest speeches run to 300 tokens)."""
+    dev = read_documents(DATA, split="dev")
+    prompts = tokenizer(dev.prompts)["input_ids"]
+    replies = tokenizer(dev.texts, add_special_tokens=False)["input_ids"]
+    short = [i for i in range(len(dev)) if max(len(prompts[i]), len(replies[i])) <= PROFILE.max_length]
+    chosen = short if n >= len(short) else [short[k * len(short) // n] for k in range(n)]
+    return replace(dev, texts=[dev.texts[i] for i in chosen], ids=[dev.ids[i] for i in chosen],
+                   prompts=[dev.prompts[i] for i in chosen],
+                   info={**dev.info, "selection": f"{len(chosen)} of the {len(short)} of {len(dev)} dev pairs whose "
+                                                  f"prompt and reply are each at most {PROFILE.max_length} tokens, "
+                                                  "evenly spaced"})
 
 
 def views(report: dict) -> list[dict]:
@@ -132,7 +148,7 @@ def main() -> None:
     shared.kept.clear()
 
     at = time.perf_counter()
-    dev = read_documents(DATA, split="dev", limit=args.prompts)
+    dev = audit_documents(args.prompts, teacher.tokenizer)
     settings = CompareSettings(max_length=AUDIT_LENGTH, generate=True, max_new_tokens=MAX_NEW_TOKENS, temperature=1.0,
                                top_p=1.0, seed=0,
                                n_bootstrap=args.bootstrap, device="cpu", dtype="fp32", progress=False, cache=False)

@@ -70,8 +70,11 @@ CHUNK_ELEMENTS = 1 << 22
 TILE_ELEMENTS = 1 << 17
 TILE_ROWS = 512
 TOP_BLOCK = 64  # vocabulary entries per block of the top-1 / top-k search (_search)
-# HeadLogits.entries: gathered output-layer weights per batched dot product (2 MiB of float32)
-ENTRY_ELEMENTS = 1 << 19
+# HeadLogits.entries: gathered output-layer weights per batched dot product (512 KiB of float32)
+ENTRY_ELEMENTS = 1 << 17
+# HeadLogits.block_entries: one product over the distinct blocks while there are at most this many per block a row
+# asks for (a gathered entry and its dot product cost about as much as 40 logits of a product, measured)
+SHARED_BLOCKS = 32
 MODEL_KEYS = ("entropy", "maxprob", "top1", "target_logprob", "correct")
 PAIR_KEYS = ("kl", "kl_reverse", "topk_overlap")
 
@@ -142,6 +145,21 @@ class HeadLogits:
                 values = values / self.temperature
             out[start:start + step] = values
         return out
+
+    def block_entries(self, rows: slice, blocks: torch.Tensor) -> torch.Tensor:
+        """(n, b * TOP_BLOCK) float32 logits of the entries of (n, b) blocks (:func:`_block_ids`) of rows ``rows``.
+        Where the rows ask for few distinct blocks (at most :data:`SHARED_BLOCKS` per block a row asks for), every
+        row's logits of all of them come from one product, as the blocks' own logits came (the top blocks of a
+        language model's positions are mostly the same few); else :meth:`entries`."""
+        distinct, inverse = torch.unique(blocks, return_inverse=True)
+        if len(distinct) > SHARED_BLOCKS * blocks.shape[1]:
+            return self.entries(rows, _block_ids(blocks, self.weight.shape[0]))
+        ids = _block_ids(distinct[None], self.weight.shape[0])[0]  # (U * TOP_BLOCK,)
+        out = torch.empty(self.hidden[rows].shape[0], len(ids), dtype=torch.float32, device=ids.device)
+        shared = dataclasses.replace(self, weight=self.weight[ids], bias=None if self.bias is None else self.bias[ids])
+        shared.block(rows, slice(None), out)  # (n, U * TOP_BLOCK)
+        index = inverse[:, :, None].expand(-1, -1, TOP_BLOCK)
+        return out.view(len(out), len(distinct), TOP_BLOCK).gather(1, index).flatten(1)
 
     def materialize(self) -> torch.Tensor:
         """The (P, V) logits as a tensor, in the model's dtype."""
@@ -257,6 +275,13 @@ def _entries(x: Logits, rows: slice, ids: torch.Tensor) -> torch.Tensor:
     return x[rows].gather(1, ids).float() if isinstance(x, torch.Tensor) else x.entries(rows, ids)
 
 
+def _block_entries(x: Logits, rows: slice, blocks: torch.Tensor) -> torch.Tensor:
+    """(n, b * TOP_BLOCK) float32 logits of the entries of (n, b) blocks (:func:`_block_ids`) of ``x``'s rows ``rows``."""
+    if isinstance(x, HeadLogits):
+        return x.block_entries(rows, blocks)
+    return _entries(x, rows, _block_ids(blocks, x.shape[1]))
+
+
 def _rows(x: Logits, index: torch.Tensor) -> torch.Tensor:
     """(n, V) float32 logits of ``x``'s rows ``index`` (n,), whole."""
     if isinstance(x, HeadLogits):
@@ -279,23 +304,32 @@ def _sub_block_maxima(x: torch.Tensor, out: torch.Tensor | None = None) -> torch
     return out
 
 
+def _block_ids(blocks: torch.Tensor, v: int) -> torch.Tensor:
+    """The vocabulary ids of (n, b) blocks of :data:`TOP_BLOCK` entries: (n, b * TOP_BLOCK), ids past the last block's
+    end clamped to V - 1."""
+    ids = (blocks[:, :, None] * TOP_BLOCK + torch.arange(TOP_BLOCK, device=blocks.device)).flatten(1)
+    return ids.clamp(max=v - 1) if v % TOP_BLOCK else ids
+
+
 def _search(block_max: torch.Tensor, entries, k: int, v: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per row of (n, ceil(V / TOP_BLOCK)) ``block_max``: the first index of the row maximum (as argmax), the ids of
     the k largest entries (a set: ties at the k-th place broken as :func:`torch.topk` breaks them), and whether the
-    row has fewer than k finite entries (its top-k ids must come from the whole row). ``entries(ids)`` gives the
-    (n, j) values of (n, j) entry ids. A row's maximum lies in its first block of largest maximum, its k largest
-    entries in its k blocks of largest maxima: only those 1 + k blocks are read."""
-    offsets = torch.arange(TOP_BLOCK, device=block_max.device)
+    row has fewer than k finite entries (its top-k ids must come from the whole row). ``entries(blocks)`` gives the
+    (n, b * TOP_BLOCK) values of the entries of (n, b) blocks (:func:`_block_ids`). A row's k largest entries lie in
+    its k blocks of largest maxima, and so does its maximum, unless more than k blocks tie at it: only those k
+    blocks (and then the first of the tied) are read."""
+    blocks = block_max.topk(k, dim=-1).indices  # (n, k)
     best = block_max.max(-1).indices  # max: the first index of tied maxima, as argmax
-    blocks = torch.cat([best[:, None], block_max.topk(k, dim=-1).indices], 1)  # (n, 1 + k)
-    ids = (blocks[:, :, None] * TOP_BLOCK + offsets).flatten(1)  # (n, (1 + k) * TOP_BLOCK)
+    if bool((blocks != best[:, None]).all(-1).any()):  # more than k blocks tie at the maximum: add the first
+        blocks = torch.cat([blocks, best[:, None]], 1)
+    ids = (blocks[:, :, None] * TOP_BLOCK + torch.arange(TOP_BLOCK, device=blocks.device)).flatten(1)
+    values = entries(blocks)
     if v % TOP_BLOCK:  # past the last block's end: never chosen
-        values = entries(ids.clamp(max=v - 1)).masked_fill(ids >= v, float("-inf"))
-    else:
-        values = entries(ids)
-    top1 = ids.gather(1, values[:, :TOP_BLOCK].max(-1).indices[:, None]).squeeze(1)
-    chosen = values[:, TOP_BLOCK:].topk(k, dim=-1)
-    topk = ids[:, TOP_BLOCK:].gather(1, chosen.indices)
+        values = values.masked_fill(ids >= v, float("-inf"))
+    # the row maximum lies in the first block of largest maximum, among these: its first index is the least id
+    top1 = torch.where(values == values.max(-1, keepdim=True).values, ids, v).amin(-1)
+    chosen = values[:, : k * TOP_BLOCK].topk(k, dim=-1)
+    topk = ids.gather(1, chosen.indices)
     return top1, topk, chosen.values[:, -1] == float("-inf")
 
 
@@ -307,7 +341,8 @@ def _top(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
         top, top1 = x.max(-1)
         return top, top1, x.topk(k, dim=-1).indices
     block_max = _sub_block_maxima(x)
-    top1, topk, short = _search(block_max, lambda ids: x.gather(1, ids), k, x.shape[1])
+    top1, topk, short = _search(block_max, lambda blocks: x.gather(1, _block_ids(blocks, x.shape[1])), k,
+                                x.shape[1])
     if bool(short.any()):
         topk[short] = x[short].topk(k, dim=-1).indices
     return block_max.amax(-1), top1, topk
@@ -323,7 +358,7 @@ class _Chunk(NamedTuple):
     # (P, M, M): cross[:, i, k] = sum_v exp(x_iv - top_i) (x_kv - top_k). Every entropy and KL is a difference of
     # these; a tile's come from one batched product (two rows at once run several times faster than row-by-row dots)
     cross: torch.Tensor
-    block_max: torch.Tensor  # (P, M, ceil(V / TOP_BLOCK)): maxima of blocks of TOP_BLOCK entries, for _search
+    block_max: torch.Tensor  # (M, P, ceil(V / TOP_BLOCK)): maxima of blocks of TOP_BLOCK entries, for _search
 
 
 def _tiling(n: int, v: int, n_models: int, device: torch.device) -> tuple[int, int]:
@@ -343,43 +378,47 @@ def _tiling(n: int, v: int, n_models: int, device: torch.device) -> tuple[int, i
 def _chunk(logits: Sequence[Logits], start: int, stop: int, tile: torch.Tensor, exps: torch.Tensor) -> _Chunk:
     """The softmaxes of rows ``[start, stop)`` of the models' (P, V) ``logits``, one tile of vocabulary at a time.
 
-    ``tile`` ((>= stop - start, M + 1, W) float32, its row M all ones) and ``exps`` ((>= stop - start, M, W)) are
-    reused by every tile: on a CPU they stay in cache, so that only the first pass over a tile (the output layer's
-    product, or the read of the logits) leaves it. Per tile: every model's float32 logits written into ``tile``,
-    their block maxima, the tile's row maxima, the logits shifted by them in place, their exponentials, and one
-    batched product of those with the shifted logits and the ones (each tile's sums of exponentials). The tiles'
-    sums are then shifted to the row maxima: ``sum_v e_i (x_k - top_k) = sum_v e_i (x_k - m_k) + (m_k - top_k)
-    sum_v e_i`` with ``e_i = exp(x_i - m_i)`` scaled by ``exp(m_i - top_i)``; both terms are <= 0, no cancellation.
+    ``tile`` ((M + 1, >= stop - start, W) float32, its last model all ones) and ``exps`` ((M, >= stop - start, W))
+    are reused by every tile: on a CPU they stay in cache, so that only the first pass over a tile (the output
+    layer's product, or the read of the logits) leaves it. Per tile: every model's float32 logits written into
+    ``tile``, their block maxima, the tile's row maxima, the logits shifted by them in place, their exponentials,
+    and one batched product of those with the shifted logits and the ones (each tile's sums of exponentials). The
+    tiles' sums are then shifted to the row maxima: ``sum_v e_i (x_k - top_k) = sum_v e_i (x_k - m_k) +
+    (m_k - top_k) sum_v e_i`` with ``e_i = exp(x_i - m_i)`` scaled by ``exp(m_i - top_i)``, ``m`` the tile's row
+    maxima; both terms are <= 0, so there is no cancellation.
     """
     p, n_models, v, width = stop - start, len(logits), logits[0].shape[1], tile.shape[-1]
     rows, per_tile = slice(start, stop), width // TOP_BLOCK if width < v else -(-v // TOP_BLOCK)
     n_tiles, device = -(-v // width), tile.device
-    block_max = torch.empty(n_tiles, p, n_models, per_tile, device=device)
-    maxima = torch.empty(n_tiles, p, n_models, device=device)
-    sums = torch.empty(n_tiles, p, n_models, n_models + 1, device=device)
+    # per tile t, the tiles innermost (the loops after the last tile run along them)
+    block_max = torch.empty(n_models, p, n_tiles, per_tile, device=device)
+    maxima = torch.empty(n_models, p, n_tiles, device=device)
+    sums = torch.empty(p, n_models, n_models + 1, n_tiles, device=device)
     masked = not all(isinstance(x, HeadLogits) for x in logits)  # only logits in memory can hold -inf
     for t, v0 in enumerate(range(0, v, width)):
         v1 = min(v0 + width, v)
-        x = tile[:p, :, : v1 - v0]  # (p, M + 1, w): every model's logits, then ones
-        shifted = x[:, :n_models]
+        x = tile[:, :p, : v1 - v0]  # (M + 1, p, w): every model's logits, then ones
+        shifted = x[:n_models]
         for m, source in enumerate(logits):
-            _block(source, rows, slice(v0, v1), shifted[:, m])
+            _block(source, rows, slice(v0, v1), shifted[m])
         if v1 - v0 < per_tile * TOP_BLOCK:  # the last tile is short: its missing blocks are never chosen
-            block_max[t].fill_(float("-inf"))
-        _sub_block_maxima(shifted, block_max[t, :, :, : -(-(v1 - v0) // TOP_BLOCK)])
-        top = torch.amax(block_max[t], -1, out=maxima[t])
+            block_max[:, :, t].fill_(float("-inf"))
+        _sub_block_maxima(shifted, block_max[:, :, t, : -(-(v1 - v0) // TOP_BLOCK)])
+        top = torch.amax(block_max[:, :, t], -1, out=maxima[:, :, t])
         if masked:  # a tile of -inf logits is shifted by a finite number: its exponentials are 0, not NaN
             top.clamp_(min=torch.finfo(torch.float32).min)
         shifted.sub_(top[..., None])
-        torch.bmm(torch.exp(shifted, out=exps[:p, :, : v1 - v0]), x.transpose(1, 2), out=sums[t])
-    top = maxima.amax(0)
-    offset = maxima - top  # (T, p, M) <= 0
+        e = torch.exp(shifted, out=exps[:, :p, : v1 - v0])
+        torch.bmm(e.transpose(0, 1), x.permute(1, 2, 0), out=sums[..., t])  # (p, M, w) @ (p, w, M + 1)
+    top = maxima.amax(-1)  # (M, p)
+    offset = maxima - top[..., None]  # (M, p, T), <= 0
     scale = offset.exp()
-    total = (scale * sums[..., n_models]).sum(0)
-    cross = (scale[..., None] * torch.addcmul(sums[..., :n_models], offset[:, :, None, :],
-                                              sums[..., n_models, None])).sum(0)
-    block_max = block_max.permute(1, 2, 0, 3).flatten(2)[..., : -(-v // TOP_BLOCK)]  # (p, M, blocks) in order
-    return _Chunk(top, total, total.log(), cross, block_max)
+    exps_sum = sums[:, :, n_models].transpose(0, 1)  # (M, p, T)
+    total = (scale * exps_sum).sum(-1)
+    products = sums[:, :, :n_models].permute(1, 2, 0, 3)  # (M, M, p, T): [i, k] sums e_i (x_k - m_k)
+    cross = (scale[:, None] * torch.addcmul(products, offset[None], exps_sum[:, None])).sum(-1)  # (M, M, p)
+    total = total.T
+    return _Chunk(top.T, total, total.log(), cross.permute(2, 0, 1), block_max.flatten(2)[..., : -(-v // TOP_BLOCK)])
 
 
 def _top_ids(x: Logits, rows: slice, block_max: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -390,7 +429,7 @@ def _top_ids(x: Logits, rows: slice, block_max: torch.Tensor, k: int) -> tuple[t
     if v < 4 * k * TOP_BLOCK:
         whole = _rows(x, index)
         return whole.max(-1).indices, whole.topk(k, dim=-1).indices
-    top1, topk, short = _search(block_max, lambda ids: _entries(x, rows, ids), k, v)
+    top1, topk, short = _search(block_max, lambda blocks: _block_entries(x, rows, blocks), k, v)
     if bool(short.any()):
         topk[short] = _rows(x, index[short]).topk(k, dim=-1).indices
     return top1, topk
@@ -432,7 +471,7 @@ def _columns(logits: Sequence[Logits], start: int, chunk: _Chunk, targets: torch
     nan_column = torch.full_like(targets, float("nan"), dtype=torch.float32)
     models, ids = [], []
     for m, source in enumerate(logits):
-        top1, topk = _top_ids(source, rows, chunk.block_max[:, m], k)
+        top1, topk = _top_ids(source, rows, chunk.block_max[m], k)
         target = _entries(source, rows, safe[:, None]).squeeze(1)
         models.append({"entropy": entropy[:, m], "maxprob": total[:, m].reciprocal(), "top1": top1,
                        "target_logprob": torch.where(keep, target - chunk.top[:, m] - log_total[:, m], nan_column),
@@ -465,9 +504,9 @@ def _eager(teacher: Logits, students: Sequence[Logits], targets: torch.Tensor, t
     n, v = teacher.shape
     n_models, k = len(logits), min(topk, v)
     rows, width = _tiling(n, v, n_models, teacher.device)
-    tile = torch.empty(rows, n_models + 1, width, dtype=torch.float32, device=teacher.device)
-    tile[:, n_models] = 1  # each tile's product with the ones is its rows' sums of exponentials
-    exps = torch.empty(rows, n_models, width, dtype=torch.float32, device=teacher.device)
+    tile = torch.empty(n_models + 1, rows, width, dtype=torch.float32, device=teacher.device)
+    tile[n_models] = 1  # each tile's product with the ones is its rows' sums of exponentials
+    exps = torch.empty(n_models, rows, width, dtype=torch.float32, device=teacher.device)
     models: list[list[dict]] = [[] for _ in logits]
     pairs: list[list[dict]] = [[] for _ in students]
     for start in range(0, n, rows):
