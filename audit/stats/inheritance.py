@@ -13,7 +13,8 @@ import math
 import torch
 
 from audit import stats
-from audit.settings import VerdictRule
+from audit.errors import warn
+from audit.settings import CompareSettings, VerdictRule
 from audit.stats.stats import bootstrap_cis
 
 PAIR_STATISTICS = (
@@ -175,3 +176,9 @@ def student_differences(student_logits: dict[str, torch.Tensor], *, n_bootstrap:
                         seed=seed)
     return [{"a": a, "b": b, "entropy_difference": _stat(value, cis[i])}
             for i, ((a, b), value) in enumerate(zip(pairs, values))]
+
+
+def warn_insufficient(n_clusters: int, unit: str, settings: CompareSettings) -> None:
+    """One warning line for an audit whose verdicts are all ``insufficient`` (too few bootstrap clusters)."""
+    if n_clusters < settings.rule.min_clusters:
+        warn(f"every verdict is insufficient: {too_few_clusters(n_clusters, unit, settings.rule)}")

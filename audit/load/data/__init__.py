@@ -36,6 +36,7 @@ from audit.load.data.builtin import (
     cache_dir,
     fetch_builtin,
     read_builtin,
+    text_corpora,
 )
 from audit.load.data.files import (
     FILE_SUFFIXES,
@@ -47,6 +48,7 @@ from audit.load.data.files import (
     read_hub,
     select_split,
 )
+from audit.settings import CompareSettings
 
 __all__ = [
     "TextData", "load_data", "BuiltinDataset", "builtin_datasets", "builtin_rows", "cache_dir", "fetch_builtin",
@@ -274,3 +276,20 @@ def load_data(
     table, class_names, info = read_hub(hub_name, config, chosen_split)
     return _to_text_data(table, ":".join(p for p in (hub_name, config, chosen_split) if p), info, class_names,
                          limit, *columns)
+
+
+def calibration_spec(data: str | TextData | None, settings: CompareSettings) -> str:
+    """The calibration data of ``--calibrate``: ``--calibration-data``, else the dev split of a built-in data set
+    or text corpus.
+
+    Raises:
+        AuditError: neither is available.
+    """
+    if settings.calibration_data is not None:
+        return settings.calibration_data
+    name = data.partition(":")[0] if isinstance(data, str) else None
+    if name in builtin_datasets() or name in text_corpora():
+        return f"{name}:dev"
+    raise AuditError(f"expected --calibration-data (or a built-in data set, whose dev split is used) with --calibrate, "
+                     f"got {data if isinstance(data, str) else 'loaded data'}; pass held-out labelled data to fit "
+                     "the temperatures on")
