@@ -181,7 +181,7 @@ def compare_with_predictions(teacher: ModelLike, students: list[ModelLike], data
     """:func:`compare`'s report and every model's logits (teacher first), for callers that keep them.
 
     The audit follows the teacher's kind (:func:`audit.run.adapters.set_up`): causal LMs are audited token by token
-    by :func:`audit.compare.audit_tokens`, whose per-token logits are never kept, so the list is empty then.
+    by :func:`audit.token_audit.audit_tokens`, whose per-token logits are never kept, so the list is empty then.
     """
     settings = settings or CompareSettings()
     refuse_generation(teacher, settings)

@@ -12,7 +12,7 @@ With a plain ``transformers.Trainer`` or a TRL trainer (``GKDTrainer``, ``Distil
     trainer.train()
 
 At each evaluation (every ``eval_steps``) the callback runs the token-level audit of ``python -m audit compare``
-(:func:`audit.compare.audit_tokens`: the same windows, reduction and statistics; the fused reduction on CUDA) of
+(:func:`audit.token_audit.audit_tokens`: the same windows, reduction and statistics; the fused reduction on CUDA) of
 the teacher against the live model the trainer passes, on the held-out text ``data``, and
 
 - logs ``kd_audit/kl``, ``kd_audit/kl_reverse``, ``kd_audit/entropy_shift``, ``kd_audit/ece``,
