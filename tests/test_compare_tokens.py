@@ -256,7 +256,7 @@ def test_a_topk_teacher_file_stands_in_for_the_teacher(tmp_path, docs):
     student_full, student_approx = (_leaves(r["models"]["lm-teacher@layers=1"]) for r in (full, approx))
     assert student_full.keys() == student_approx.keys()
     for key, value in student_full.items():
-        if key != "source":
+        if key not in ("source", "forward_seconds", "tokens_per_second"):  # where it came from, how fast it ran
             assert student_approx[key] == (pytest.approx(value, rel=1e-6) if isinstance(value, float) else value), key
     with pytest.raises(AuditError, match="matching the data's scored positions"):
         compare(str(path), [STUDENT], docs, settings=CompareSettings(max_length=32, limit=2, n_bootstrap=50,
