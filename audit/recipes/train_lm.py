@@ -82,7 +82,10 @@ from audit.settings import TINY_LM, CompareSettings, LMTrainSettings, tiny_lm_si
 from audit.stats.summary import summarize_tokens
 
 DEV_BOOTSTRAP = 200  # resamples of the dev audit's cluster bootstrap (the record's CIs)
-REPORT_ONLY = ("entropy_histogram", "maxprob_histogram", "reliability", "scatter", "divergence")  # large fields left out
+# report fields left out of the record's dev entries: the large ones, and the audit's own timing (a property of
+# that evaluation, not of the student)
+REPORT_ONLY = ("entropy_histogram", "maxprob_histogram", "reliability", "scatter", "divergence", "forward_seconds",
+               "tokens_per_second")
 
 
 class TeacherLogits:

@@ -61,20 +61,19 @@ from audit.errors import AuditError
 from audit.losses.kernels import _require, resolve_backend
 from audit.reduce.topk import topk_tail_kl, topk_teacher_columns
 
-# Eager tiles (measured on the token audit of bench_lm_audit, 2 models x 49,152, one thread, shared 2-core VM:
-# bench/RESULTS.md). Off the CPU: logits of all models together upcast per tile, the tile spanning the vocabulary.
+# Eager tiles. Off the CPU: logits of all models together per tile, a tile spanning the vocabulary.
 CHUNK_ELEMENTS = 1 << 22
-# On a CPU: logits of all models together per tile (512 KiB of float32: with the exponentials and the ones row,
-# about 1.3 MiB, inside a core's 2 MiB L2), and at most TILE_ROWS positions per tile, so that the output layer's
-# product reads each of its rows once for many positions
+# On a CPU: logits per model and tile (512 KiB of float32: two models' tiles and their exponentials fill about a
+# core's 2 MiB L2), and at most TILE_ROWS positions per tile, so that the output layer's product reads each of its
+# rows for many positions at once (the sizes measured fastest: bench/RESULTS.md)
 TILE_ELEMENTS = 1 << 17
 TILE_ROWS = 512
 TOP_BLOCK = 64  # vocabulary entries per block of the top-1 / top-k search (_search)
-# HeadLogits.entries: gathered output-layer weights per batched dot product (512 KiB of float32)
-ENTRY_ELEMENTS = 1 << 17
 # HeadLogits.block_entries: one product over the distinct blocks while there are at most this many per block a row
-# asks for (a gathered entry and its dot product cost about as much as 40 logits of a product, measured)
+# asks for (a gathered entry and its dot product cost about as much as 40 logits of a product), else dot products
+# of ENTRY_ELEMENTS gathered output-layer weights at a time (512 KiB of float32)
 SHARED_BLOCKS = 32
+ENTRY_ELEMENTS = 1 << 17
 MODEL_KEYS = ("entropy", "maxprob", "top1", "target_logprob", "correct")
 PAIR_KEYS = ("kl", "kl_reverse", "topk_overlap")
 
@@ -126,11 +125,32 @@ class HeadLogits:
         logits = torch.nn.functional.linear(hidden, weight, bias)
         return out.copy_(logits if self.temperature == 1 else logits / self.temperature)
 
+    def columns(self, rows: slice, ids: torch.Tensor) -> torch.Tensor:
+        """(n, len(ids)) float32 logits of rows ``rows`` at the vocabulary entries ``ids`` (1-D): one product with
+        those rows of the output layer, rounded as :meth:`block` rounds them."""
+        out = torch.empty(self.hidden[rows].shape[0], len(ids), dtype=torch.float32, device=ids.device)
+        weight, bias = self.weight[ids], None if self.bias is None else self.bias[ids]
+        return dataclasses.replace(self, weight=weight, bias=bias).block(rows, slice(None), out)
+
     def entries(self, rows: slice, ids: torch.Tensor) -> torch.Tensor:
-        """(n, j) float32 logits of the vocabulary entries ``ids`` ((n, j) int64) of rows ``rows``: dot products of
-        each row's hidden state with the output layer's rows ``ids``, a few rows at a time (the gathered rows of
-        the output layer stay in cache), rounded to the model's dtype as its own product rounds them."""
-        hidden = self.hidden[rows]
+        """(n, j) float32 logits of the vocabulary entries ``ids`` ((n, j) int64) of rows ``rows``, from the logits
+        of every row at every distinct id (:meth:`columns`; at most n^2 j of them, a few rows' worth)."""
+        distinct, inverse = torch.unique(ids, return_inverse=True)
+        return self.columns(rows, distinct).gather(1, inverse)
+
+    def block_entries(self, rows: slice, blocks: torch.Tensor) -> torch.Tensor:
+        """(n, b * TOP_BLOCK) float32 logits of the entries of (n, b) blocks (:func:`_block_ids`) of rows ``rows``.
+        Where the rows ask for few distinct blocks (at most :data:`SHARED_BLOCKS` per block a row asks for: the top
+        blocks of a language model's positions are mostly the same few), every row's logits of all of them come
+        from one product (:meth:`columns`); else each row's from dot products with its blocks' rows of the output
+        layer, a few rows at a time (the gathered rows stay in cache), rounded to the model's dtype as its own
+        product rounds them."""
+        v = self.weight.shape[0]
+        distinct, inverse = torch.unique(blocks, return_inverse=True)
+        if len(distinct) <= SHARED_BLOCKS * blocks.shape[1]:
+            values = self.columns(rows, _block_ids(distinct[None], v)[0]).view(-1, len(distinct), TOP_BLOCK)
+            return values.gather(1, inverse[:, :, None].expand(-1, -1, TOP_BLOCK)).flatten(1)
+        ids, hidden = _block_ids(blocks, v), self.hidden[rows]
         out = torch.empty(ids.shape, dtype=torch.float32, device=ids.device)
         step = max(1, ENTRY_ELEMENTS // max(ids.shape[1] * hidden.shape[1], 1))
         for start in range(0, ids.shape[0], step):
@@ -141,25 +161,8 @@ class HeadLogits:
                 values += self.bias[part].float()
             if self.dtype != torch.float32:  # the model's product rounds to its dtype, then divides in it
                 values = values.to(self.dtype)
-            if self.temperature != 1:
-                values = values / self.temperature
-            out[start:start + step] = values
+            out[start:start + step] = values if self.temperature == 1 else values / self.temperature
         return out
-
-    def block_entries(self, rows: slice, blocks: torch.Tensor) -> torch.Tensor:
-        """(n, b * TOP_BLOCK) float32 logits of the entries of (n, b) blocks (:func:`_block_ids`) of rows ``rows``.
-        Where the rows ask for few distinct blocks (at most :data:`SHARED_BLOCKS` per block a row asks for), every
-        row's logits of all of them come from one product, as the blocks' own logits came (the top blocks of a
-        language model's positions are mostly the same few); else :meth:`entries`."""
-        distinct, inverse = torch.unique(blocks, return_inverse=True)
-        if len(distinct) > SHARED_BLOCKS * blocks.shape[1]:
-            return self.entries(rows, _block_ids(blocks, self.weight.shape[0]))
-        ids = _block_ids(distinct[None], self.weight.shape[0])[0]  # (U * TOP_BLOCK,)
-        out = torch.empty(self.hidden[rows].shape[0], len(ids), dtype=torch.float32, device=ids.device)
-        shared = dataclasses.replace(self, weight=self.weight[ids], bias=None if self.bias is None else self.bias[ids])
-        shared.block(rows, slice(None), out)  # (n, U * TOP_BLOCK)
-        index = inverse[:, :, None].expand(-1, -1, TOP_BLOCK)
-        return out.view(len(out), len(distinct), TOP_BLOCK).gather(1, index).flatten(1)
 
     def materialize(self) -> torch.Tensor:
         """The (P, V) logits as a tensor, in the model's dtype."""
@@ -170,8 +173,8 @@ class HeadLogits:
 @dataclass(frozen=True)
 class KeptRows:
     """Rows ``index`` (P,) of (N, V) ``logits``, not gathered: a model's logits of more positions than are scored
-    (its batch's span of positions), read by the eager backend a chunk of rows at a time where they lie, so the
-    P scored rows are never copied out whole. ``shape``, ``dtype``, ``device`` and ``is_cuda`` are those of the
+    (its batch's span of positions), read by the eager backend a tile at a time where they lie, so the P scored
+    rows are never copied out whole. ``shape``, ``dtype``, ``device`` and ``is_cuda`` are those of the
     kept rows; ``logits / t`` gathers them, then divides."""
 
     logits: torch.Tensor
@@ -276,7 +279,8 @@ def _entries(x: Logits, rows: slice, ids: torch.Tensor) -> torch.Tensor:
 
 
 def _block_entries(x: Logits, rows: slice, blocks: torch.Tensor) -> torch.Tensor:
-    """(n, b * TOP_BLOCK) float32 logits of the entries of (n, b) blocks (:func:`_block_ids`) of ``x``'s rows ``rows``."""
+    """(n, b * TOP_BLOCK) float32 logits of the entries of (n, b) blocks (:func:`_block_ids`) of ``x``'s rows
+    ``rows``."""
     if isinstance(x, HeadLogits):
         return x.block_entries(rows, blocks)
     return _entries(x, rows, _block_ids(blocks, x.shape[1]))
@@ -292,7 +296,8 @@ def _rows(x: Logits, index: torch.Tensor) -> torch.Tensor:
 
 
 def _sub_block_maxima(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-    """The maxima of (..., V) ``x`` over blocks of :data:`TOP_BLOCK` entries (the last one short): (..., ceil(V / TOP_BLOCK))."""
+    """The maxima of (..., V) ``x`` over blocks of :data:`TOP_BLOCK` entries (the last one short), (..., ceil(V /
+    TOP_BLOCK)), written into ``out`` when given."""
     v = x.shape[-1]
     full = v // TOP_BLOCK * TOP_BLOCK
     if out is None:
@@ -363,62 +368,64 @@ class _Chunk(NamedTuple):
 
 def _tiling(n: int, v: int, n_models: int, device: torch.device) -> tuple[int, int]:
     """Positions per chunk and vocabulary entries per tile of the eager backend: on a CPU, tiles of
-    :data:`TILE_ELEMENTS` logits of all the models together, of at most :data:`TILE_ROWS` positions (chunks of
-    even size) and a multiple of :data:`TOP_BLOCK` entries, or the whole vocabulary where it fits; elsewhere the
-    whole vocabulary, :data:`CHUNK_ELEMENTS` logits at a time."""
+    :data:`TILE_ELEMENTS` logits per model, of at most :data:`TILE_ROWS` positions (chunks of even size) and a
+    multiple of :data:`TOP_BLOCK` entries, or the whole vocabulary where it fits; elsewhere the whole vocabulary,
+    :data:`CHUNK_ELEMENTS` logits of all the models at a time. On a CPU the tiles do not depend on the number of
+    models, so that a model's columns do not depend on the models it is reduced with."""
     if device.type != "cpu":
         return max(1, min(n, CHUNK_ELEMENTS // max(n_models * v, 1))), v
     rows = -(-n // -(-n // TILE_ROWS)) if n else 1
-    width = TILE_ELEMENTS // (n_models * rows) // TOP_BLOCK * TOP_BLOCK
+    width = max(TILE_ELEMENTS // rows // TOP_BLOCK * TOP_BLOCK, TOP_BLOCK)
     if width >= v:
-        return max(rows, min(n, TILE_ELEMENTS // (n_models * v))), v
-    return rows, max(width, TOP_BLOCK)
+        return max(rows, min(n, TILE_ELEMENTS // v)), v
+    return rows, width
 
 
 def _chunk(logits: Sequence[Logits], start: int, stop: int, tile: torch.Tensor, exps: torch.Tensor) -> _Chunk:
     """The softmaxes of rows ``[start, stop)`` of the models' (P, V) ``logits``, one tile of vocabulary at a time.
 
-    ``tile`` ((M + 1, >= stop - start, W) float32, its last model all ones) and ``exps`` ((M, >= stop - start, W))
-    are reused by every tile: on a CPU they stay in cache, so that only the first pass over a tile (the output
-    layer's product, or the read of the logits) leaves it. Per tile: every model's float32 logits written into
-    ``tile``, their block maxima, the tile's row maxima, the logits shifted by them in place, their exponentials,
-    and one batched product of those with the shifted logits and the ones (each tile's sums of exponentials). The
-    tiles' sums are then shifted to the row maxima: ``sum_v e_i (x_k - top_k) = sum_v e_i (x_k - m_k) +
-    (m_k - top_k) sum_v e_i`` with ``e_i = exp(x_i - m_i)`` scaled by ``exp(m_i - top_i)``, ``m`` the tile's row
-    maxima; both terms are <= 0, so there is no cancellation.
+    ``tile`` and ``exps`` ((M, >= stop - start, W) float32) are reused by every tile: on a CPU they stay in cache,
+    so that only the first pass over a tile (the output layer's product, or the read of the logits) leaves it.
+    Per tile: every model's float32 logits written into ``tile``, their block maxima, the tile's row maxima ``m``,
+    the logits shifted by them in place, their exponentials ``e``, the sums of those, and one batched product of
+    those with the shifted logits. The tiles' sums are then shifted to the row maxima ``top``: with each tile's
+    ``e_i`` scaled by ``exp(m_i - top_i)``, ``sum_v e_i (x_k - top_k) = sum_v e_i (x_k - m_k) + (m_k - top_k)
+    sum_v e_i``; both terms are <= 0, so there is no cancellation.
     """
     p, n_models, v, width = stop - start, len(logits), logits[0].shape[1], tile.shape[-1]
     rows, per_tile = slice(start, stop), width // TOP_BLOCK if width < v else -(-v // TOP_BLOCK)
     n_tiles, device = -(-v // width), tile.device
-    # per tile t, the tiles innermost (the loops after the last tile run along them)
-    block_max = torch.empty(n_models, p, n_tiles, per_tile, device=device)
-    maxima = torch.empty(n_models, p, n_tiles, device=device)
-    sums = torch.empty(p, n_models, n_models + 1, n_tiles, device=device)
+    block_max = torch.empty(n_tiles, n_models, p, per_tile, device=device)
+    maxima = torch.empty(n_tiles, n_models, p, device=device)
+    totals = torch.empty(n_tiles, n_models, p, device=device)
+    products = torch.empty(n_tiles, p, n_models, n_models, device=device)  # contiguous per tile: bmm's out
     masked = not all(isinstance(x, HeadLogits) for x in logits)  # only logits in memory can hold -inf
     for t, v0 in enumerate(range(0, v, width)):
         v1 = min(v0 + width, v)
-        x = tile[:, :p, : v1 - v0]  # (M + 1, p, w): every model's logits, then ones
-        shifted = x[:n_models]
+        shifted = tile[:, :p, : v1 - v0]  # (M, p, w)
         for m, source in enumerate(logits):
             _block(source, rows, slice(v0, v1), shifted[m])
         if v1 - v0 < per_tile * TOP_BLOCK:  # the last tile is short: its missing blocks are never chosen
-            block_max[:, :, t].fill_(float("-inf"))
-        _sub_block_maxima(shifted, block_max[:, :, t, : -(-(v1 - v0) // TOP_BLOCK)])
-        top = torch.amax(block_max[:, :, t], -1, out=maxima[:, :, t])
+            block_max[t].fill_(float("-inf"))
+        _sub_block_maxima(shifted, block_max[t, :, :, : -(-(v1 - v0) // TOP_BLOCK)])
+        top = torch.amax(block_max[t], -1, out=maxima[t])
         if masked:  # a tile of -inf logits is shifted by a finite number: its exponentials are 0, not NaN
             top.clamp_(min=torch.finfo(torch.float32).min)
         shifted.sub_(top[..., None])
         e = torch.exp(shifted, out=exps[:, :p, : v1 - v0])
-        torch.bmm(e.transpose(0, 1), x.permute(1, 2, 0), out=sums[..., t])  # (p, M, w) @ (p, w, M + 1)
-    top = maxima.amax(-1)  # (M, p)
-    offset = maxima - top[..., None]  # (M, p, T), <= 0
+        torch.sum(e, -1, out=totals[t])
+        torch.bmm(e.transpose(0, 1), shifted.permute(1, 2, 0), out=products[t])  # (p, M, w) @ (p, w, M)
+    products = products.permute(0, 2, 3, 1).contiguous()  # (T, M, M, p): the positions innermost, for the loops below
+    top = maxima.amax(0)  # (M, p)
+    offset = maxima - top  # (T, M, p), <= 0
     scale = offset.exp()
-    exps_sum = sums[:, :, n_models].transpose(0, 1)  # (M, p, T)
-    total = (scale * exps_sum).sum(-1)
-    products = sums[:, :, :n_models].permute(1, 2, 0, 3)  # (M, M, p, T): [i, k] sums e_i (x_k - m_k)
-    cross = (scale[:, None] * torch.addcmul(products, offset[None], exps_sum[:, None])).sum(-1)  # (M, M, p)
+    # per model: the same loop for a model's rows whichever models it is reduced with (a model's maximum probability
+    # and so its calibration do not depend on them)
+    total = torch.stack([(scale[:, m] * totals[:, m]).sum(0) for m in range(n_models)])  # (M, p)
+    cross = (scale[:, :, None] * torch.addcmul(products, offset[:, None], totals[:, :, None])).sum(0)  # (M, M, p)
+    block_max = block_max.permute(1, 2, 0, 3).flatten(2)[..., : -(-v // TOP_BLOCK)]  # (M, p, blocks) in order
     total = total.T
-    return _Chunk(top.T, total, total.log(), cross.permute(2, 0, 1), block_max.flatten(2)[..., : -(-v // TOP_BLOCK)])
+    return _Chunk(top.T, total, total.log(), cross.permute(2, 0, 1), block_max)
 
 
 def _top_ids(x: Logits, rows: slice, block_max: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -504,9 +511,8 @@ def _eager(teacher: Logits, students: Sequence[Logits], targets: torch.Tensor, t
     n, v = teacher.shape
     n_models, k = len(logits), min(topk, v)
     rows, width = _tiling(n, v, n_models, teacher.device)
-    tile = torch.empty(n_models + 1, rows, width, dtype=torch.float32, device=teacher.device)
-    tile[n_models] = 1  # each tile's product with the ones is its rows' sums of exponentials
-    exps = torch.empty(n_models, rows, width, dtype=torch.float32, device=teacher.device)
+    tile = torch.empty(n_models, rows, width, dtype=torch.float32, device=teacher.device)
+    exps = torch.empty_like(tile)
     models: list[list[dict]] = [[] for _ in logits]
     pairs: list[list[dict]] = [[] for _ in students]
     for start in range(0, n, rows):

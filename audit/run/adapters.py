@@ -207,9 +207,9 @@ class CausalLMAdapter(_Wrapper):
     window), and logits are formed for the scored positions alone. Where the model's logits are its output
     layer applied to its body's last hidden states (:meth:`head`, checked on the first window), the body runs
     and the scored positions' hidden states are kept: their logits are :class:`audit.reduce.reduction.HeadLogits`,
-    multiplied out by the reduction a chunk of positions at a time, so that no (P, V) logits are allocated,
-    copied or row-selected. Elsewhere the whole model runs with ``logits_to_keep`` over the scored span, and the
-    reduction reads the scored rows of those logits in place (:class:`audit.reduce.reduction.KeptRows`).
+    multiplied out by the reduction a tile of positions and vocabulary at a time, so that no (P, V) logits are
+    allocated, copied or row-selected. Elsewhere the whole model runs with ``logits_to_keep`` over the scored span,
+    and the reduction reads the scored rows of those logits in place (:class:`audit.reduce.reduction.KeptRows`).
     """
 
     model: CausalLM

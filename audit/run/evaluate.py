@@ -252,7 +252,7 @@ def evaluate_tokens(models: list, windows: TokenWindows, *, device: torch.device
 
     def blocks(wanted: set[int]) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
         # a causal LM's logits stay its hidden states and output layer until the reduction multiplies them out,
-        # a chunk of positions at a time, into its own buffer
+        # a tile of positions and vocabulary at a time, into its own buffer
         streams = [m.batches(windows, plan, wanted, device=device, dtype=dtype,
                              **({"lazy": True} if isinstance(m, CausalLMAdapter) else {})) for m in adapters]
         if timings is not None:

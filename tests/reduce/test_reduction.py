@@ -89,11 +89,74 @@ def test_chunking_does_not_change_the_columns(monkeypatch):
     t, s = logits(37, 11, 7), logits(37, 11, 8)
     y = torch.randint(0, 11, (37,), generator=torch.Generator().manual_seed(9))
     whole = reduce_logits(t, [s], y, backend="torch")
-    monkeypatch.setattr(reduce_module, "CHUNK_ELEMENTS", 11 * 5)  # 5 positions per chunk, the last one short
-    chunked = reduce_logits(t, [s], y, backend="torch")
-    for a, b in zip(whole.models + whole.pairs, chunked.models + chunked.pairs):
-        for key in a:
-            torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, equal_nan=True)
+    monkeypatch.setattr(reduce_module, "TILE_ROWS", 5)  # chunks of 5 positions (of even size: 5 x 7 + 2 x 1)...
+    monkeypatch.setattr(reduce_module, "TILE_ELEMENTS", 11 * 5)  # ...each one tile of the whole vocabulary
+    assert reduce_module._tiling(37, 11, 2, torch.device("cpu")) == (5, 11)
+    assert_same_columns(reduce_logits(t, [s], y, backend="torch"), whole)
+
+
+def tiny_tiles(monkeypatch, rows: int = 7, width: int = 128) -> None:
+    """Tiles of ``rows`` positions by ``width`` vocabulary entries (chunks of even size)."""
+    monkeypatch.setattr(reduce_module, "TILE_ROWS", rows)
+    monkeypatch.setattr(reduce_module, "TILE_ELEMENTS", rows * width)
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_tiles_of_the_vocabulary_do_not_change_the_columns(monkeypatch, lazy):
+    """Issue 25: a vocabulary reduced a tile at a time (here 24 tiles of 128 entries, the last one 56, in chunks of
+    7 positions), the tiles' sums combined at each row's maximum, gives the columns of one tile of the whole
+    vocabulary, and the definitions' values; the top-1 and top-k search reads the best blocks (3000 entries, the
+    last block short)."""
+    v = 3000
+    t, s1, s2 = (head_logits(30, v, seed) for seed in (20, 21, 22)) if lazy else \
+        (logits(30, v, 20), logits(30, v, 21), logits(30, v, 22, scale=0.5))
+    y = torch.randint(0, v, (30,), generator=torch.Generator().manual_seed(23))
+    y[::6] = -100
+    whole = reduce_logits(t, [s1, s2], y, backend="torch")
+    assert reduce_module._tiling(30, v, 3, torch.device("cpu"))[1] == v
+    tiny_tiles(monkeypatch)
+    assert reduce_module._tiling(30, v, 3, torch.device("cpu")) == (6, 128)
+    tiled = reduce_logits(t, [s1, s2], y, backend="torch")
+    assert_same_columns(tiled, whole, rtol=1e-6, atol=1e-6)
+    assert_matches(tiled, *([x.materialize() for x in (t, s1, s2)] if lazy else [t, s1, s2])[:1],
+                   [x.materialize() for x in (s1, s2)] if lazy else [s1, s2], y)
+
+
+def test_masked_tiles(monkeypatch):
+    """-inf logits across tiles: a tile masked whole for some rows (shifted by a finite number, so its
+    exponentials are 0), both models masking the same entries (a 0 * inf term: those rows recomputed from their
+    whole logits), and the student masking entries the teacher gives mass (KL(q||p) = inf)."""
+    v = 1500
+    t, s = logits(12, v, 24), logits(12, v, 25)
+    t[:4, 128:256] = float("-inf")  # a whole tile of the teacher's
+    s[:4, 128:256] = float("-inf")
+    t[4:8, :720] = float("-inf")  # both, over several tiles
+    s[4:8, 300:720] = float("-inf")
+    s[8:, 5] = float("-inf")  # the student alone, where the teacher has mass
+    y = torch.arange(12) * 100
+    tiny_tiles(monkeypatch, rows=5)
+    r = reduce_logits(t, [s], y, backend="torch")
+    assert torch.isinf(r.pairs[0]["kl"][8:]).all() and torch.isfinite(r.pairs[0]["kl"][:8]).all()
+    assert torch.isinf(r.pairs[0]["kl_reverse"][4:8]).all()  # the student has mass below 300, the teacher none
+    assert (r.models[0]["target_logprob"][4:8] == float("-inf")).all()  # targets 400-700: masked for the teacher
+    assert_matches(r, t, [s], y)
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_a_models_columns_do_not_depend_on_the_models_beside_it(monkeypatch, lazy):
+    """On a CPU the tiles do not depend on the number of models: a model's maximum probability, top 1 and target
+    log-probability are the same bits alone or beside others (a calibration of repeated contexts, with ties in
+    maxprob, must not change with the teacher it is audited beside); entropy up to the batched product."""
+    v = 3000
+    t, s = (head_logits(40, v, 26), head_logits(40, v, 27)) if lazy else (logits(40, v, 26), logits(40, v, 27))
+    y = torch.randint(0, v, (40,), generator=torch.Generator().manual_seed(28))
+    tiny_tiles(monkeypatch, rows=16)
+    alone = reduce_logits(s, [], y, backend="torch").models[0]
+    for beside in (reduce_logits(t, [s], y, backend="torch").models[1],
+                   reduce_logits(t, [t, s], y, backend="torch").models[2]):
+        for key in ("maxprob", "top1", "target_logprob", "correct"):
+            torch.testing.assert_close(beside[key], alone[key], rtol=0, atol=0, equal_nan=True, msg=key)
+        torch.testing.assert_close(beside["entropy"], alone["entropy"], rtol=1e-6, atol=1e-6)
 
 
 def test_masked_classes_and_common_offsets():
@@ -183,16 +246,17 @@ def assert_same_columns(got, want, rtol=0.0, atol=0.0):
 
 
 @pytest.mark.parametrize("dtype, bias, v", [(torch.float32, False, 300), (torch.float32, True, 300),
-                                            (torch.bfloat16, True, 300), (torch.float32, False, 5000)])
+                                            (torch.bfloat16, True, 300), (torch.float32, False, 5000),
+                                            (torch.bfloat16, False, 5000)])
 def test_head_logits_reduce_as_their_product(monkeypatch, dtype, bias, v):
-    """Issue 25: the output layer multiplied out a chunk of positions at a time, straight into the buffer (float32)
-    or copied there (bf16), gives the columns of the logits it stands for, every chunk and a temperature-scaled
-    view included (V = 5000: the block search of every model's rows at once, the last block short); and the
-    definitions' values."""
+    """Issue 25: the output layer multiplied out a tile at a time, straight into the buffer (float32) or copied
+    there (bf16), gives the columns of the logits it stands for, every chunk and tile and a temperature-scaled view
+    included (V = 5000: tiles of 128, the search's blocks and the targets' logits from products of their own);
+    and the definitions' values."""
     t, s = head_logits(37, v, 0, bias, dtype), head_logits(37, v, 1, bias, dtype)
     y = torch.randint(0, v, (37,), generator=torch.Generator().manual_seed(2))
     y[::5] = -100
-    monkeypatch.setattr(reduce_module, "CHUNK_ELEMENTS", v * 2 * 5)  # 5 positions per chunk, the last one short
+    tiny_tiles(monkeypatch, rows=5)
     lazy = reduce_logits(t, [s / 2.0], y, backend="torch")
     assert (s / 2.0).temperature == 2.0 and (s / 2.0).shape == (37, v) and (s / 2.0).dtype == dtype
     # the product of 5 rows and of 37 may round differently in float32; bf16 products are rounded to bf16 alike
@@ -201,16 +265,37 @@ def test_head_logits_reduce_as_their_product(monkeypatch, dtype, bias, v):
     assert_matches(lazy, t.materialize(), [s.materialize() / 2.0], y)
 
 
+@pytest.mark.parametrize("bias", [False, True])
+def test_head_logits_entries_are_their_products(monkeypatch, bias):
+    """The logits the search and the targets read: of the distinct blocks (or ids) of all the rows from one product,
+    or (past SHARED_BLOCKS distinct blocks per block a row asks for) each row's from dot products; both the
+    entries of the logits the head stands for, the last block clamped to the vocabulary, temperature included."""
+    v = 1000
+    head = head_logits(23, v, 29, bias) / 1.5
+    x = head.materialize()
+    blocks = torch.randint(0, -(-v // 64), (9, 3), generator=torch.Generator().manual_seed(30))
+    blocks[0, 0] = v // 64  # the last, short block
+    ids = reduce_module._block_ids(blocks, v)
+    assert ids.max() == v - 1 and ids.shape == (9, 3 * 64)
+    want = x[4:13].gather(1, ids)
+    shared = head.block_entries(slice(4, 13), blocks)
+    torch.testing.assert_close(shared, want, rtol=1e-6, atol=1e-6)
+    monkeypatch.setattr(reduce_module, "SHARED_BLOCKS", 0)
+    torch.testing.assert_close(head.block_entries(slice(4, 13), blocks), want, rtol=1e-5, atol=1e-5)
+    targets = torch.randint(0, v, (9, 1), generator=torch.Generator().manual_seed(31))
+    torch.testing.assert_close(head.entries(slice(4, 13), targets), x[4:13].gather(1, targets), rtol=1e-6, atol=1e-6)
+
+
 def test_kept_rows_reduce_as_the_rows_they_keep(monkeypatch):
-    """Issue 25: rows of a larger logits tensor, gathered a chunk at a time, give exactly the columns of those
-    rows gathered whole; a scaled view gathers them; a tensor and HeadLogits mix with them."""
-    x, z = logits(50, 300, 3), logits(50, 300, 4)
+    """Issue 25: rows of a larger logits tensor, copied a tile at a time, give exactly the columns of those rows
+    gathered whole; a scaled view gathers them; a tensor and HeadLogits mix with them."""
+    x, z = logits(50, 1500, 3), logits(50, 1500, 4)
     index = torch.randperm(50, generator=torch.Generator().manual_seed(5))[:37].sort().values
-    y = torch.randint(0, 300, (37,), generator=torch.Generator().manual_seed(6))
-    monkeypatch.setattr(reduce_module, "CHUNK_ELEMENTS", 300 * 3 * 5)
+    y = torch.randint(0, 1500, (37,), generator=torch.Generator().manual_seed(6))
+    tiny_tiles(monkeypatch, rows=5)
     kept = KeptRows(z, index)
-    assert kept.shape == (37, 300) and torch.equal(kept / 2.0, z[index] / 2.0)
-    head = head_logits(37, 300, 7)
+    assert kept.shape == (37, 1500) and torch.equal(kept / 2.0, z[index] / 2.0)
+    head = head_logits(37, 1500, 7)
     got = reduce_logits(KeptRows(x, index), [kept, head], y, backend="torch")
     assert_same_columns(got, reduce_logits(x[index], [z[index], head], y, backend="torch"))
 
