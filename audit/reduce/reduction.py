@@ -33,19 +33,20 @@ The eager backend reduces the logits a **tile** at a time: a chunk of positions 
 all the models together. Each tile's float32 logits are written once into a reused buffer, shifted there by the
 tile's row maxima, exponentiated, and multiplied in one batched product with the shifted logits (every entropy
 and KL is a difference of those sums; see :func:`_chunk`); the tiles' sums are then combined at each row's
-maximum. On a CPU a tile holds :data:`TILE_ELEMENTS` logits, so that the tile and its exponentials stay in a
-core's L2 cache and every pass after the first is a pass over cached data; elsewhere a tile spans the vocabulary
-(:data:`CHUNK_ELEMENTS` logits at a time). The top-1 and top-k ids come from each row's maxima of blocks of
-:data:`TOP_BLOCK` entries, taken per tile, and the entries of the few best blocks (:func:`_search`).
+maximum. On a CPU a tile holds :data:`TILE_ELEMENTS` logits per model, so that the tile and its exponentials stay
+in a core's L2 cache and every pass after the first is a pass over cached data; elsewhere a tile spans the
+vocabulary (:data:`CHUNK_ELEMENTS` logits at a time). The top-1 and top-k ids come from each row's maxima of blocks
+of :data:`TOP_BLOCK` entries, taken per tile, and the entries of the few best blocks (:func:`_search`).
 
 Logits come as (P, V) tensors, or as :class:`HeadLogits`: a causal LM's last hidden states of the P positions
 and its output layer, not yet multiplied (:class:`audit.run.adapters.CausalLMAdapter` where the model's head
 splits from its body), or :class:`KeptRows`: the P scored rows of a model's logits of more positions, not yet
 gathered. The eager backend computes each tile of :class:`HeadLogits` by the output layer's product straight into
-its buffer (and the entries the search and the targets need by dot products), and copies each tile of kept rows
-from where they lie, so no (P, V) logits tensor is allocated, copied or row-selected: on a CPU the output layer
-writing fresh pages cost as much again as the product itself, and the copies 40% of the audit (issue 25). The
-Triton backend and the top-k teacher's columns multiply them out first (:func:`as_tensor`).
+its buffer (and the few entries the search and the targets need by products of their own), and copies each tile
+of kept rows from where they lie, so no (P, V) logits tensor is allocated, copied or row-selected: on a CPU the
+output layer writing fresh pages cost as much again as the product itself, and passes over logits out of cache
+most of the rest (issue 25, bench/RESULTS.md). The Triton backend and the top-k teacher's columns multiply them out
+first (:func:`as_tensor`).
 """
 
 from __future__ import annotations
