@@ -11,6 +11,9 @@ from audit.errors import AuditError
 from audit.reduce import reduction as reduce_module
 from audit.reduce.reduction import MODEL_KEYS, PAIR_KEYS, HeadLogits, KeptRows, reduce_logits, topk_overlap
 
+# small tiles are many small ops: a second thread on a shared CPU spins on each of them
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def numpy_reference(teacher: torch.Tensor, students: list[torch.Tensor], targets: torch.Tensor, k: int,
                     ignore_index: int = -100) -> tuple[list[dict], list[dict]]:

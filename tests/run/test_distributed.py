@@ -44,7 +44,11 @@ def setup(tmp_path_factory, tiny_pair):
 
 
 def _without_time(report: dict) -> dict:
-    return {k: v for k, v in report.items() if k != "created"}
+    """The report without when it ran and how fast (the token audit's ``timing`` and per-model speeds)."""
+    speed = ("forward_seconds", "tokens_per_second")
+    out = {k: v for k, v in report.items() if k not in ("created", "timing")}
+    out["models"] = {name: {k: v for k, v in m.items() if k not in speed} for name, m in report["models"].items()}
+    return out
 
 
 def _launch(launcher: list[str], args: list[str], tmp_path) -> subprocess.CompletedProcess:

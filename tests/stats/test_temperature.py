@@ -66,7 +66,13 @@ def split(draw, max_n: int = 400):
 def test_matches_sklearn_temperature(case):
     logits, labels = case
     expected = sklearn_temperature(logits, labels)  # searched over T in [e^-10, e^10]
-    if T_MIN < expected < T_MAX:
+    if T_MIN < expected < T_MAX and not T_MIN * 1.01 < expected < T_MAX / 1.01:
+        # within 1% of a bound the fit may call the logits degenerate (its guard band); if it fits, it agrees
+        try:
+            assert fit_temperature(logits, labels) == pytest.approx(expected, rel=1e-5)
+        except TemperatureError:
+            pass
+    elif T_MIN < expected < T_MAX:
         # scipy's Brent search on the loss value stops within ~1e-7 relative on flat losses; ours solves
         # dL/dlogT = 0 and is never worse
         got = fit_temperature(logits, labels)
