@@ -153,3 +153,9 @@ def tiny_pair(tmp_path_factory):
         model.model.save_pretrained(root / name)
         model.tokenizer.save_pretrained(root / name)
     return root
+
+
+@pytest.fixture
+def own_cache(tmp_path, monkeypatch):
+    """The test's own prediction cache (``KD_AUDIT_CACHE``), so no test reads another's cached predictions."""
+    monkeypatch.setenv("KD_AUDIT_CACHE", str(tmp_path / "cache"))

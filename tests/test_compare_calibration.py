@@ -18,12 +18,7 @@ from audit.settings import CompareSettings
 
 TEACHER, STUDENT = str(FIXTURES / "teacher"), str(FIXTURES / "student-kd")
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(autouse=True)
-def own_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("KD_AUDIT_CACHE", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("one_thread", "own_cache")
 
 
 

@@ -42,12 +42,7 @@ LINES = [("To be, or not to be, that is the question:", " Whether 'tis nobler in
 TEXT = ("To be, or not to be, that is the question: Whether 'tis nobler in the mind to suffer The slings and arrows "
         "of outrageous fortune, Or to take arms against a sea of troubles And by opposing end them.")
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(autouse=True)
-def own_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("KD_AUDIT_CACHE", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("one_thread", "own_cache")
 
 
 @pytest.fixture

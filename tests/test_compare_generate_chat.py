@@ -28,12 +28,7 @@ LINES = ["Who's there?", "Nay, answer me: stand, and unfold yourself.", "Long li
          "You come most carefully upon your hour.", "'Tis now struck twelve; get thee to bed, Francisco.",
          "For this relief much thanks: 'tis bitter cold,", "And I am sick at heart."]
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(autouse=True)
-def own_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("KD_AUDIT_CACHE", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("one_thread", "own_cache")
 
 
 @pytest.fixture

@@ -31,12 +31,7 @@ STUDENT = str(FIXTURES / "student-kd")
 DATA = str(DEFAULT_DATA)
 FAST = ["--limit", "24", "--bootstrap", "20", "--no-progress", "--no-cache"]
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(autouse=True)
-def own_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("KD_AUDIT_CACHE", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("one_thread", "own_cache")
 
 
 

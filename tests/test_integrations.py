@@ -33,12 +33,7 @@ MAX_LENGTH = 64  # above every held-out document's tokens: one window each
 N_BINS = 15
 KEYS = [PREFIX + m for m in METRICS]
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(autouse=True)
-def own_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("KD_AUDIT_CACHE", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("one_thread", "own_cache")
 
 
 @pytest.fixture(scope="module")

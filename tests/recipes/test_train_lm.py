@@ -22,7 +22,7 @@ LINES = ["To be, or not to be, that is the question.", "Whether 'tis nobler in t
 TINY = dict(model="tiny-llama:hidden=32,layers=1", teacher=TEACHER, max_length=16, batch_size=2, lr=1e-2,
             warmup=0.0, device="cpu", eval_limit=1)
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = pytest.mark.usefixtures("one_thread", "own_cache")
 
 
 @pytest.fixture(scope="module")
@@ -36,11 +36,6 @@ def text(tmp_path_factory):
     path = tmp_path_factory.mktemp("text") / "verse.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return str(path)
-
-
-@pytest.fixture(autouse=True)
-def own_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("KD_AUDIT_CACHE", str(tmp_path / "cache"))
 
 
 ARMS = {

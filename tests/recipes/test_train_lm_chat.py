@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from audit_cli import cli
+from chatml import assistant_positions
 from scipy.special import log_softmax, rel_entr
 
 from audit.load.causal_lm import load_causal_lm
@@ -27,12 +28,7 @@ LINES = ["Who's there?", "Nay, answer me: stand, and unfold yourself.", "Long li
          "For this relief much thanks: 'tis bitter cold,", "And I am sick at heart.", "Have you had quiet guard?",
          "Not a mouse stirring.", "Well, good night."]
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(autouse=True)
-def own_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("KD_AUDIT_CACHE", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("one_thread", "own_cache")
 
 
 @pytest.fixture(scope="module")
@@ -99,22 +95,6 @@ def test_short_pairs_are_packed_and_the_loss_is_on_completions_only(teacher, tmp
     # the dev audit scores the dev completions' tokens only
     dev = [json.loads(line) for line in open(data) if json.loads(line)["split"] == "dev"]
     assert record["dev"]["n"] == sum(len(teacher.tokenizer(r["a"], add_special_tokens=False)["input_ids"]) for r in dev)
-
-
-def assistant_positions(ids: list[int], tokenizer) -> list[int]:
-    """ChatML walked by hand: the tokens after each ``<|im_start|>assistant\\n`` through the next ``<|im_end|>``."""
-    header = tokenizer("<|im_start|>assistant\n", add_special_tokens=False)["input_ids"]
-    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    out, i = [], 0
-    while i < len(ids):
-        if ids[i:i + len(header)] == header:
-            i += len(header)
-            while ids[i] != end:
-                out.append(i)
-                i += 1
-            out.append(i)
-        i += 1
-    return out
 
 
 def test_chats_train_on_the_assistant_turns_only(teacher, tmp_path):

@@ -31,17 +31,12 @@ CPU = torch.device("cpu")
 PROMPTS = ["To be, or not to be, that is the question:", "My lord,", "Now is the winter of our discontent made",
            "O Romeo, Romeo!", "Friends, Romans, countrymen,"]
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = pytest.mark.usefixtures("one_thread", "own_cache")
 
 
 @pytest.fixture(scope="module")
 def lm():
     return load_causal_lm(STUDENT)
-
-
-@pytest.fixture(autouse=True)
-def own_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("KD_AUDIT_CACHE", str(tmp_path / "cache"))
 
 
 def ids_of(lm, texts: list[str]) -> list[list[int]]:

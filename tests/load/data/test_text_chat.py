@@ -10,6 +10,7 @@ import shutil
 
 import pytest
 import torch
+from chatml import assistant_positions
 from transformers import AutoTokenizer
 
 from audit.errors import AuditError, AuditWarning
@@ -30,23 +31,6 @@ HAMLET = [
 @pytest.fixture(scope="module")
 def tokenizer():
     return AutoTokenizer.from_pretrained(TEACHER)
-
-
-def assistant_positions(ids: list[int], tokenizer) -> list[int]:
-    """ChatML walked by hand: the tokens after each ``<|im_start|>assistant\\n`` header through the next
-    ``<|im_end|>``."""
-    header = tokenizer("<|im_start|>assistant\n", add_special_tokens=False)["input_ids"]
-    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    out, i = [], 0
-    while i < len(ids):
-        if ids[i:i + len(header)] == header:
-            i += len(header)
-            while ids[i] != end:
-                out.append(i)
-                i += 1
-            out.append(i)
-        i += 1
-    return out
 
 
 def test_chat_scores_the_assistant_replies_through_their_end_of_turn(tokenizer):
